@@ -1,0 +1,82 @@
+# The two commands of the README. Each does every set-up step itself on a
+# fresh machine (Debian packages with apt-get, Python packages in .venv with
+# pip), and a second run reuses what is already built.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUILD := build
+CPP_BUILD := $(BUILD)/cpp
+DEB_PACKAGES := libeigen3-dev libgtest-dev g++ make
+PY_PACKAGES := numpy ml_dtypes pytest hypothesis scikit-build-core pybind11 cmake ninja
+CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
+
+.PHONY: help demo test test-cpp test-py bench clean deps
+
+help:
+	@echo "make demo   - set up, build, run examples/quickstart.py"
+	@echo "make test   - set up, build, run the GoogleTest suite (ctest) and the pytest suite"
+	@echo "make bench  - side-by-side benchmarks (bench/)"
+	@echo "make clean  - remove build/ and .venv/"
+
+# --- set-up ---------------------------------------------------------------------------
+$(BUILD)/.deb-deps:
+	@mkdir -p $(BUILD)
+	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
+	  echo "== installing Debian packages: $(DEB_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
+	fi
+	@if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq python3-venv >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.py-deps: $(BUILD)/.deb-deps
+	@echo "== python environment $(VENV)"
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check $(PY_PACKAGES)
+	@touch $@
+
+deps: $(VENV)/.py-deps
+
+# The package, built by scikit-build-core into build/py (incremental).
+$(VENV)/.fattn-installed: $(VENV)/.py-deps $(CORE_SOURCES)
+	@echo "== building and installing fattn"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps .
+	@touch $@
+
+# The C++ core and its GoogleTest suite, without Python.
+$(CPP_BUILD)/build.ninja: $(VENV)/.py-deps CMakeLists.txt tests_cpp/CMakeLists.txt
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(CPP_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DFATTN_BUILD_TESTS=ON -DFATTN_BUILD_PYTHON=OFF >/dev/null
+
+# --- the commands ------------------------------------------------------------------
+demo: $(VENV)/.fattn-installed
+	@$(PY) examples/quickstart.py
+
+test-cpp: $(CPP_BUILD)/build.ninja
+	@echo "== GoogleTest (ctest)"
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(CPP_BUILD)
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH ctest --test-dir $(CPP_BUILD) --output-on-failure -j2
+
+test-py: $(VENV)/.fattn-installed
+	@echo "== pytest"
+	@$(PY) -m pytest -q -p no:cacheprovider tests_py
+
+# Both suites run even when the first fails; the exit code is non-zero if either did.
+test:
+	@status=0; \
+	$(MAKE) --no-print-directory test-cpp || status=1; \
+	$(MAKE) --no-print-directory test-py || status=1; \
+	exit $$status
+
+bench: $(VENV)/.fattn-installed
+	@$(PY) bench/run.py
+
+clean:
+	rm -rf $(BUILD) $(VENV)

@@ -1,0 +1,29 @@
+#pragma once
+// One process-wide pool of worker threads that every kernel shares.
+//
+// Work is a range of independent items [0, n); each item's result is
+// computed by exactly one thread with the same arithmetic whichever thread
+// it is, so results never depend on the thread count. A call that finds the
+// pool busy (another caller's kernel, or a nested call) runs its range on
+// the calling thread instead of waiting: concurrent callers are safe and
+// cannot deadlock.
+#include <cstdint>
+#include <functional>
+
+namespace fattn {
+
+// Threads a kernel may use (the caller included); >= 1. Default: the
+// hardware concurrency.
+int get_num_threads();
+// Sets the thread count (n >= 1; InvalidArgument otherwise). Safe while
+// other threads run kernels: it waits for the pool to be idle.
+void set_num_threads(int n);
+
+// Calls body(begin, end) over disjoint sub-ranges that cover [0, n), on up to
+// get_num_threads() threads, and returns when all are done. Shared work is
+// dealt in chunks of `grain` items; a call that runs serially gets the whole
+// range at once. The first exception a body throws is rethrown here.
+void parallel_for(std::int64_t n, std::int64_t grain,
+                  const std::function<void(std::int64_t, std::int64_t)>& body);
+
+}  // namespace fattn

@@ -1,0 +1,96 @@
+#pragma once
+// Views over caller-owned memory. Nothing here owns or copies data.
+//
+// A TensorView is always read as [B, H, L, D] (batch, head, position, head
+// dim); a seq-major array [B, L, H, D] is the same view with the two middle
+// strides swapped, so kernels never see layouts. Strides are in elements and
+// may be any value (0 and negative included) except along D, which must be
+// contiguous (stride 1). All index arithmetic is 64-bit.
+#include <Eigen/Core>
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "fattn/dtype.hpp"
+#include "fattn/error.hpp"
+
+namespace fattn {
+
+enum class Axis : int { batch = 0, head = 1, seq = 2, dim = 3 };
+
+template <class T>
+using RowMajorMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using ConstSliceMap = Eigen::Map<const RowMajorMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using SliceMap = Eigen::Map<RowMajorMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  std::array<std::int64_t, 4> shape{};   // [B, H, L, D]
+  std::array<std::int64_t, 4> stride{};  // elements
+  bool writable = false;
+
+  std::int64_t batch() const { return shape[0]; }
+  std::int64_t heads() const { return shape[1]; }
+  std::int64_t length() const { return shape[2]; }
+  std::int64_t head_dim() const { return shape[3]; }
+
+  std::int64_t offset(std::int64_t b, std::int64_t h, std::int64_t l) const {
+    return b * stride[0] + h * stride[1] + l * stride[2];
+  }
+  // Pointer to the D contiguous elements of row (b, h, l).
+  template <class T>
+  T* row(std::int64_t b, std::int64_t h, std::int64_t l) const {
+    return static_cast<T*>(data) + offset(b, h, l);
+  }
+  // One (batch, head) slice as an L x D matrix with an outer stride.
+  template <class T>
+  ConstSliceMap<T> slice(std::int64_t b, std::int64_t h) const {
+    return ConstSliceMap<T>(row<const T>(b, h, 0), shape[2], shape[3], Eigen::OuterStride<>(stride[2]));
+  }
+  template <class T>
+  SliceMap<T> mutable_slice(std::int64_t b, std::int64_t h) const {
+    return SliceMap<T>(row<T>(b, h, 0), shape[2], shape[3], Eigen::OuterStride<>(stride[2]));
+  }
+};
+
+// A dense, contiguous [B, H, L, D] view over `data` (strides derived).
+TensorView contiguous_view(void* data, DType dtype, std::array<std::int64_t, 4> shape, bool writable);
+// The same memory read as [B, L, H, D] (seq-major): swaps the middle axes.
+TensorView seq_major_view(void* data, DType dtype, std::array<std::int64_t, 4> blhd_shape, bool writable);
+
+// Checks every view property a kernel relies on: non-null data, positive
+// extents, D contiguous, element count representable. `name` is the
+// argument's name in messages.
+void validate_view(const TensorView& t, const char* name);
+
+// How a mask blocks or biases a score.
+enum class MaskKind : std::uint8_t { additive = 0, boolean = 1 };
+
+// A mask over [B, H, Lq, Lk]: additive (0 = attend, -inf = blocked, any
+// finite value a bias) in f32/f16/bf16, or boolean (nonzero byte = attend).
+// Stride 0 on an axis broadcasts it (a rank-2 [Lq, Lk] mask has strides
+// {0, 0, Lk, 1}).
+struct MaskView {
+  const void* data = nullptr;
+  MaskKind kind = MaskKind::additive;
+  DType dtype = DType::f32;  // element type of an additive mask
+  std::array<std::int64_t, 4> shape{};
+  std::array<std::int64_t, 4> stride{};
+
+  std::int64_t offset(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const {
+    return b * stride[0] + h * stride[1] + i * stride[2] + j * stride[3];
+  }
+  // The additive value at (b, h, i, j), widened to f32 (a bool mask gives
+  // 0 for attend and -inf for blocked).
+  float additive_at(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const;
+  bool attends(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const;
+};
+
+// Checks a mask against the [B, H, Lq, Lk] it must cover: each extent equal
+// to the target's or broadcast (stride 0).
+void validate_mask(const MaskView& m, const std::array<std::int64_t, 4>& target, const char* name);
+
+}  // namespace fattn

@@ -1,0 +1,38 @@
+#include "fattn/dtype.hpp"
+
+#include "fattn/error.hpp"
+
+namespace fattn {
+
+std::string dtype_name(DType dt) {
+  switch (dt) {
+    case DType::f32: return "float32";
+    case DType::f16: return "float16";
+    case DType::bf16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+std::int64_t dtype_size(DType dt) { return dt == DType::f32 ? 4 : 2; }
+
+void to_f32(DType src_type, const void* src, float* dst, std::int64_t n) {
+  require(n >= 0, "to_f32: n must be >= 0, got ", n);
+  const auto* h = static_cast<const std::uint16_t*>(src);
+  switch (src_type) {
+    case DType::f32: std::memcpy(dst, src, std::size_t(n) * 4); break;
+    case DType::f16: for (std::int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(h[i]); break;
+    case DType::bf16: for (std::int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(h[i]); break;
+  }
+}
+
+void from_f32(DType dst_type, const float* src, void* dst, std::int64_t n) {
+  require(n >= 0, "from_f32: n must be >= 0, got ", n);
+  auto* h = static_cast<std::uint16_t*>(dst);
+  switch (dst_type) {
+    case DType::f32: std::memcpy(dst, src, std::size_t(n) * 4); break;
+    case DType::f16: for (std::int64_t i = 0; i < n; ++i) h[i] = f32_to_f16(src[i]); break;
+    case DType::bf16: for (std::int64_t i = 0; i < n; ++i) h[i] = f32_to_bf16(src[i]); break;
+  }
+}
+
+}  // namespace fattn

@@ -1,0 +1,147 @@
+#include "fattn/parallel.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "fattn/error.hpp"
+
+namespace fattn {
+namespace {
+
+class Pool {
+ public:
+  Pool() : num_threads_(int(std::max(1u, std::thread::hardware_concurrency()))) {}
+  ~Pool() { stop_workers(); }
+
+  int num_threads() const { return num_threads_.load(); }
+
+  void set_num_threads(int n) {
+    std::lock_guard<std::mutex> busy(busy_);  // wait until no job runs
+    stop_workers();
+    num_threads_.store(n);
+  }
+
+  void run(std::int64_t n, std::int64_t grain, const std::function<void(std::int64_t, std::int64_t)>& body) {
+    if (n <= 0) return;
+    grain = std::max<std::int64_t>(1, grain);
+    const std::int64_t chunks = (n + grain - 1) / grain;
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    const int threads = int(std::min<std::int64_t>(num_threads_.load(), chunks));
+    if (!busy.owns_lock() || threads <= 1) {  // busy, nested, or nothing to share
+      body(0, n);
+      return;
+    }
+    start_workers(threads - 1);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = Job{&body, n, grain, chunks};
+      next_chunk_.store(0);
+      pending_ = threads - 1;
+      active_workers_ = threads - 1;
+      error_ = nullptr;
+      ++generation_;
+    }
+    wake_.notify_all();
+    work_on_job();
+    std::unique_lock<std::mutex> lk(mu_);
+    done_.wait(lk, [&] { return pending_ == 0; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  struct Job {
+    const std::function<void(std::int64_t, std::int64_t)>* body = nullptr;
+    std::int64_t n = 0, grain = 1, chunks = 0;
+  };
+
+  void work_on_job() {
+    for (;;) {
+      const std::int64_t c = next_chunk_.fetch_add(1);
+      if (c >= job_.chunks) return;
+      const std::int64_t begin = c * job_.grain;
+      try {
+        (*job_.body)(begin, std::min(job_.n, begin + job_.grain));
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+  }
+
+  void worker_loop(int index) {
+    std::uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        wake_.wait(lk, [&] { return stopping_ || (generation_ != seen && index < active_workers_); });
+        if (stopping_) return;
+        seen = generation_;
+      }
+      work_on_job();
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  void start_workers(int wanted) {  // called with busy_ held
+    while (int(workers_.size()) < wanted) {
+      const int index = int(workers_.size());
+      workers_.emplace_back([this, index] { worker_loop(index); });
+    }
+  }
+
+  void stop_workers() {  // called with busy_ held (or from the destructor)
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = false;
+  }
+
+  std::atomic<int> num_threads_;
+  std::mutex busy_;  // held by the caller whose job the pool runs
+  std::mutex mu_;    // guards the fields below
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  Job job_;
+  std::atomic<std::int64_t> next_chunk_{0};
+  int pending_ = 0;
+  int active_workers_ = 0;
+  std::uint64_t generation_ = 0;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+};
+
+Pool& pool() {
+  // Leaked on purpose: joining threads during static destruction at process
+  // exit (after Python finalisation, say) is a classic source of hangs.
+  static Pool* p = new Pool();
+  return *p;
+}
+
+}  // namespace
+
+int get_num_threads() { return pool().num_threads(); }
+
+void set_num_threads(int n) {
+  require(n >= 1, "set_num_threads: n must be >= 1, got ", n);
+  require(n <= 1024, "set_num_threads: n must be <= 1024, got ", n);
+  pool().set_num_threads(n);
+}
+
+void parallel_for(std::int64_t n, std::int64_t grain,
+                  const std::function<void(std::int64_t, std::int64_t)>& body) {
+  pool().run(n, grain, body);
+}
+
+}  // namespace fattn

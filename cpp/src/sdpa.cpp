@@ -1,0 +1,107 @@
+#include "fattn/sdpa.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "dispatch.hpp"
+#include "fattn/parallel.hpp"
+#include "validate.hpp"
+
+namespace fattn {
+namespace {
+
+struct SdpaShape {
+  std::int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
+  float scale;
+  bool causal;
+};
+
+// One query row, the seed's arithmetic (docs/numerics.md, "Naive SDPA"):
+// f32 dot, score = dot * scale, running max from -inf, a rescale of the sum
+// and the accumulator at every key, and a final multiply by 1/sum.
+template <class T>
+void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int64_t b, std::int64_t kv_head,
+              std::int64_t visible, const SdpaShape& s, float* acc, T* out) {
+  const std::int64_t d_len = s.head_dim;
+  std::fill(acc, acc + d_len, 0.0f);
+  float running_max = -std::numeric_limits<float>::infinity();
+  float running_sum = 0.0f;
+  for (std::int64_t key = 0; key < visible; ++key) {
+    const T* k_row = k.row<const T>(b, kv_head, key);
+    float dot = 0.0f;
+    for (std::int64_t d = 0; d < d_len; ++d) dot += q[d] * widen(k_row[d]);
+    const float score = dot * s.scale;
+    const float previous_max = running_max;
+    running_max = std::max(running_max, score);
+    const float correction = std::exp(previous_max - running_max);  // exp(-inf) = 0 at the first key
+    const float weight = std::exp(score - running_max);
+    running_sum = running_sum * correction + weight;
+    const T* v_row = v.row<const T>(b, kv_head, key);
+    if (correction == 1.0f) {  // x * 1 == x: skipping the rescale changes no bit
+      for (std::int64_t d = 0; d < d_len; ++d) acc[d] = acc[d] + weight * widen(v_row[d]);
+    } else {
+      for (std::int64_t d = 0; d < d_len; ++d) acc[d] = acc[d] * correction + weight * widen(v_row[d]);
+    }
+  }
+  // A row that sees no key (bottom-right causal with Lq > kv_seq_len) is 0,
+  // not 1/0 * 0 = NaN.
+  const float inv_sum = running_sum > 0.0f ? 1.0f / running_sum : 0.0f;
+  for (std::int64_t d = 0; d < d_len; ++d) out[d] = narrow<T>(acc[d] * inv_sum);
+}
+
+template <class T>
+void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                 const SdpaShape& s) {
+  const std::int64_t rows = s.batch * s.heads * s.q_len;
+  const std::int64_t group = s.heads / s.kv_heads;
+  parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> q_row(std::size_t(s.head_dim)), acc(std::size_t(s.head_dim));
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t i = r % s.q_len;
+      const std::int64_t h = (r / s.q_len) % s.heads;
+      const std::int64_t b = r / (s.q_len * s.heads);
+      const T* q_src = q.row<const T>(b, h, i);
+      for (std::int64_t d = 0; d < s.head_dim; ++d) q_row[std::size_t(d)] = widen(q_src[d]);
+      std::int64_t visible = s.kv_len;
+      if (s.causal) visible = std::clamp<std::int64_t>(s.kv_len - s.q_len + i + 1, 0, s.kv_len);
+      sdpa_row<T>(q_row.data(), k, v, b, h / group, visible, s, acc.data(), out.row<T>(b, h, i));
+    }
+  });
+}
+
+}  // namespace
+
+void sdpa(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+          const SdpaParams& params) {
+  using namespace detail;
+  validate_view(q, "q");
+  validate_view(k, "k");
+  validate_view(v, "v");
+  validate_view(out, "out");
+  require_same_dtype(k, "k", q, "q");
+  require_same_dtype(v, "v", q, "q");
+  require_same_dtype(out, "out", q, "q");
+  require_extent(k, "k", Axis::batch, q.batch(), "batch size B (q.shape[0])");
+  require_extent(k, "k", Axis::dim, q.head_dim(), "head dim D (q.shape[3])");
+  require_gqa(q.heads(), k.heads());
+  for (int a = 0; a < 4; ++a)
+    require(v.shape[a] == k.shape[a], "v: shape must equal k's [B, H_kv, capacity, D] = [", k.shape[0], ", ",
+            k.shape[1], ", ", k.shape[2], ", ", k.shape[3], "], got [", v.shape[0], ", ", v.shape[1], ", ",
+            v.shape[2], ", ", v.shape[3], "]");
+  for (int a = 0; a < 4; ++a)
+    require(out.shape[a] == q.shape[a], "out: shape must equal q's, got extent ", out.shape[a], " where q has ",
+            q.shape[a]);
+  require_writable(out, "out");
+  const std::int64_t capacity = k.length();
+  const std::int64_t kv_len = params.kv_seq_len < 0 ? capacity : params.kv_seq_len;
+  require(params.kv_seq_len == -1 || params.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", params.kv_seq_len);
+  require(kv_len <= capacity, "kv_seq_len: must be <= the K/V capacity (k.shape[2] = ", capacity, "), got ", kv_len);
+
+  const SdpaShape shape{q.batch(), q.heads(), k.heads(), q.length(), kv_len, q.head_dim(),
+                        resolve_scale(params.scale, q.head_dim()), params.causal};
+  dispatch_dtype(q.dtype, [&](auto tag) { sdpa_kernel<decltype(tag)>(q, k, v, out, shape); });
+}
+
+}  // namespace fattn

@@ -1,0 +1,37 @@
+#pragma once
+// Argument checks shared by the public entry points. Each throws
+// InvalidArgument / InvalidDType with the argument's name in the message.
+#include <cmath>
+
+#include "fattn/tensor.hpp"
+
+namespace fattn::detail {
+
+inline void require_same_dtype(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name) {
+  require_dtype(t.dtype == ref.dtype, name, ": dtype must match ", ref_name, " (", dtype_name(ref.dtype), "), got ",
+                dtype_name(t.dtype));
+}
+
+inline void require_extent(const TensorView& t, const char* name, Axis axis, std::int64_t expected,
+                           const char* what) {
+  const std::int64_t got = t.shape[int(axis)];
+  require(got == expected, name, ": ", what, " must be ", expected, ", got ", got);
+}
+
+// q's heads must be a whole multiple of k's (grouped-query attention).
+inline void require_gqa(std::int64_t h, std::int64_t h_kv) {
+  require(h % h_kv == 0, "q/k: the number of query heads H (", h, ") must be divisible by the number of K/V heads H_kv (",
+          h_kv, ")");
+}
+
+inline void require_writable(const TensorView& t, const char* name) {
+  require(t.writable, name, ": must be writable");
+}
+
+inline float resolve_scale(const std::optional<float>& scale, std::int64_t head_dim) {
+  if (!scale) return 1.0f / std::sqrt(float(head_dim));
+  require(std::isfinite(*scale), "scale: must be finite, got ", *scale);
+  return *scale;
+}
+
+}  // namespace fattn::detail

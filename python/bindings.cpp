@@ -1,0 +1,115 @@
+// The pybind11 module fattn._core: arrays in, views out, GIL released around
+// every kernel. Argument checks that need Python (types, ranks, layouts)
+// live in python/fattn; the core checks everything else and its exceptions
+// become ValueError (InvalidArgument) or TypeError (InvalidDType).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "fattn/fattn.hpp"
+
+namespace py = pybind11;
+using namespace fattn;
+
+namespace {
+
+// float32, float16 (numpy) or bfloat16 (ml_dtypes, a user-defined numpy type).
+DType dtype_of(const py::array& a, const char* name) {
+  const py::dtype dt = a.dtype();
+  const char kind = dt.kind();
+  if (kind == 'f' && dt.itemsize() == 4) return DType::f32;
+  if (kind == 'f' && dt.itemsize() == 2) return DType::f16;
+  const std::string type_name = py::str(dt.attr("name"));
+  if (type_name == "bfloat16" && dt.itemsize() == 2) return DType::bf16;
+  throw InvalidDType(detail::concat(name, ": dtype must be float32, float16 or bfloat16, got ", type_name));
+}
+
+// A 4-D array read as [B, H, L, D]; Python has already put the axes in that
+// order (seq-major arrays arrive as transposed views) and made D contiguous.
+TensorView view_of(const py::array& a, const char* name, bool writable) {
+  require(a.ndim() == 4, name, ": expected a 4-D array, got ", a.ndim(), " dimensions");
+  const DType dt = dtype_of(a, name);
+  TensorView t;
+  t.data = const_cast<void*>(a.data());
+  t.dtype = dt;
+  t.writable = writable && a.writeable();
+  for (int i = 0; i < 4; ++i) {
+    t.shape[std::size_t(i)] = std::int64_t(a.shape(i));
+    const std::int64_t bytes = std::int64_t(a.strides(i));
+    require(bytes % a.itemsize() == 0, name, ": byte stride ", bytes, " on axis ", i,
+            " is not a multiple of the element size");
+    t.stride[std::size_t(i)] = bytes / a.itemsize();
+  }
+  return t;
+}
+
+py::dict build_info_dict() {
+  const BuildInfo info = build_info();
+  py::dict d;
+  d["version"] = info.version;
+  d["compiler"] = info.compiler;
+  d["build_type"] = info.build_type;
+  d["cpu_features"] = info.cpu_features;
+  d["isa"] = info.isa;
+  d["num_threads"] = info.num_threads;
+  return d;
+}
+
+// Bulk element conversion between two contiguous 1-D arrays of equal length
+// (used to test the dtype core from Python, and by fattn.round_to).
+void convert(const py::array& src, py::array& dst) {
+  require(src.ndim() == 1 && dst.ndim() == 1 && src.shape(0) == dst.shape(0), "convert: 1-D arrays of equal length");
+  require(src.strides(0) == src.itemsize() && dst.strides(0) == dst.itemsize(), "convert: contiguous arrays");
+  require(dst.writeable(), "convert: dst must be writable");
+  const DType s = dtype_of(src, "src"), d = dtype_of(dst, "dst");
+  const std::int64_t n = src.shape(0);
+  py::gil_scoped_release nogil;
+  if (s == d) {
+    std::memcpy(dst.mutable_data(), src.data(), std::size_t(n * dtype_size(s)));
+  } else if (s == DType::f32) {
+    from_f32(d, static_cast<const float*>(src.data()), dst.mutable_data(), n);
+  } else if (d == DType::f32) {
+    to_f32(s, src.data(), static_cast<float*>(dst.mutable_data()), n);
+  } else {
+    std::vector<float> tmp(static_cast<std::size_t>(n));
+    to_f32(s, src.data(), tmp.data(), n);
+    from_f32(d, tmp.data(), dst.mutable_data(), n);
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fattn's compiled core (private: use the fattn package)";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const InvalidDType& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def("set_num_threads", &set_num_threads, py::arg("n"), py::call_guard<py::gil_scoped_release>());
+  m.def("get_num_threads", &get_num_threads);
+  m.def("build_info", &build_info_dict);
+  m.def("convert", &convert, py::arg("src"), py::arg("dst"));
+
+  m.def(
+      "sdpa",
+      [](const py::array& q, const py::array& k, const py::array& v, py::array& out, bool causal,
+         std::optional<float> scale, std::int64_t kv_seq_len) {
+        SdpaParams p;
+        p.causal = causal;
+        p.scale = scale;
+        p.kv_seq_len = kv_seq_len;
+        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k", false), vv = view_of(v, "v", false),
+                         ov = view_of(out, "out", true);
+        py::gil_scoped_release nogil;
+        sdpa(qv, kv, vv, ov, p);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("causal"),
+      py::arg("scale"), py::arg("kv_seq_len"));
+}

@@ -1,0 +1,49 @@
+"""fattn: mlx-native's attention kernels on the CPU, and float64 NumPy references to hold them against.
+
+Kernels: :func:`sdpa` (naive fused SDPA). Threads: :func:`set_num_threads`,
+:func:`get_num_threads`. Exact and kernel-faithful references:
+:mod:`fattn.reference`. Numerics of every kernel: docs/numerics.md.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+
+from . import _core, reference
+from ._common import BFLOAT16, FLOAT16, FLOAT32, as_array, require_dtype
+from ._sdpa import sdpa
+
+__version__: str = _core.build_info()["version"]
+
+__all__ = ["sdpa", "reference", "set_num_threads", "get_num_threads", "build_info", "round_to", "__version__"]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads every kernel may use (>= 1). Results are bit-identical for any count."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n: expected an integer, got {type(n).__name__}")
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The thread count kernels use (default: the machine's hardware threads)."""
+    return _core.get_num_threads()
+
+
+def build_info() -> Dict[str, Any]:
+    """Version, compiler, build type, usable CPU features, the ISA the kernels run with, threads."""
+    return dict(_core.build_info())
+
+
+def round_to(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` rounded to ``dtype`` (float32, float16, bfloat16) with fattn's
+    conversion (round to nearest even, NaN kept, overflow to inf): the same
+    rounding the kernels do at a store."""
+    x = as_array(x, "x")
+    src = np.ascontiguousarray(x).reshape(-1)
+    require_dtype(src, "x")
+    dst = np.empty(src.shape, dtype=np.dtype(dtype))
+    require_dtype(dst, "dtype")
+    _core.convert(src, dst)
+    return dst.reshape(x.shape)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from ._common import (as_array, boolean, head_dim_contiguous, integer, optional_scale, require_dtype, require_ndim,
+                      require_same_dtype)
+
+
+def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = True, scale: Optional[float] = None,
+         kv_seq_len: Optional[int] = None) -> np.ndarray:
+    """Naive fused scaled dot-product attention (mlx-native's ``sdpa`` kernel, seed 003).
+
+    Shapes: ``q`` ``[B, H, Lq, D]``; ``k`` and ``v`` ``[B, H_kv, capacity, D]``
+    (a KV cache: only the first ``kv_seq_len`` positions are read), with
+    ``H % H_kv == 0`` (grouped-query attention: query head ``h`` reads K/V head
+    ``h // (H // H_kv)``). Any strides; the head axis D is read in place when
+    contiguous and copied otherwise.
+
+    Dtypes: float32, float16 or ``ml_dtypes.bfloat16``, the same for q, k and v.
+    The output has q's dtype and shape.
+
+    ``causal=True`` is aligned bottom-right, as in the seed: query ``i`` sits
+    at absolute position ``kv_seq_len - Lq + i`` and sees keys up to it; a
+    query before the first key (``Lq > kv_seq_len``) sees none and gives 0.
+    ``scale`` defaults to ``1/sqrt(D)`` computed in float32;
+    ``kv_seq_len`` defaults to the capacity ``k.shape[2]``.
+
+    Numerics (docs/numerics.md, "Naive SDPA"): f32 dot products and online
+    softmax with natural exp, the running max starting at -inf, a rescale of
+    the running sum and accumulator at every key, a final multiply by
+    ``1/sum``; one rounding to the output dtype at the store.
+    ``fattn.reference.sdpa`` follows the same steps in NumPy.
+    """
+    q, k, v = as_array(q, "q"), as_array(k, "k"), as_array(v, "v")
+    require_ndim(q, "q", 4, "[B, H, Lq, D]")
+    require_ndim(k, "k", 4, "[B, H_kv, capacity, D]")
+    require_ndim(v, "v", 4, "[B, H_kv, capacity, D]")
+    require_dtype(q, "q")
+    require_same_dtype(k, "k", q, "q")
+    require_same_dtype(v, "v", q, "q")
+    causal = boolean(causal, "causal")
+    scale = optional_scale(scale)
+    if kv_seq_len is None:
+        kv_len = -1
+    else:
+        kv_len = integer(kv_seq_len, "kv_seq_len")
+        if kv_len < 1:
+            raise ValueError(f"kv_seq_len: must be >= 1, got {kv_len}")
+    out = np.empty(q.shape, dtype=q.dtype)
+    _core.sdpa(head_dim_contiguous(q), head_dim_contiguous(k), head_dim_contiguous(v), out, causal, scale, kv_len)
+    return out
