@@ -43,6 +43,40 @@ TensorView view_of(const py::array& a, const char* name, bool writable) {
   return t;
 }
 
+// A mask array already broadcast to 4-D by Python (stride 0 on broadcast axes).
+MaskView mask_of(const py::array& a) {
+  require(a.ndim() == 4, "mask: expected a 4-D (broadcast) array, got ", a.ndim(), " dimensions");
+  MaskView m;
+  m.data = a.data();
+  if (a.dtype().kind() == 'b') {
+    m.kind = MaskKind::boolean;
+    require_dtype(a.itemsize() == 1, "mask: bool mask must be 1 byte per element");
+  } else {
+    m.kind = MaskKind::additive;
+    m.dtype = dtype_of(a, "mask");
+  }
+  for (int i = 0; i < 4; ++i) {
+    m.shape[std::size_t(i)] = std::int64_t(a.shape(i));
+    const std::int64_t bytes = std::int64_t(a.strides(i));
+    require(bytes % a.itemsize() == 0, "mask: byte stride ", bytes, " is not a multiple of the element size");
+    m.stride[std::size_t(i)] = bytes / a.itemsize();
+  }
+  return m;
+}
+
+BlkView blk_of(const py::array& a) {
+  require(a.ndim() == 2, "blk: expected a 2-D uint8 array, got ", a.ndim(), " dimensions");
+  require_dtype(a.dtype().kind() == 'u' && a.itemsize() == 1, "blk: dtype must be uint8");
+  require(a.strides(1) == 1 && a.strides(0) == a.shape(1), "blk: must be C-contiguous");
+  return BlkView{static_cast<const std::uint8_t*>(a.data()), std::int64_t(a.shape(0)), std::int64_t(a.shape(1))};
+}
+
+PrefillKernel kernel_of(const std::string& name) {
+  if (name == "candle") return PrefillKernel::candle;
+  if (name == "llamacpp") return PrefillKernel::llamacpp;
+  throw InvalidArgument("kernel: must be 'auto', 'candle' or 'llamacpp', got '" + name + "'");
+}
+
 py::dict build_info_dict() {
   const BuildInfo info = build_info();
   py::dict d;
@@ -112,4 +146,53 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("causal"),
       py::arg("scale"), py::arg("kv_seq_len"));
+
+  m.def(
+      "flash_attn_prefill",
+      [](const py::array& q, const py::array& k, const py::array& v, py::array& out, const std::optional<py::array>& mask,
+         const std::optional<py::array>& blk, const std::optional<py::array>& lse, bool causal,
+         std::optional<float> scale, const std::string& kernel, int nsg, std::optional<std::int64_t> q_tile,
+         std::optional<std::int64_t> k_tile) {
+        PrefillParams p;
+        p.causal = causal;
+        p.scale = scale;
+        p.kernel = kernel_of(kernel);
+        p.nsg = nsg;
+        p.q_tile = q_tile;
+        p.k_tile = k_tile;
+        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k", false), vv = view_of(v, "v", false),
+                         ov = view_of(out, "out", true);
+        MaskView mv;
+        BlkView bv;
+        TensorView lv;
+        if (mask) mv = mask_of(*mask);
+        if (blk) bv = blk_of(*blk);
+        if (lse) lv = view_of(*lse, "lse", true);
+        py::gil_scoped_release nogil;
+        flash_attn_prefill(qv, kv, vv, ov, mask ? &mv : nullptr, blk ? &bv : nullptr, lse ? &lv : nullptr, p);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"), py::arg("blk"), py::arg("lse"),
+      py::arg("causal"), py::arg("scale"), py::arg("kernel"), py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"));
+
+  m.def("prefill_geometry",
+        [](const std::string& kernel, std::int64_t head_dim, std::optional<std::int64_t> q_tile,
+           std::optional<std::int64_t> k_tile) {
+          const PrefillGeometry g = prefill_geometry(kernel_of(kernel), head_dim, q_tile, k_tile);
+          return py::make_tuple(g.q_tile, g.k_tile);
+        },
+        py::arg("kernel"), py::arg("head_dim"), py::arg("q_tile"), py::arg("k_tile"));
+
+  m.def(
+      "flash_attn_prefill_blk",
+      [](const py::array& mask, const std::string& kernel, std::int64_t q_tile, std::int64_t k_tile, py::array& out) {
+        const MaskView mv = mask_of(mask);
+        require(out.ndim() == 2 && out.dtype().kind() == 'u' && out.itemsize() == 1 && out.writeable() &&
+                    out.strides(1) == 1 && out.strides(0) == out.shape(1),
+                "blk: output must be a writable C-contiguous 2-D uint8 array");
+        std::uint8_t* dst = static_cast<std::uint8_t*>(out.mutable_data());
+        const std::int64_t rows = out.shape(0), cols = out.shape(1);
+        py::gil_scoped_release nogil;
+        flash_attn_prefill_blk(mv, kernel_of(kernel), PrefillGeometry{q_tile, k_tile}, dst, rows, cols);
+      },
+      py::arg("mask"), py::arg("kernel"), py::arg("q_tile"), py::arg("k_tile"), py::arg("out"));
 }

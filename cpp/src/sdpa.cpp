@@ -86,13 +86,8 @@ void sdpa(const TensorView& q, const TensorView& k, const TensorView& v, const T
   require_extent(k, "k", Axis::batch, q.batch(), "batch size B (q.shape[0])");
   require_extent(k, "k", Axis::dim, q.head_dim(), "head dim D (q.shape[3])");
   require_gqa(q.heads(), k.heads());
-  for (int a = 0; a < 4; ++a)
-    require(v.shape[a] == k.shape[a], "v: shape must equal k's [B, H_kv, capacity, D] = [", k.shape[0], ", ",
-            k.shape[1], ", ", k.shape[2], ", ", k.shape[3], "], got [", v.shape[0], ", ", v.shape[1], ", ",
-            v.shape[2], ", ", v.shape[3], "]");
-  for (int a = 0; a < 4; ++a)
-    require(out.shape[a] == q.shape[a], "out: shape must equal q's, got extent ", out.shape[a], " where q has ",
-            q.shape[a]);
+  require_same_shape(v, "v", k, "k");
+  require_same_shape(out, "out", q, "q");
   require_writable(out, "out");
   const std::int64_t capacity = k.length();
   const std::int64_t kv_len = params.kv_seq_len < 0 ? capacity : params.kv_seq_len;

@@ -24,6 +24,12 @@ inline void require_gqa(std::int64_t h, std::int64_t h_kv) {
           h_kv, ")");
 }
 
+inline void require_same_shape(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name) {
+  require(t.shape == ref.shape, name, ": shape must equal ", ref_name, "'s [", ref.shape[0], ", ", ref.shape[1], ", ",
+          ref.shape[2], ", ", ref.shape[3], "], got [", t.shape[0], ", ", t.shape[1], ", ", t.shape[2], ", ",
+          t.shape[3], "]");
+}
+
 inline void require_writable(const TensorView& t, const char* name) {
   require(t.writable, name, ": must be writable");
 }

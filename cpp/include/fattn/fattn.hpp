@@ -4,5 +4,6 @@
 #include "fattn/dtype.hpp"
 #include "fattn/error.hpp"
 #include "fattn/parallel.hpp"
+#include "fattn/prefill.hpp"
 #include "fattn/sdpa.hpp"
 #include "fattn/tensor.hpp"

@@ -1,0 +1,67 @@
+#pragma once
+// Tiled prefill (flash attention with online softmax), seeds 000 and 001.
+//
+// One engine serves every entry point of the two seed families; what differs
+// between them is data: a tile geometry and an arithmetic policy (where the
+// scale is applied and rounded, exp or exp2, how the mask enters, how the
+// row is normalised). docs/numerics.md, "Tiled prefill", has the steps.
+#include <cstdint>
+#include <optional>
+
+#include "fattn/tensor.hpp"
+
+namespace fattn {
+
+enum class PrefillKernel : std::uint8_t {
+  candle = 0,    // candle/MLX-derived flash_attn_prefill.metal (D = 64, 256, 512 and any other)
+  llamacpp = 1,  // llama.cpp-derived flash_attn_prefill_d512.metal (D = 512 only)
+};
+
+// Rows of Q per block (BQ) and keys per tile (BK). BK sets where the online
+// softmax rescales, so it is part of the arithmetic; BQ only sets which
+// tiles a causal block visits, which changes no result.
+struct PrefillGeometry {
+  std::int64_t q_tile = 0;
+  std::int64_t k_tile = 0;
+};
+
+// The seed's geometry for (kernel, head_dim): candle D <= 256 -> (32, 16),
+// candle D > 256 -> (8, 8); llamacpp -> (8, 64). Explicit tiles override
+// (k_tile must be a multiple of 8: the softmax sums go in groups of 8).
+PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim,
+                                 std::optional<std::int64_t> q_tile = {}, std::optional<std::int64_t> k_tile = {});
+
+struct PrefillParams {
+  std::optional<float> scale;  // default 1/sqrt(D) in f32
+  bool causal = false;         // top-left aligned: query i sees keys 0..i
+  PrefillKernel kernel = PrefillKernel::candle;
+  int nsg = 8;                 // llamacpp: simdgroups per threadgroup, 4 or 8 (same results)
+  std::optional<std::int64_t> q_tile, k_tile;  // geometry overrides
+};
+
+// The tile-skip map: one byte per (q tile, k tile), row-major.
+// 0 = skip the tile, 2 = skip only the mask add, 1 = full work.
+struct BlkView {
+  const std::uint8_t* data = nullptr;
+  std::int64_t rows = 0, cols = 0;
+};
+
+// q [B, H, Lq, D]; k, v [B, H_kv, Lk, D]; out like q (writable); all one
+// dtype. mask (optional) covers [B, H, Lq, Lk] with broadcasting; blk
+// (optional, needs a mask) is [ceil(Lq/BQ), ceil(Lk/BK)]; lse (optional) is
+// an f32 [B, H, Lq, 1] view that receives the natural-log log-sum-exp of
+// each row (-inf for a row that sees no key).
+void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                        const MaskView* mask, const BlkView* blk, const TensorView* lse,
+                        const PrefillParams& params = {});
+
+// Builds the tile-skip map for `mask` (shape [B, H, Lq, Lk], broadcasting
+// allowed; a tile is classified over every batch and head) for the given
+// kernel and geometry into out[rows * cols]. A tile is 0 only when every
+// cell is blocked as the kernel sees it (-inf after the kernel's own mask
+// transform, or bool false), 2 only when every cell adds exactly zero, so
+// using the map never changes a bit of the output.
+void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const PrefillGeometry& geometry,
+                            std::uint8_t* out, std::int64_t rows, std::int64_t cols);
+
+}  // namespace fattn

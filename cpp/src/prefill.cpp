@@ -1,0 +1,326 @@
+// The tiled prefill engine. The scalar code here is the model every faster
+// path must reproduce bit for bit; it reads top to bottom: stage Q, then per
+// K tile: scores, masks, online softmax, P·V; then normalise and store.
+#include "fattn/prefill.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "dispatch.hpp"
+#include "fattn/parallel.hpp"
+#include "validate.hpp"
+
+namespace fattn {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kLog2e = 1.44269504089f;  // the f32 the Metal source's literal becomes
+// The running max starts finite, so exp(-inf - max) is exactly 0, never NaN.
+constexpr float kInitialMax = -FLT_MAX / 2;
+
+// --- arithmetic policies: what distinguishes the two seed families ------------
+
+// candle/MLX flash_attn_prefill.metal: Q pre-scaled by scale*log2(e) in the
+// I/O type, scores in log2 units, exp2, mask times log2(e), a true divide.
+struct CandleArithmetic {
+  static constexpr std::int64_t kSumGroup = 8;          // row sums: a tree per 8 keys, groups in order
+  static constexpr bool kCausalOverridesMask = false;   // causal -inf is set before the mask add
+  template <class T>
+  static float q_factor(float scale) { return round_to<T>(scale * kLog2e); }
+  template <class T>
+  static float stage_q(float q, float factor) { return round_to<T>(q * factor); }
+  static float score(float dot, float /*scale*/) { return dot; }
+  static float mask_term(float m) { return kLog2e * m; }
+  static float exp(float x) { return std::exp2(x); }
+  static float normalise(float o, float l) { return l == 0.0f ? 0.0f : o / l; }
+  static float lse(float m, float l) {
+    if (l == 0.0f) return -kInf;
+    return float((double(m) + std::log2(double(l))) * 0.69314718055994530942);
+  }
+};
+
+// llama.cpp-derived flash_attn_prefill_d512.metal: Q unscaled, scale on the
+// f32 scores, mask through half in natural units, exp, reciprocal multiply.
+struct LlamaCppArithmetic {
+  static constexpr std::int64_t kSumGroup = 64;         // pair sums then a 32-lane tree: a tree per 64 keys
+  static constexpr bool kCausalOverridesMask = true;    // mask added first, causal -inf after
+  template <class T>
+  static float q_factor(float) { return 1.0f; }
+  template <class T>
+  static float stage_q(float q, float) { return q; }
+  static float score(float dot, float scale) { return dot * scale; }
+  static float mask_term(float m) { return f16_to_f32(f32_to_f16(m)); }
+  static float exp(float x) { return std::exp(x); }
+  static float normalise(float o, float l) { return o * (l == 0.0f ? 0.0f : 1.0f / l); }
+  static float lse(float m, float l) {
+    if (l == 0.0f) return -kInf;
+    return float(double(m) + std::log(double(l)));
+  }
+};
+
+// Sum of p[0..n) (n a power of two): pairs, then pairs of pairs, ...
+float tree_sum(const float* p, std::int64_t n) {
+  if (n == 1) return p[0];
+  const std::int64_t half = n / 2;
+  return tree_sum(p, half) + tree_sum(p + half, half);
+}
+
+struct Problem {
+  std::int64_t batch, heads, kv_heads, q_len, k_len, head_dim;
+  PrefillGeometry geometry;
+  float scale;
+  bool causal;
+  const MaskView* mask;
+  const BlkView* blk;
+  const TensorView* lse;
+};
+
+// Per-thread scratch: one Q block and one K/V tile, all f32.
+struct Scratch {
+  std::vector<float> q, k, v, s, o, row_max, row_sum;
+  explicit Scratch(const Problem& p) {
+    const auto bq = std::size_t(p.geometry.q_tile), bk = std::size_t(p.geometry.k_tile),
+               d = std::size_t(p.head_dim);
+    q.resize(bq * d);
+    k.resize(bk * d);
+    v.resize(bk * d);
+    s.resize(bq * bk);
+    o.resize(bq * d);
+    row_max.resize(bq);
+    row_sum.resize(bq);
+  }
+};
+
+template <class T, class Arith>
+void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                   const Problem& p, std::int64_t b, std::int64_t h, std::int64_t q_block, Scratch& w) {
+  const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
+  const std::int64_t row0 = q_block * BQ, rows = std::min(BQ, p.q_len - row0);
+  const std::int64_t kv_head = h / (p.heads / p.kv_heads);
+  const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
+  // Causal: a block stops at the tile holding its last row's diagonal.
+  const std::int64_t tile_limit = p.causal ? std::min(n_tiles, (row0 + rows + BK - 1) / BK) : n_tiles;
+
+  const float factor = Arith::template q_factor<T>(p.scale);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* src = q.row<const T>(b, h, row0 + r);
+    for (std::int64_t d = 0; d < D; ++d) w.q[std::size_t(r * D + d)] = Arith::template stage_q<T>(widen(src[d]), factor);
+  }
+  std::fill(w.o.begin(), w.o.begin() + rows * D, 0.0f);
+  std::fill(w.row_max.begin(), w.row_max.begin() + rows, kInitialMax);
+  std::fill(w.row_sum.begin(), w.row_sum.begin() + rows, 0.0f);
+
+  for (std::int64_t tile = 0; tile < tile_limit; ++tile) {
+    const std::uint8_t action = p.blk ? p.blk->data[q_block * p.blk->cols + tile] : 1;
+    if (action == 0) continue;  // every cell blocked: the tile would add exact zeros and rescale by 1
+    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
+    for (std::int64_t j = 0; j < keys; ++j) {
+      const T* k_src = k.row<const T>(b, kv_head, key0 + j);
+      const T* v_src = v.row<const T>(b, kv_head, key0 + j);
+      for (std::int64_t d = 0; d < D; ++d) {
+        w.k[std::size_t(j * D + d)] = widen(k_src[d]);
+        w.v[std::size_t(j * D + d)] = widen(v_src[d]);
+      }
+    }
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t i = row0 + r;
+      float* s = &w.s[std::size_t(r * BK)];
+      const float* q_row = &w.q[std::size_t(r * D)];
+      // Scores: an f32 multiply-add chain over D in order (each product of
+      // two 16-bit values is exact in f32, so only the sums round).
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const float* k_row = &w.k[std::size_t(j * D)];
+        float dot = 0.0f;
+        for (std::int64_t d = 0; d < D; ++d) dot = std::fma(q_row[d], k_row[d], dot);
+        s[j] = Arith::score(dot, p.scale);
+      }
+      for (std::int64_t j = keys; j < BK; ++j) s[j] = -kInf;  // past Lk
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const std::int64_t key = key0 + j;
+        const bool future = p.causal && key > i;
+        if (future && !Arith::kCausalOverridesMask) s[j] = -kInf;
+        if (p.mask && action != 2) {
+          if (p.mask->kind == MaskKind::boolean) {
+            if (!p.mask->attends(b, h, i, key)) s[j] = -kInf;
+          } else {
+            s[j] = s[j] + Arith::mask_term(p.mask->additive_at(b, h, i, key));
+          }
+        }
+        if (future && Arith::kCausalOverridesMask) s[j] = -kInf;
+      }
+      // Online softmax, one rescale per tile.
+      float tile_max = -kInf;
+      for (std::int64_t j = 0; j < BK; ++j) tile_max = std::max(tile_max, s[j]);
+      const float old_max = w.row_max[std::size_t(r)];
+      const float new_max = std::max(old_max, tile_max);
+      for (std::int64_t j = 0; j < BK; ++j) s[j] = Arith::exp(s[j] - new_max);  // P stays f32
+      const float rescale = Arith::exp(old_max - new_max);
+      const std::int64_t group = std::min(Arith::kSumGroup, BK);
+      float tile_sum = 0.0f;
+      for (std::int64_t g = 0; g < BK; g += group) tile_sum = tile_sum + tree_sum(s + g, group);
+      w.row_sum[std::size_t(r)] = w.row_sum[std::size_t(r)] * rescale + tile_sum;
+      w.row_max[std::size_t(r)] = new_max;
+      float* o = &w.o[std::size_t(r * D)];
+      if (rescale != 1.0f)  // x * 1 == x: skipping changes no bit
+        for (std::int64_t d = 0; d < D; ++d) o[d] = o[d] * rescale;
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const float* v_row = &w.v[std::size_t(j * D)];
+        const float pj = s[j];
+        for (std::int64_t d = 0; d < D; ++d) o[d] = std::fma(pj, v_row[d], o[d]);
+      }
+    }
+  }
+
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float l = w.row_sum[std::size_t(r)];
+    const float* o = &w.o[std::size_t(r * D)];
+    T* dst = out.row<T>(b, h, row0 + r);
+    for (std::int64_t d = 0; d < D; ++d) dst[d] = narrow<T>(Arith::normalise(o[d], l));
+    if (p.lse) *p.lse->row<float>(b, h, row0 + r) = Arith::lse(w.row_max[std::size_t(r)], l);
+  }
+}
+
+template <class T, class Arith>
+void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                    const Problem& p) {
+  const std::int64_t q_blocks = (p.q_len + p.geometry.q_tile - 1) / p.geometry.q_tile;
+  parallel_for(p.batch * p.heads * q_blocks, 1, [&](std::int64_t begin, std::int64_t end) {
+    Scratch scratch(p);
+    for (std::int64_t item = begin; item < end; ++item) {
+      const std::int64_t q_block = item % q_blocks;
+      const std::int64_t h = (item / q_blocks) % p.heads;
+      const std::int64_t b = item / (q_blocks * p.heads);
+      prefill_block<T, Arith>(q, k, v, out, p, b, h, q_block, scratch);
+    }
+  });
+}
+
+const char* kernel_name(PrefillKernel kernel) { return kernel == PrefillKernel::llamacpp ? "llamacpp" : "candle"; }
+
+// The mask value as the kernel adds it; classifying tiles on these values
+// is what makes the tile-skip map exact.
+float effective_mask_value(const MaskView& m, PrefillKernel kernel, std::int64_t b, std::int64_t h, std::int64_t i,
+                           std::int64_t j) {
+  if (m.kind == MaskKind::boolean) return m.attends(b, h, i, j) ? 0.0f : -kInf;
+  const float raw = m.additive_at(b, h, i, j);
+  return kernel == PrefillKernel::llamacpp ? LlamaCppArithmetic::mask_term(raw) : CandleArithmetic::mask_term(raw);
+}
+
+}  // namespace
+
+PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim, std::optional<std::int64_t> q_tile,
+                                 std::optional<std::int64_t> k_tile) {
+  PrefillGeometry g;
+  if (kernel == PrefillKernel::llamacpp) {
+    g = {8, 64};
+    require(!k_tile || *k_tile == 64, "k_tile: kernel='llamacpp' works on chunks of 64 keys, got ", *k_tile);
+  } else {
+    g = head_dim > 256 ? PrefillGeometry{8, 8} : PrefillGeometry{32, 16};
+    if (k_tile) {
+      require(*k_tile >= 8 && *k_tile <= 1024 && *k_tile % 8 == 0 && (*k_tile & (*k_tile - 1)) == 0,
+              "k_tile: must be a power of two from 8 to 1024 (the row sums go in groups of 8), got ", *k_tile);
+      g.k_tile = *k_tile;
+    }
+  }
+  if (q_tile) {
+    require(*q_tile >= 1 && *q_tile <= 1024, "q_tile: must be from 1 to 1024, got ", *q_tile);
+    g.q_tile = *q_tile;
+  }
+  return g;
+}
+
+void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                        const MaskView* mask, const BlkView* blk, const TensorView* lse, const PrefillParams& params) {
+  using namespace detail;
+  validate_view(q, "q");
+  validate_view(k, "k");
+  validate_view(v, "v");
+  validate_view(out, "out");
+  require_same_dtype(k, "k", q, "q");
+  require_same_dtype(v, "v", q, "q");
+  require_same_dtype(out, "out", q, "q");
+  require_extent(k, "k", Axis::batch, q.batch(), "batch size B (q.shape[0])");
+  require_extent(k, "k", Axis::dim, q.head_dim(), "head dim D (q.shape[3])");
+  require_gqa(q.heads(), k.heads());
+  require_same_shape(v, "v", k, "k");
+  require_same_shape(out, "out", q, "q");
+  require_writable(out, "out");
+  require(params.nsg == 4 || params.nsg == 8, "nsg: must be 4 or 8, got ", params.nsg);
+  if (params.kernel == PrefillKernel::llamacpp)
+    require(q.head_dim() == 512, "q: head dim D must be 512 for kernel='llamacpp', got ", q.head_dim());
+  require(q.head_dim() <= 4096, "q: head dim D must be <= 4096, got ", q.head_dim());
+  const PrefillGeometry geometry = prefill_geometry(params.kernel, q.head_dim(), params.q_tile, params.k_tile);
+  const std::int64_t q_len = q.length(), k_len = k.length();
+  if (mask) {
+    validate_mask(*mask, {q.batch(), q.heads(), q_len, k_len}, "mask");
+  }
+  if (blk) {
+    require(mask != nullptr, "blk: a tile-skip map needs the mask it was built from (mask is None)");
+    const std::int64_t rows = (q_len + geometry.q_tile - 1) / geometry.q_tile;
+    const std::int64_t cols = (k_len + geometry.k_tile - 1) / geometry.k_tile;
+    require(blk->rows == rows && blk->cols == cols, "blk: shape must be [ceil(Lq/", geometry.q_tile, "), ceil(Lk/",
+            geometry.k_tile, ")] = [", rows, ", ", cols, "] for kernel='", kernel_name(params.kernel), "', got [",
+            blk->rows, ", ", blk->cols, "]");
+    require(blk->data != nullptr, "blk: data pointer is null");
+    for (std::int64_t t = 0; t < rows * cols; ++t)
+      require(blk->data[t] <= 2, "blk: entries must be 0, 1 or 2, got ", int(blk->data[t]), " at flat index ", t);
+  }
+  if (lse) {
+    validate_view(*lse, "lse");
+    require_dtype(lse->dtype == DType::f32, "lse: dtype must be float32, got ", dtype_name(lse->dtype));
+    require(lse->shape[0] == q.batch() && lse->shape[1] == q.heads() && lse->shape[2] == q_len && lse->shape[3] == 1,
+            "lse: shape must be [B, H, Lq] = [", q.batch(), ", ", q.heads(), ", ", q_len, "]");
+    require_writable(*lse, "lse");
+  }
+
+  const Problem problem{q.batch(), q.heads(), k.heads(), q_len, k_len, q.head_dim(), geometry,
+                        resolve_scale(params.scale, q.head_dim()), params.causal, mask, blk, lse};
+  dispatch_dtype(q.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (params.kernel == PrefillKernel::llamacpp)
+      prefill_kernel<T, LlamaCppArithmetic>(q, k, v, out, problem);
+    else
+      prefill_kernel<T, CandleArithmetic>(q, k, v, out, problem);
+  });
+}
+
+void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const PrefillGeometry& geometry,
+                            std::uint8_t* out, std::int64_t rows, std::int64_t cols) {
+  require(geometry.q_tile >= 1 && geometry.k_tile >= 1, "geometry: tiles must be >= 1");
+  for (int a = 0; a < 4; ++a) require(mask.shape[a] >= 1, "mask: every extent must be > 0, got ", mask.shape[a]);
+  require(mask.data != nullptr, "mask: data pointer is null");
+  const std::int64_t batch = mask.shape[0], heads = mask.shape[1], q_len = mask.shape[2], k_len = mask.shape[3];
+  const std::int64_t want_rows = (q_len + geometry.q_tile - 1) / geometry.q_tile;
+  const std::int64_t want_cols = (k_len + geometry.k_tile - 1) / geometry.k_tile;
+  require(rows == want_rows && cols == want_cols, "blk: output must be [", want_rows, ", ", want_cols, "], got [",
+          rows, ", ", cols, "]");
+  require(out != nullptr, "blk: output pointer is null");
+  // Broadcast axes (stride 0) need visiting once only.
+  const std::int64_t b_count = mask.stride[0] == 0 ? 1 : batch, h_count = mask.stride[1] == 0 ? 1 : heads;
+  parallel_for(rows * cols, 16, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t t = begin; t < end; ++t) {
+      const std::int64_t qt = t / cols, kt = t % cols;
+      const std::int64_t i0 = qt * geometry.q_tile, i1 = std::min(q_len, i0 + geometry.q_tile);
+      const std::int64_t j0 = kt * geometry.k_tile, j1 = j0 + geometry.k_tile;
+      if (j1 > k_len) {  // the partial right edge always takes the full path
+        out[t] = 1;
+        continue;
+      }
+      bool all_blocked = true, all_zero = true;
+      for (std::int64_t b = 0; b < b_count && (all_blocked || all_zero); ++b)
+        for (std::int64_t h = 0; h < h_count && (all_blocked || all_zero); ++h)
+          for (std::int64_t i = i0; i < i1 && (all_blocked || all_zero); ++i)
+            for (std::int64_t j = j0; j < j1; ++j) {
+              const float x = effective_mask_value(mask, kernel, b, h, i, j);
+              all_blocked = all_blocked && x == -kInf;
+              all_zero = all_zero && x == 0.0f;
+            }
+      out[t] = all_blocked ? 0 : all_zero ? 2 : 1;
+    }
+  });
+}
+
+}  // namespace fattn
