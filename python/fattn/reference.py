@@ -17,7 +17,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["attention", "sdpa"]
+__all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry"]
 
 _CAUSAL = (None, "top_left", "bottom_right")
 
@@ -156,3 +156,152 @@ def sdpa(q, k, v, *, causal: bool = True, scale: Optional[float] = None,
     inv_sum = np.where(running_sum > 0, f32(1.0) / np.where(running_sum > 0, running_sum, f32(1.0)), f32(0.0))
     out = acc * inv_sum[..., None].astype(f32)
     return out.astype(dtype)
+
+
+# --- tiled prefill -----------------------------------------------------------------
+
+_LOG2E32 = np.float32(1.44269504089)
+_INITIAL_MAX = np.float32(-np.finfo(np.float32).max / 2)
+
+
+def prefill_geometry(head_dim: int, kernel: str = "auto", q_tile: Optional[int] = None,
+                     k_tile: Optional[int] = None) -> Tuple[int, int]:
+    """(BQ, BK): candle D <= 256 -> (32, 16), candle D > 256 -> (8, 8), llamacpp -> (8, 64)."""
+    if kernel == "llamacpp":
+        bq, bk = 8, 64
+    else:
+        bq, bk = (8, 8) if head_dim > 256 else (32, 16)
+        bk = bk if k_tile is None else int(k_tile)
+    return (bq if q_tile is None else int(q_tile)), bk
+
+
+def _tree_sum(p: np.ndarray) -> np.ndarray:
+    """Sum over the last axis (a power of two) as pairs, pairs of pairs, ... in float32."""
+    while p.shape[-1] > 1:
+        p = p[..., 0::2] + p[..., 1::2]
+    return p[..., 0]
+
+
+def flash_attn_prefill(q, k, v, mask=None, *, causal: bool = False, scale: Optional[float] = None,
+                       layout: str = "bhld", blk=None, kernel: str = "auto", nsg: int = 8,
+                       return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None):
+    """The tiled prefill kernels' arithmetic in NumPy (same signature as ``fattn.flash_attn_prefill``).
+
+    ``kernel="auto"``/``"candle"`` (candle/MLX-derived), per query row, float32 throughout:
+
+    1. ``c = rT(f32(scale * log2e))``; ``q' = rT(q * c)`` (rT: round to the I/O type);
+    2. per K tile of BK keys (only the tiles a causal query block reaches; none that
+       ``blk`` marks 0): scores ``s = q' . k`` (here the correctly rounded float32 of the
+       exact dot; the kernel sums in order, a few float32 ulps away); keys past Lk and,
+       with ``causal``, keys after the query get ``-inf``; a bool mask's False gives
+       ``-inf``; an additive mask adds ``f32(log2e * mask)`` (not where ``blk`` is 2);
+    3. ``m' = max(m, max s)`` from ``m = -FLT_MAX/2``; ``p = exp2(s - m')`` (kept
+       float32); ``f = exp2(m - m')``; ``l = l*f + (tree sums of p per 8 keys, added in
+       order)``; ``O = O*f + sum_j p_j v_j`` (rounded once per tile here; the kernel
+       rounds after each key's fused multiply-add);
+    4. ``out = rT(O / l)``, 0 where ``l == 0``. LSE = ``ln2 * (m + log2 l)``.
+
+    ``kernel="llamacpp"`` (D = 512): Q unscaled; ``s = (q . k) * scale``; an additive mask
+    adds ``float(half(mask))``, then causal ``-inf``; natural ``exp``; tiles of 64 keys with
+    one tree sum per tile; ``out = rT(O * (1/l))``. LSE = ``m + ln l``.
+    """
+    if kernel not in ("auto", "candle", "llamacpp"):
+        raise ValueError(f"kernel: must be 'auto', 'candle' or 'llamacpp', got {kernel!r}")
+    llama = kernel == "llamacpp"
+    dtype = np.asarray(q).dtype
+    f32 = np.float32
+    to_bhld = (lambda x: np.asarray(x).transpose(0, 2, 1, 3)) if layout == "blhd" else np.asarray
+    q32, k32, v32 = (to_bhld(x).astype(f32) for x in (q, k, v))
+    batch, heads, q_len, head_dim = q32.shape
+    k_len = k32.shape[2]
+    k32, v32 = _expand_kv(k32, heads), _expand_kv(v32, heads)
+    bq, bk = prefill_geometry(head_dim, kernel, q_tile, k_tile)
+    scale32 = f32(1.0) / np.sqrt(f32(head_dim)) if scale is None else f32(scale)
+
+    def round_io(x):
+        return x.astype(dtype).astype(f32)
+
+    if llama:
+        q_staged = q32
+    else:
+        factor = round_io(np.asarray(scale32 * _LOG2E32, dtype=f32))
+        q_staged = round_io(q32 * factor)
+
+    mask_bool = mask_term = None
+    if mask is not None:
+        mask = np.broadcast_to(np.asarray(mask), (batch, heads, q_len, k_len))
+        if mask.dtype == bool:
+            mask_bool = mask
+        elif llama:
+            mask_term = mask.astype(f32).astype(np.float16).astype(f32)
+        else:
+            with np.errstate(over="ignore"):
+                mask_term = _LOG2E32 * mask.astype(f32)
+    exp = np.exp if llama else np.exp2
+    group = 64 if llama else 8
+
+    n_tiles = -(-k_len // bk)
+    block_of_row = np.arange(q_len) // bq
+    row_end = np.minimum((block_of_row + 1) * bq, q_len)
+    tile_limit = np.minimum(n_tiles, -(-row_end // bk)) if causal else np.full(q_len, n_tiles)
+    rows = np.arange(q_len)[:, None]
+
+    row_max = np.full((batch, heads, q_len), _INITIAL_MAX, dtype=f32)
+    row_sum = np.zeros((batch, heads, q_len), dtype=f32)
+    acc = np.zeros((batch, heads, q_len, head_dim), dtype=f32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for tile in range(n_tiles):
+            j0, j1 = tile * bk, min(k_len, tile * bk + bk)
+            action = np.ones(q_len, dtype=np.uint8) if blk is None else np.asarray(blk)[block_of_row, tile]
+            active = (tile < tile_limit) & (action != 0)
+            if not active.any():
+                continue
+            keys = np.arange(j0, j0 + bk)[None, :]
+            dots = np.einsum("bhid,bhjd->bhij", q_staged.astype(np.float64), k32[:, :, j0:j1].astype(np.float64))
+            s = np.full((batch, heads, q_len, bk), -np.inf, dtype=f32)
+            s[..., :j1 - j0] = dots.astype(f32)
+            if llama:
+                s = s * scale32
+            future = (keys > rows) if causal else np.zeros((q_len, bk), dtype=bool)
+            if not llama:
+                s = np.where(future, f32(-np.inf), s)
+            add = (action != 2)[:, None]
+            if mask_bool is not None:
+                blocked = np.zeros((batch, heads, q_len, bk), dtype=bool)
+                blocked[..., :j1 - j0] = ~mask_bool[..., j0:j1]
+                s = np.where(blocked & add, f32(-np.inf), s)
+            if mask_term is not None:
+                term = np.zeros((batch, heads, q_len, bk), dtype=f32)
+                term[..., :j1 - j0] = mask_term[..., j0:j1]
+                s = np.where(add, s + term, s)
+            if llama:
+                s = np.where(future, f32(-np.inf), s)
+            new_max = np.maximum(row_max, s.max(axis=-1))
+            p = exp(s - new_max[..., None]).astype(f32)
+            rescale = exp(row_max - new_max).astype(f32)
+            tile_sum = np.zeros_like(row_sum)
+            for g in range(0, bk, group):
+                tile_sum = tile_sum + _tree_sum(p[..., g:g + group])
+            new_sum = row_sum * rescale + tile_sum
+            pv = np.einsum("bhij,bhjd->bhid", p[..., :j1 - j0].astype(np.float64),
+                           v32[:, :, j0:j1].astype(np.float64))
+            new_acc = ((acc * rescale[..., None]).astype(np.float64) + pv).astype(f32)
+            act = active[None, None, :]
+            row_sum = np.where(act, new_sum, row_sum)
+            acc = np.where(act[..., None], new_acc, acc)
+            row_max = np.where(act, new_max, row_max)
+        if llama:
+            inv = np.where(row_sum == 0, f32(0), f32(1) / np.where(row_sum == 0, f32(1), row_sum))
+            out = acc * inv[..., None]
+        else:
+            out = np.where(row_sum[..., None] == 0, f32(0), acc / np.where(row_sum == 0, f32(1), row_sum)[..., None])
+    out = out.astype(dtype)
+    if layout == "blhd":
+        out = out.transpose(0, 2, 1, 3)
+    if not return_lse:
+        return out
+    m64, l64 = row_max.astype(np.float64), row_sum.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        lse = m64 + np.log(l64) if llama else (m64 + np.log2(l64)) * np.log(2.0)
+    lse = np.where(row_sum == 0, -np.inf, lse).astype(f32)
+    return out, lse
