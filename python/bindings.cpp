@@ -57,6 +57,7 @@ MaskView mask_of(const py::array& a) {
   }
   for (int i = 0; i < 4; ++i) {
     m.shape[std::size_t(i)] = std::int64_t(a.shape(i));
+    require(m.shape[std::size_t(i)] > 0, "mask: every extent must be > 0, got shape extent ", a.shape(i));
     const std::int64_t bytes = std::int64_t(a.strides(i));
     require(bytes % a.itemsize() == 0, "mask: byte stride ", bytes, " is not a multiple of the element size");
     m.stride[std::size_t(i)] = bytes / a.itemsize();

@@ -55,3 +55,81 @@ def test_sdpa_bad_call(args, kwargs, exc, fragment):
     with pytest.raises(exc) as info:
         fattn.sdpa(*args, **kwargs)
     assert fragment in str(info.value)
+
+
+def prefill_arrays(q=(1, 4, 3, 64), kv=(1, 2, 5, 64), dtype=BF16, k_dtype=None):
+    return np.ones(q, dtype=dtype), np.ones(kv, dtype=k_dtype or dtype), np.ones(kv, dtype=dtype)
+
+
+M35 = np.zeros((3, 5), dtype=np.float32)
+PREFILL_BAD_CALLS = [
+    ("zero batch", prefill_arrays(q=(0, 4, 3, 64)), {}, ValueError, "q: every extent must be > 0, got B = 0"),
+    ("zero q length", prefill_arrays(q=(1, 4, 0, 64)), {}, ValueError, "q: every extent must be > 0, got L = 0"),
+    ("zero k length", prefill_arrays(kv=(1, 2, 0, 64)), {}, ValueError, "k: every extent must be > 0, got L = 0"),
+    ("zero heads", prefill_arrays(q=(1, 0, 3, 64)), {}, ValueError, "q: every extent must be > 0, got H = 0"),
+    ("H % H_kv", prefill_arrays(q=(1, 3, 3, 64)), {}, ValueError,
+     "H (3) must be divisible by the number of K/V heads H_kv (2)"),
+    ("D mismatch", prefill_arrays(kv=(1, 2, 5, 32)), {}, ValueError, "k: head dim D (q.shape[3]) must be 64, got 32"),
+    ("llamacpp needs D=512", prefill_arrays(), {"kernel": "llamacpp"}, ValueError,
+     "q: head dim D must be 512 for kernel='llamacpp', got 64"),
+    ("unknown kernel", prefill_arrays(), {"kernel": "metal"}, ValueError, "kernel: must be one of"),
+    ("nsg 6", prefill_arrays(), {"nsg": 6}, ValueError, "nsg: must be 4 or 8, got 6"),
+    ("nsg float", prefill_arrays(), {"nsg": 4.0}, TypeError, "nsg: expected an integer"),
+    ("dtype mismatch", prefill_arrays(k_dtype=F16), {}, TypeError, "k: dtype must match q (bfloat16), got float16"),
+    ("float64 q", prefill_arrays(dtype=np.float64), {}, TypeError, "q: dtype must be one of"),
+    ("mask wrong shape", prefill_arrays(), {"mask": np.zeros((3, 6), np.float32)}, ValueError,
+     "mask: shape (3, 6) does not broadcast to [B, H, Lq, Lk] = [1, 4, 3, 5]"),
+    ("mask rank 1", prefill_arrays(), {"mask": np.zeros(5, np.float32)}, ValueError, "mask: expected [Lq, Lk]"),
+    ("mask int dtype", prefill_arrays(), {"mask": np.zeros((3, 5), np.int32)}, TypeError,
+     "mask: dtype must be bool (True = attend) or an additive float32, float16 or bfloat16, got int32"),
+    ("mask float64", prefill_arrays(), {"mask": np.zeros((3, 5))}, TypeError, "mask: dtype must be bool"),
+    ("mask not an array", prefill_arrays(), {"mask": [[0.0] * 5] * 3}, TypeError, "mask: expected a numpy.ndarray"),
+    ("blk without mask", prefill_arrays(), {"blk": np.ones((1, 1), np.uint8)}, ValueError,
+     "blk: a tile-skip map needs the mask it was built from"),
+    ("blk wrong shape", prefill_arrays(), {"mask": M35, "blk": np.ones((1, 2), np.uint8)}, ValueError,
+     "blk: shape must be [ceil(Lq/32), ceil(Lk/16)] = [1, 1] for kernel='candle', got [1, 2]"),
+    ("blk wrong dtype", prefill_arrays(), {"mask": M35, "blk": np.ones((1, 1), np.int64)}, TypeError,
+     "blk: dtype must be uint8"),
+    ("blk 1-D", prefill_arrays(), {"mask": M35, "blk": np.ones(1, np.uint8)}, ValueError, "blk: expected a 2-D"),
+    ("blk bad value", prefill_arrays(), {"mask": M35, "blk": np.full((1, 1), 3, np.uint8)}, ValueError,
+     "blk: entries must be 0, 1 or 2, got 3"),
+    ("layout unknown", prefill_arrays(), {"layout": "hbld"}, ValueError, "layout: must be one of"),
+    ("q 3-D", (np.ones((4, 3, 64), BF16),) + prefill_arrays()[1:], {}, ValueError, "q: expected a 4-D array"),
+    ("scale nan", prefill_arrays(), {"scale": float("nan")}, ValueError, "scale: must be finite"),
+    ("k_tile not power of two", prefill_arrays(), {"k_tile": 24}, ValueError,
+     "k_tile: must be a power of two from 8 to 1024"),
+    ("q_tile zero", prefill_arrays(), {"q_tile": 0}, ValueError, "q_tile: must be from 1 to 1024, got 0"),
+    ("llamacpp k_tile", prefill_arrays(q=(1, 4, 3, 512), kv=(1, 2, 5, 512)), {"kernel": "llamacpp", "k_tile": 32},
+     ValueError, "k_tile: kernel='llamacpp' works on chunks of 64 keys, got 32"),
+    ("causal not bool", prefill_arrays(), {"causal": 1}, TypeError, "causal: expected a bool"),
+    ("return_lse not bool", prefill_arrays(), {"return_lse": "yes"}, TypeError, "return_lse: expected a bool"),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, exc, fragment", [c[1:] for c in PREFILL_BAD_CALLS],
+                         ids=[c[0] for c in PREFILL_BAD_CALLS])
+def test_prefill_bad_call(args, kwargs, exc, fragment):
+    with pytest.raises(exc) as info:
+        fattn.flash_attn_prefill(*args, **kwargs)
+    assert fragment in str(info.value)
+
+
+BLK_BAD_CALLS = [
+    ("no geometry", (M35,), {}, ValueError, "head_dim: needed to choose the tile geometry"),
+    ("mask rank 3", (np.zeros((1, 3, 5), np.float32),), {"head_dim": 64}, ValueError,
+     "mask: expected [Lq, Lk] or [B, H, Lq, Lk]"),
+    ("mask int", (np.zeros((3, 5), np.int8),), {"head_dim": 64}, TypeError, "mask: dtype must be bool"),
+    ("mask zero rows", (np.zeros((0, 5), np.float32),), {"head_dim": 64}, ValueError,
+     "mask: every extent must be > 0"),
+    ("bad kernel", (M35,), {"head_dim": 64, "kernel": "x"}, ValueError, "kernel: must be one of"),
+    ("bad k_tile", (M35,), {"head_dim": 64, "k_tile": 12}, ValueError, "k_tile: must be a power of two"),
+    ("not an array", ([[0.0]],), {"head_dim": 64}, TypeError, "mask: expected a numpy.ndarray"),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, exc, fragment", [c[1:] for c in BLK_BAD_CALLS],
+                         ids=[c[0] for c in BLK_BAD_CALLS])
+def test_prefill_blk_bad_call(args, kwargs, exc, fragment):
+    with pytest.raises(exc) as info:
+        fattn.flash_attn_prefill_blk(*args, **kwargs)
+    assert fragment in str(info.value)
