@@ -78,6 +78,27 @@ PrefillKernel kernel_of(const std::string& name) {
   throw InvalidArgument("kernel: must be 'auto', 'candle' or 'llamacpp', got '" + name + "'");
 }
 
+DecodeParams decode_params(std::int64_t kv_seq_len, std::optional<float> scale, int mask, std::int64_t window,
+                           float softcap, int nwg) {
+  require(mask >= 0 && mask <= 2, "mask: unknown mode ", mask);
+  DecodeParams p;
+  p.kv_seq_len = kv_seq_len;
+  p.scale = scale;
+  p.mask = static_cast<DecodeMask>(mask);
+  p.window = window;
+  p.softcap = softcap;
+  p.nwg = nwg;
+  return p;
+}
+
+// A contiguous f32 array's data, checked.
+const float* f32_data(const py::array& a, const char* name, std::int64_t count) {
+  require_dtype(a.dtype().kind() == 'f' && a.itemsize() == 4, name, ": must be float32");
+  require((a.flags() & py::array::c_style) && a.size() == count, name, ": must be C-contiguous with ", count,
+          " elements");
+  return static_cast<const float*>(a.data());
+}
+
 py::dict build_info_dict() {
   const BuildInfo info = build_info();
   py::dict d;
@@ -182,6 +203,68 @@ PYBIND11_MODULE(_core, m) {
           return py::make_tuple(g.q_tile, g.k_tile);
         },
         py::arg("kernel"), py::arg("head_dim"), py::arg("q_tile"), py::arg("k_tile"));
+
+  m.def(
+      "flash_attn_vec",
+      [](const py::array& q, const py::array& k, const py::array& v, py::array& out, std::int64_t kv_seq_len,
+         std::optional<float> scale, int mask, std::int64_t window, float softcap, int nwg) {
+        const DecodeParams p = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
+        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k_cache", false),
+                         vv = view_of(v, "v_cache", false), ov = view_of(out, "out", true);
+        py::gil_scoped_release nogil;
+        flash_attn_vec(qv, kv, vv, ov, p);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("kv_seq_len"), py::arg("scale"),
+      py::arg("mask"), py::arg("window"), py::arg("softcap"), py::arg("nwg"));
+
+  m.def(
+      "flash_attn_vec_partials",
+      [](const py::array& q, const py::array& k, const py::array& v, py::array& o, py::array& s, py::array& mx,
+         std::int64_t kv_seq_len, std::optional<float> scale, int mask, std::int64_t window, float softcap, int nwg) {
+        const DecodeParams p = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
+        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k_cache", false),
+                         vv = view_of(v, "v_cache", false), ov = view_of(o, "o", true), sv = view_of(s, "s", true),
+                         mv = view_of(mx, "m", true);
+        py::gil_scoped_release nogil;
+        flash_attn_vec_partials(qv, kv, vv, ov, sv, mv, p);
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("s"), py::arg("m"), py::arg("kv_seq_len"),
+      py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"), py::arg("nwg"));
+
+  m.def(
+      "flash_attn_vec_reduce",
+      [](const py::array& o, const py::array& s, const py::array& mx, py::array& out) {
+        const TensorView ov = view_of(o, "o", false), sv = view_of(s, "s", false), mv = view_of(mx, "m", false),
+                         outv = view_of(out, "out", true);
+        py::gil_scoped_release nogil;
+        flash_attn_vec_reduce(ov, sv, mv, outv);
+      },
+      py::arg("o"), py::arg("s"), py::arg("m"), py::arg("out"));
+
+  m.def(
+      "merge_attention",
+      [](const std::vector<py::array>& outputs, const std::vector<py::array>& lses, py::array& out,
+         std::optional<py::array> out_lse) {
+        require(!outputs.empty() && outputs.size() == lses.size(), "outputs/lses: need equally many, at least one");
+        require(out.ndim() == 2, "out: expected [rows, D]");
+        const std::int64_t rows = out.shape(0), D = out.shape(1);
+        std::vector<const float*> o_ptrs, l_ptrs;
+        for (std::size_t i = 0; i < outputs.size(); ++i) {
+          o_ptrs.push_back(f32_data(outputs[i], "outputs[i]", rows * D));
+          l_ptrs.push_back(f32_data(lses[i], "lses[i]", rows));
+        }
+        f32_data(out, "out", rows * D);
+        require(out.writeable(), "out: must be writable");
+        float* dst = static_cast<float*>(out.mutable_data());
+        float* dst_lse = nullptr;
+        if (out_lse) {
+          f32_data(*out_lse, "out_lse", rows);
+          dst_lse = static_cast<float*>(out_lse->mutable_data());
+        }
+        py::gil_scoped_release nogil;
+        merge_attention(o_ptrs, l_ptrs, rows, D, dst, dst_lse);
+      },
+      py::arg("outputs"), py::arg("lses"), py::arg("out"), py::arg("out_lse"));
 
   m.def(
       "flash_attn_prefill_blk",

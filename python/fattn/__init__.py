@@ -1,7 +1,9 @@
 """fattn: mlx-native's attention kernels on the CPU, and float64 NumPy references to hold them against.
 
 Kernels: :func:`flash_attn_prefill` (tiled prefill) with its tile-skip map
-:func:`flash_attn_prefill_blk`, :func:`sdpa` (naive fused SDPA). Threads: :func:`set_num_threads`,
+:func:`flash_attn_prefill_blk`, :func:`flash_attn_vec` (split-KV decode) with its halves
+:func:`flash_attn_vec_partials` / :func:`flash_attn_vec_reduce`, :func:`merge_attention`,
+:func:`sdpa` (naive fused SDPA). Threads: :func:`set_num_threads`,
 :func:`get_num_threads`. Exact and kernel-faithful references:
 :mod:`fattn.reference`. Numerics of every kernel: docs/numerics.md.
 """
@@ -13,12 +15,14 @@ import numpy as np
 
 from . import _core, reference
 from ._common import BFLOAT16, FLOAT16, FLOAT32, as_array, require_dtype
+from ._decode import flash_attn_vec, flash_attn_vec_partials, flash_attn_vec_reduce, merge_attention
 from ._prefill import flash_attn_prefill, flash_attn_prefill_blk, prefill_geometry
 from ._sdpa import sdpa
 
 __version__: str = _core.build_info()["version"]
 
-__all__ = ["flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "set_num_threads", "get_num_threads", "build_info", "round_to", "__version__"]
+__all__ = ["flash_attn_vec", "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention",
+           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "set_num_threads", "get_num_threads", "build_info", "round_to", "__version__"]
 
 
 def set_num_threads(n: int) -> None:

@@ -1,6 +1,7 @@
 #pragma once
 // fattn: the mlx-native attention kernel family on the CPU. One include for all of it.
 #include "fattn/build_info.hpp"
+#include "fattn/decode.hpp"
 #include "fattn/dtype.hpp"
 #include "fattn/error.hpp"
 #include "fattn/parallel.hpp"

@@ -1,0 +1,47 @@
+#pragma once
+// Vec decode (seed 002, llama.cpp's flash_attn_ext_vec): one query per head
+// against a KV cache, split over NWG groups that each keep a partial online
+// softmax (O, S, M), then a reduce. Also the general merge of attention
+// results over disjoint key sets.
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "fattn/tensor.hpp"
+
+namespace fattn {
+
+enum class DecodeMask : std::uint8_t { none = 0, causal = 1, sliding_window = 2 };
+
+struct DecodeParams {
+  std::int64_t kv_seq_len = 0;  // valid positions, 1..capacity
+  std::optional<float> scale;   // default 1/sqrt(D) in f32
+  DecodeMask mask = DecodeMask::none;
+  std::int64_t window = 0;      // sliding_window: keep the last `window` positions (0 = all)
+  float softcap = 0.0f;         // > 0: score = softcap * tanh(score / softcap) (fattn's extension)
+  int nwg = 32;                 // groups the KV positions are dealt to, 1..64
+};
+
+// Positions per chunk: the unit the groups are dealt and the softmax rescales by.
+inline constexpr std::int64_t kDecodeChunk = 32;
+
+// q: f32 [B, H, 1, D]; k, v: [B, H_kv, capacity, D] in f32, f16 or bf16.
+// Partials: o f32 [B, H, nwg, D] (unnormalised), s and m f32 [B, H, nwg, 1].
+void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                             const TensorView& s, const TensorView& m, const DecodeParams& params);
+
+// out f32 [B, H, 1, D] from the partials (any nwg from 1 to 64).
+void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out);
+
+// partials + reduce, with the partials in a workspace allocated once per call.
+void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                    const DecodeParams& params);
+
+// Combines n attention results over disjoint key sets: outputs[i] f32
+// [rows, D] (normalised) and lses[i] f32 [rows] (natural log; -inf = no
+// key) into out [rows, D] and out_lse [rows] (may be null), f32, all
+// contiguous. A row with no key anywhere is 0 with LSE -inf.
+void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
+                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse);
+
+}  // namespace fattn

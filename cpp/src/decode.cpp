@@ -1,0 +1,279 @@
+// Vec decode: the scalar model. Per group, chunks of 32 positions in the
+// order the seed deals them; per chunk, the lane-structured dot products,
+// the implicit mask, one online-softmax rescale and the chunk's P·V.
+#include "fattn/decode.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "dispatch.hpp"
+#include "fattn/parallel.hpp"
+#include "validate.hpp"
+
+namespace fattn {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kInitialMax = -FLT_MAX / 2;
+// The seed masks with -max(half), not -inf: a masked score is finite.
+constexpr float kMaskedScore = -65504.0f;
+constexpr std::int64_t kLanes = 32;  // one simdgroup: lane t owns float4 groups t, t+32, ...
+
+float tree_sum(const float* p, std::int64_t n) {
+  if (n == 1) return p[0];
+  const std::int64_t half = n / 2;
+  return tree_sum(p, half) + tree_sum(p + half, half);
+}
+
+// q·k as the seed's simdgroup forms it: each lane chains fused multiply-adds
+// over its float4 groups in order, then the 32 lane sums meet in a tree.
+float lane_dot(const float* k, const float* q, std::int64_t head_dim) {
+  float lane[kLanes] = {};
+  for (std::int64_t base = 0; base < head_dim; base += 4 * kLanes)
+    for (std::int64_t t = 0; t < kLanes; ++t)
+      for (std::int64_t e = 0; e < 4; ++e) {
+        const std::int64_t d = base + 4 * t + e;
+        if (d < head_dim) lane[t] = std::fma(k[d], q[d], lane[t]);
+      }
+  return tree_sum(lane, kLanes);
+}
+
+std::int64_t reduce_lanes(std::int64_t nwg) {  // the reduce's lanes: a power of two >= 32
+  std::int64_t n = kLanes;
+  while (n < nwg) n *= 2;
+  return n;
+}
+
+struct Decode {
+  std::int64_t batch, heads, kv_heads, head_dim, kv_len, window_start, nwg;
+  float scale, softcap, scale_over_cap;
+};
+
+// One (batch, KV head, group): every query head of the KV head's group, so a
+// chunk of K/V is widened once for all of them.
+template <class T>
+void decode_group(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
+                  const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
+                  std::int64_t kv_head, std::int64_t g, std::vector<float>& work) {
+  const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, C = kDecodeChunk;
+  // work: staged Q (group x D), K and V chunks (C x D each), O (group x D), chunk sum lo (D)
+  work.resize(std::size_t((2 * group + 2 * C + 1) * D));
+  float* qh = work.data();
+  float* kc = qh + group * D;
+  float* vc = kc + C * D;
+  float* o = vc + C * D;
+  float* lo = o + group * D;
+  std::vector<float> row_max(std::size_t(group), kInitialMax), row_sum(std::size_t(group), 0.0f);
+  for (std::int64_t r = 0; r < group; ++r) {
+    const float* src = q.row<const float>(b, kv_head * group + r, 0);
+    for (std::int64_t d = 0; d < D; ++d) qh[r * D + d] = f16_to_f32(f32_to_f16(src[d]));  // Q staged as half
+  }
+  std::fill(o, o + group * D, 0.0f);
+
+  float s[kDecodeChunk], w[kDecodeChunk];
+  for (std::int64_t chunk = g; chunk * C < p.kv_len; chunk += p.nwg) {
+    const std::int64_t p0 = chunk * C, valid = std::min(C, p.kv_len - p0);
+    if (p0 + valid <= p.window_start) continue;  // all 32 masked: the seed skips the chunk
+    for (std::int64_t j = 0; j < valid; ++j) {   // never past kv_seq_len
+      const T* k_src = k.row<const T>(b, kv_head, p0 + j);
+      const T* v_src = v.row<const T>(b, kv_head, p0 + j);
+      for (std::int64_t d = 0; d < D; ++d) {
+        kc[j * D + d] = widen(k_src[d]);
+        vc[j * D + d] = widen(v_src[d]);
+      }
+    }
+    for (std::int64_t r = 0; r < group; ++r) {
+      for (std::int64_t j = 0; j < C; ++j) {
+        if (j >= valid) {  // past kv_seq_len: weight exactly 0, not read
+          s[j] = -kInf;
+          continue;
+        }
+        const float dot = lane_dot(kc + j * D, qh + r * D, D);
+        const float mask = p0 + j < p.window_start ? kMaskedScore : 0.0f;
+        s[j] = p.softcap > 0.0f ? p.softcap * std::tanh(dot * p.scale_over_cap) + mask : std::fma(dot, p.scale, mask);
+      }
+      float chunk_max = -kInf;
+      for (std::int64_t j = 0; j < C; ++j) chunk_max = std::max(chunk_max, s[j]);
+      const float old_max = row_max[std::size_t(r)];
+      const float new_max = std::max(old_max, chunk_max);
+      const float rescale = std::exp(old_max - new_max);
+      for (std::int64_t j = 0; j < C; ++j) w[j] = std::exp(s[j] - new_max);
+      row_sum[std::size_t(r)] = row_sum[std::size_t(r)] * rescale + tree_sum(w, C);
+      row_max[std::size_t(r)] = new_max;
+      // The chunk's P·V goes into its own accumulator, then into O.
+      std::fill(lo, lo + D, 0.0f);
+      for (std::int64_t j = 0; j < valid; ++j)
+        for (std::int64_t d = 0; d < D; ++d) lo[d] = std::fma(vc[j * D + d], w[j], lo[d]);
+      float* o_row = o + r * D;
+      for (std::int64_t d = 0; d < D; ++d) o_row[d] = o_row[d] * rescale + lo[d];
+    }
+  }
+  for (std::int64_t r = 0; r < group; ++r) {
+    const std::int64_t h = kv_head * group + r;
+    float* dst = o_part.row<float>(b, h, g);
+    std::copy(o + r * D, o + (r + 1) * D, dst);
+    *s_part.row<float>(b, h, g) = row_sum[std::size_t(r)];
+    *m_part.row<float>(b, h, g) = row_max[std::size_t(r)];
+  }
+}
+
+// The reduce for one (batch, head): M* = max M_g, w_g = exp(M_g - M*),
+// S* = tree(S_g w_g), out = tree(O_g w_g) * (S* == 0 ? 0 : 1/S*).
+void reduce_row(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out,
+                std::int64_t b, std::int64_t h, std::vector<float>& work) {
+  const std::int64_t nwg = o.length(), D = o.head_dim(), lanes = reduce_lanes(nwg);
+  work.assign(std::size_t(2 * lanes), 0.0f);
+  float* weight = work.data();
+  float* terms = weight + lanes;
+  float global_max = kInitialMax;  // idle lanes hold the initial max
+  for (std::int64_t g = 0; g < nwg; ++g) global_max = std::max(global_max, *m.row<const float>(b, h, g));
+  for (std::int64_t g = 0; g < nwg; ++g) weight[g] = std::exp(*m.row<const float>(b, h, g) - global_max);
+  for (std::int64_t g = 0; g < nwg; ++g) terms[g] = *s.row<const float>(b, h, g) * weight[g];
+  const float total = tree_sum(terms, lanes);
+  const float inv = total == 0.0f ? 0.0f : 1.0f / total;
+  float* dst = out.row<float>(b, h, 0);
+  for (std::int64_t d = 0; d < D; ++d) {
+    for (std::int64_t g = 0; g < nwg; ++g) terms[g] = o.row<const float>(b, h, g)[d] * weight[g];
+    dst[d] = tree_sum(terms, lanes) * inv;
+  }
+}
+
+Decode validate_decode(const TensorView& q, const TensorView& k, const TensorView& v, const DecodeParams& p) {
+  using namespace detail;
+  validate_view(q, "q");
+  validate_view(k, "k_cache");
+  validate_view(v, "v_cache");
+  require_dtype(q.dtype == DType::f32, "q: dtype must be float32, got ", dtype_name(q.dtype));
+  require_same_dtype(v, "v_cache", k, "k_cache");
+  require(q.length() == 1, "q: one query per head (L = 1), got ", q.length());
+  const std::int64_t D = q.head_dim();
+  require(D % 32 == 0 && D <= 512, "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got ",
+          D);
+  require_extent(k, "k_cache", Axis::batch, q.batch(), "batch size B (q's)");
+  require_extent(k, "k_cache", Axis::dim, D, "head dim D (q's)");
+  require_gqa(q.heads(), k.heads());
+  require_same_shape(v, "v_cache", k, "k_cache");
+  require(p.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", p.kv_seq_len);
+  require(p.kv_seq_len <= k.length(), "kv_seq_len: must be <= the cache capacity (", k.length(), "), got ",
+          p.kv_seq_len);
+  require(p.nwg >= 1 && p.nwg <= 64, "nwg: must be from 1 to 64, got ", p.nwg);
+  require(p.window >= 0, "window: must be >= 0, got ", p.window);
+  require(std::isfinite(p.softcap) && p.softcap >= 0.0f, "softcap: must be finite and >= 0 (0 = off), got ",
+          p.softcap);
+  const float scale = resolve_scale(p.scale, D);
+  std::int64_t window_start = 0;
+  if (p.mask == DecodeMask::sliding_window && p.window > 0) window_start = std::max<std::int64_t>(0, p.kv_seq_len - p.window);
+  return Decode{q.batch(), q.heads(), k.heads(), D, p.kv_seq_len, window_start, p.nwg, scale, p.softcap,
+                p.softcap > 0.0f ? scale / p.softcap : 0.0f};
+}
+
+void validate_partials(const TensorView& o, const TensorView& s, const TensorView& m, const char* who) {
+  validate_view(o, "o");
+  validate_view(s, "s");
+  validate_view(m, "m");
+  for (const auto* t : {&o, &s, &m})
+    require_dtype(t->dtype == DType::f32, who, ": partials must be float32, got ", dtype_name(t->dtype));
+  require(o.length() <= 64, "o: nwg (the group axis) must be from 1 to 64, got ", o.length());
+  for (const auto* t : {&s, &m})
+    require(t->shape[0] == o.shape[0] && t->shape[1] == o.shape[1] && t->shape[2] == o.shape[2] && t->shape[3] == 1,
+            who, ": s and m must be [..., H, nwg] matching o's [", o.shape[0], ", ", o.shape[1], ", ", o.shape[2],
+            ", D]");
+}
+
+void run_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                  const TensorView& s, const TensorView& m, const Decode& p) {
+  parallel_for(p.batch * p.kv_heads * p.nwg, 1, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> work;
+    for (std::int64_t item = begin; item < end; ++item) {
+      const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
+      detail::dispatch_dtype(k.dtype, [&](auto tag) {
+        decode_group<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g, work);
+      });
+    }
+  });
+}
+
+void run_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out) {
+  const std::int64_t heads = o.heads();
+  parallel_for(o.batch() * heads, 4, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> work;
+    for (std::int64_t r = begin; r < end; ++r) reduce_row(o, s, m, out, r / heads, r % heads, work);
+  });
+}
+
+}  // namespace
+
+void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                             const TensorView& s, const TensorView& m, const DecodeParams& params) {
+  const Decode p = validate_decode(q, k, v, params);
+  validate_partials(o, s, m, "flash_attn_vec_partials");
+  require(o.shape[0] == q.batch() && o.shape[1] == q.heads() && o.shape[2] == params.nwg && o.shape[3] == q.head_dim(),
+          "o: shape must be [B, H, nwg, D] = [", q.batch(), ", ", q.heads(), ", ", params.nwg, ", ", q.head_dim(), "]");
+  for (const auto* t : {&o, &s, &m}) detail::require_writable(*t, "partials");
+  run_partials(q, k, v, o, s, m, p);
+}
+
+void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out) {
+  validate_partials(o, s, m, "flash_attn_vec_reduce");
+  validate_view(out, "out");
+  require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", dtype_name(out.dtype));
+  require(out.shape[0] == o.shape[0] && out.shape[1] == o.shape[1] && out.shape[2] == 1 && out.shape[3] == o.shape[3],
+          "out: shape must be [B, H, 1, D] matching o");
+  detail::require_writable(out, "out");
+  run_reduce(o, s, m, out);
+}
+
+void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                    const DecodeParams& params) {
+  const Decode p = validate_decode(q, k, v, params);
+  validate_view(out, "out");
+  require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", dtype_name(out.dtype));
+  detail::require_same_shape(out, "out", q, "q");
+  detail::require_writable(out, "out");
+  // The seed's temp buffer: H * NWG * (D + 2) floats per batch, allocated once per call.
+  const std::int64_t B = q.batch(), H = q.heads(), G = p.nwg, D = p.head_dim;
+  std::vector<float> workspace(std::size_t(B * H * G * (D + 2)));
+  const TensorView o = contiguous_view(workspace.data(), DType::f32, {B, H, G, D}, true);
+  const TensorView s = contiguous_view(workspace.data() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
+  const TensorView m = contiguous_view(workspace.data() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
+  run_partials(q, k, v, o, s, m, p);
+  run_reduce(o, s, m, out);
+}
+
+void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
+                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse) {
+  require(!outputs.empty(), "outputs: need at least one attention result");
+  require(outputs.size() == lses.size(), "lses: need one per output (", outputs.size(), "), got ", lses.size());
+  require(rows >= 1 && head_dim >= 1, "outputs: rows and head dim must be >= 1");
+  for (std::size_t i = 0; i < outputs.size(); ++i)
+    require(outputs[i] != nullptr && lses[i] != nullptr, "outputs/lses: null pointer at index ", i);
+  require(out != nullptr, "out: null pointer");
+  const std::size_t n = outputs.size();
+  parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> weight(n);
+    for (std::int64_t r = begin; r < end; ++r) {
+      float global_max = -kInf;
+      for (std::size_t i = 0; i < n; ++i) global_max = std::max(global_max, lses[i][r]);
+      float* dst = out + r * head_dim;
+      if (global_max == -kInf) {  // no key in any part
+        std::fill(dst, dst + head_dim, 0.0f);
+        if (out_lse) out_lse[r] = -kInf;
+        continue;
+      }
+      float total = 0.0f;
+      for (std::size_t i = 0; i < n; ++i) total = total + (weight[i] = std::exp(lses[i][r] - global_max));
+      const float inv = 1.0f / total;
+      for (std::int64_t d = 0; d < head_dim; ++d) {
+        float acc = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) acc = std::fma(outputs[i][r * head_dim + d], weight[i], acc);
+        dst[d] = acc * inv;
+      }
+      if (out_lse) out_lse[r] = float(double(global_max) + std::log(double(total)));
+    }
+  });
+}
+
+}  // namespace fattn
