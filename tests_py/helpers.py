@@ -105,3 +105,29 @@ def within_exact_bound(out, exact, bound):
     err = np.abs(as64(out) - exact)
     allowed = bound + 0.5 * ulp(np.abs(exact) + bound, dtype)
     return err <= allowed, err, allowed
+
+
+def decode_exact_bound(q, k, v, *, kv_seq_len, scale=None, window=None, softcap=0.0):
+    """Bound on |flash_attn_vec - reference.attention| per output row (docs/numerics.md, "Vec
+    decode: error bounds"): Q's rounding to float16 (relative 2^-11, or absolute 2^-25 below the
+    half normal range, inf above it), the f32 dot chain, the softcap's tanh; then through the
+    softmax as for prefill."""
+    q64 = as64(q)
+    if q64.ndim == 2:
+        q64, k, v = q64[None], np.asarray(k)[None], np.asarray(v)[None]
+    k64 = expand_kv(as64(k)[:, :, :kv_seq_len], q64.shape[1])
+    v64 = expand_kv(as64(v)[:, :, :kv_seq_len], q64.shape[1])
+    d = q64.shape[-1]
+    s = float(np.float32(1) / np.sqrt(np.float32(d))) if scale is None else float(np.float32(scale))
+    q_err = np.maximum(np.abs(q64) * 2.0 ** -11, 2.0 ** -25)  # per element of Q
+    score_err = s * (np.einsum("bhd,bhjd->bhj", q_err, np.abs(k64))
+                     + (d + 2) * U32 * np.einsum("bhd,bhjd->bhj", np.abs(q64), np.abs(k64)))
+    if softcap > 0:
+        score_err = score_err + 4 * U32 * softcap  # tanh is 1-Lipschitz; its own rounding
+    visible = np.ones(kv_seq_len, dtype=bool)
+    if window:
+        visible &= np.arange(kv_seq_len) >= kv_seq_len - window
+    e = np.where(visible, score_err, 0.0).max(axis=-1)
+    vmax = np.abs(v64).max(axis=(2, 3))
+    bound = vmax * (np.expm1(2 * e) + (2 * visible.sum() + 10) * U32)
+    return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]

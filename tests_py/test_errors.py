@@ -133,3 +133,94 @@ def test_prefill_blk_bad_call(args, kwargs, exc, fragment):
     with pytest.raises(exc) as info:
         fattn.flash_attn_prefill_blk(*args, **kwargs)
     assert fragment in str(info.value)
+
+
+def vec_arrays(q=(4, 64), kv=(2, 10, 64), q_dtype=F32, kv_dtype=F16, v_dtype=None):
+    return np.ones(q, q_dtype), np.ones(kv, kv_dtype), np.ones(kv, v_dtype or kv_dtype)
+
+
+VEC_BAD_CALLS = [
+    ("head dim 48", vec_arrays(q=(4, 48), kv=(2, 10, 48)), {"kv_seq_len": 5}, ValueError,
+     "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got 48"),
+    ("head dim 1024", vec_arrays(q=(4, 1024), kv=(2, 10, 1024)), {"kv_seq_len": 5}, ValueError,
+     "head dim D must be a multiple of 32 up to 512"),
+    ("zero heads", vec_arrays(q=(0, 64)), {"kv_seq_len": 5}, ValueError, "q: every extent must be > 0, got H = 0"),
+    ("zero kv heads", vec_arrays(kv=(0, 10, 64)), {"kv_seq_len": 5}, ValueError,
+     "k_cache: every extent must be > 0"),
+    ("H % H_kv", vec_arrays(q=(3, 64)), {"kv_seq_len": 5}, ValueError, "H (3) must be divisible by"),
+    ("kv_seq_len 0", vec_arrays(), {"kv_seq_len": 0}, ValueError, "kv_seq_len: must be >= 1, got 0"),
+    ("capacity < kv_seq_len", vec_arrays(), {"kv_seq_len": 11}, ValueError,
+     "kv_seq_len: must be <= the cache capacity (10), got 11"),
+    ("kv_seq_len missing", vec_arrays(), {}, TypeError, "kv_seq_len"),
+    ("q f16", vec_arrays(q_dtype=F16), {"kv_seq_len": 5}, TypeError, "q: dtype must be float32"),
+    ("k/v dtypes differ", vec_arrays(v_dtype=F32), {"kv_seq_len": 5}, TypeError,
+     "v_cache: dtype must match k_cache (float16), got float32"),
+    ("k int8", vec_arrays(kv_dtype=np.int8), {"kv_seq_len": 5}, TypeError, "k_cache: dtype must be one of"),
+    ("rank mismatch", (np.ones((4, 64), F32), np.ones((1, 2, 10, 64), F16), np.ones((1, 2, 10, 64), F16)),
+     {"kv_seq_len": 5}, ValueError, "k_cache: expected [H_kv, capacity, D] to go with q of shape (4, 64)"),
+    ("q 1-D", (np.ones(64, F32),) + vec_arrays()[1:], {"kv_seq_len": 5}, ValueError, "q: expected [H, D] or [B, H, D]"),
+    ("batch mismatch", (np.ones((2, 4, 64), F32), np.ones((1, 2, 10, 64), F16), np.ones((1, 2, 10, 64), F16)),
+     {"kv_seq_len": 5}, ValueError, "k_cache: batch size B (q's) must be 2, got 1"),
+    ("D mismatch", (np.ones((4, 64), F32), np.ones((2, 10, 32), F16), np.ones((2, 10, 32), F16)),
+     {"kv_seq_len": 5}, ValueError, "k_cache: head dim D (q's) must be 64, got 32"),
+    ("v shape", (np.ones((4, 64), F32), np.ones((2, 10, 64), F16), np.ones((2, 9, 64), F16)), {"kv_seq_len": 5},
+     ValueError, "v_cache: shape must equal k_cache's"),
+    ("mask name", vec_arrays(), {"kv_seq_len": 5, "mask": "window"}, ValueError, "mask: must be one of"),
+    ("window negative", vec_arrays(), {"kv_seq_len": 5, "mask": "sliding_window", "window": -1}, ValueError,
+     "window: must be >= 0, got -1"),
+    ("window float", vec_arrays(), {"kv_seq_len": 5, "window": 2.5}, TypeError, "window: expected an integer"),
+    ("nwg 0", vec_arrays(), {"kv_seq_len": 5, "nwg": 0}, ValueError, "nwg: must be from 1 to 64, got 0"),
+    ("nwg 65", vec_arrays(), {"kv_seq_len": 5, "nwg": 65}, ValueError, "nwg: must be from 1 to 64, got 65"),
+    ("softcap negative", vec_arrays(), {"kv_seq_len": 5, "softcap": -1.0}, ValueError, "softcap: must be finite"),
+    ("softcap nan", vec_arrays(), {"kv_seq_len": 5, "softcap": float("nan")}, ValueError, "softcap: must be finite"),
+    ("scale inf", vec_arrays(), {"kv_seq_len": 5, "scale": float("inf")}, ValueError, "scale: must be finite"),
+    ("cache not array", (np.ones((4, 64), F32), "cache", np.ones((2, 10, 64), F16)), {"kv_seq_len": 5}, TypeError,
+     "k_cache: expected a numpy.ndarray"),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, exc, fragment", [c[1:] for c in VEC_BAD_CALLS],
+                         ids=[c[0] for c in VEC_BAD_CALLS])
+def test_vec_bad_call(args, kwargs, exc, fragment):
+    for fn in (fattn.flash_attn_vec, fattn.flash_attn_vec_partials):
+        with pytest.raises(exc) as info:
+            fn(*args, **kwargs)
+        assert fragment in str(info.value)
+
+
+O = np.zeros((4, 8, 64), np.float32)
+S = np.zeros((4, 8), np.float32)
+REDUCE_BAD_CALLS = [
+    ("o f16", (O.astype(F16), S, S), TypeError, "o: dtype must be float32"),
+    ("s shape", (O, S[:, :4], S), ValueError, "s: shape must be o's without D"),
+    ("o 2-D", (O[0], S, S), ValueError, "o: expected [H, nwg, D] or [B, H, nwg, D]"),
+    ("nwg 65", (np.zeros((4, 65, 64), np.float32), np.zeros((4, 65), np.float32), np.zeros((4, 65), np.float32)),
+     ValueError, "nwg (the group axis) must be from 1 to 64"),
+]
+
+
+@pytest.mark.parametrize("args, exc, fragment", [c[1:] for c in REDUCE_BAD_CALLS], ids=[c[0] for c in REDUCE_BAD_CALLS])
+def test_vec_reduce_bad_call(args, exc, fragment):
+    with pytest.raises(exc) as info:
+        fattn.flash_attn_vec_reduce(*args)
+    assert fragment in str(info.value)
+
+
+OUT = np.zeros((3, 8), np.float32)
+LSE = np.zeros(3, np.float32)
+MERGE_BAD_CALLS = [
+    ("empty", ([], []), ValueError, "outputs: need at least one"),
+    ("count mismatch", ([OUT, OUT], [LSE]), ValueError, "lses: need one per output (2), got 1"),
+    ("shape mismatch", ([OUT, OUT[:2]], [LSE, LSE]), ValueError, "outputs[1]: shape must be (3, 8)"),
+    ("lse shape", ([OUT], [LSE[:2]]), ValueError, "lses[0]: shape must be (3,)"),
+    ("array not list", (np.stack([OUT, OUT]), [LSE, LSE]), TypeError, "expected sequences"),
+    ("int outputs", ([OUT.astype(np.int32)], [LSE]), TypeError, "outputs[0]: dtype must be one of"),
+    ("not arrays", ([[1.0]], [LSE]), TypeError, "outputs[0]: expected a numpy.ndarray"),
+]
+
+
+@pytest.mark.parametrize("args, exc, fragment", [c[1:] for c in MERGE_BAD_CALLS], ids=[c[0] for c in MERGE_BAD_CALLS])
+def test_merge_bad_call(args, exc, fragment):
+    with pytest.raises(exc) as info:
+        fattn.merge_attention(*args)
+    assert fragment in str(info.value)

@@ -17,7 +17,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry"]
+__all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry", "flash_attn_vec", "flash_attn_vec_partials",
+           "flash_attn_vec_reduce"]
 
 _CAUSAL = (None, "top_left", "bottom_right")
 
@@ -305,3 +306,104 @@ def flash_attn_prefill(q, k, v, mask=None, *, causal: bool = False, scale: Optio
         lse = m64 + np.log(l64) if llama else (m64 + np.log2(l64)) * np.log(2.0)
     lse = np.where(row_sum == 0, -np.inf, lse).astype(f32)
     return out, lse
+
+
+# --- vec decode ----------------------------------------------------------------------
+
+_DECODE_CHUNK = 32
+
+
+def _decode_views(q, k_cache, v_cache):
+    q32 = np.asarray(q, dtype=np.float32)
+    k32, v32 = np.asarray(k_cache).astype(np.float32), np.asarray(v_cache).astype(np.float32)
+    if q32.ndim == 2:
+        q32, k32, v32 = q32[None], k32[None], v32[None]
+    return q32, _expand_kv(k32, q32.shape[1]), _expand_kv(v32, q32.shape[1])
+
+
+def flash_attn_vec_partials(q, k_cache, v_cache, *, kv_seq_len: int, scale: Optional[float] = None,
+                            mask: str = "none", window: int = 0, softcap: float = 0.0, nwg: int = 32):
+    """The vec decode kernel's per-group partials, step by step in float32 (same signature as
+    ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``).
+
+    1. ``qh = float32(float16(q))`` (Q staged as half);
+    2. group ``g`` takes chunks of 32 positions ``g, g+nwg, g+2*nwg, ...`` below ``kv_seq_len``;
+       a chunk whose positions all lie before the window start is skipped;
+    3. scores: ``s = fma(qh . k, scale, mask)`` with ``mask = -65504`` before the window start and
+       0 otherwise (the dot here is the correctly rounded float32 of the exact dot; the kernel
+       sums per lane and then across 32 lanes, a few float32 ulps away); with ``softcap > 0``,
+       ``s = softcap * tanh(dot * f32(scale / softcap)) + mask``; positions past ``kv_seq_len``
+       have no weight;
+    4. ``m' = max(m, max s)`` from ``m = -FLT_MAX/2``; ``ms = exp(m - m')``; ``w = exp(s - m')``;
+       ``S = S*ms + tree32(w)``; ``O = O*ms + sum_p w_p v_p`` (the chunk's sum rounded once here,
+       an fma chain in the kernel).
+    """
+    f32 = np.float32
+    q32, k32, v32 = _decode_views(q, k_cache, v_cache)
+    batch, heads, head_dim = q32.shape
+    kv_len = int(kv_seq_len)
+    scale32 = f32(1.0) / np.sqrt(f32(head_dim)) if scale is None else f32(scale)
+    window_start = max(0, kv_len - int(window)) if mask == "sliding_window" and window > 0 else 0
+    qh = q32.astype(np.float16).astype(f32)
+    o = np.zeros((batch, heads, nwg, head_dim), dtype=f32)
+    s_out = np.zeros((batch, heads, nwg), dtype=f32)
+    m_out = np.full((batch, heads, nwg), _INITIAL_MAX, dtype=f32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for g in range(nwg):
+            row_max = np.full((batch, heads), _INITIAL_MAX, dtype=f32)
+            row_sum = np.zeros((batch, heads), dtype=f32)
+            acc = np.zeros((batch, heads, head_dim), dtype=f32)
+            for p0 in range(g * _DECODE_CHUNK, kv_len, nwg * _DECODE_CHUNK):
+                p1 = min(kv_len, p0 + _DECODE_CHUNK)
+                if p1 <= window_start:
+                    continue
+                kc, vc = k32[:, :, p0:p1], v32[:, :, p0:p1]
+                dots = np.einsum("bhd,bhjd->bhj", qh.astype(np.float64), kc.astype(np.float64)).astype(f32)
+                masked = np.where(np.arange(p0, p1) < window_start, -65504.0, 0.0)
+                if softcap > 0:
+                    s = (f32(softcap) * np.tanh(dots * f32(scale32 / f32(softcap))) + masked.astype(f32)).astype(f32)
+                else:
+                    s = (dots.astype(np.float64) * np.float64(scale32) + masked).astype(f32)
+                scores = np.full((batch, heads, _DECODE_CHUNK), -np.inf, dtype=f32)
+                scores[..., :p1 - p0] = s
+                new_max = np.maximum(row_max, scores.max(axis=-1))
+                rescale = np.exp(row_max - new_max).astype(f32)
+                w = np.exp(scores - new_max[..., None]).astype(f32)
+                row_sum = row_sum * rescale + _tree_sum(w)
+                chunk = np.einsum("bhj,bhjd->bhd", w[..., :p1 - p0].astype(np.float64),
+                                  vc.astype(np.float64)).astype(f32)
+                acc = acc * rescale[..., None] + chunk
+                row_max = new_max
+            o[:, :, g], s_out[:, :, g], m_out[:, :, g] = acc, row_sum, row_max
+    if np.asarray(q).ndim == 2:
+        return o[0], s_out[0], m_out[0]
+    return o, s_out, m_out
+
+
+def flash_attn_vec_reduce(o, s, m):
+    """The reduce: ``M = max_g m_g``, ``w_g = exp(m_g - M)``, ``S = tree(s_g w_g)``,
+    ``out = tree(o_g w_g) * (S == 0 ? 0 : 1/S)``; trees over 32 lanes (or the next power of two
+    above nwg), idle lanes holding zeros and the initial max."""
+    f32 = np.float32
+    o, s, m = (np.asarray(x, dtype=f32) for x in (o, s, m))
+    nwg = o.shape[-2]
+    lanes = 32
+    while lanes < nwg:
+        lanes *= 2
+    pad = lanes - nwg
+    global_max = np.maximum(m.max(axis=-1), _INITIAL_MAX)
+    weight = np.exp(m - global_max[..., None]).astype(f32)
+    terms = np.concatenate([s * weight, np.zeros(s.shape[:-1] + (pad,), f32)], axis=-1)
+    total = _tree_sum(terms)
+    inv = np.where(total == 0, f32(0), f32(1) / np.where(total == 0, f32(1), total))
+    products = np.moveaxis(o * weight[..., None], -2, -1)  # [..., D, nwg]
+    products = np.concatenate([products, np.zeros(products.shape[:-1] + (pad,), f32)], axis=-1)
+    return (_tree_sum(products) * inv[..., None]).astype(f32)
+
+
+def flash_attn_vec(q, k_cache, v_cache, *, kv_seq_len: int, scale: Optional[float] = None, mask: str = "none",
+                   window: int = 0, softcap: float = 0.0, nwg: int = 32):
+    """The vec decode kernel's arithmetic in NumPy: partials, then reduce (same signature as
+    ``fattn.flash_attn_vec``)."""
+    return flash_attn_vec_reduce(*flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale,
+                                                          mask=mask, window=window, softcap=softcap, nwg=nwg))

@@ -1,0 +1,188 @@
+"""flash_attn_vec: against the exact reference within the derived bound, against the
+kernel-arithmetic reference within 1e-5 relative, and its invariants."""
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fattn
+from fattn import reference
+from helpers import BF16, DTYPES, F16, F32, as64, decode_exact_bound
+
+HEAD_DIMS = [32, 64, 128, 256, 512]
+KV_LENS = [1, 31, 32, 33, 1000, 4097]
+MODES = [("none", 0), ("causal", 0), ("sliding_window", 1), ("sliding_window", 100), ("sliding_window", 5000),
+         ("sliding_window", 0)]
+
+
+def matrix_cases():
+    rng = np.random.default_rng(11)
+    cases = []
+    for idx, (d, kv_len) in enumerate(itertools.product(HEAD_DIMS, KV_LENS)):
+        for dtype in DTYPES:
+            h_kv, group = [(1, 1), (2, 2), (1, 4), (2, 8)][int(rng.integers(4))]
+            cases.append(dict(d=d, kv_len=kv_len, capacity=kv_len + int(rng.integers(1, 40)), dtype=dtype,
+                              h=h_kv * group, h_kv=h_kv, batched=bool(rng.integers(2)),
+                              mode=MODES[int(rng.integers(len(MODES)))],
+                              softcap=[0.0, 0.0, 2.5, 30.0][int(rng.integers(4))],
+                              nwg=[1, 3, 32, 64][int(rng.integers(4))]))
+    return cases
+
+
+def case_id(c):
+    return (f"D{c['d']}-kv{c['kv_len']}-cap{c['capacity']}-{np.dtype(c['dtype']).name}-H{c['h']}x{c['h_kv']}-"
+            f"{'B2' if c['batched'] else 'noB'}-{c['mode'][0]}{c['mode'][1]}-cap{c['softcap']}-nwg{c['nwg']}")
+
+
+def make(rng, c):
+    lead = (2,) if c["batched"] else ()
+    q = rng.standard_normal(lead + (c["h"], c["d"])).astype(np.float32)
+    k = rng.standard_normal(lead + (c["h_kv"], c["capacity"], c["d"])).astype(c["dtype"])
+    v = rng.standard_normal(lead + (c["h_kv"], c["capacity"], c["d"])).astype(c["dtype"])
+    return q, k, v
+
+
+def exact_attention(q, k, v, kv_len, window, softcap):
+    q4 = q[..., None, :] if q.ndim == 3 else q[None, :, None, :]
+    k4, v4 = (x[..., :kv_len, :] if q.ndim == 3 else x[None, :, :kv_len, :] for x in (k, v))
+    out = reference.attention(q4, k4, v4, causal="bottom_right", window=window or None, softcap=softcap)
+    return out[:, :, 0] if q.ndim == 3 else out[0, :, 0]
+
+
+@pytest.mark.parametrize("c", matrix_cases(), ids=case_id)
+def test_matrix_against_both_references(c):
+    rng = np.random.default_rng(zlib.crc32(case_id(c).encode()))
+    q, k, v = make(rng, c)
+    mode, window = c["mode"]
+    kw = dict(kv_seq_len=c["kv_len"], mask=mode, window=window, softcap=c["softcap"], nwg=c["nwg"])
+    out = fattn.flash_attn_vec(q, k, v, **kw)
+    assert out.dtype == np.float32 and out.shape == q.shape and not np.isnan(out).any()
+    effective_window = window if mode == "sliding_window" else 0
+    exact = exact_attention(q, k, v, c["kv_len"], effective_window, c["softcap"])
+    bound = decode_exact_bound(q, k, v, kv_seq_len=c["kv_len"], window=effective_window, softcap=c["softcap"])
+    err = np.abs(as64(out) - exact)
+    assert (err <= bound).all(), f"max err {err.max():.3g}, worst err/bound {(err / bound).max():.3g}"
+    model = reference.flash_attn_vec(q, k, v, **kw)
+    assert np.abs(out - model).max() <= 1e-5 * np.abs(model).max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_partials_then_reduce_is_the_same_bits(rng, dtype):
+    q = rng.standard_normal((2, 8, 256)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 4, 700, 256)).astype(dtype) for _ in range(2))
+    for nwg in (1, 3, 32, 64):
+        kw = dict(kv_seq_len=650, mask="sliding_window", window=300, nwg=nwg)
+        whole = fattn.flash_attn_vec(q, k, v, **kw)
+        o, s, m = fattn.flash_attn_vec_partials(q, k, v, **kw)
+        assert o.shape == (2, 8, nwg, 256) and s.shape == m.shape == (2, 8, nwg)
+        assert (fattn.flash_attn_vec_reduce(o, s, m).view(np.uint32) == whole.view(np.uint32)).all()
+        mo, ms, mm = reference.flash_attn_vec_partials(q, k, v, **kw)
+        assert np.allclose(s, ms, rtol=1e-5) and np.allclose(m, mm, rtol=1e-6)
+
+
+def test_unbatched_shapes_and_partials(rng):
+    q = rng.standard_normal((4, 64)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 50, 64)).astype(F16) for _ in range(2))
+    out = fattn.flash_attn_vec(q, k, v, kv_seq_len=50)
+    o, s, m = fattn.flash_attn_vec_partials(q, k, v, kv_seq_len=50, nwg=4)
+    assert out.shape == (4, 64) and o.shape == (4, 4, 64) and s.shape == (4, 4)
+    batched = fattn.flash_attn_vec(q[None], k[None], v[None], kv_seq_len=50)
+    assert (batched[0] == out).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_in_unused_capacity_changes_nothing(rng, dtype):
+    q = rng.standard_normal((2, 4, 128)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 2, 100, 128)).astype(dtype) for _ in range(2))
+    for kv_len in (1, 33, 64, 70):  # chunk-aligned and not
+        clean = fattn.flash_attn_vec(q, k, v, kv_seq_len=kv_len)
+        dirty_k, dirty_v = k.copy(), v.copy()
+        dirty_k[:, :, kv_len:] = np.nan
+        dirty_v[:, :, kv_len:] = np.inf
+        assert (fattn.flash_attn_vec(q, dirty_k, dirty_v, kv_seq_len=kv_len).view(np.uint32)
+                == clean.view(np.uint32)).all()
+
+
+def test_window_modes_as_documented(rng):
+    q = rng.standard_normal((2, 64)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 90, 64)).astype(F32) for _ in range(2))
+    full = fattn.flash_attn_vec(q, k, v, kv_seq_len=80)
+    # causal adds nothing for the decode query; window 0 or longer than the cache keeps everything
+    for kw in (dict(mask="causal"), dict(mask="sliding_window", window=0), dict(mask="sliding_window", window=80),
+               dict(mask="sliding_window", window=10 ** 6), dict(mask="none", window=5)):
+        assert (fattn.flash_attn_vec(q, k, v, kv_seq_len=80, **kw) == full).all(), kw
+    # window 1: only the last position -> exactly its V row (weight 1)
+    last = fattn.flash_attn_vec(q, k, v, kv_seq_len=80, mask="sliding_window", window=1)
+    assert np.allclose(last, np.broadcast_to(v[0, 79], (2, 64)), rtol=1e-6, atol=1e-7)
+    w = fattn.flash_attn_vec(q, k, v, kv_seq_len=80, mask="sliding_window", window=17)
+    same = fattn.flash_attn_vec(q, k[:, 63:], v[:, 63:], kv_seq_len=17)
+    assert np.allclose(w, same, rtol=1e-5, atol=1e-6)
+
+
+def test_softcap_bounds_the_scores(rng):
+    q = (rng.standard_normal((1, 64)) * 30).astype(np.float32)
+    k, v = (rng.standard_normal((1, 40, 64)).astype(F32) for _ in range(2))
+    capped = fattn.flash_attn_vec(q, k, v, kv_seq_len=40, softcap=1.0)
+    plain = fattn.flash_attn_vec(q, k, v, kv_seq_len=40)
+    exact = exact_attention(q, k, v, 40, 0, 1.0)
+    assert np.abs(capped - exact).max() < 1e-3 and np.abs(plain - exact).max() > 1e-2
+
+
+@pytest.mark.parametrize("nwg", [1, 3, 32, 64])
+def test_thread_count_does_not_change_bits(rng, restore_threads, nwg):
+    q = rng.standard_normal((2, 8, 256)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 2, 3000, 256)).astype(F16) for _ in range(2))
+    fattn.set_num_threads(1)
+    one = fattn.flash_attn_vec(q, k, v, kv_seq_len=2999, nwg=nwg)
+    fattn.set_num_threads(2)
+    assert (fattn.flash_attn_vec(q, k, v, kv_seq_len=2999, nwg=nwg).view(np.uint32) == one.view(np.uint32)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_merge_of_two_halves_equals_the_whole(rng, dtype):
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 4, 30, 64), (2, 2, 90, 64), (2, 2, 90, 64)))
+    whole, whole_lse = reference.attention(q, k, v, return_lse=True)
+    parts = [fattn.flash_attn_prefill(q, k[:, :, a:b], v[:, :, a:b], return_lse=True) for a, b in ((0, 41), (41, 90))]
+    merged, lse = fattn.merge_attention([p[0] for p in parts], [p[1] for p in parts], return_lse=True)
+    direct, direct_lse = fattn.flash_attn_prefill(q, k, v, return_lse=True)
+    assert merged.dtype == np.float32 and merged.shape == q.shape and lse.shape == (2, 4, 30)
+    # f32 rounding of the merge on top of each part's own error: the merge adds a few f32 ulps of max|out|.
+    scale = np.abs(as64(direct)).max()
+    if dtype == F32:
+        assert np.abs(merged - direct).max() <= 1e-6 * scale
+        assert np.abs(lse - direct_lse).max() <= 1e-5
+    else:  # each part was rounded to the I/O dtype before merging
+        assert np.abs(merged - as64(direct)).max() <= 2 ** -7 * scale
+    assert np.abs(lse - whole_lse).max() <= 0.05
+
+
+def test_merge_handles_empty_sets_and_ordering(rng):
+    o1, o2 = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    l1 = np.array([0.5, -np.inf, -np.inf], np.float32)
+    l2 = np.array([-np.inf, 1.0, -np.inf], np.float32)
+    out, lse = fattn.merge_attention([o1, o2], [l1, l2], return_lse=True)
+    assert (out[0] == o1[0]).all() and (out[1] == o2[1]).all() and (out[2] == 0).all()
+    assert lse[0] == np.float32(0.5) and lse[1] == np.float32(1.0) and np.isneginf(lse[2])
+    single = fattn.merge_attention([o1], [np.zeros(3, np.float32)])
+    assert (single == o1).all()
+    a = fattn.merge_attention([o1, o2], [np.zeros(3, np.float32), np.zeros(3, np.float32)])
+    assert np.allclose(a, (o1 + o2) / 2, rtol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h_kv=st.integers(1, 2), group=st.sampled_from([1, 2, 4]), d=st.sampled_from([32, 64, 96]),
+       kv_len=st.integers(1, 300), spare=st.integers(0, 40), nwg=st.integers(1, 64),
+       mode=st.sampled_from(["none", "causal", "sliding_window"]), window=st.integers(0, 320),
+       softcap=st.sampled_from([0.0, 3.0]), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2 ** 32 - 1))
+def test_property_any_configuration_within_bound(h_kv, group, d, kv_len, spare, nwg, mode, window, softcap, dtype,
+                                                 seed):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((h_kv * group, d)).astype(np.float32)
+    k, v = (rng.standard_normal((h_kv, kv_len + spare, d)).astype(dtype) for _ in range(2))
+    out = fattn.flash_attn_vec(q, k, v, kv_seq_len=kv_len, mask=mode, window=window, softcap=softcap, nwg=nwg)
+    w = window if mode == "sliding_window" else 0
+    exact = exact_attention(q, k, v, kv_len, w, softcap)
+    assert (np.abs(as64(out) - exact) <= decode_exact_bound(q, k, v, kv_seq_len=kv_len, window=w,
+                                                             softcap=softcap)).all()
