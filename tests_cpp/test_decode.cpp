@@ -1,0 +1,205 @@
+// Vec decode and merge through the C++ API.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "fattn/fattn.hpp"
+
+using namespace fattn;
+
+namespace {
+
+struct Cache {
+  std::int64_t B, H, H_kv, capacity, D;
+  DType dt;
+  std::vector<float> q, k32, v32;
+  std::vector<std::uint16_t> k16, v16;
+  Cache(std::int64_t b, std::int64_t h, std::int64_t hkv, std::int64_t cap, std::int64_t d, DType t, std::uint32_t seed)
+      : B(b), H(h), H_kv(hkv), capacity(cap), D(d), dt(t) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd;
+    q.resize(std::size_t(B * H * D));
+    for (auto& x : q) x = nd(rng);
+    const std::size_t n = std::size_t(B * H_kv * capacity * D);
+    k32.resize(n);
+    v32.resize(n);
+    for (auto& x : k32) x = nd(rng);
+    for (auto& x : v32) x = nd(rng);
+    if (dt != DType::f32) {
+      k16.resize(n);
+      v16.resize(n);
+      from_f32(dt, k32.data(), k16.data(), std::int64_t(n));
+      from_f32(dt, v32.data(), v16.data(), std::int64_t(n));
+      to_f32(dt, k16.data(), k32.data(), std::int64_t(n));
+      to_f32(dt, v16.data(), v32.data(), std::int64_t(n));
+    }
+  }
+  TensorView qv() { return contiguous_view(q.data(), DType::f32, {B, H, 1, D}, false); }
+  TensorView kv() {
+    return contiguous_view(dt == DType::f32 ? static_cast<void*>(k32.data()) : k16.data(), dt, {B, H_kv, capacity, D},
+                           false);
+  }
+  TensorView vv() {
+    return contiguous_view(dt == DType::f32 ? static_cast<void*>(v32.data()) : v16.data(), dt, {B, H_kv, capacity, D},
+                           false);
+  }
+  std::vector<float> run(const DecodeParams& p) {
+    std::vector<float> out(std::size_t(B * H * D));
+    flash_attn_vec(qv(), kv(), vv(), contiguous_view(out.data(), DType::f32, {B, H, 1, D}, true), p);
+    return out;
+  }
+  // Exact attention over positions [start, kv_len) in double.
+  std::vector<double> exact(std::int64_t kv_len, std::int64_t start) const {
+    std::vector<double> out(std::size_t(B * H * D), 0.0);
+    const double scale = 1.0 / std::sqrt(double(float(D)));
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t h = 0; h < H; ++h) {
+        const std::int64_t kh = h / (H / H_kv);
+        std::vector<double> w;
+        double mx = -INFINITY;
+        for (std::int64_t p = start; p < kv_len; ++p) {
+          double dot = 0;
+          for (std::int64_t d = 0; d < D; ++d)
+            dot += double(q[std::size_t((b * H + h) * D + d)]) * double(k32[std::size_t(((b * H_kv + kh) * capacity + p) * D + d)]);
+          w.push_back(dot * scale);
+          mx = std::max(mx, w.back());
+        }
+        double sum = 0;
+        for (auto& x : w) sum += (x = std::exp(x - mx));
+        for (std::int64_t p = start; p < kv_len; ++p)
+          for (std::int64_t d = 0; d < D; ++d)
+            out[std::size_t((b * H + h) * D + d)] +=
+                w[std::size_t(p - start)] / sum * double(v32[std::size_t(((b * H_kv + kh) * capacity + p) * D + d)]);
+      }
+    return out;
+  }
+};
+
+class DecodeAgainstFloat64 : public ::testing::TestWithParam<std::tuple<DType, int, std::int64_t>> {};
+
+TEST_P(DecodeAgainstFloat64, WithinTheHalfQBound) {
+  const auto [dt, nwg, kv_len] = GetParam();
+  Cache c(2, 8, 2, kv_len + 7, 256, dt, 42);
+  DecodeParams p;
+  p.kv_seq_len = kv_len;
+  p.nwg = nwg;
+  const auto got = c.run(p);
+  const auto want = c.exact(kv_len, 0);
+  // Q rounded to half moves each score by <= 2^-11 * scale * sum|q k| (~0.008 here),
+  // hence the output by <= (exp(2E) - 1) * max|V| ~ 0.07; typical errors are ~1e-4.
+  for (std::size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 0.07) << i;
+  double worst = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  EXPECT_LT(worst, 5e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(Caches, DecodeAgainstFloat64,
+                         ::testing::Combine(::testing::Values(DType::f32, DType::f16, DType::bf16),
+                                            ::testing::Values(1, 3, 32, 64), ::testing::Values(1, 33, 1000)),
+                         [](const auto& info) {
+                           return dtype_name(std::get<0>(info.param)) + "_nwg" +
+                                  std::to_string(std::get<1>(info.param)) + "_kv" +
+                                  std::to_string(std::get<2>(info.param));
+                         });
+
+TEST(Decode, PartialsThenReduceIsBitIdentical) {
+  Cache c(1, 4, 4, 300, 128, DType::f16, 7);
+  DecodeParams p;
+  p.kv_seq_len = 290;
+  p.nwg = 5;
+  p.mask = DecodeMask::sliding_window;
+  p.window = 100;
+  const auto whole = c.run(p);
+  std::vector<float> o(std::size_t(4 * 5 * 128)), s(20), m(20), out(std::size_t(4 * 128));
+  flash_attn_vec_partials(c.qv(), c.kv(), c.vv(), contiguous_view(o.data(), DType::f32, {1, 4, 5, 128}, true),
+                          contiguous_view(s.data(), DType::f32, {1, 4, 5, 1}, true),
+                          contiguous_view(m.data(), DType::f32, {1, 4, 5, 1}, true), p);
+  flash_attn_vec_reduce(contiguous_view(o.data(), DType::f32, {1, 4, 5, 128}, false),
+                        contiguous_view(s.data(), DType::f32, {1, 4, 5, 1}, false),
+                        contiguous_view(m.data(), DType::f32, {1, 4, 5, 1}, false),
+                        contiguous_view(out.data(), DType::f32, {1, 4, 1, 128}, true));
+  EXPECT_EQ(0, std::memcmp(out.data(), whole.data(), out.size() * 4));
+}
+
+TEST(Decode, SlidingWindowEqualsTheTruncatedCache) {
+  Cache c(1, 2, 1, 200, 64, DType::f32, 3);
+  DecodeParams p;
+  p.kv_seq_len = 150;
+  p.mask = DecodeMask::sliding_window;
+  p.window = 40;
+  const auto got = c.run(p);
+  const auto want = c.exact(150, 110);
+  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 5e-3);
+}
+
+TEST(Decode, GarbageBeyondKvSeqLenIsNeverRead) {
+  Cache c(1, 2, 2, 64, 32, DType::f32, 5);
+  DecodeParams p;
+  p.kv_seq_len = 40;
+  const auto clean = c.run(p);
+  for (std::int64_t h = 0; h < 2; ++h)
+    for (std::int64_t pos = 40; pos < 64; ++pos)
+      for (std::int64_t d = 0; d < 32; ++d) {
+        c.k32[std::size_t((h * 64 + pos) * 32 + d)] = std::numeric_limits<float>::quiet_NaN();
+        c.v32[std::size_t((h * 64 + pos) * 32 + d)] = std::numeric_limits<float>::infinity();
+      }
+  EXPECT_EQ(0, std::memcmp(clean.data(), c.run(p).data(), clean.size() * 4));
+}
+
+TEST(Decode, SeedValidationErrors) {
+  Cache c(1, 4, 2, 10, 64, DType::f32, 1);
+  std::vector<float> out(std::size_t(4 * 64));
+  const TensorView ov = contiguous_view(out.data(), DType::f32, {1, 4, 1, 64}, true);
+  auto expect = [&](DecodeParams p, TensorView q, TensorView k, const char* fragment) {
+    try {
+      flash_attn_vec(q, k, k, ov, p);
+      FAIL() << fragment;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+    }
+  };
+  DecodeParams ok;
+  ok.kv_seq_len = 5;
+  TensorView q = c.qv(), k = c.kv();
+  TensorView q48 = q, k48 = k;
+  q48.shape[3] = k48.shape[3] = 48;
+  expect(ok, q48, k48, "head dim D must be a multiple of 32");
+  TensorView q0 = q;
+  q0.shape[1] = 0;
+  expect(ok, q0, k, "q: every extent must be > 0");
+  TensorView k3 = k;
+  k3.shape[1] = 3;
+  expect(ok, q, k3, "must be divisible");
+  DecodeParams zero = ok;
+  zero.kv_seq_len = 0;
+  expect(zero, q, k, "kv_seq_len: must be >= 1");
+  DecodeParams over = ok;
+  over.kv_seq_len = 11;
+  expect(over, q, k, "kv_seq_len: must be <= the cache capacity (10)");
+  DecodeParams nwg = ok;
+  nwg.nwg = 65;
+  expect(nwg, q, k, "nwg: must be from 1 to 64");
+  TensorView qh = q;
+  qh.dtype = DType::f16;
+  expect(ok, qh, k, "q: dtype must be float32");
+}
+
+TEST(Merge, TwoHalvesEqualTheWhole) {
+  // Two rows of D = 4 over key sets with known LSEs: the merge is the
+  // LSE-weighted mean of the parts.
+  const std::vector<float> a = {1, 2, 3, 4, 0, 0, 0, 0}, b = {5, 6, 7, 8, 1, 1, 1, 1};
+  const std::vector<float> la = {0.0f, -std::numeric_limits<float>::infinity()}, lb = {std::log(3.0f), 2.0f};
+  std::vector<float> out(8), lse(2);
+  merge_attention({a.data(), b.data()}, {la.data(), lb.data()}, 2, 4, out.data(), lse.data());
+  for (int d = 0; d < 4; ++d) EXPECT_NEAR(out[std::size_t(d)], 0.25f * a[std::size_t(d)] + 0.75f * b[std::size_t(d)], 1e-6);
+  for (int d = 4; d < 8; ++d) EXPECT_EQ(out[std::size_t(d)], 1.0f);
+  EXPECT_NEAR(lse[0], std::log(4.0f), 1e-6);
+  EXPECT_EQ(lse[1], 2.0f);
+  EXPECT_THROW(merge_attention({a.data()}, {}, 2, 4, out.data(), nullptr), InvalidArgument);
+}
+
+}  // namespace
