@@ -235,19 +235,7 @@ PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim, st
 void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const MaskView* mask, const BlkView* blk, const TensorView* lse, const PrefillParams& params) {
   using namespace detail;
-  validate_view(q, "q");
-  validate_view(k, "k");
-  validate_view(v, "v");
-  validate_view(out, "out");
-  require_same_dtype(k, "k", q, "q");
-  require_same_dtype(v, "v", q, "q");
-  require_same_dtype(out, "out", q, "q");
-  require_extent(k, "k", Axis::batch, q.batch(), "batch size B (q.shape[0])");
-  require_extent(k, "k", Axis::dim, q.head_dim(), "head dim D (q.shape[3])");
-  require_gqa(q.heads(), k.heads());
-  require_same_shape(v, "v", k, "k");
-  require_same_shape(out, "out", q, "q");
-  require_writable(out, "out");
+  validate_attention_operands(q, k, v, out);
   require(params.nsg == 4 || params.nsg == 8, "nsg: must be 4 or 8, got ", params.nsg);
   if (params.kernel == PrefillKernel::llamacpp)
     require(q.head_dim() == 512, "q: head dim D must be 512 for kernel='llamacpp', got ", q.head_dim());

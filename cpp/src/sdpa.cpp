@@ -76,19 +76,7 @@ void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, 
 void sdpa(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
           const SdpaParams& params) {
   using namespace detail;
-  validate_view(q, "q");
-  validate_view(k, "k");
-  validate_view(v, "v");
-  validate_view(out, "out");
-  require_same_dtype(k, "k", q, "q");
-  require_same_dtype(v, "v", q, "q");
-  require_same_dtype(out, "out", q, "q");
-  require_extent(k, "k", Axis::batch, q.batch(), "batch size B (q.shape[0])");
-  require_extent(k, "k", Axis::dim, q.head_dim(), "head dim D (q.shape[3])");
-  require_gqa(q.heads(), k.heads());
-  require_same_shape(v, "v", k, "k");
-  require_same_shape(out, "out", q, "q");
-  require_writable(out, "out");
+  validate_attention_operands(q, k, v, out);
   const std::int64_t capacity = k.length();
   const std::int64_t kv_len = params.kv_seq_len < 0 ? capacity : params.kv_seq_len;
   require(params.kv_seq_len == -1 || params.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", params.kv_seq_len);

@@ -34,6 +34,25 @@ inline void require_writable(const TensorView& t, const char* name) {
   require(t.writable, name, ": must be writable");
 }
 
+// q [B, H, Lq, D]; k, v [B, H_kv, Lk, D] with H % H_kv == 0; out like q,
+// writable; one dtype for all four.
+inline void validate_attention_operands(const TensorView& q, const TensorView& k, const TensorView& v,
+                                        const TensorView& out) {
+  validate_view(q, "q");
+  validate_view(k, "k");
+  validate_view(v, "v");
+  validate_view(out, "out");
+  require_same_dtype(k, "k", q, "q");
+  require_same_dtype(v, "v", q, "q");
+  require_same_dtype(out, "out", q, "q");
+  require_extent(k, "k", Axis::batch, q.batch(), "batch size B (q.shape[0])");
+  require_extent(k, "k", Axis::dim, q.head_dim(), "head dim D (q.shape[3])");
+  require_gqa(q.heads(), k.heads());
+  require_same_shape(v, "v", k, "k");
+  require_same_shape(out, "out", q, "q");
+  require_writable(out, "out");
+}
+
 inline float resolve_scale(const std::optional<float>& scale, std::int64_t head_dim) {
   if (!scale) return 1.0f / std::sqrt(float(head_dim));
   require(std::isfinite(*scale), "scale: must be finite, got ", *scale);
