@@ -80,7 +80,7 @@ def test_partials_then_reduce_is_the_same_bits(rng, dtype):
         assert o.shape == (2, 8, nwg, 256) and s.shape == m.shape == (2, 8, nwg)
         assert (fattn.flash_attn_vec_reduce(o, s, m).view(np.uint32) == whole.view(np.uint32)).all()
         mo, ms, mm = reference.flash_attn_vec_partials(q, k, v, **kw)
-        assert np.allclose(s, ms, rtol=1e-5) and np.allclose(m, mm, rtol=1e-6)
+        assert np.allclose(s, ms, rtol=1e-5) and np.allclose(m, mm, rtol=1e-5, atol=1e-5)
 
 
 def test_unbatched_shapes_and_partials(rng):

@@ -11,6 +11,7 @@
 
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
+#include "simd/exp.hpp"
 #include "validate.hpp"
 
 namespace fattn {
@@ -28,16 +29,19 @@ float tree_sum(const float* p, std::int64_t n) {
   return tree_sum(p, half) + tree_sum(p + half, half);
 }
 
-// q·k as the seed's simdgroup forms it: each lane chains fused multiply-adds
-// over its float4 groups in order, then the 32 lane sums meet in a tree.
+// q·k as the seed's simdgroup forms it: lane t owns the float4 groups t,
+// t+32, ... of D and adds each group's dot(k4, q4) = (k0 q0 + k1 q1) +
+// (k2 q2 + k3 q3) (products rounded; the order inside dot() is the GPU's,
+// this one vectorises) to its running sum in order; the 32 lane sums then
+// meet in a balanced tree.
 float lane_dot(const float* k, const float* q, std::int64_t head_dim) {
   float lane[kLanes] = {};
   for (std::int64_t base = 0; base < head_dim; base += 4 * kLanes)
-    for (std::int64_t t = 0; t < kLanes; ++t)
-      for (std::int64_t e = 0; e < 4; ++e) {
-        const std::int64_t d = base + 4 * t + e;
-        if (d < head_dim) lane[t] = std::fma(k[d], q[d], lane[t]);
-      }
+    for (std::int64_t t = 0; t < kLanes && base + 4 * t < head_dim; ++t) {
+      const float* k4 = k + base + 4 * t;
+      const float* q4 = q + base + 4 * t;
+      lane[t] = lane[t] + ((k4[0] * q4[0] + k4[1] * q4[1]) + (k4[2] * q4[2] + k4[3] * q4[3]));
+    }
   return tree_sum(lane, kLanes);
 }
 
@@ -99,8 +103,8 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
       for (std::int64_t j = 0; j < C; ++j) chunk_max = std::max(chunk_max, s[j]);
       const float old_max = row_max[std::size_t(r)];
       const float new_max = std::max(old_max, chunk_max);
-      const float rescale = std::exp(old_max - new_max);
-      for (std::int64_t j = 0; j < C; ++j) w[j] = std::exp(s[j] - new_max);
+      const float rescale = simd::exp_f32(old_max - new_max);
+      for (std::int64_t j = 0; j < C; ++j) w[j] = simd::exp_f32(s[j] - new_max);
       row_sum[std::size_t(r)] = row_sum[std::size_t(r)] * rescale + tree_sum(w, C);
       row_max[std::size_t(r)] = new_max;
       // The chunk's P·V goes into its own accumulator, then into O.
@@ -130,7 +134,7 @@ void reduce_row(const TensorView& o, const TensorView& s, const TensorView& m, c
   float* terms = weight + lanes;
   float global_max = kInitialMax;  // idle lanes hold the initial max
   for (std::int64_t g = 0; g < nwg; ++g) global_max = std::max(global_max, *m.row<const float>(b, h, g));
-  for (std::int64_t g = 0; g < nwg; ++g) weight[g] = std::exp(*m.row<const float>(b, h, g) - global_max);
+  for (std::int64_t g = 0; g < nwg; ++g) weight[g] = simd::exp_f32(*m.row<const float>(b, h, g) - global_max);
   for (std::int64_t g = 0; g < nwg; ++g) terms[g] = *s.row<const float>(b, h, g) * weight[g];
   const float total = tree_sum(terms, lanes);
   const float inv = total == 0.0f ? 0.0f : 1.0f / total;
@@ -264,7 +268,7 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
         continue;
       }
       float total = 0.0f;
-      for (std::size_t i = 0; i < n; ++i) total = total + (weight[i] = std::exp(lses[i][r] - global_max));
+      for (std::size_t i = 0; i < n; ++i) total = total + (weight[i] = simd::exp_f32(lses[i][r] - global_max));
       const float inv = 1.0f / total;
       for (std::int64_t d = 0; d < head_dim; ++d) {
         float acc = 0.0f;

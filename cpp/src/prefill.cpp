@@ -11,6 +11,7 @@
 
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
+#include "simd/exp.hpp"
 #include "validate.hpp"
 
 namespace fattn {
@@ -34,7 +35,7 @@ struct CandleArithmetic {
   static float stage_q(float q, float factor) { return round_to<T>(q * factor); }
   static float score(float dot, float /*scale*/) { return dot; }
   static float mask_term(float m) { return kLog2e * m; }
-  static float exp(float x) { return std::exp2(x); }
+  static float exp(float x) { return simd::exp2_f32(x); }
   static float normalise(float o, float l) { return l == 0.0f ? 0.0f : o / l; }
   static float lse(float m, float l) {
     if (l == 0.0f) return -kInf;
@@ -53,7 +54,7 @@ struct LlamaCppArithmetic {
   static float stage_q(float q, float) { return q; }
   static float score(float dot, float scale) { return dot * scale; }
   static float mask_term(float m) { return f16_to_f32(f32_to_f16(m)); }
-  static float exp(float x) { return std::exp(x); }
+  static float exp(float x) { return simd::exp_f32(x); }
   static float normalise(float o, float l) { return o * (l == 0.0f ? 0.0f : 1.0f / l); }
   static float lse(float m, float l) {
     if (l == 0.0f) return -kInf;
