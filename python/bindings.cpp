@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include "fattn/fattn.hpp"
+#include "simd/isa.hpp"
 
 namespace py = pybind11;
 using namespace fattn;
@@ -151,6 +152,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"), py::call_guard<py::gil_scoped_release>());
   m.def("get_num_threads", &get_num_threads);
   m.def("build_info", &build_info_dict);
+  m.def("set_isa", [](const std::string& name) { simd::set_active_isa(simd::isa_from_name(name)); }, py::arg("name"));
+  m.def("available_isas", &simd::available_isas);
   m.def("convert", &convert, py::arg("src"), py::arg("dst"));
 
   m.def(

@@ -1,6 +1,7 @@
 #include "fattn/build_info.hpp"
 
 #include "fattn/parallel.hpp"
+#include "simd/isa.hpp"
 
 namespace fattn {
 
@@ -29,9 +30,7 @@ BuildInfo build_info() {
   if (__builtin_cpu_supports("avx512vl")) info.cpu_features.push_back("avx512vl");
   if (__builtin_cpu_supports("avx512bf16")) info.cpu_features.push_back("avx512bf16");
 #endif
-  // Only the portable scalar path exists so far; SIMD dispatch comes with
-  // the speed work and will report its choice here.
-  info.isa = "scalar";
+  info.isa = simd::isa_name(simd::active_isa());
   info.num_threads = get_num_threads();
   return info;
 }

@@ -11,89 +11,14 @@
 
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
-#include "simd/exp.hpp"
+#include "prefill_engine.hpp"
+#include "simd/isa.hpp"
 #include "validate.hpp"
 
 namespace fattn {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr float kLog2e = 1.44269504089f;  // the f32 the Metal source's literal becomes
-// The running max starts finite, so exp(-inf - max) is exactly 0, never NaN.
-constexpr float kInitialMax = -FLT_MAX / 2;
-
-// --- arithmetic policies: what distinguishes the two seed families ------------
-
-// candle/MLX flash_attn_prefill.metal: Q pre-scaled by scale*log2(e) in the
-// I/O type, scores in log2 units, exp2, mask times log2(e), a true divide.
-struct CandleArithmetic {
-  static constexpr std::int64_t kSumGroup = 8;          // row sums: a tree per 8 keys, groups in order
-  static constexpr bool kCausalOverridesMask = false;   // causal -inf is set before the mask add
-  template <class T>
-  static float q_factor(float scale) { return round_to<T>(scale * kLog2e); }
-  template <class T>
-  static float stage_q(float q, float factor) { return round_to<T>(q * factor); }
-  static float score(float dot, float /*scale*/) { return dot; }
-  static float mask_term(float m) { return kLog2e * m; }
-  static float exp(float x) { return simd::exp2_f32(x); }
-  static float normalise(float o, float l) { return l == 0.0f ? 0.0f : o / l; }
-  static float lse(float m, float l) {
-    if (l == 0.0f) return -kInf;
-    return float((double(m) + std::log2(double(l))) * 0.69314718055994530942);
-  }
-};
-
-// llama.cpp-derived flash_attn_prefill_d512.metal: Q unscaled, scale on the
-// f32 scores, mask through half in natural units, exp, reciprocal multiply.
-struct LlamaCppArithmetic {
-  static constexpr std::int64_t kSumGroup = 64;         // pair sums then a 32-lane tree: a tree per 64 keys
-  static constexpr bool kCausalOverridesMask = true;    // mask added first, causal -inf after
-  template <class T>
-  static float q_factor(float) { return 1.0f; }
-  template <class T>
-  static float stage_q(float q, float) { return q; }
-  static float score(float dot, float scale) { return dot * scale; }
-  static float mask_term(float m) { return f16_to_f32(f32_to_f16(m)); }
-  static float exp(float x) { return simd::exp_f32(x); }
-  static float normalise(float o, float l) { return o * (l == 0.0f ? 0.0f : 1.0f / l); }
-  static float lse(float m, float l) {
-    if (l == 0.0f) return -kInf;
-    return float(double(m) + std::log(double(l)));
-  }
-};
-
-// Sum of p[0..n) (n a power of two): pairs, then pairs of pairs, ...
-float tree_sum(const float* p, std::int64_t n) {
-  if (n == 1) return p[0];
-  const std::int64_t half = n / 2;
-  return tree_sum(p, half) + tree_sum(p + half, half);
-}
-
-struct Problem {
-  std::int64_t batch, heads, kv_heads, q_len, k_len, head_dim;
-  PrefillGeometry geometry;
-  float scale;
-  bool causal;
-  const MaskView* mask;
-  const BlkView* blk;
-  const TensorView* lse;
-};
-
-// Per-thread scratch: one Q block and one K/V tile, all f32.
-struct Scratch {
-  std::vector<float> q, k, v, s, o, row_max, row_sum;
-  explicit Scratch(const Problem& p) {
-    const auto bq = std::size_t(p.geometry.q_tile), bk = std::size_t(p.geometry.k_tile),
-               d = std::size_t(p.head_dim);
-    q.resize(bq * d);
-    k.resize(bk * d);
-    v.resize(bk * d);
-    s.resize(bq * bk);
-    o.resize(bq * d);
-    row_max.resize(bq);
-    row_sum.resize(bq);
-  }
-};
+using namespace prefill_detail;
 
 template <class T, class Arith>
 void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
@@ -187,6 +112,19 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
 template <class T, class Arith>
 void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const Problem& p) {
+  if (simd::active_isa() == simd::Isa::avx512) {
+    // 32 rows per item, one per vector lane; each row keeps its own block's
+    // tile range, so the result is the scalar model's to the bit.
+    const std::int64_t groups = (p.q_len + kSimdRows - 1) / kSimdRows;
+    parallel_for(p.batch * p.heads * groups, 1, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<float> workspace;
+      for (std::int64_t item = begin; item < end; ++item) {
+        const std::int64_t group = item % groups, h = (item / groups) % p.heads, b = item / (groups * p.heads);
+        prefill_rows_avx512<T, Arith>(q, k, v, out, p, b, h, group * kSimdRows, workspace);
+      }
+    });
+    return;
+  }
   const std::int64_t q_blocks = (p.q_len + p.geometry.q_tile - 1) / p.geometry.q_tile;
   parallel_for(p.batch * p.heads * q_blocks, 1, [&](std::int64_t begin, std::int64_t end) {
     Scratch scratch(p);

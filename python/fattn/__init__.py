@@ -9,7 +9,7 @@ Kernels: :func:`flash_attn_prefill` (tiled prefill) with its tile-skip map
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from ._sdpa import sdpa
 __version__: str = _core.build_info()["version"]
 
 __all__ = ["flash_attn_vec", "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention",
-           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "set_num_threads", "get_num_threads", "build_info", "round_to", "__version__"]
+           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "__version__"]
 
 
 def set_num_threads(n: int) -> None:
@@ -40,6 +40,20 @@ def get_num_threads() -> int:
 def build_info() -> Dict[str, Any]:
     """Version, compiler, build type, usable CPU features, the ISA the kernels run with, threads."""
     return dict(_core.build_info())
+
+
+def available_isas() -> List[str]:
+    """The kernel paths this CPU can run: "scalar" (the readable model every other path
+    reproduces bit for bit) and, where supported, "avx512"."""
+    return list(_core.available_isas())
+
+
+def set_isa(name: str) -> None:
+    """Selects the kernel path ("scalar" or "avx512"; default: the best available). Results do
+    not depend on it, bit for bit; it exists to check exactly that, and to time the paths."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    _core.set_isa(name)
 
 
 def round_to(x: np.ndarray, dtype) -> np.ndarray:

@@ -1,0 +1,108 @@
+#pragma once
+// What the prefill engine's paths share: the arithmetic policies of the two
+// seed families, the problem description, and small helpers. The scalar
+// model (prefill.cpp) and every SIMD path (simd/prefill_*.cpp) use these, so
+// the per-element arithmetic is written once.
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "fattn/prefill.hpp"
+#include "simd/exp.hpp"
+
+namespace fattn::prefill_detail {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kLog2e = 1.44269504089f;  // the f32 the Metal source's literal becomes
+// The running max starts finite, so exp(-inf - max) is exactly 0, never NaN.
+constexpr float kInitialMax = -FLT_MAX / 2;
+
+// --- arithmetic policies: what distinguishes the two seed families ------------
+
+// candle/MLX flash_attn_prefill.metal: Q pre-scaled by scale*log2(e) in the
+// I/O type, scores in log2 units, exp2, mask times log2(e), a true divide.
+struct CandleArithmetic {
+  static constexpr std::int64_t kSumGroup = 8;          // row sums: a tree per 8 keys, groups in order
+  static constexpr bool kCausalOverridesMask = false;   // causal -inf is set before the mask add
+  static constexpr bool kNaturalExp = false;            // exp2 on log2-unit scores
+  template <class T>
+  static float q_factor(float scale) { return round_to<T>(scale * kLog2e); }
+  template <class T>
+  static float stage_q(float q, float factor) { return round_to<T>(q * factor); }
+  static float score(float dot, float /*scale*/) { return dot; }
+  static float mask_term(float m) { return kLog2e * m; }
+  static float exp(float x) { return simd::exp2_f32(x); }
+  static float normalise(float o, float l) { return l == 0.0f ? 0.0f : o / l; }
+  static float lse(float m, float l) {
+    if (l == 0.0f) return -kInf;
+    return float((double(m) + std::log2(double(l))) * 0.69314718055994530942);
+  }
+};
+
+// llama.cpp-derived flash_attn_prefill_d512.metal: Q unscaled, scale on the
+// f32 scores, mask through half in natural units, exp, reciprocal multiply.
+struct LlamaCppArithmetic {
+  static constexpr std::int64_t kSumGroup = 64;         // pair sums then a 32-lane tree: a tree per 64 keys
+  static constexpr bool kCausalOverridesMask = true;    // mask added first, causal -inf after
+  static constexpr bool kNaturalExp = true;
+  template <class T>
+  static float q_factor(float) { return 1.0f; }
+  template <class T>
+  static float stage_q(float q, float) { return q; }
+  static float score(float dot, float scale) { return dot * scale; }
+  static float mask_term(float m) { return f16_to_f32(f32_to_f16(m)); }
+  static float exp(float x) { return simd::exp_f32(x); }
+  static float normalise(float o, float l) { return o * (l == 0.0f ? 0.0f : 1.0f / l); }
+  static float lse(float m, float l) {
+    if (l == 0.0f) return -kInf;
+    return float(double(m) + std::log(double(l)));
+  }
+};
+
+// Sum of p[0..n) (n a power of two): pairs, then pairs of pairs, ...
+inline float tree_sum(const float* p, std::int64_t n) {
+  if (n == 1) return p[0];
+  const std::int64_t half = n / 2;
+  return tree_sum(p, half) + tree_sum(p + half, half);
+}
+
+struct Problem {
+  std::int64_t batch, heads, kv_heads, q_len, k_len, head_dim;
+  PrefillGeometry geometry;
+  float scale;
+  bool causal;
+  const MaskView* mask;
+  const BlkView* blk;
+  const TensorView* lse;
+};
+
+// Per-thread scratch: one Q block and one K/V tile, all f32.
+struct Scratch {
+  std::vector<float> q, k, v, s, o, row_max, row_sum;
+  explicit Scratch(const Problem& p) {
+    const auto bq = std::size_t(p.geometry.q_tile), bk = std::size_t(p.geometry.k_tile),
+               d = std::size_t(p.head_dim);
+    q.resize(bq * d);
+    k.resize(bk * d);
+    v.resize(bk * d);
+    s.resize(bq * bk);
+    o.resize(bq * d);
+    row_max.resize(bq);
+    row_sum.resize(bq);
+  }
+};
+
+
+// Rows of Q a SIMD path handles together (one lane per row).
+inline constexpr std::int64_t kSimdRows = 32;
+
+// The SIMD paths: `rows` (<= kSimdRows) query rows from row0 of (b, h).
+// Defined in simd/prefill_avx512.cpp for T in {float, float16, bfloat16}.
+template <class T, class Arith>
+void prefill_rows_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                         const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
+                         std::vector<float>& workspace);
+
+}  // namespace fattn::prefill_detail

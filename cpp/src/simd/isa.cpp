@@ -1,0 +1,55 @@
+#include "simd/isa.hpp"
+
+#include <atomic>
+
+#include "fattn/error.hpp"
+
+namespace fattn::simd {
+namespace {
+
+Isa detect() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return Isa::avx512;
+#endif
+  return Isa::scalar;
+}
+
+std::atomic<int>& active() {
+  static std::atomic<int> isa{int(best_isa())};
+  return isa;
+}
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa best = detect();
+  return best;
+}
+
+Isa active_isa() { return Isa(active().load(std::memory_order_relaxed)); }
+
+void set_active_isa(Isa isa) {
+  require(int(isa) <= int(best_isa()), "isa: this CPU cannot run '", isa_name(isa), "' (best: '",
+          isa_name(best_isa()), "')");
+  active().store(int(isa));
+}
+
+std::string isa_name(Isa isa) { return isa == Isa::avx512 ? "avx512" : "scalar"; }
+
+Isa isa_from_name(const std::string& name) {
+  if (name == "scalar") return Isa::scalar;
+  if (name == "avx512") return Isa::avx512;
+  throw InvalidArgument("isa: must be 'scalar' or 'avx512', got '" + name + "'");
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names{"scalar"};
+  if (best_isa() == Isa::avx512) names.push_back("avx512");
+  return names;
+}
+
+}  // namespace fattn::simd

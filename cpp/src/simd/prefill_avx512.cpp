@@ -1,0 +1,330 @@
+// The prefill engine on AVX-512: 32 query rows at a time, one row per vector
+// lane, so the online softmax (max, exp, sums, rescale) is plain vertical
+// arithmetic. Every operation mirrors the scalar model (prefill.cpp) one for
+// one — the same fused multiply-add chains, the same exp, the same trees —
+// so the two agree to the bit; tests_py/test_isa.py holds them to it.
+//
+// Only the kernels below are compiled for AVX-512 (a target pragma, not a
+// file-wide flag), so no inline function shared with the portable code is
+// ever emitted with AVX-512 instructions.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "prefill_engine.hpp"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+
+namespace fattn::prefill_detail {
+namespace {
+
+constexpr std::int64_t kLanes = 16;
+
+// --- the exp of simd/exp.hpp, lane by lane ------------------------------------------
+inline __m512 pow2_int(__m512i n) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+}
+
+inline __m512 scale_by_pow2(__m512 p, __m512 n_float) {
+  const __m512i n = _mm512_cvttps_epi32(n_float);
+  const __m512i n1 = _mm512_srai_epi32(n, 1);
+  return _mm512_mul_ps(_mm512_mul_ps(p, pow2_int(n1)), pow2_int(_mm512_sub_epi32(n, n1)));
+}
+
+inline __m512 special_cases(__m512 x, __m512 r, float lo, float hi) {
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_LT_OQ), r, _mm512_setzero_ps());
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(hi), _CMP_GT_OQ), r, _mm512_set1_ps(INFINITY));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), r, x);
+}
+
+inline __m512 exp2_v(__m512 x) {
+  using C = simd::ExpConstants;
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(C::exp2_c[5]);
+  for (int i = 4; i >= 0; --i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C::exp2_c[i]));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return special_cases(x, scale_by_pow2(p, n), C::exp2_min, C::exp2_max);
+}
+
+inline __m512 exp_v(__m512 x) {
+  using C = simd::ExpConstants;
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(C::log2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(C::ln2_hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(C::ln2_lo), r);
+  __m512 p = _mm512_set1_ps(C::exp_c[5]);
+  for (int i = 4; i >= 0; --i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(C::exp_c[i]));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return special_cases(x, scale_by_pow2(p, n), C::exp_min, C::exp_max);
+}
+
+template <class Arith>
+inline __m512 exp_policy(__m512 x) {
+  return Arith::kNaturalExp ? exp_v(x) : exp2_v(x);
+}
+
+// --- loads of 16 elements widened to f32 (masked tails read nothing) ------------
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(const float16* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+inline __m512 load16(const bfloat16* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+inline __mmask16 tail_mask(std::int64_t n) { return n >= kLanes ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+
+template <class T>
+void widen_row(const T* src, float* dst, std::int64_t n) {
+  for (std::int64_t d = 0; d < n; d += kLanes) {
+    const __mmask16 m = tail_mask(n - d);
+    _mm512_mask_storeu_ps(dst + d, m, load16(src + d, m));
+  }
+}
+
+// O_r = fma(p_j, v_j, O_r) over the keys in order, for one or two rows that
+// share the V loads; D in blocks of up to 8 vectors kept in registers.
+template <int kRows>
+void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* vw, std::int64_t keys,
+                   std::int64_t D) {
+  constexpr int kBlock = 8;
+  for (std::int64_t d0 = 0; d0 < D; d0 += kBlock * kLanes) {
+    const int nv = int(std::min<std::int64_t>(kBlock, (D - d0 + kLanes - 1) / kLanes));
+    __mmask16 masks[kBlock];
+    __m512 acc[kRows][kBlock];
+    for (int u = 0; u < nv; ++u) {
+      masks[u] = tail_mask(D - d0 - u * kLanes);
+      for (int r = 0; r < kRows; ++r) acc[r][u] = _mm512_maskz_loadu_ps(masks[u], o_rows[r] + d0 + u * kLanes);
+    }
+    for (std::int64_t j = 0; j < keys; ++j) {
+      const float* v_row = vw + j * D + d0;
+      __m512 pj[kRows];
+      for (int r = 0; r < kRows; ++r) pj[r] = _mm512_set1_ps(p_cols[r][j * kSimdRows]);
+#pragma GCC unroll 8
+      for (int u = 0; u < kBlock; ++u) {
+        if (u >= nv) break;
+        const __m512 vv = _mm512_maskz_loadu_ps(masks[u], v_row + u * kLanes);
+        for (int r = 0; r < kRows; ++r) acc[r][u] = _mm512_fmadd_ps(pj[r], vv, acc[r][u]);
+      }
+    }
+    for (int u = 0; u < nv; ++u)
+      for (int r = 0; r < kRows; ++r) _mm512_mask_storeu_ps(o_rows[r] + d0 + u * kLanes, masks[u], acc[r][u]);
+  }
+}
+
+}  // namespace
+
+template <class T, class Arith>
+void prefill_rows_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                         const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
+                         std::vector<float>& workspace) {
+  constexpr std::int64_t R = kSimdRows;  // 32 rows: two vectors of lanes
+  const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
+  const std::int64_t rows = std::min(R, p.q_len - row0);
+  const std::int64_t kv_head = h / (p.heads / p.kv_heads);
+  const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
+
+  workspace.resize(std::size_t(D * R + 2 * BK * D + BK * R + R * D + 4 * R));
+  float* qT = workspace.data();  // [D][R]: staged Q, transposed so rows are lanes
+  float* kw = qT + D * R;        // [BK][D]: the K tile in f32
+  float* vw = kw + BK * D;       // [BK][D]: the V tile in f32
+  float* sT = vw + BK * D;       // [BK][R]: scores, then weights
+  float* o = sT + BK * R;        // [R][D]: the output accumulators
+  float* row_max = o + R * D;
+  float* row_sum = row_max + R;
+  float* rescale = row_sum + R;
+
+  // Stage Q exactly as the scalar model does, transposed.
+  const float factor = Arith::template q_factor<T>(p.scale);
+  std::fill(qT, qT + D * R, 0.0f);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* src = q.row<const T>(b, h, row0 + r);
+    for (std::int64_t d = 0; d < D; ++d) qT[d * R + r] = Arith::template stage_q<T>(widen(src[d]), factor);
+  }
+  std::fill(o, o + R * D, 0.0f);
+  std::fill(row_max, row_max + R, kInitialMax);
+  std::fill(row_sum, row_sum + R, 0.0f);
+
+  // Each row keeps its own block's tile range and tile-skip bytes.
+  std::int64_t limit[R], block_of[R], max_limit = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    block_of[r] = (row0 + r) / BQ;
+    const std::int64_t block_end = std::min(block_of[r] * BQ + BQ, p.q_len);
+    limit[r] = p.causal ? std::min(n_tiles, (block_end + BK - 1) / BK) : n_tiles;
+    max_limit = std::max(max_limit, limit[r]);
+  }
+  __m512i row_index[2];
+  for (int half = 0; half < 2; ++half)
+    row_index[half] = _mm512_add_epi32(_mm512_set1_epi32(std::int32_t(row0 + half * kLanes)),
+                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512 neg_inf = _mm512_set1_ps(-kInf);
+
+  for (std::int64_t tile = 0; tile < max_limit; ++tile) {
+    std::uint32_t active = 0, add_mask = 0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::uint8_t action = p.blk ? p.blk->data[block_of[r] * p.blk->cols + tile] : 1;
+      if (tile < limit[r] && action != 0) {
+        active |= 1u << r;
+        if (action != 2) add_mask |= 1u << r;
+      }
+    }
+    if (active == 0) continue;
+    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
+    for (std::int64_t j = 0; j < keys; ++j) {
+      widen_row(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
+      widen_row(v.row<const T>(b, kv_head, key0 + j), vw + j * D, D);
+    }
+    std::fill(kw + keys * D, kw + BK * D, 0.0f);
+
+    // Scores: for 8 keys at a time, 16 accumulators (8 keys x 2 row vectors),
+    // each an fma chain over D in order.
+    for (std::int64_t jb = 0; jb < BK; jb += 8) {
+      __m512 acc0[8], acc1[8];
+      for (int jj = 0; jj < 8; ++jj) acc0[jj] = acc1[jj] = _mm512_setzero_ps();
+      const float* kb = kw + jb * D;
+      for (std::int64_t d = 0; d < D; ++d) {
+        const __m512 q0 = _mm512_loadu_ps(qT + d * R), q1 = _mm512_loadu_ps(qT + d * R + kLanes);
+#pragma GCC unroll 8
+        for (int jj = 0; jj < 8; ++jj) {
+          const __m512 kd = _mm512_set1_ps(kb[jj * D + d]);
+          acc0[jj] = _mm512_fmadd_ps(q0, kd, acc0[jj]);
+          acc1[jj] = _mm512_fmadd_ps(q1, kd, acc1[jj]);
+        }
+      }
+      const __m512 scale = _mm512_set1_ps(p.scale);
+      for (int jj = 0; jj < 8; ++jj) {
+        float* s = sT + (jb + jj) * R;
+        if (jb + jj >= keys) {  // past Lk
+          _mm512_storeu_ps(s, neg_inf);
+          _mm512_storeu_ps(s + kLanes, neg_inf);
+          continue;
+        }
+        __m512 s0 = acc0[jj], s1 = acc1[jj];
+        if (Arith::kNaturalExp) {  // llama.cpp: the scale goes on the f32 score (Arith::score)
+          s0 = _mm512_mul_ps(s0, scale);
+          s1 = _mm512_mul_ps(s1, scale);
+        }
+        _mm512_storeu_ps(s, s0);
+        _mm512_storeu_ps(s + kLanes, s1);
+      }
+    }
+    // Masks in the seed's order.
+    auto apply_causal = [&] {
+      if (!p.causal) return;
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const __m512i key = _mm512_set1_epi32(std::int32_t(key0 + j));
+        for (int half = 0; half < 2; ++half) {
+          float* s = sT + j * R + half * kLanes;
+          const __mmask16 future = _mm512_cmpgt_epi32_mask(key, row_index[half]);
+          _mm512_storeu_ps(s, _mm512_mask_blend_ps(future, _mm512_loadu_ps(s), neg_inf));
+        }
+      }
+    };
+    auto apply_mask = [&] {
+      if (!p.mask || add_mask == 0) return;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        if (!(add_mask >> r & 1u)) continue;
+        const std::int64_t i = row0 + r;
+        for (std::int64_t j = 0; j < keys; ++j) {
+          float& s = sT[j * R + r];
+          if (p.mask->kind == MaskKind::boolean) {
+            if (!p.mask->attends(b, h, i, key0 + j)) s = -kInf;
+          } else {
+            s = s + Arith::mask_term(p.mask->additive_at(b, h, i, key0 + j));
+          }
+        }
+      }
+    };
+    if (Arith::kCausalOverridesMask) {
+      apply_mask();
+      apply_causal();
+    } else {
+      apply_causal();
+      apply_mask();
+    }
+
+    // Online softmax, all rows at once.
+    const std::int64_t group = std::min(Arith::kSumGroup, BK);
+    for (int half = 0; half < 2; ++half) {
+      const std::int64_t lane0 = half * kLanes;
+      const __mmask16 act = __mmask16(active >> lane0);
+      if (!act) continue;
+      __m512 tile_max = neg_inf;
+      for (std::int64_t j = 0; j < BK; ++j) tile_max = _mm512_max_ps(_mm512_loadu_ps(sT + j * R + lane0), tile_max);
+      const __m512 old_max = _mm512_loadu_ps(row_max + lane0);
+      const __m512 new_max = _mm512_max_ps(tile_max, old_max);  // as std::max(old, tile)
+      const __m512 resc = exp_policy<Arith>(_mm512_sub_ps(old_max, new_max));
+      for (std::int64_t j = 0; j < BK; ++j) {
+        float* s = sT + j * R + lane0;
+        _mm512_storeu_ps(s, exp_policy<Arith>(_mm512_sub_ps(_mm512_loadu_ps(s), new_max)));
+      }
+      __m512 tile_sum = _mm512_setzero_ps();
+      __m512 tree[64];
+      for (std::int64_t g = 0; g < BK; g += group) {
+        for (std::int64_t j = 0; j < group; ++j) tree[j] = _mm512_loadu_ps(sT + (g + j) * R + lane0);
+        for (std::int64_t width = group; width > 1; width /= 2)
+          for (std::int64_t j = 0; j < width / 2; ++j) tree[j] = _mm512_add_ps(tree[2 * j], tree[2 * j + 1]);
+        tile_sum = _mm512_add_ps(tile_sum, tree[0]);
+      }
+      const __m512 old_sum = _mm512_loadu_ps(row_sum + lane0);
+      const __m512 new_sum = _mm512_add_ps(_mm512_mul_ps(old_sum, resc), tile_sum);
+      _mm512_storeu_ps(row_sum + lane0, _mm512_mask_blend_ps(act, old_sum, new_sum));
+      _mm512_storeu_ps(row_max + lane0, _mm512_mask_blend_ps(act, old_max, new_max));
+      _mm512_storeu_ps(rescale + lane0, resc);
+    }
+
+    // P·V for the active rows, two at a time so they share the V loads.
+    std::int64_t pending = -1;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      if (!(active >> r & 1u)) continue;
+      float* o_row = o + r * D;
+      const float f = rescale[r];
+      if (f != 1.0f) {  // x * 1 == x: skipping changes no bit
+        const __m512 fv = _mm512_set1_ps(f);
+        for (std::int64_t d = 0; d < D; d += kLanes) {
+          const __mmask16 m = tail_mask(D - d);
+          _mm512_mask_storeu_ps(o_row + d, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o_row + d), fv));
+        }
+      }
+      if (pending < 0) {
+        pending = r;
+        continue;
+      }
+      float* const o_rows[2] = {o + pending * D, o_row};
+      const float* const p_cols[2] = {sT + pending, sT + r};
+      accumulate_pv<2>(o_rows, p_cols, vw, keys, D);
+      pending = -1;
+    }
+    if (pending >= 0) {
+      float* const o_rows[1] = {o + pending * D};
+      const float* const p_cols[1] = {sT + pending};
+      accumulate_pv<1>(o_rows, p_cols, vw, keys, D);
+    }
+  }
+
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float l = row_sum[r];
+    const float* o_row = o + r * D;
+    T* dst = out.row<T>(b, h, row0 + r);
+    for (std::int64_t d = 0; d < D; ++d) dst[d] = narrow<T>(Arith::normalise(o_row[d], l));
+    if (p.lse) *p.lse->row<float>(b, h, row0 + r) = Arith::lse(row_max[r], l);
+  }
+}
+
+#define FATTN_INSTANTIATE(T, A)                                                                                     \
+  template void prefill_rows_avx512<T, A>(const TensorView&, const TensorView&, const TensorView&, const TensorView&, \
+                                          const Problem&, std::int64_t, std::int64_t, std::int64_t, std::vector<float>&);
+FATTN_INSTANTIATE(float, CandleArithmetic)
+FATTN_INSTANTIATE(float16, CandleArithmetic)
+FATTN_INSTANTIATE(bfloat16, CandleArithmetic)
+FATTN_INSTANTIATE(float, LlamaCppArithmetic)
+FATTN_INSTANTIATE(float16, LlamaCppArithmetic)
+FATTN_INSTANTIATE(bfloat16, LlamaCppArithmetic)
+#undef FATTN_INSTANTIATE
+
+}  // namespace fattn::prefill_detail
+
+#pragma GCC pop_options

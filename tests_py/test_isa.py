@@ -1,0 +1,81 @@
+"""Every kernel path this CPU has gives the scalar model's bits, for every kernel and option."""
+import itertools
+
+import numpy as np
+import pytest
+
+import fattn
+from helpers import BF16, DTYPES, F16, F32
+
+PATHS = [isa for isa in fattn.available_isas() if isa != "scalar"]
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    fattn.set_isa(fattn.available_isas()[-1])
+
+
+def bits(x):
+    return np.ascontiguousarray(x).view(np.uint8)
+
+
+def run_all_paths(fn):
+    results = {}
+    for isa in ["scalar"] + PATHS:
+        fattn.set_isa(isa)
+        results[isa] = fn()
+    return results
+
+
+PREFILL_CASES = list(itertools.product(
+    DTYPES,
+    [(64, "auto", None), (80, "auto", None), (128, "auto", None), (256, "auto", None), (512, "auto", None),
+     (512, "llamacpp", None), (24, "auto", None), (64, "auto", (16, 32)), (40, "auto", (4, 8))],
+    ["none", "additive", "bool", "window_blk"],
+    [False, True]))
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("dtype, config, mask_kind, causal", PREFILL_CASES,
+                         ids=[f"{np.dtype(c[0]).name}-D{c[1][0]}-{c[1][1]}-{c[1][2]}-{c[2]}-{c[3]}"
+                              for c in PREFILL_CASES])
+def test_prefill_paths_match_the_scalar_model(rng, restore_isa, dtype, config, mask_kind, causal):
+    d, kernel, tiles = config
+    q_tile, k_tile = tiles or (None, None)
+    lq, lk = 45, 83
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 4, lq, d), (2, 2, lk, d), (2, 2, lk, d)))
+    mask = blk = None
+    if mask_kind == "additive":
+        mask = np.where(rng.random((2, 1, lq, lk)) < 0.3, -np.inf, rng.standard_normal((2, 1, lq, lk))).astype(dtype)
+    elif mask_kind == "bool":
+        mask = rng.random((lq, lk)) < 0.6
+    elif mask_kind == "window_blk":
+        i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+        mask = np.where((j <= i + 20) & (j > i - 20), 0.0, -np.inf).astype(np.float32)
+        blk = fattn.flash_attn_prefill_blk(mask, head_dim=d, kernel=kernel, q_tile=q_tile, k_tile=k_tile)
+    results = run_all_paths(lambda: fattn.flash_attn_prefill(
+        q, k, v, mask, causal=causal, kernel=kernel, blk=blk, return_lse=True, q_tile=q_tile, k_tile=k_tile))
+    for isa in PATHS:
+        assert (bits(results[isa][0]) == bits(results["scalar"][0])).all(), isa
+        assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+def test_prefill_paths_match_on_non_finite_inputs(rng, restore_isa):
+    q, k, v = (rng.standard_normal(s).astype(F32) for s in ((1, 2, 40, 64), (1, 2, 50, 64), (1, 2, 50, 64)))
+    q[0, 0, 3, 5] = np.nan
+    k[0, 1, 7, 2] = np.inf
+    v[0, 0, 20, 9] = -np.inf
+    results = run_all_paths(lambda: fattn.flash_attn_prefill(q, k, v, causal=True, return_lse=True))
+    for isa in PATHS:
+        assert (bits(results[isa][0]) == bits(results["scalar"][0])).all()
+
+
+def test_set_isa_rejects_unknown_names(restore_isa):
+    with pytest.raises(ValueError, match="isa: must be 'scalar' or 'avx512'"):
+        fattn.set_isa("neon")
+    with pytest.raises(TypeError):
+        fattn.set_isa(3)
+    fattn.set_isa("scalar")
+    assert fattn.build_info()["isa"] == "scalar"
