@@ -154,6 +154,21 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info_dict);
   m.def("set_isa", [](const std::string& name) { simd::set_active_isa(simd::isa_from_name(name)); }, py::arg("name"));
   m.def("available_isas", &simd::available_isas);
+  m.def(
+      "measure_peaks",
+      [](int threads, double seconds) {
+        Peaks p;
+        {
+          py::gil_scoped_release nogil;
+          p = measure_peaks(threads, seconds);
+        }
+        py::dict d;
+        d["f32_fma_gflops"] = p.f32_fma_gflops;
+        d["bf16_dot_gflops"] = p.bf16_dot_gflops;
+        d["read_gbytes"] = p.read_gbytes;
+        return d;
+      },
+      py::arg("threads"), py::arg("seconds") = 0.3);
   m.def("convert", &convert, py::arg("src"), py::arg("dst"));
 
   m.def(

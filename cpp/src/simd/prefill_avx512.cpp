@@ -85,33 +85,45 @@ void widen_row(const T* src, float* dst, std::int64_t n) {
   }
 }
 
-// O_r = fma(p_j, v_j, O_r) over the keys in order, for one or two rows that
-// share the V loads; D in blocks of up to 8 vectors kept in registers.
+// For kRows rows that share the V loads: O_r = O_r * f_r (skipped when
+// f_r == 1, which changes no bit), then O_r = fma(p_j, v_j, O_r) over the
+// keys in order. D goes in blocks of kVec vectors held in registers; the
+// last, partial block takes the masked path.
+template <int kRows, int kVec>
+inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const float* vw,
+                     std::int64_t keys, std::int64_t D, std::int64_t d0, const __mmask16* masks) {
+  __m512 acc[kRows][kVec];
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 f = _mm512_set1_ps(rescale[r]);
+    for (int u = 0; u < kVec; ++u) {
+      acc[r][u] = _mm512_maskz_loadu_ps(masks[u], o_rows[r] + d0 + u * kLanes);
+      if (rescale[r] != 1.0f) acc[r][u] = _mm512_mul_ps(acc[r][u], f);
+    }
+  }
+  for (std::int64_t j = 0; j < keys; ++j) {
+    const float* v_row = vw + j * D + d0;
+    __m512 pj[kRows];
+    for (int r = 0; r < kRows; ++r) pj[r] = _mm512_set1_ps(p_cols[r][j * kSimdRows]);
+    for (int u = 0; u < kVec; ++u) {
+      const __m512 vv = _mm512_maskz_loadu_ps(masks[u], v_row + u * kLanes);
+      for (int r = 0; r < kRows; ++r) acc[r][u] = _mm512_fmadd_ps(pj[r], vv, acc[r][u]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kVec; ++u) _mm512_mask_storeu_ps(o_rows[r] + d0 + u * kLanes, masks[u], acc[r][u]);
+}
+
 template <int kRows>
-void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* vw, std::int64_t keys,
-                   std::int64_t D) {
-  constexpr int kBlock = 8;
-  for (std::int64_t d0 = 0; d0 < D; d0 += kBlock * kLanes) {
-    const int nv = int(std::min<std::int64_t>(kBlock, (D - d0 + kLanes - 1) / kLanes));
-    __mmask16 masks[kBlock];
-    __m512 acc[kRows][kBlock];
-    for (int u = 0; u < nv; ++u) {
-      masks[u] = tail_mask(D - d0 - u * kLanes);
-      for (int r = 0; r < kRows; ++r) acc[r][u] = _mm512_maskz_loadu_ps(masks[u], o_rows[r] + d0 + u * kLanes);
-    }
-    for (std::int64_t j = 0; j < keys; ++j) {
-      const float* v_row = vw + j * D + d0;
-      __m512 pj[kRows];
-      for (int r = 0; r < kRows; ++r) pj[r] = _mm512_set1_ps(p_cols[r][j * kSimdRows]);
-#pragma GCC unroll 8
-      for (int u = 0; u < kBlock; ++u) {
-        if (u >= nv) break;
-        const __m512 vv = _mm512_maskz_loadu_ps(masks[u], v_row + u * kLanes);
-        for (int r = 0; r < kRows; ++r) acc[r][u] = _mm512_fmadd_ps(pj[r], vv, acc[r][u]);
-      }
-    }
-    for (int u = 0; u < nv; ++u)
-      for (int r = 0; r < kRows; ++r) _mm512_mask_storeu_ps(o_rows[r] + d0 + u * kLanes, masks[u], acc[r][u]);
+void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const float* vw,
+                   std::int64_t keys, std::int64_t D) {
+  constexpr int kVec = 4;
+  const __mmask16 full[kVec] = {0xffff, 0xffff, 0xffff, 0xffff};
+  std::int64_t d0 = 0;
+  for (; d0 + kVec * kLanes <= D; d0 += kVec * kLanes)
+    pv_block<kRows, kVec>(o_rows, p_cols, rescale, vw, keys, D, d0, full);
+  for (; d0 < D; d0 += kLanes) {  // the tail, one (masked) vector at a time
+    const __mmask16 m[1] = {tail_mask(D - d0)};
+    pv_block<kRows, 1>(o_rows, p_cols, rescale, vw, keys, D, d0, m);
   }
 }
 
@@ -276,33 +288,33 @@ void prefill_rows_avx512(const TensorView& q, const TensorView& k, const TensorV
       _mm512_storeu_ps(rescale + lane0, resc);
     }
 
-    // P·V for the active rows, two at a time so they share the V loads.
-    std::int64_t pending = -1;
+    // P·V for the active rows, four at a time so they share the V loads.
+    std::int64_t batch[4];
+    int n_batch = 0;
+    auto flush = [&] {
+      float* o_rows[4];
+      const float* p_cols[4];
+      float f[4];
+      for (int i = 0; i < n_batch; ++i) {
+        o_rows[i] = o + batch[i] * D;
+        p_cols[i] = sT + batch[i];
+        f[i] = rescale[batch[i]];
+      }
+      switch (n_batch) {
+        case 4: accumulate_pv<4>(o_rows, p_cols, f, vw, keys, D); break;
+        case 3: accumulate_pv<3>(o_rows, p_cols, f, vw, keys, D); break;
+        case 2: accumulate_pv<2>(o_rows, p_cols, f, vw, keys, D); break;
+        case 1: accumulate_pv<1>(o_rows, p_cols, f, vw, keys, D); break;
+        default: break;
+      }
+      n_batch = 0;
+    };
     for (std::int64_t r = 0; r < rows; ++r) {
       if (!(active >> r & 1u)) continue;
-      float* o_row = o + r * D;
-      const float f = rescale[r];
-      if (f != 1.0f) {  // x * 1 == x: skipping changes no bit
-        const __m512 fv = _mm512_set1_ps(f);
-        for (std::int64_t d = 0; d < D; d += kLanes) {
-          const __mmask16 m = tail_mask(D - d);
-          _mm512_mask_storeu_ps(o_row + d, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o_row + d), fv));
-        }
-      }
-      if (pending < 0) {
-        pending = r;
-        continue;
-      }
-      float* const o_rows[2] = {o + pending * D, o_row};
-      const float* const p_cols[2] = {sT + pending, sT + r};
-      accumulate_pv<2>(o_rows, p_cols, vw, keys, D);
-      pending = -1;
+      batch[n_batch++] = r;
+      if (n_batch == 4) flush();
     }
-    if (pending >= 0) {
-      float* const o_rows[1] = {o + pending * D};
-      const float* const p_cols[1] = {sT + pending};
-      accumulate_pv<1>(o_rows, p_cols, vw, keys, D);
-    }
+    flush();
   }
 
   for (std::int64_t r = 0; r < rows; ++r) {

@@ -1,0 +1,15 @@
+#pragma once
+// Small probes of this machine's attainable peaks, so benchmarks can report
+// every figure as a fraction of what the hardware can do.
+namespace fattn {
+
+struct Peaks {
+  double f32_fma_gflops = 0;   // fused multiply-adds on the widest vectors, 2 flops each
+  double bf16_dot_gflops = 0;  // AVX512_BF16 dot products (0 where the CPU has none)
+  double read_gbytes = 0;      // streaming read bandwidth from a buffer far larger than the caches
+};
+
+// Runs each probe on `threads` threads for about `seconds` each.
+Peaks measure_peaks(int threads, double seconds = 0.3);
+
+}  // namespace fattn

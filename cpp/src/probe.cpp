@@ -1,0 +1,126 @@
+#include "fattn/probe.hpp"
+
+#include <immintrin.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "fattn/error.hpp"
+#include "simd/isa.hpp"
+
+namespace fattn {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Runs work(thread_index) on `threads` threads at once; returns seconds.
+template <class F>
+double run_threads(int threads, F work) {
+  std::vector<std::thread> pool;
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  Clock::time_point start;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      ready++;
+      while (!go.load()) std::this_thread::yield();
+      work(t);
+    });
+  while (ready.load() < threads) std::this_thread::yield();
+  start = Clock::now();
+  go = true;
+  for (auto& th : pool) th.join();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bf16")
+// 16 independent chains hide the FMA latency; returns a value so the loop stays.
+float fma_loop(std::int64_t iterations) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(float(i));
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (std::int64_t it = 0; it < iterations; ++it)
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  __m512 s = acc[0];
+  for (int i = 1; i < 16; ++i) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+float bf16_loop(std::int64_t iterations) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380);
+  for (std::int64_t it = 0; it < iterations; ++it)
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  __m512 s = acc[0];
+  for (int i = 1; i < 16; ++i) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+float read_loop(const float* p, std::int64_t n) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (std::int64_t i = 0; i + 64 <= n; i += 64)
+    for (int u = 0; u < 4; ++u) acc[u] = _mm512_add_ps(acc[u], _mm512_loadu_ps(p + i + 16 * u));
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+#pragma GCC pop_options
+
+float scalar_fma_loop(std::int64_t iterations) {
+  float acc[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  for (std::int64_t it = 0; it < iterations; ++it)
+    for (auto& x : acc) x = x * 0.999999f + 1e-7f;
+  return acc[0] + acc[7];
+}
+
+float scalar_read_loop(const float* p, std::int64_t n) {
+  float s = 0;
+  for (std::int64_t i = 0; i < n; i += 16) s += p[i];  // one touch per cache line
+  return s;
+}
+
+volatile float sink;
+
+// Scales the iteration count until one run takes about `seconds`.
+template <class F>
+double rate(int threads, double seconds, double flops_per_iteration, F loop) {
+  std::int64_t iterations = 1 << 16;
+  for (;;) {
+    const double t = run_threads(threads, [&](int) { sink = loop(iterations); });
+    if (t > seconds || iterations > (std::int64_t(1) << 40))
+      return flops_per_iteration * double(iterations) * threads / t / 1e9;
+    iterations *= 2;
+  }
+}
+
+}  // namespace
+
+Peaks measure_peaks(int threads, double seconds) {
+  require(threads >= 1 && threads <= 1024, "threads: must be from 1 to 1024, got ", threads);
+  Peaks peaks;
+  const bool avx512 = simd::best_isa() == simd::Isa::avx512;
+  __builtin_cpu_init();
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  peaks.f32_fma_gflops = avx512 ? rate(threads, seconds, 16 * 16 * 2, fma_loop) : rate(threads, seconds, 16, scalar_fma_loop);
+  if (bf16) peaks.bf16_dot_gflops = rate(threads, seconds, 16 * 32 * 2, bf16_loop);
+  // 256 MiB per thread: far beyond any last-level cache here.
+  const std::int64_t per_thread = std::int64_t(64) << 20;
+  std::vector<float> buffer(std::size_t(per_thread * threads), 1.0f);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const double t = run_threads(threads, [&](int i) {
+      const float* p = buffer.data() + std::int64_t(i) * per_thread;
+      sink = avx512 ? read_loop(p, per_thread) : scalar_read_loop(p, per_thread);
+    });
+    best = std::max(best, double(per_thread) * 4 * threads / t / 1e9);
+  }
+  peaks.read_gbytes = best;
+  return peaks;
+}
+
+}  // namespace fattn
