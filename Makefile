@@ -75,7 +75,12 @@ test:
 	$(MAKE) --no-print-directory test-py || status=1; \
 	exit $$status
 
-bench: $(VENV)/.fattn-installed
+# Benchmark-only dependencies: PyTorch (its CPU build, from this machine's disk) and matplotlib.
+$(VENV)/.bench-deps: $(VENV)/.py-deps
+	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 matplotlib
+	@touch $@
+
+bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps
 	@$(PY) bench/run.py
 
 clean:

@@ -1,21 +1,38 @@
-"""Placeholder until the speed issue: times fattn.sdpa against a NumPy implementation in one run."""
+"""Side-by-side benchmark: fattn against PyTorch's CPU scaled_dot_product_attention and NumPy,
+in one process, with this machine's measured peaks.
+
+    make bench                      # everything (several minutes)
+    .venv/bin/python bench/run.py --quick
+
+Prints a table, writes bench/results/bench.csv and bench/results/prefill.png.
+FLOP counts: prefill 4*B*H*D*(visible query-key pairs) (two matmuls, 2 flops per multiply-add);
+fattn computes both Q.K^T and P.V with f32 fused multiply-adds (bf16 dot-product
+instructions would change the seed kernels' rounding), so its attainable peak is the measured
+f32 FMA rate. Decode is counted in bytes of K and V read (the kernel is bandwidth-bound):
+fraction of the measured streaming-read bandwidth.
+"""
+import argparse
+import csv
+import os
 import statistics
+import sys
 import time
 
+import ml_dtypes
 import numpy as np
 
 import fattn
 
+try:
+    import torch
+except ImportError:  # the torch column is skipped, with a note
+    torch = None
 
-def numpy_sdpa(q, k, v):
-    s = np.einsum("bhid,bhjd->bhij", q, k) / np.sqrt(q.shape[-1])
-    lq, lk = s.shape[-2:]
-    s = np.where(np.arange(lk)[None, :] <= np.arange(lq)[:, None] + lk - lq, s, -np.inf)
-    w = np.exp(s - s.max(-1, keepdims=True))
-    return np.einsum("bhij,bhjd->bhid", w / w.sum(-1, keepdims=True), v)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def timed(fn, repeats=5):
+def timed(fn, repeats):
+    fn()  # warm up (allocations, thread pool, caches)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -24,8 +41,179 @@ def timed(fn, repeats=5):
     return statistics.median(times), max(times) - min(times)
 
 
-rng = np.random.default_rng(0)
-q, k, v = (rng.standard_normal((1, 8, 512, 64)).astype(np.float32) for _ in range(3))
-for name, fn in (("fattn.sdpa", lambda: fattn.sdpa(q, k, v)), ("numpy", lambda: numpy_sdpa(q, k, v))):
-    med, spread = timed(fn)
-    print(f"{name:12s} L=512 D=64 H=8 f32 causal: median {med * 1e3:7.2f} ms (spread {spread * 1e3:.2f} ms)")
+def numpy_attention(q, k, v, causal):
+    q, k, v = (x.astype(np.float32) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    s = np.matmul(q, k.transpose(0, 1, 3, 2)) / np.float32(np.sqrt(q.shape[-1]))
+    if causal:
+        lq, lk = s.shape[-2:]
+        s = np.where(np.arange(lk)[None, :] <= np.arange(lq)[:, None] + (lk - lq), s, np.float32(-np.inf))
+    s = np.exp(s - s.max(-1, keepdims=True))
+    return np.matmul(s / s.sum(-1, keepdims=True), v)
+
+
+def torch_dtype(dt):
+    return {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
+            np.dtype(ml_dtypes.bfloat16): torch.bfloat16}[np.dtype(dt)]
+
+
+def to_torch(x):
+    return torch.from_numpy(x.astype(np.float32)).to(torch_dtype(x.dtype))
+
+
+def prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeats, with_numpy):
+    q = rng.standard_normal((1, h, length, d), dtype=np.float32).astype(dtype)
+    k = rng.standard_normal((1, h_kv, length, d), dtype=np.float32).astype(dtype)
+    v = rng.standard_normal((1, h_kv, length, d), dtype=np.float32).astype(dtype)
+    pairs = length * (length + 1) / 2 if causal else length * length
+    flops = 4.0 * h * d * pairs
+    rows = {}
+    rows["fattn"] = timed(lambda: fattn.flash_attn_prefill(q, k, v, causal=causal, kernel=kernel), repeats)
+    if torch is not None and kernel != "llamacpp":
+        tq, tk, tv = to_torch(q), to_torch(k), to_torch(v)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        with torch.inference_mode():
+            rows["torch"] = timed(lambda: sdpa(tq, tk, tv, is_causal=causal, enable_gqa=h != h_kv), repeats)
+    if with_numpy:
+        rows["numpy"] = timed(lambda: numpy_attention(q, k, v, causal), max(1, repeats // 2))
+    return flops, rows
+
+
+def decode_case(rng, threads, kv_len, dtype, repeats):
+    h, h_kv, d = 16, 8, 256
+    q = rng.standard_normal((h, d), dtype=np.float32)
+    k = rng.standard_normal((h_kv, kv_len, d), dtype=np.float32).astype(dtype)
+    v = rng.standard_normal((h_kv, kv_len, d), dtype=np.float32).astype(dtype)
+    nbytes = 2.0 * k.nbytes
+    rows = {"fattn": timed(lambda: fattn.flash_attn_vec(q, k, v, kv_seq_len=kv_len), repeats)}
+    if torch is not None:
+        tq = torch.from_numpy(q)[None, :, None, :]
+        tk, tv = (torch.from_numpy(x.astype(np.float32)).to(torch_dtype(dtype))[None] for x in (k, v))
+        tq = tq.to(torch_dtype(dtype))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        with torch.inference_mode():
+            rows["torch"] = timed(lambda: sdpa(tq, tk, tv, enable_gqa=True), repeats)
+    rows["numpy"] = timed(lambda: numpy_attention(q[None, :, None, :], k[None], v[None], False), repeats)
+    return nbytes, rows
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few representative cases only")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    os.makedirs(RESULTS, exist_ok=True)
+    rng = np.random.default_rng(0)
+    repeats = 3 if args.quick else args.repeats
+    print(f"fattn {fattn.__version__} isa={fattn.build_info()['isa']}; torch "
+          f"{torch.__version__ if torch is not None else 'not installed: its column is skipped'}")
+    peaks = {}
+    for threads in (1, 2):
+        peaks[threads] = fattn._core.measure_peaks(threads, 0.3)
+        p = peaks[threads]
+        print(f"peaks, {threads} thread(s): f32 FMA {p['f32_fma_gflops']:.0f} GFLOP/s, bf16 dot "
+              f"{p['bf16_dot_gflops']:.0f} GFLOP/s, streaming read {p['read_gbytes']:.1f} GB/s")
+
+    prefill = []
+    lengths = [512, 2048] if args.quick else [512, 2048, 4096]
+    dims = [128] if args.quick else [64, 128, 256]
+    for threads in (2, 1):
+        for dtype in (ml_dtypes.bfloat16, np.float32):
+            for d in dims:
+                for h_kv in (16, 4):
+                    for causal in (False, True):
+                        for length in lengths:
+                            if threads == 1 and (h_kv != 16 or length != 2048 or d != 128):
+                                continue  # the scaling line: one shape
+                            prefill.append((threads, 16, h_kv, length, d, causal, dtype, "auto"))
+        for kernel in ("auto", "llamacpp"):
+            if threads == 2:
+                prefill.append((threads, 16, 16, 2048 if not args.quick else 512, 512, False, ml_dtypes.bfloat16,
+                                kernel))
+    records = []
+    header = (f"{'case':58s} {'system':6s} {'median ms':>10s} {'spread':>8s} {'GFLOP/s':>8s} {'% peak':>7s} "
+              f"{'x torch':>8s}")
+    print("\nprefill (B=1, H=16)\n" + header)
+    for threads, h, h_kv, length, d, causal, dtype, kernel in prefill:
+        fattn.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
+        with_numpy = length <= 2048 and threads == 2
+        flops, rows = prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeats, with_numpy)
+        name = (f"{np.dtype(dtype).name} D={d} H_kv={h_kv} L={length} {'causal' if causal else 'full'} "
+                f"{kernel} t={threads}")
+        torch_time = rows.get("torch", (None,))[0]
+        for system, (med, spread) in rows.items():
+            gflops = flops / med / 1e9
+            frac = gflops / peaks[threads]["f32_fma_gflops"]
+            vs = torch_time / med if torch_time else float("nan")
+            print(f"{name:58s} {system:6s} {med * 1e3:10.2f} {spread * 1e3:8.2f} {gflops:8.1f} {frac * 100:6.1f}% "
+                  f"{vs:8.2f}")
+            records.append(dict(kind="prefill", case=name, system=system, dtype=np.dtype(dtype).name, head_dim=d,
+                                h_kv=h_kv, length=length, causal=causal, kernel=kernel, threads=threads,
+                                median_s=med, spread_s=spread, gflops=gflops, fraction_of_peak=frac))
+
+    print("\ndecode (H=16, H_kv=8, D=256, nwg=32)\n" + header.replace("GFLOP/s", "  GB/s "))
+    fattn.set_num_threads(2)
+    if torch is not None:
+        torch.set_num_threads(2)
+    for dtype in (np.float32, np.float16):
+        for kv_len in ([1024, 8192] if args.quick else [1024, 8192, 32768]):
+            nbytes, rows = decode_case(rng, 2, kv_len, dtype, repeats * 4)
+            name = f"{np.dtype(dtype).name} kv_seq_len={kv_len} cache {nbytes / 2 ** 20:.0f} MiB t=2"
+            torch_time = rows.get("torch", (None,))[0]
+            for system, (med, spread) in rows.items():
+                gbs = nbytes / med / 1e9
+                frac = gbs / peaks[2]["read_gbytes"]
+                vs = torch_time / med if torch_time else float("nan")
+                print(f"{name:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gbs:8.1f} {frac * 100:6.1f}% "
+                      f"{vs:8.2f}")
+                records.append(dict(kind="decode", case=name, system=system, dtype=np.dtype(dtype).name,
+                                    head_dim=256, h_kv=8, length=kv_len, causal=False, kernel="vec", threads=2,
+                                    median_s=med, spread_s=spread, gflops=gbs, fraction_of_peak=frac))
+
+    q, k, v = (rng.standard_normal((1, 16, 512, 128), dtype=np.float32) for _ in range(3))
+    med, spread = timed(lambda: fattn.sdpa(q, k, v), repeats)
+    print(f"\nsdpa (naive, seed 003) f32 L=512 D=128 H=16 causal: {med * 1e3:.1f} ms (spread {spread * 1e3:.1f})")
+
+    path = os.path.join(RESULTS, "bench.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    print(f"\nwrote {path}")
+    plot(records, os.path.join(RESULTS, "prefill.png"))
+
+
+def plot(records, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, dtype in zip(axes, ("bfloat16", "float32")):
+        for system, style in (("fattn", "o-"), ("torch", "s--"), ("numpy", "^:")):
+            for causal in (False, True):
+                pts = sorted((r["length"], r["gflops"]) for r in records
+                             if r["kind"] == "prefill" and r["system"] == system and r["dtype"] == dtype
+                             and r["head_dim"] == 128 and r["h_kv"] == 16 and r["causal"] == causal
+                             and r["threads"] == 2 and r["kernel"] == "auto")
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"{system} {'causal' if causal else 'full'}")
+        ax.set_title(f"prefill {dtype}, H=16, D=128, 2 threads")
+        ax.set_xlabel("sequence length")
+        ax.set_xscale("log", base=2)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("GFLOP/s")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

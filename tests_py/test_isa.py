@@ -79,3 +79,19 @@ def test_set_isa_rejects_unknown_names(restore_isa):
         fattn.set_isa(3)
     fattn.set_isa("scalar")
     assert fattn.build_info()["isa"] == "scalar"
+
+
+DECODE_CASES = list(itertools.product(DTYPES, [32, 96, 256, 512], [1, 3, 32, 64],
+                                      [dict(), dict(mask="sliding_window", window=100), dict(softcap=3.0)]))
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("dtype, d, nwg, kw", DECODE_CASES,
+                         ids=[f"{np.dtype(c[0]).name}-D{c[1]}-nwg{c[2]}-{sorted(c[3])}" for c in DECODE_CASES])
+def test_decode_paths_match_the_scalar_model(rng, restore_isa, dtype, d, nwg, kw):
+    q = rng.standard_normal((2, 8, d)).astype(np.float32)
+    k, v = (rng.standard_normal((2, 2, 700, d)).astype(dtype) for _ in range(2))
+    results = run_all_paths(lambda: fattn.flash_attn_vec_partials(q, k, v, kv_seq_len=650, nwg=nwg, **kw))
+    for isa in PATHS:
+        for got, want in zip(results[isa], results["scalar"]):
+            assert (bits(got) == bits(want)).all(), isa

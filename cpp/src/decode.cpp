@@ -11,23 +11,14 @@
 
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
-#include "simd/exp.hpp"
+#include "decode_engine.hpp"
+#include "simd/isa.hpp"
 #include "validate.hpp"
 
 namespace fattn {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr float kInitialMax = -FLT_MAX / 2;
-// The seed masks with -max(half), not -inf: a masked score is finite.
-constexpr float kMaskedScore = -65504.0f;
-constexpr std::int64_t kLanes = 32;  // one simdgroup: lane t owns float4 groups t, t+32, ...
-
-float tree_sum(const float* p, std::int64_t n) {
-  if (n == 1) return p[0];
-  const std::int64_t half = n / 2;
-  return tree_sum(p, half) + tree_sum(p + half, half);
-}
+using namespace decode_detail;
 
 // q·k as the seed's simdgroup forms it: lane t owns the float4 groups t,
 // t+32, ... of D and adds each group's dot(k4, q4) = (k0 q0 + k1 q1) +
@@ -50,11 +41,6 @@ std::int64_t reduce_lanes(std::int64_t nwg) {  // the reduce's lanes: a power of
   while (n < nwg) n *= 2;
   return n;
 }
-
-struct Decode {
-  std::int64_t batch, heads, kv_heads, head_dim, kv_len, window_start, nwg;
-  float scale, softcap, scale_over_cap;
-};
 
 // One (batch, KV head, group): every query head of the KV head's group, so a
 // chunk of K/V is widened once for all of them.
@@ -194,7 +180,11 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
     for (std::int64_t item = begin; item < end; ++item) {
       const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
       detail::dispatch_dtype(k.dtype, [&](auto tag) {
-        decode_group<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g, work);
+        using T = decltype(tag);
+        if (simd::active_isa() == simd::Isa::avx512)
+          decode_group_avx512<T>(q, k, v, o, s, m, p, b, kv_head, g, work);
+        else
+          decode_group<T>(q, k, v, o, s, m, p, b, kv_head, g, work);
       });
     }
   });

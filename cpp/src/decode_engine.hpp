@@ -1,0 +1,39 @@
+#pragma once
+// What the vec decode paths share: constants, the problem description, and
+// the declaration of each SIMD path.
+#include <cfloat>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "fattn/decode.hpp"
+#include "simd/exp.hpp"
+
+namespace fattn::decode_detail {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kInitialMax = -FLT_MAX / 2;
+// The seed masks with -max(half), not -inf: a masked score is finite.
+constexpr float kMaskedScore = -65504.0f;
+constexpr std::int64_t kLanes = 32;  // one simdgroup: lane t owns float4 groups t, t+32, ...
+
+inline float tree_sum(const float* p, std::int64_t n) {
+  if (n == 1) return p[0];
+  const std::int64_t half = n / 2;
+  return tree_sum(p, half) + tree_sum(p + half, half);
+}
+
+struct Decode {
+  std::int64_t batch, heads, kv_heads, head_dim, kv_len, window_start, nwg;
+  float scale, softcap, scale_over_cap;
+};
+
+
+// The AVX-512 path of one (batch, KV head, group); same contract as the
+// scalar model's decode_group. Defined in simd/decode_avx512.cpp.
+template <class T>
+void decode_group_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
+                         const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
+                         std::int64_t kv_head, std::int64_t g, std::vector<float>& work);
+
+}  // namespace fattn::decode_detail
