@@ -175,16 +175,33 @@ void validate_partials(const TensorView& o, const TensorView& s, const TensorVie
 
 void run_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                   const TensorView& s, const TensorView& m, const Decode& p) {
+  if (simd::active_isa() == simd::Isa::avx512) {
+    // Each item walks its KV head's cache once, in memory order, for a block
+    // of groups; blocks split the groups only when there are too few heads
+    // to keep every thread busy.
+    const std::int64_t heads = p.batch * p.kv_heads;
+    const std::int64_t want = 2 * std::int64_t(get_num_threads());
+    const std::int64_t blocks = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
+    const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
+    parallel_for(heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<float> work;
+      for (std::int64_t item = begin; item < end; ++item) {
+        const std::int64_t blk = item % blocks, kv_head = (item / blocks) % p.kv_heads, b = item / (blocks * p.kv_heads);
+        const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
+        if (g0 >= g1) continue;
+        detail::dispatch_dtype(k.dtype, [&](auto tag) {
+          decode_groups_avx512<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
+        });
+      }
+    });
+    return;
+  }
   parallel_for(p.batch * p.kv_heads * p.nwg, 1, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> work;
     for (std::int64_t item = begin; item < end; ++item) {
       const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
       detail::dispatch_dtype(k.dtype, [&](auto tag) {
-        using T = decltype(tag);
-        if (simd::active_isa() == simd::Isa::avx512)
-          decode_group_avx512<T>(q, k, v, o, s, m, p, b, kv_head, g, work);
-        else
-          decode_group<T>(q, k, v, o, s, m, p, b, kv_head, g, work);
+        decode_group<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g, work);
       });
     }
   });

@@ -29,11 +29,12 @@ struct Decode {
 };
 
 
-// The AVX-512 path of one (batch, KV head, group); same contract as the
-// scalar model's decode_group. Defined in simd/decode_avx512.cpp.
+// The AVX-512 path for groups [g_begin, g_end) of one (batch, KV head): the
+// scalar model's decode_group for each of them, walking the cache once in
+// memory order. Defined in simd/decode_avx512.cpp.
 template <class T>
-void decode_group_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
-                         const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
-                         std::int64_t kv_head, std::int64_t g, std::vector<float>& work);
+void decode_groups_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
+                          const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
+                          std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end, std::vector<float>& work);
 
 }  // namespace fattn::decode_detail

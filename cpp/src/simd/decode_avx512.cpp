@@ -17,119 +17,211 @@ namespace {
 
 using simd::avx512::load16;
 
-// dot(k, q) with the simdgroup's structure. Vector u of each 128-element
-// block holds simdgroup lanes 4u..4u+3 (one float4 each): the pair sums put
-// each lane's dot4 in the lane's first element, which accumulates down the
-// blocks; the 32 lanes then meet in the scalar model's tree.
-template <class T>
-float lane_dot(const T* k, const float* q, std::int64_t D) {
-  __m512 acc[8];
-  for (auto& a : acc) a = _mm512_setzero_ps();
+// dot(k, q_r) for kHeads query heads at once (sharing the K loads), with the
+// simdgroup's structure. Vector u of each 128-element block holds simdgroup
+// lanes 4u..4u+3 (one float4 each): the pair sums put each lane's dot4 in the
+// lane's first element, which accumulates down the blocks; the 32 lanes then
+// meet in the scalar model's tree.
+template <int kHeads, class T>
+void lane_dots(const T* k, const float* const* q, std::int64_t D, float* out) {
+  __m512 acc[kHeads][8];
+  for (int r = 0; r < kHeads; ++r)
+    for (auto& a : acc[r]) a = _mm512_setzero_ps();
   const std::int64_t full = D / 128, rest = (D % 128) / 16;  // D is a multiple of 32
-  auto step = [&](std::int64_t base, int u) {
-    const __m512 prod = _mm512_mul_ps(load16(k + base + 16 * u, 0xffff), _mm512_loadu_ps(q + base + 16 * u));
-    const __m512 pairs = _mm512_add_ps(prod, _mm512_permute_ps(prod, 0xB1));     // (p0+p1), (p2+p3)
-    const __m512 dot4 = _mm512_add_ps(pairs, _mm512_permute_ps(pairs, 0x4E));   // (p0+p1)+(p2+p3)
-    acc[u] = _mm512_add_ps(acc[u], dot4);
+  auto step = [&](std::int64_t at, int u) {
+    const __m512 kv = load16(k + at, 0xffff);
+    for (int r = 0; r < kHeads; ++r) {
+      const __m512 prod = _mm512_mul_ps(kv, _mm512_loadu_ps(q[r] + at));
+      const __m512 pairs = _mm512_add_ps(prod, _mm512_permute_ps(prod, 0xB1));     // (p0+p1), (p2+p3)
+      const __m512 dot4 = _mm512_add_ps(pairs, _mm512_permute_ps(pairs, 0x4E));   // (p0+p1)+(p2+p3)
+      acc[r][u] = _mm512_add_ps(acc[r][u], dot4);
+    }
   };
   for (std::int64_t blk = 0; blk < full; ++blk)
-    for (int u = 0; u < 8; ++u) step(blk * 128, u);
-  for (int u = 0; u < rest; ++u) step(full * 128, u);
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) step(blk * 128 + 16 * u, u);
+  for (int u = 0; u < rest; ++u) step(full * 128 + 16 * u, u);
   // Lane 4u+t sits in element 4t of acc[u]: tree levels 1-2 inside each vector
   // (elements 0+4, 8+12, then those two), levels 3-5 across vectors in order.
-  __m512 t[8];
-  for (int u = 0; u < 8; ++u) {
-    const __m512 l1 = _mm512_add_ps(acc[u], _mm512_shuffle_f32x4(acc[u], acc[u], 0xB1));
-    t[u] = _mm512_add_ps(l1, _mm512_shuffle_f32x4(l1, l1, 0x4E));
+  for (int r = 0; r < kHeads; ++r) {
+    __m512 t[8];
+    for (int u = 0; u < 8; ++u) {
+      const __m512 l1 = _mm512_add_ps(acc[r][u], _mm512_shuffle_f32x4(acc[r][u], acc[r][u], 0xB1));
+      t[u] = _mm512_add_ps(l1, _mm512_shuffle_f32x4(l1, l1, 0x4E));
+    }
+    const __m512 l3a = _mm512_add_ps(t[0], t[1]), l3b = _mm512_add_ps(t[2], t[3]);
+    const __m512 l3c = _mm512_add_ps(t[4], t[5]), l3d = _mm512_add_ps(t[6], t[7]);
+    out[r] = _mm512_cvtss_f32(_mm512_add_ps(_mm512_add_ps(l3a, l3b), _mm512_add_ps(l3c, l3d)));
   }
-  const __m512 l3a = _mm512_add_ps(t[0], t[1]), l3b = _mm512_add_ps(t[2], t[3]);
-  const __m512 l3c = _mm512_add_ps(t[4], t[5]), l3d = _mm512_add_ps(t[6], t[7]);
-  const __m512 total = _mm512_add_ps(_mm512_add_ps(l3a, l3b), _mm512_add_ps(l3c, l3d));
-  return _mm512_cvtss_f32(total);
+}
+
+// lo_r = fma chain of v_p * w_r[p] over the chunk's positions, for kHeads
+// heads sharing each V load; then O_r = O_r * rescale_r + lo_r. D goes in
+// blocks of kVec vectors held in registers.
+template <int kHeads, int kVec, class T>
+inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0,
+                           std::int64_t valid, const float* const* w, const float* rescale, float* const* o,
+                           std::int64_t d0) {
+  constexpr std::int64_t W = simd::avx512::kLanes;
+  __m512 acc[kHeads][kVec];
+  for (int r = 0; r < kHeads; ++r)
+    for (int u = 0; u < kVec; ++u) acc[r][u] = _mm512_setzero_ps();
+  for (std::int64_t j = 0; j < valid; ++j) {
+    const T* v_row = v.row<const T>(b, kv_head, p0 + j) + d0;
+    __m512 wj[kHeads];
+    for (int r = 0; r < kHeads; ++r) wj[r] = _mm512_set1_ps(w[r][j]);
+    for (int u = 0; u < kVec; ++u) {
+      const __m512 vv = load16(v_row + u * W, 0xffff);
+      for (int r = 0; r < kHeads; ++r) acc[r][u] = _mm512_fmadd_ps(vv, wj[r], acc[r][u]);
+    }
+  }
+  for (int r = 0; r < kHeads; ++r) {
+    const __m512 rv = _mm512_set1_ps(rescale[r]);
+    for (int u = 0; u < kVec; ++u) {
+      float* dst = o[r] + d0 + u * W;
+      _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(dst), rv), acc[r][u]));
+    }
+  }
+}
+
+template <int kHeads, class T>
+void chunk_pv(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0, std::int64_t valid,
+              const float* const* w, const float* rescale, float* const* o, std::int64_t D) {
+  constexpr std::int64_t W = simd::avx512::kLanes;
+  std::int64_t d0 = 0;
+  for (; d0 + 4 * W <= D; d0 += 4 * W) chunk_pv_block<kHeads, 4, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);
+  if (d0 < D) chunk_pv_block<kHeads, 2, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);  // D % 64 == 32
+}
+
+// Asks for the next chunk's rows while this one is computed: each group
+// jumps nwg chunks ahead, which the hardware prefetchers do not follow.
+template <class T>
+inline void prefetch_rows(const TensorView& t, std::int64_t b, std::int64_t kv_head, std::int64_t p0,
+                          std::int64_t count, std::int64_t D) {
+  for (std::int64_t j = 0; j < count; ++j) {
+    const char* row = reinterpret_cast<const char*>(t.row<const T>(b, kv_head, p0 + j));
+    for (std::int64_t off = 0; off < D * std::int64_t(sizeof(T)); off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+  }
 }
 
 }  // namespace
 
 template <class T>
-void decode_group_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
-                         const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
-                         std::int64_t kv_head, std::int64_t g, std::vector<float>& work) {
+void decode_groups_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
+                          const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
+                          std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end,
+                          std::vector<float>& work) {
   using simd::avx512::exp_v;
   constexpr std::int64_t W = simd::avx512::kLanes;  // floats per vector
-  const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, C = kDecodeChunk;
-  work.resize(std::size_t(2 * group * D + D + 3 * group));
+  constexpr std::int64_t C = kDecodeChunk;
+  const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, n_groups = g_end - g_begin;
+  // work: staged Q (group x D); per NWG group its O (group x D), max and sum
+  // (group each); the chunk's scores/weights (group x C) and rescales.
+  const std::int64_t state = group * (D + 2);
+  work.resize(std::size_t(group * D + n_groups * state + group * C + group + 16));
   float* qh = work.data();
-  float* o = qh + group * D;
-  float* lo = o + group * D;
-  float* row_max = lo + D;
-  float* row_sum = row_max + group;
+  float* states = qh + group * D;
+  float* s = states + n_groups * state;
+  float* rescale = s + group * C;
   for (std::int64_t r = 0; r < group; ++r) {
     const float* src = q.row<const float>(b, kv_head * group + r, 0);
     for (std::int64_t d = 0; d < D; ++d) qh[r * D + d] = f16_to_f32(f32_to_f16(src[d]));
-    row_max[r] = kInitialMax;
-    row_sum[r] = 0.0f;
   }
-  std::fill(o, o + group * D, 0.0f);
+  for (std::int64_t gi = 0; gi < n_groups; ++gi) {
+    float* st = states + gi * state;
+    std::fill(st, st + group * D, 0.0f);
+    std::fill(st + group * D, st + group * (D + 1), kInitialMax);
+    std::fill(st + group * (D + 1), st + state, 0.0f);
+  }
 
-  alignas(64) float s[kDecodeChunk], w[kDecodeChunk];
-  for (std::int64_t chunk = g; chunk * C < p.kv_len; chunk += p.nwg) {
-    const std::int64_t p0 = chunk * C, valid = std::min(C, p.kv_len - p0);
-    if (p0 + valid <= p.window_start) continue;
-    for (std::int64_t r = 0; r < group; ++r) {
+  // Chunks in memory order; each updates its own group's state, so every
+  // group still sees its chunks g, g + nwg, ... in the seed's order.
+  for (std::int64_t base = 0; base * C < p.kv_len; base += p.nwg) {
+    for (std::int64_t g = g_begin; g < g_end; ++g) {
+      const std::int64_t chunk = base + g;
+      const std::int64_t p0 = chunk * C;
+      if (p0 >= p.kv_len) break;
+      const std::int64_t valid = std::min(C, p.kv_len - p0);
+      if (p0 + valid <= p.window_start) continue;
+      float* st = states + (g - g_begin) * state;
+      float* o = st;
+      float* row_max = st + group * D;
+      float* row_sum = row_max + group;
+      const std::int64_t next = p0 + C;
+      if (next < p.kv_len) {
+        prefetch_rows<T>(k, b, kv_head, next, std::min(C, p.kv_len - next), D);
+        prefetch_rows<T>(v, b, kv_head, next, std::min(C, p.kv_len - next), D);
+      }
+      // Scores for every head of the group, two heads per pass over K.
       for (std::int64_t j = 0; j < C; ++j) {
         if (j >= valid) {
-          s[j] = -kInf;
+          for (std::int64_t r = 0; r < group; ++r) s[r * C + j] = -kInf;
           continue;
         }
-        const float dot = lane_dot(k.row<const T>(b, kv_head, p0 + j), qh + r * D, D);
-        const float mask = p0 + j < p.window_start ? kMaskedScore : 0.0f;
-        s[j] = p.softcap > 0.0f ? p.softcap * std::tanh(dot * p.scale_over_cap) + mask : std::fma(dot, p.scale, mask);
-      }
-      float chunk_max = -kInf;
-      for (std::int64_t j = 0; j < C; ++j) chunk_max = std::max(chunk_max, s[j]);
-      const float old_max = row_max[r];
-      const float new_max = std::max(old_max, chunk_max);
-      const float rescale = simd::exp_f32(old_max - new_max);
-      const __m512 nm = _mm512_set1_ps(new_max);
-      for (std::int64_t j = 0; j < C; j += W)
-        _mm512_store_ps(w + j, exp_v(_mm512_sub_ps(_mm512_load_ps(s + j), nm)));
-      row_sum[r] = row_sum[r] * rescale + tree_sum(w, C);
-      row_max[r] = new_max;
-      // lo = sum_p fma(v_p, w_p, .), then O = O * rescale + lo.
-      const __m512 rv = _mm512_set1_ps(rescale);
-      float* o_row = o + r * D;
-      for (std::int64_t d0 = 0; d0 < D; d0 += 4 * W) {
-        const int nv = int(std::min<std::int64_t>(4, (D - d0) / W));
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (std::int64_t j = 0; j < valid; ++j) {
-          const T* v_row = v.row<const T>(b, kv_head, p0 + j) + d0;
-          const __m512 wj = _mm512_set1_ps(w[j]);
-          for (int u = 0; u < nv; ++u) acc[u] = _mm512_fmadd_ps(load16(v_row + u * W, 0xffff), wj, acc[u]);
+        const T* k_row = k.row<const T>(b, kv_head, p0 + j);
+        float dots[2];
+        for (std::int64_t r = 0; r < group; r += 2) {
+          const float* qs[2] = {qh + r * D, qh + (r + 1) * D};
+          if (r + 1 < group) lane_dots<2>(k_row, qs, D, dots);
+          else lane_dots<1>(k_row, qs, D, dots);
+          for (std::int64_t i = r; i < std::min(group, r + 2); ++i) {
+            const float dot = dots[i - r];
+            const float mask = p0 + j < p.window_start ? kMaskedScore : 0.0f;
+            s[i * C + j] = p.softcap > 0.0f ? p.softcap * std::tanh(dot * p.scale_over_cap) + mask
+                                            : std::fma(dot, p.scale, mask);
+          }
         }
-        for (int u = 0; u < nv; ++u) {
-          float* dst = o_row + d0 + u * W;
-          _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(dst), rv), acc[u]));
+      }
+      for (std::int64_t r = 0; r < group; ++r) {
+        float* sr = s + r * C;
+        float chunk_max = -kInf;
+        for (std::int64_t j = 0; j < C; ++j) chunk_max = std::max(chunk_max, sr[j]);
+        const float old_max = row_max[r];
+        const float new_max = std::max(old_max, chunk_max);
+        rescale[r] = simd::exp_f32(old_max - new_max);
+        const __m512 nm = _mm512_set1_ps(new_max);
+        for (std::int64_t j = 0; j < C; j += W)
+          _mm512_storeu_ps(sr + j, exp_v(_mm512_sub_ps(_mm512_loadu_ps(sr + j), nm)));
+        row_sum[r] = row_sum[r] * rescale[r] + tree_sum(sr, C);
+        row_max[r] = new_max;
+      }
+      // P·V, four heads per pass over V.
+      for (std::int64_t r = 0; r < group; r += 4) {
+        const float* w[4];
+        float* o_rows[4];
+        const std::int64_t n = std::min<std::int64_t>(4, group - r);
+        for (std::int64_t i = 0; i < n; ++i) {
+          w[i] = s + (r + i) * C;
+          o_rows[i] = o + (r + i) * D;
+        }
+        switch (n) {
+          case 4: chunk_pv<4, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
+          case 3: chunk_pv<3, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
+          case 2: chunk_pv<2, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
+          default: chunk_pv<1, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
         }
       }
     }
   }
-  for (std::int64_t r = 0; r < group; ++r) {
-    const std::int64_t h = kv_head * group + r;
-    std::copy(o + r * D, o + (r + 1) * D, o_part.row<float>(b, h, g));
-    *s_part.row<float>(b, h, g) = row_sum[r];
-    *m_part.row<float>(b, h, g) = row_max[r];
+  for (std::int64_t g = g_begin; g < g_end; ++g) {
+    const float* st = states + (g - g_begin) * state;
+    for (std::int64_t r = 0; r < group; ++r) {
+      const std::int64_t h = kv_head * group + r;
+      std::copy(st + r * D, st + (r + 1) * D, o_part.row<float>(b, h, g));
+      *s_part.row<float>(b, h, g) = st[group * (D + 1) + r];
+      *m_part.row<float>(b, h, g) = st[group * D + r];
+    }
   }
 }
 
-template void decode_group_avx512<float>(const TensorView&, const TensorView&, const TensorView&, const TensorView&,
-                                         const TensorView&, const TensorView&, const Decode&, std::int64_t,
-                                         std::int64_t, std::int64_t, std::vector<float>&);
-template void decode_group_avx512<float16>(const TensorView&, const TensorView&, const TensorView&,
-                                           const TensorView&, const TensorView&, const TensorView&, const Decode&,
-                                           std::int64_t, std::int64_t, std::int64_t, std::vector<float>&);
-template void decode_group_avx512<bfloat16>(const TensorView&, const TensorView&, const TensorView&,
-                                            const TensorView&, const TensorView&, const TensorView&, const Decode&,
-                                            std::int64_t, std::int64_t, std::int64_t, std::vector<float>&);
+#define FATTN_INSTANTIATE(T)                                                                                    \
+  template void decode_groups_avx512<T>(const TensorView&, const TensorView&, const TensorView&, const TensorView&, \
+                                        const TensorView&, const TensorView&, const Decode&, std::int64_t,          \
+                                        std::int64_t, std::int64_t, std::int64_t, std::vector<float>&);
+FATTN_INSTANTIATE(float)
+FATTN_INSTANTIATE(float16)
+FATTN_INSTANTIATE(bfloat16)
+#undef FATTN_INSTANTIATE
 
 }  // namespace fattn::decode_detail
 
