@@ -17,32 +17,39 @@ namespace {
 
 using simd::avx512::load16;
 
-// dot(k, q_r) for kHeads query heads at once (sharing the K loads), with the
-// simdgroup's structure. Vector u of each 128-element block holds simdgroup
-// lanes 4u..4u+3 (one float4 each): the pair sums put each lane's dot4 in the
-// lane's first element, which accumulates down the blocks; the 32 lanes then
-// meet in the scalar model's tree.
+// dot(k_j, q_r) for four positions j and kHeads query heads at once (sharing
+// the K loads), with the simdgroup's structure: vector u of a 128-element
+// block holds simdgroup lanes 4u..4u+3, one float4 each. The four product
+// vectors of one
+// block are transposed inside each 128-bit lane, so one vector holds the
+// dot4 = (p0+p1)+(p2+p3) of each simdgroup lane for all four positions; the
+// lane sums accumulate down the blocks, and the scalar model's tree over the
+// 32 lanes (levels 1-2 across 128-bit lanes, 3-5 across vectors) runs once
+// for the four: element j of the result is position j's dot.
 template <int kHeads, class T>
-void lane_dots(const T* k, const float* const* q, std::int64_t D, float* out) {
+void lane_dots4(const T* const* k, const float* const* q, std::int64_t D, float (*out)[4]) {
   __m512 acc[kHeads][8];
   for (int r = 0; r < kHeads; ++r)
     for (auto& a : acc[r]) a = _mm512_setzero_ps();
-  const std::int64_t full = D / 128, rest = (D % 128) / 16;  // D is a multiple of 32
+  const std::int64_t full = D / 128, rest = (D % 128) / 16;
   auto step = [&](std::int64_t at, int u) {
-    const __m512 kv = load16(k + at, 0xffff);
+    __m512 kv[4];
+    for (int j = 0; j < 4; ++j) kv[j] = load16(k[j] + at, 0xffff);
     for (int r = 0; r < kHeads; ++r) {
-      const __m512 prod = _mm512_mul_ps(kv, _mm512_loadu_ps(q[r] + at));
-      const __m512 pairs = _mm512_add_ps(prod, _mm512_permute_ps(prod, 0xB1));     // (p0+p1), (p2+p3)
-      const __m512 dot4 = _mm512_add_ps(pairs, _mm512_permute_ps(pairs, 0x4E));   // (p0+p1)+(p2+p3)
-      acc[r][u] = _mm512_add_ps(acc[r][u], dot4);
+      const __m512 qv = _mm512_loadu_ps(q[r] + at);
+      const __m512 p0 = _mm512_mul_ps(kv[0], qv), p1 = _mm512_mul_ps(kv[1], qv);
+      const __m512 p2 = _mm512_mul_ps(kv[2], qv), p3 = _mm512_mul_ps(kv[3], qv);
+      const __m512 t0 = _mm512_unpacklo_ps(p0, p1), t1 = _mm512_unpackhi_ps(p0, p1);
+      const __m512 t2 = _mm512_unpacklo_ps(p2, p3), t3 = _mm512_unpackhi_ps(p2, p3);
+      const __m512 e0 = _mm512_shuffle_ps(t0, t2, 0x44), e1 = _mm512_shuffle_ps(t0, t2, 0xEE);
+      const __m512 e2 = _mm512_shuffle_ps(t1, t3, 0x44), e3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+      acc[r][u] = _mm512_add_ps(acc[r][u], _mm512_add_ps(_mm512_add_ps(e0, e1), _mm512_add_ps(e2, e3)));
     }
   };
   for (std::int64_t blk = 0; blk < full; ++blk)
 #pragma GCC unroll 8
     for (int u = 0; u < 8; ++u) step(blk * 128 + 16 * u, u);
   for (int u = 0; u < rest; ++u) step(full * 128 + 16 * u, u);
-  // Lane 4u+t sits in element 4t of acc[u]: tree levels 1-2 inside each vector
-  // (elements 0+4, 8+12, then those two), levels 3-5 across vectors in order.
   for (int r = 0; r < kHeads; ++r) {
     __m512 t[8];
     for (int u = 0; u < 8; ++u) {
@@ -51,7 +58,8 @@ void lane_dots(const T* k, const float* const* q, std::int64_t D, float* out) {
     }
     const __m512 l3a = _mm512_add_ps(t[0], t[1]), l3b = _mm512_add_ps(t[2], t[3]);
     const __m512 l3c = _mm512_add_ps(t[4], t[5]), l3d = _mm512_add_ps(t[6], t[7]);
-    out[r] = _mm512_cvtss_f32(_mm512_add_ps(_mm512_add_ps(l3a, l3b), _mm512_add_ps(l3c, l3d)));
+    const __m512 total = _mm512_add_ps(_mm512_add_ps(l3a, l3b), _mm512_add_ps(l3c, l3d));
+    _mm_storeu_ps(out[r], _mm512_castps512_ps128(total));
   }
 }
 
@@ -152,24 +160,26 @@ void decode_groups_avx512(const TensorView& q, const TensorView& k, const Tensor
         prefetch_rows<T>(k, b, kv_head, next, std::min(C, p.kv_len - next), D);
         prefetch_rows<T>(v, b, kv_head, next, std::min(C, p.kv_len - next), D);
       }
-      // Scores for every head of the group, two heads per pass over K.
-      for (std::int64_t j = 0; j < C; ++j) {
-        if (j >= valid) {
-          for (std::int64_t r = 0; r < group; ++r) s[r * C + j] = -kInf;
-          continue;
-        }
-        const T* k_row = k.row<const T>(b, kv_head, p0 + j);
-        float dots[2];
+      // Scores for every head of the group: four positions and two heads per
+      // pass over K (positions past the chunk's end repeat its last row; their
+      // scores are not used).
+      for (std::int64_t j = valid; j < C; ++j)
+        for (std::int64_t r = 0; r < group; ++r) s[r * C + j] = -kInf;
+      for (std::int64_t j0 = 0; j0 < valid; j0 += 4) {
+        const T* rows4[4];
+        for (int j = 0; j < 4; ++j) rows4[j] = k.row<const T>(b, kv_head, p0 + std::min(j0 + j, valid - 1));
+        float dots[2][4];
         for (std::int64_t r = 0; r < group; r += 2) {
           const float* qs[2] = {qh + r * D, qh + (r + 1) * D};
-          if (r + 1 < group) lane_dots<2>(k_row, qs, D, dots);
-          else lane_dots<1>(k_row, qs, D, dots);
-          for (std::int64_t i = r; i < std::min(group, r + 2); ++i) {
-            const float dot = dots[i - r];
-            const float mask = p0 + j < p.window_start ? kMaskedScore : 0.0f;
-            s[i * C + j] = p.softcap > 0.0f ? p.softcap * std::tanh(dot * p.scale_over_cap) + mask
-                                            : std::fma(dot, p.scale, mask);
-          }
+          if (r + 1 < group) lane_dots4<2>(rows4, qs, D, dots);
+          else lane_dots4<1>(rows4, qs, D, dots);
+          for (std::int64_t i = r; i < std::min(group, r + 2); ++i)
+            for (std::int64_t j = j0; j < std::min(valid, j0 + 4); ++j) {
+              const float dot = dots[i - r][j - j0];
+              const float mask = p0 + j < p.window_start ? kMaskedScore : 0.0f;
+              s[i * C + j] = p.softcap > 0.0f ? p.softcap * std::tanh(dot * p.scale_over_cap) + mask
+                                              : std::fma(dot, p.scale, mask);
+            }
         }
       }
       for (std::int64_t r = 0; r < group; ++r) {
