@@ -102,6 +102,7 @@ def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--section", choices=["all", "prefill", "decode", "blk"], default="all")
     args = ap.parse_args(argv)
     os.makedirs(RESULTS, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -132,6 +133,8 @@ def main(argv):
                 prefill.append((threads, 16, 16, 2048 if not args.quick else 512, 512, False, ml_dtypes.bfloat16,
                                 kernel))
     records = []
+    if args.section not in ("all", "prefill"):
+        prefill = []
     header = (f"{'case':58s} {'system':6s} {'median ms':>10s} {'spread':>8s} {'GFLOP/s':>8s} {'% peak':>7s} "
               f"{'x torch':>8s}")
     print("\nprefill (B=1, H=16)\n" + header)
@@ -158,7 +161,8 @@ def main(argv):
     fattn.set_num_threads(2)
     if torch is not None:
         torch.set_num_threads(2)
-    for dtype in (np.float32, np.float16):
+    decode_dtypes = (np.float32, np.float16) if args.section in ("all", "decode") else ()
+    for dtype in decode_dtypes:
         for kv_len in ([1024, 8192] if args.quick else [1024, 8192, 32768]):
             nbytes, rows = decode_case(rng, 2, kv_len, dtype, repeats * 4)
             name = f"{np.dtype(dtype).name} kv_seq_len={kv_len} cache {nbytes / 2 ** 20:.0f} MiB t=2"
@@ -173,17 +177,78 @@ def main(argv):
                                     head_dim=256, h_kv=8, length=kv_len, causal=False, kernel="vec", threads=2,
                                     median_s=med, spread_s=spread, gflops=gbs, fraction_of_peak=frac))
 
-    q, k, v = (rng.standard_normal((1, 16, 512, 128), dtype=np.float32) for _ in range(3))
-    med, spread = timed(lambda: fattn.sdpa(q, k, v), repeats)
-    print(f"\nsdpa (naive, seed 003) f32 L=512 D=128 H=16 causal: {med * 1e3:.1f} ms (spread {spread * 1e3:.1f})")
+    if args.section in ("all", "blk"):
+        blk_case(rng, repeats, records, peaks)
+    if args.section == "all":
+        q, k, v = (rng.standard_normal((1, 16, 512, 128), dtype=np.float32) for _ in range(3))
+        med, spread = timed(lambda: fattn.sdpa(q, k, v), repeats)
+        print(f"\nsdpa (naive, seed 003) f32 L=512 D=128 H=16 causal: {med * 1e3:.1f} ms (spread {spread * 1e3:.1f})")
+    targets(records)
 
-    path = os.path.join(RESULTS, "bench.csv")
+    path = os.path.join(RESULTS, "bench.csv" if args.section == "all" else f"bench-{args.section}.csv")
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer = csv.DictWriter(f, fieldnames=["kind", "case", "system", "dtype", "head_dim", "h_kv", "length", "causal",
+                                               "kernel", "threads", "median_s", "spread_s", "gflops",
+                                               "fraction_of_peak"])
         writer.writeheader()
         writer.writerows(records)
     print(f"\nwrote {path}")
-    plot(records, os.path.join(RESULTS, "prefill.png"))
+    if args.section == "all":
+        plot(records, os.path.join(RESULTS, "prefill.png"))
+
+
+def blk_case(rng, repeats, records, peaks):
+    """A sliding-window mask with and without its tile-skip map: the map must save the work it skips."""
+    fattn.set_num_threads(2)
+    length, window, d = 4096, 512, 128
+    q, k, v = (rng.standard_normal((1, 16, length, d), dtype=np.float32).astype(ml_dtypes.bfloat16) for _ in range(3))
+    i, j = np.arange(length)[:, None], np.arange(length)[None, :]
+    mask = np.where((j <= i) & (j > i - window), 0.0, -np.inf).astype(ml_dtypes.bfloat16)
+    blk = fattn.flash_attn_prefill_blk(mask, head_dim=d)
+    skipped = float((blk == 0).mean())
+    plain = timed(lambda: fattn.flash_attn_prefill(q, k, v, mask), repeats)
+    with_blk = timed(lambda: fattn.flash_attn_prefill(q, k, v, mask, blk=blk), repeats)
+    causal_blk = timed(lambda: fattn.flash_attn_prefill(q, k, v, mask, causal=True, blk=blk), repeats)
+    print(f"\nsliding window {window}, bf16 D={d} H=16 L={length}, t=2: tile map skips {skipped * 100:.1f}% of the "
+          f"tiles\n  mask only        {plain[0] * 1e3:8.1f} ms (spread {plain[1] * 1e3:.1f})"
+          f"\n  mask + blk       {with_blk[0] * 1e3:8.1f} ms (spread {with_blk[1] * 1e3:.1f})  "
+          f"{plain[0] / with_blk[0]:.1f}x faster"
+          f"\n  mask + blk + causal {causal_blk[0] * 1e3:5.1f} ms")
+    for name, (med, spread) in (("mask", plain), ("mask+blk", with_blk), ("mask+blk+causal", causal_blk)):
+        records.append(dict(kind="blk", case=f"window{window} {name}", system="fattn", dtype="bfloat16", head_dim=d,
+                            h_kv=16, length=length, causal="causal" in name, kernel="auto", threads=2,
+                            median_s=med, spread_s=spread, gflops=float("nan"), fraction_of_peak=float("nan")))
+
+
+def targets(records):
+    """The speed issue's targets, read off this run."""
+    fattn_rows = {(r["kind"], r["case"]): r for r in records if r["system"] == "fattn"}
+    by_case = {}
+    for r in records:
+        by_case.setdefault(r["case"], {})[r["system"]] = r
+    lines = []
+    for r in records:
+        if r["system"] != "fattn" or r["kind"] != "prefill" or r["threads"] != 2 or r["causal"]:
+            continue
+        causal_case = r["case"].replace(" full ", " causal ")
+        c = fattn_rows.get(("prefill", causal_case))
+        t = by_case[r["case"]].get("torch")
+        parts = [f"{r['case']:48s} {r['fraction_of_peak'] * 100:5.1f}% of peak"]
+        if t:
+            parts.append(f"{t['median_s'] / r['median_s']:5.2f}x torch")
+        if c:
+            parts.append(f"causal {r['median_s'] / c['median_s']:4.2f}x faster")
+        one = fattn_rows.get(("prefill", r["case"].replace("t=2", "t=1")))
+        if one:
+            parts.append(f"2 threads {one['median_s'] / r['median_s']:4.2f}x 1 thread")
+        lines.append("  ".join(parts))
+    for r in records:
+        if r["system"] == "fattn" and r["kind"] == "decode":
+            n = by_case[r["case"]].get("numpy")
+            lines.append(f"{r['case']:48s} {r['fraction_of_peak'] * 100:5.1f}% of read bandwidth  "
+                         f"{n['median_s'] / r['median_s']:5.1f}x numpy")
+    if lines:
+        print("\ntargets (non-causal prefill at 2 threads; decode)\n" + "\n".join(lines))
 
 
 def plot(records, path):
