@@ -103,7 +103,15 @@ def main(argv):
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--section", choices=["all", "prefill", "decode", "blk"], default="all")
+    ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
+    if args.plot_from:
+        with open(args.plot_from) as f:
+            records = [dict(r, length=int(r["length"]), head_dim=int(r["head_dim"]), h_kv=int(r["h_kv"]),
+                            threads=int(r["threads"]), causal=r["causal"] == "True", gflops=float(r["gflops"]))
+                       for r in csv.DictReader(f)]
+        plot(records, os.path.join(RESULTS, "prefill.png"))
+        return
     os.makedirs(RESULTS, exist_ok=True)
     rng = np.random.default_rng(0)
     repeats = 3 if args.quick else args.repeats

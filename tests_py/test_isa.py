@@ -73,7 +73,7 @@ def test_prefill_paths_match_on_non_finite_inputs(rng, restore_isa):
 
 
 def test_set_isa_rejects_unknown_names(restore_isa):
-    with pytest.raises(ValueError, match="isa: must be 'scalar' or 'avx512'"):
+    with pytest.raises(ValueError, match="isa: must be 'scalar', 'avx2' or 'avx512'"):
         fattn.set_isa("neon")
     with pytest.raises(TypeError):
         fattn.set_isa(3)

@@ -112,15 +112,17 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
 template <class T, class Arith>
 void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const Problem& p) {
-  if (simd::active_isa() == simd::Isa::avx512) {
+  const simd::Isa isa = simd::active_isa();
+  if (isa != simd::Isa::scalar) {
     // 32 rows per item, one per vector lane; each row keeps its own block's
     // tile range, so the result is the scalar model's to the bit.
+    const auto rows_fn = isa == simd::Isa::avx512 ? &prefill_rows_avx512<T, Arith> : &prefill_rows_avx2<T, Arith>;
     const std::int64_t groups = (p.q_len + kSimdRows - 1) / kSimdRows;
     parallel_for(p.batch * p.heads * groups, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float> workspace;
       for (std::int64_t item = begin; item < end; ++item) {
         const std::int64_t group = item % groups, h = (item / groups) % p.heads, b = item / (groups * p.heads);
-        prefill_rows_avx512<T, Arith>(q, k, v, out, p, b, h, group * kSimdRows, workspace);
+        rows_fn(q, k, v, out, p, b, h, group * kSimdRows, workspace);
       }
     });
     return;

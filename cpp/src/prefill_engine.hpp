@@ -98,11 +98,17 @@ struct Scratch {
 // Rows of Q a SIMD path handles together (one lane per row).
 inline constexpr std::int64_t kSimdRows = 32;
 
-// The SIMD paths: `rows` (<= kSimdRows) query rows from row0 of (b, h).
-// Defined in simd/prefill_avx512.cpp for T in {float, float16, bfloat16}.
+// The SIMD paths: up to kSimdRows query rows from row0 of (b, h). One
+// source (simd/prefill_simd.inl) compiled per instruction set, in
+// simd/prefill_avx512.cpp and simd/prefill_avx2.cpp, for T in {float,
+// float16, bfloat16}.
 template <class T, class Arith>
 void prefill_rows_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                          const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
                          std::vector<float>& workspace);
+template <class T, class Arith>
+void prefill_rows_avx2(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                       const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
+                       std::vector<float>& workspace);
 
 }  // namespace fattn::prefill_detail

@@ -44,12 +44,12 @@ def build_info() -> Dict[str, Any]:
 
 def available_isas() -> List[str]:
     """The kernel paths this CPU can run: "scalar" (the readable model every other path
-    reproduces bit for bit) and, where supported, "avx512"."""
+    reproduces bit for bit) and, where supported, "avx2" and "avx512"."""
     return list(_core.available_isas())
 
 
 def set_isa(name: str) -> None:
-    """Selects the kernel path ("scalar" or "avx512"; default: the best available). Results do
+    """Selects the kernel path ("scalar", "avx2" or "avx512"; default: the best available). Results do
     not depend on it, bit for bit; it exists to check exactly that, and to time the paths."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")

@@ -10,12 +10,16 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
-#include "simd/avx512_common.hpp"  // after the target pragma: its inline code is AVX-512
+#include "simd/vec_avx512.hpp"  // after the target pragma: their inline code is AVX-512
+#include "simd/vexp.hpp"
 
 namespace fattn::decode_detail {
 namespace {
 
-using simd::avx512::load16;
+using simd::Vec512;
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const float16* p) { return Vec512::widen_n(p, 16); }
+inline __m512 load16(const bfloat16* p) { return Vec512::widen_n(p, 16); }
 
 // dot(k_j, q_r) for four positions j and kHeads query heads at once (sharing
 // the K loads), with the simdgroup's structure: vector u of a 128-element
@@ -34,7 +38,7 @@ void lane_dots4(const T* const* k, const float* const* q, std::int64_t D, float 
   const std::int64_t full = D / 128, rest = (D % 128) / 16;
   auto step = [&](std::int64_t at, int u) {
     __m512 kv[4];
-    for (int j = 0; j < 4; ++j) kv[j] = load16(k[j] + at, 0xffff);
+    for (int j = 0; j < 4; ++j) kv[j] = load16(k[j] + at);
     for (int r = 0; r < kHeads; ++r) {
       const __m512 qv = _mm512_loadu_ps(q[r] + at);
       const __m512 p0 = _mm512_mul_ps(kv[0], qv), p1 = _mm512_mul_ps(kv[1], qv);
@@ -70,7 +74,7 @@ template <int kHeads, int kVec, class T>
 inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0,
                            std::int64_t valid, const float* const* w, const float* rescale, float* const* o,
                            std::int64_t d0) {
-  constexpr std::int64_t W = simd::avx512::kLanes;
+  constexpr std::int64_t W = Vec512::W;
   __m512 acc[kHeads][kVec];
   for (int r = 0; r < kHeads; ++r)
     for (int u = 0; u < kVec; ++u) acc[r][u] = _mm512_setzero_ps();
@@ -79,7 +83,7 @@ inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_
     __m512 wj[kHeads];
     for (int r = 0; r < kHeads; ++r) wj[r] = _mm512_set1_ps(w[r][j]);
     for (int u = 0; u < kVec; ++u) {
-      const __m512 vv = load16(v_row + u * W, 0xffff);
+      const __m512 vv = load16(v_row + u * W);
       for (int r = 0; r < kHeads; ++r) acc[r][u] = _mm512_fmadd_ps(vv, wj[r], acc[r][u]);
     }
   }
@@ -95,7 +99,7 @@ inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_
 template <int kHeads, class T>
 void chunk_pv(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0, std::int64_t valid,
               const float* const* w, const float* rescale, float* const* o, std::int64_t D) {
-  constexpr std::int64_t W = simd::avx512::kLanes;
+  constexpr std::int64_t W = Vec512::W;
   std::int64_t d0 = 0;
   for (; d0 + 4 * W <= D; d0 += 4 * W) chunk_pv_block<kHeads, 4, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);
   if (d0 < D) chunk_pv_block<kHeads, 2, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);  // D % 64 == 32
@@ -119,8 +123,8 @@ void decode_groups_avx512(const TensorView& q, const TensorView& k, const Tensor
                           const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
                           std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end,
                           std::vector<float>& work) {
-  using simd::avx512::exp_v;
-  constexpr std::int64_t W = simd::avx512::kLanes;  // floats per vector
+  const auto exp_v = [](__m512 x) { return simd::exp_v<Vec512>(x); };
+  constexpr std::int64_t W = Vec512::W;  // floats per vector
   constexpr std::int64_t C = kDecodeChunk;
   const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, n_groups = g_end - g_begin;
   // work: staged Q (group x D); per NWG group its O (group x D), max and sum

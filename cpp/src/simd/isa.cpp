@@ -14,6 +14,8 @@ Isa detect() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c"))
     return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::avx2;
 #endif
   return Isa::scalar;
 }
@@ -38,17 +40,25 @@ void set_active_isa(Isa isa) {
   active().store(int(isa));
 }
 
-std::string isa_name(Isa isa) { return isa == Isa::avx512 ? "avx512" : "scalar"; }
+std::string isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    case Isa::scalar: break;
+  }
+  return "scalar";
+}
 
 Isa isa_from_name(const std::string& name) {
   if (name == "scalar") return Isa::scalar;
+  if (name == "avx2") return Isa::avx2;
   if (name == "avx512") return Isa::avx512;
-  throw InvalidArgument("isa: must be 'scalar' or 'avx512', got '" + name + "'");
+  throw InvalidArgument("isa: must be 'scalar', 'avx2' or 'avx512', got '" + name + "'");
 }
 
 std::vector<std::string> available_isas() {
-  std::vector<std::string> names{"scalar"};
-  if (best_isa() == Isa::avx512) names.push_back("avx512");
+  std::vector<std::string> names;
+  for (int i = 0; i <= int(best_isa()); ++i) names.push_back(isa_name(Isa(i)));
   return names;
 }
 

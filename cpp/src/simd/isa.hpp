@@ -6,9 +6,10 @@
 
 namespace fattn::simd {
 
-enum class Isa { scalar = 0, avx512 = 1 };
+enum class Isa { scalar = 0, avx2 = 1, avx512 = 2 };
 
-// The best path this CPU supports (AVX-512 F/BW/VL/DQ with FMA and F16C, or scalar).
+// The best path this CPU supports: AVX-512 (F/BW/VL/DQ with FMA and F16C),
+// AVX2 (with FMA and F16C), or scalar.
 Isa best_isa();
 // The path kernels use now (default: best_isa()).
 Isa active_isa();

@@ -1,0 +1,255 @@
+// The prefill engine on a vector unit, written once for any vector traits V
+// (simd/vec_avx512.hpp, simd/vec_avx2.hpp) and compiled once per
+// instruction set inside that set's target region.
+//
+// 32 query rows at a time, one row per vector lane, so the online softmax
+// (max, exp, sums, rescale) is plain vertical arithmetic. Every operation
+// mirrors the scalar model (prefill.cpp) one for one — the same fused
+// multiply-add chains, the same exp, the same trees — so the paths agree to
+// the bit; tests_py/test_isa.py holds them to it. A row whose block would not
+// visit a tile (causal limit, blk 0) is left out of that tile's update.
+#include <algorithm>
+
+#include "prefill_engine.hpp"
+#include "simd/vexp.hpp"
+
+namespace fattn::prefill_detail::simd_impl {
+
+template <class V, class Arith>
+inline typename V::F exp_policy(typename V::F x) {
+  return Arith::kNaturalExp ? simd::exp_v<V>(x) : simd::exp2_v<V>(x);
+}
+
+template <class V, class T>
+void widen_row(const T* src, float* dst, std::int64_t n) {
+  for (std::int64_t d = 0; d < n; d += V::W) V::store_n(dst + d, V::widen_n(src + d, n - d), n - d);
+}
+
+// For kRows rows that share the V loads: O_r = O_r * f_r (skipped when
+// f_r == 1, which changes no bit), then O_r = fma(p_j, v_j, O_r) over the
+// keys in order, for kVec vectors of D from d0 (the last may be partial).
+template <class V, int kRows, int kVec>
+inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const float* vw,
+                     std::int64_t keys, std::int64_t D, std::int64_t d0) {
+  using F = typename V::F;
+  F acc[kRows][kVec];
+  for (int r = 0; r < kRows; ++r) {
+    const F f = V::set1(rescale[r]);
+    for (int u = 0; u < kVec; ++u) {
+      acc[r][u] = V::load_n(o_rows[r] + d0 + u * V::W, D - d0 - u * V::W);
+      if (rescale[r] != 1.0f) acc[r][u] = V::mul(acc[r][u], f);
+    }
+  }
+  for (std::int64_t j = 0; j < keys; ++j) {
+    const float* v_row = vw + j * D + d0;
+    F pj[kRows];
+    for (int r = 0; r < kRows; ++r) pj[r] = V::set1(p_cols[r][j * kSimdRows]);
+    for (int u = 0; u < kVec; ++u) {
+      const F vv = V::load_n(v_row + u * V::W, D - d0 - u * V::W);
+      for (int r = 0; r < kRows; ++r) acc[r][u] = V::fmadd(pj[r], vv, acc[r][u]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kVec; ++u) V::store_n(o_rows[r] + d0 + u * V::W, acc[r][u], D - d0 - u * V::W);
+}
+
+template <class V, int kRows>
+void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const float* vw,
+                   std::int64_t keys, std::int64_t D) {
+  constexpr int kVec = V::kPvVectors;
+  std::int64_t d0 = 0;
+  for (; d0 + kVec * V::W <= D; d0 += kVec * V::W) pv_block<V, kRows, kVec>(o_rows, p_cols, rescale, vw, keys, D, d0);
+  for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, vw, keys, D, d0);
+}
+
+template <class V, class T, class Arith>
+void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                  const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0, std::vector<float>& workspace) {
+  using F = typename V::F;
+  using I = typename V::I;
+  constexpr std::int64_t R = kSimdRows;
+  constexpr std::int64_t NV = R / V::W;  // row vectors
+  constexpr int KP = V::kScoreKeys;
+  const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
+  const std::int64_t rows = std::min(R, p.q_len - row0);
+  const std::int64_t kv_head = h / (p.heads / p.kv_heads);
+  const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
+
+  workspace.resize(std::size_t(D * R + 2 * BK * D + BK * R + R * D + 4 * R));
+  float* qT = workspace.data();  // [D][R]: staged Q, transposed so rows are lanes
+  float* kw = qT + D * R;        // [BK][D]: the K tile in f32
+  float* vw = kw + BK * D;       // [BK][D]: the V tile in f32
+  float* sT = vw + BK * D;       // [BK][R]: scores, then weights
+  float* o = sT + BK * R;        // [R][D]: the output accumulators
+  float* row_max = o + R * D;
+  float* row_sum = row_max + R;
+  float* rescale = row_sum + R;
+
+  const float factor = Arith::template q_factor<T>(p.scale);
+  std::fill(qT, qT + D * R, 0.0f);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* src = q.row<const T>(b, h, row0 + r);
+    for (std::int64_t d = 0; d < D; ++d) qT[d * R + r] = Arith::template stage_q<T>(widen(src[d]), factor);
+  }
+  std::fill(o, o + R * D, 0.0f);
+  std::fill(row_max, row_max + R, kInitialMax);
+  std::fill(row_sum, row_sum + R, 0.0f);
+
+  // Each row keeps its own block's tile range and tile-skip bytes.
+  std::int64_t limit[R], block_of[R], max_limit = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    block_of[r] = (row0 + r) / BQ;
+    const std::int64_t block_end = std::min(block_of[r] * BQ + BQ, p.q_len);
+    limit[r] = p.causal ? std::min(n_tiles, (block_end + BK - 1) / BK) : n_tiles;
+    max_limit = std::max(max_limit, limit[r]);
+  }
+  I row_index[NV];
+  for (std::int64_t u = 0; u < NV; ++u) row_index[u] = V::iota(std::int32_t(row0 + u * V::W));
+  const F neg_inf = V::set1(-kInf);
+  const F scale = V::set1(p.scale);
+
+  for (std::int64_t tile = 0; tile < max_limit; ++tile) {
+    std::uint32_t active = 0, add_mask = 0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::uint8_t action = p.blk ? p.blk->data[block_of[r] * p.blk->cols + tile] : 1;
+      if (tile < limit[r] && action != 0) {
+        active |= 1u << r;
+        if (action != 2) add_mask |= 1u << r;
+      }
+    }
+    if (active == 0) continue;
+    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
+    for (std::int64_t j = 0; j < keys; ++j) {
+      widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
+      widen_row<V>(v.row<const T>(b, kv_head, key0 + j), vw + j * D, D);
+    }
+    std::fill(kw + keys * D, kw + BK * D, 0.0f);
+
+    // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
+    for (std::int64_t jb = 0; jb < BK; jb += KP) {
+      F acc[KP][NV];
+      for (int jj = 0; jj < KP; ++jj)
+        for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::zero();
+      const float* kb = kw + jb * D;
+      for (std::int64_t d = 0; d < D; ++d) {
+        F qv[NV];
+        for (std::int64_t u = 0; u < NV; ++u) qv[u] = V::load(qT + d * R + u * V::W);
+        for (int jj = 0; jj < KP; ++jj) {
+          const F kd = V::set1(kb[jj * D + d]);
+          for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(qv[u], kd, acc[jj][u]);
+        }
+      }
+      for (int jj = 0; jj < KP; ++jj) {
+        float* s = sT + (jb + jj) * R;
+        for (std::int64_t u = 0; u < NV; ++u) {
+          F sv = acc[jj][u];
+          if (jb + jj >= keys) sv = neg_inf;                         // past Lk
+          else if (Arith::kNaturalExp) sv = V::mul(sv, scale);       // llama.cpp: Arith::score
+          V::store(s + u * V::W, sv);
+        }
+      }
+    }
+    // Masks in the seed's order.
+    auto apply_causal = [&] {
+      if (!p.causal) return;
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const I key = V::iset1(std::int32_t(key0 + j));
+        for (std::int64_t u = 0; u < NV; ++u) {
+          float* s = sT + j * R + u * V::W;
+          V::store(s, V::blend(V::int_gt(key, row_index[u]), V::load(s), neg_inf));
+        }
+      }
+    };
+    auto apply_mask = [&] {
+      if (!p.mask || add_mask == 0) return;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        if (!(add_mask >> r & 1u)) continue;
+        const std::int64_t i = row0 + r;
+        for (std::int64_t j = 0; j < keys; ++j) {
+          float& s = sT[j * R + r];
+          if (p.mask->kind == MaskKind::boolean) {
+            if (!p.mask->attends(b, h, i, key0 + j)) s = -kInf;
+          } else {
+            s = s + Arith::mask_term(p.mask->additive_at(b, h, i, key0 + j));
+          }
+        }
+      }
+    };
+    if (Arith::kCausalOverridesMask) {
+      apply_mask();
+      apply_causal();
+    } else {
+      apply_causal();
+      apply_mask();
+    }
+
+    // Online softmax, all rows at once.
+    const std::int64_t group = std::min(Arith::kSumGroup, BK);
+    for (std::int64_t u = 0; u < NV; ++u) {
+      const std::int64_t lane0 = u * V::W;
+      const std::uint32_t bits = (active >> lane0) & ((1u << V::W) - 1u);
+      if (!bits) continue;
+      const typename V::M act = V::from_bits(bits);
+      F tile_max = neg_inf;
+      for (std::int64_t j = 0; j < BK; ++j) tile_max = V::max(V::load(sT + j * R + lane0), tile_max);
+      const F old_max = V::load(row_max + lane0);
+      const F new_max = V::max(tile_max, old_max);  // as std::max(old, tile)
+      const F resc = exp_policy<V, Arith>(V::sub(old_max, new_max));
+      for (std::int64_t j = 0; j < BK; ++j) {
+        float* s = sT + j * R + lane0;
+        V::store(s, exp_policy<V, Arith>(V::sub(V::load(s), new_max)));
+      }
+      F tile_sum = V::zero();
+      F tree[64];
+      for (std::int64_t g = 0; g < BK; g += group) {
+        for (std::int64_t j = 0; j < group; ++j) tree[j] = V::load(sT + (g + j) * R + lane0);
+        for (std::int64_t width = group; width > 1; width /= 2)
+          for (std::int64_t j = 0; j < width / 2; ++j) tree[j] = V::add(tree[2 * j], tree[2 * j + 1]);
+        tile_sum = V::add(tile_sum, tree[0]);
+      }
+      const F old_sum = V::load(row_sum + lane0);
+      const F new_sum = V::add(V::mul(old_sum, resc), tile_sum);
+      V::store(row_sum + lane0, V::blend(act, old_sum, new_sum));
+      V::store(row_max + lane0, V::blend(act, old_max, new_max));
+      V::store(rescale + lane0, resc);
+    }
+
+    // P·V for the active rows, four at a time so they share the V loads.
+    std::int64_t batch[4];
+    int n_batch = 0;
+    auto flush = [&] {
+      float* o_rows[4];
+      const float* p_cols[4];
+      float f[4];
+      for (int i = 0; i < n_batch; ++i) {
+        o_rows[i] = o + batch[i] * D;
+        p_cols[i] = sT + batch[i];
+        f[i] = rescale[batch[i]];
+      }
+      switch (n_batch) {
+        case 4: accumulate_pv<V, 4>(o_rows, p_cols, f, vw, keys, D); break;
+        case 3: accumulate_pv<V, 3>(o_rows, p_cols, f, vw, keys, D); break;
+        case 2: accumulate_pv<V, 2>(o_rows, p_cols, f, vw, keys, D); break;
+        case 1: accumulate_pv<V, 1>(o_rows, p_cols, f, vw, keys, D); break;
+        default: break;
+      }
+      n_batch = 0;
+    };
+    for (std::int64_t r = 0; r < rows; ++r) {
+      if (!(active >> r & 1u)) continue;
+      batch[n_batch++] = r;
+      if (n_batch == 4) flush();
+    }
+    flush();
+  }
+
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float l = row_sum[r];
+    const float* o_row = o + r * D;
+    T* dst = out.row<T>(b, h, row0 + r);
+    for (std::int64_t d = 0; d < D; ++d) dst[d] = narrow<T>(Arith::normalise(o_row[d], l));
+    if (p.lse) *p.lse->row<float>(b, h, row0 + r) = Arith::lse(row_max[r], l);
+  }
+}
+
+}  // namespace fattn::prefill_detail::simd_impl

@@ -1,0 +1,75 @@
+#pragma once
+// 8 f32 lanes on AVX2 + FMA + F16C. Include only inside a `#pragma GCC
+// target` region enabling those: everything here is inline. Masks are
+// vectors of all-ones / all-zeros lanes.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "fattn/dtype.hpp"
+
+namespace fattn::simd {
+
+struct Vec256 {
+  using F = __m256;
+  using I = __m256i;
+  using M = __m256;
+  static constexpr std::int64_t W = 8;
+  static constexpr int kScoreKeys = 2;  // 16 ymm registers: 2 keys x 4 row vectors in flight
+  static constexpr int kPvVectors = 2;
+
+  static I lanes() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  static I first_int(std::int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(std::int32_t(n < W ? n : W)), lanes());
+  }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F load_n(const float* p, std::int64_t n) {
+    return n >= W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_int(n));
+  }
+  static void store_n(float* p, F v, std::int64_t n) {
+    if (n >= W) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, first_int(n), v);
+  }
+  static __m128i load16_n(const void* p, std::int64_t n) {  // 8 x 16 bits, zeros past n
+    if (n >= W) return _mm_loadu_si128(static_cast<const __m128i*>(p));
+    alignas(16) std::uint16_t tmp[8] = {};
+    const auto* src = static_cast<const std::uint16_t*>(p);
+    for (std::int64_t i = 0; i < n; ++i) tmp[i] = src[i];
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+  }
+  static F widen_n(const float* p, std::int64_t n) { return load_n(p, n); }
+  static F widen_n(const float16* p, std::int64_t n) { return _mm256_cvtph_ps(load16_n(p, n)); }
+  static F widen_n(const bfloat16* p, std::int64_t n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load16_n(p, n)), 16));
+  }
+  static F set1(float x) { return _mm256_set1_ps(x); }
+  static F zero() { return _mm256_setzero_ps(); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }  // a > b ? a : b (b on ties, NaN), as MAXPS
+  static F round_nearest(F x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static I to_int(F x) { return _mm256_cvttps_epi32(x); }
+  static I srai1(I n) { return _mm256_srai_epi32(n, 1); }
+  static I isub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static F pow2(I n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+  }
+  static I iota(std::int32_t start) { return _mm256_add_epi32(_mm256_set1_epi32(start), lanes()); }
+  static I iset1(std::int32_t x) { return _mm256_set1_epi32(x); }
+  static M int_gt(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(a, b)); }
+  static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static M gt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static M is_nan(F a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static F blend(M m, F a, F b) { return _mm256_blendv_ps(a, b, m); }
+  static M from_bits(std::uint32_t bits) {
+    const I bit = _mm256_sllv_epi32(_mm256_set1_epi32(1), lanes());
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(std::int32_t(bits)), bit), bit));
+  }
+  static bool any(M m) { return _mm256_movemask_ps(m) != 0; }
+};
+
+}  // namespace fattn::simd

@@ -1,0 +1,60 @@
+#pragma once
+// 16 f32 lanes on AVX-512 (F, BW, VL, DQ + FMA, F16C). Include only inside a
+// `#pragma GCC target` region enabling those: everything here is inline.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "fattn/dtype.hpp"
+
+namespace fattn::simd {
+
+struct Vec512 {
+  using F = __m512;
+  using I = __m512i;
+  using M = __mmask16;
+  static constexpr std::int64_t W = 16;
+  static constexpr int kScoreKeys = 8;  // keys per pass of the score kernel (x R/W row vectors in registers)
+  static constexpr int kPvVectors = 4;  // D vectors per row held by the P·V kernel
+
+  static M first(std::int64_t n) { return n >= W ? M(0xffff) : M((1u << n) - 1u); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  // The first n lanes (all when n >= W); the rest read as 0 and are not written.
+  static F load_n(const float* p, std::int64_t n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  static void store_n(float* p, F v, std::int64_t n) { _mm512_mask_storeu_ps(p, first(n), v); }
+  static F widen_n(const float* p, std::int64_t n) { return load_n(p, n); }
+  static F widen_n(const float16* p, std::int64_t n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first(n), p)); }
+  static F widen_n(const bfloat16* p, std::int64_t n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first(n), p)), 16));
+  }
+  static F set1(float x) { return _mm512_set1_ps(x); }
+  static F zero() { return _mm512_setzero_ps(); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }   // a*b + c, one rounding
+  static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); } // c - a*b, one rounding
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }               // a > b ? a : b (b on ties, NaN)
+  static F round_nearest(F x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static I to_int(F x) { return _mm512_cvttps_epi32(x); }
+  static I srai1(I n) { return _mm512_srai_epi32(n, 1); }
+  static I isub(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static F pow2(I n) {  // 2^n for n in [-126, 127]
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+  }
+  static I iota(std::int32_t start) {
+    return _mm512_add_epi32(_mm512_set1_epi32(start),
+                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+  static I iset1(std::int32_t x) { return _mm512_set1_epi32(x); }
+  static M int_gt(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }
+  static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static M gt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static M is_nan(F a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+  static F blend(M m, F a, F b) { return _mm512_mask_blend_ps(m, a, b); }  // b where m, else a
+  static M from_bits(std::uint32_t bits) { return M(bits & 0xffffu); }
+  static bool any(M m) { return m != 0; }
+};
+
+}  // namespace fattn::simd

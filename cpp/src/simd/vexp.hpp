@@ -1,0 +1,46 @@
+#pragma once
+// simd/exp.hpp's exp2 and exp, lane by lane, for any vector traits V
+// (Vec512, Vec256): the same operations in the same order, hence the same
+// bits. Include inside the target region of V.
+#include "simd/exp.hpp"
+
+namespace fattn::simd {
+
+template <class V>
+inline typename V::F scale_by_pow2_v(typename V::F p, typename V::F n_float) {
+  const typename V::I n = V::to_int(n_float);
+  const typename V::I n1 = V::srai1(n);
+  return V::mul(V::mul(p, V::pow2(n1)), V::pow2(V::isub(n, n1)));
+}
+
+template <class V>
+inline typename V::F exp_special_cases(typename V::F x, typename V::F r, float lo, float hi) {
+  r = V::blend(V::lt(x, V::set1(lo)), r, V::zero());
+  r = V::blend(V::gt(x, V::set1(hi)), r, V::set1(INFINITY));
+  return V::blend(V::is_nan(x), r, x);
+}
+
+template <class V>
+inline typename V::F exp2_v(typename V::F x) {
+  using C = ExpConstants;
+  const typename V::F n = V::round_nearest(x);
+  const typename V::F f = V::sub(x, n);
+  typename V::F p = V::set1(C::exp2_c[5]);
+  for (int i = 4; i >= 0; --i) p = V::fmadd(p, f, V::set1(C::exp2_c[i]));
+  p = V::fmadd(p, f, V::set1(1.0f));
+  return exp_special_cases<V>(x, scale_by_pow2_v<V>(p, n), C::exp2_min, C::exp2_max);
+}
+
+template <class V>
+inline typename V::F exp_v(typename V::F x) {
+  using C = ExpConstants;
+  const typename V::F n = V::round_nearest(V::mul(x, V::set1(C::log2e)));
+  typename V::F r = V::fnmadd(n, V::set1(C::ln2_hi), x);
+  r = V::fnmadd(n, V::set1(C::ln2_lo), r);
+  typename V::F p = V::set1(C::exp_c[5]);
+  for (int i = 4; i >= 0; --i) p = V::fmadd(p, r, V::set1(C::exp_c[i]));
+  p = V::fmadd(p, r, V::set1(1.0f));
+  return exp_special_cases<V>(x, scale_by_pow2_v<V>(p, n), C::exp_min, C::exp_max);
+}
+
+}  // namespace fattn::simd
