@@ -64,19 +64,13 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
         s[j] = Arith::score(dot, p.scale);
       }
       for (std::int64_t j = keys; j < BK; ++j) s[j] = -kInf;  // past Lk
-      for (std::int64_t j = 0; j < keys; ++j) {
-        const std::int64_t key = key0 + j;
-        const bool future = p.causal && key > i;
-        if (future && !Arith::kCausalOverridesMask) s[j] = -kInf;
-        if (p.mask && action != 2) {
-          if (p.mask->kind == MaskKind::boolean) {
-            if (!p.mask->attends(b, h, i, key)) s[j] = -kInf;
-          } else {
-            s[j] = s[j] + Arith::mask_term(p.mask->additive_at(b, h, i, key));
-          }
-        }
-        if (future && Arith::kCausalOverridesMask) s[j] = -kInf;
-      }
+      if (p.causal && !Arith::kCausalOverridesMask)
+        for (std::int64_t j = 0; j < keys; ++j)
+          if (key0 + j > i) s[j] = -kInf;
+      if (p.mask && action != 2) apply_mask_row<Arith>(*p.mask, b, h, i, key0, keys, s, 1);
+      if (p.causal && Arith::kCausalOverridesMask)
+        for (std::int64_t j = 0; j < keys; ++j)
+          if (key0 + j > i) s[j] = -kInf;
       // Online softmax, one rescale per tile.
       float tile_max = -kInf;
       for (std::int64_t j = 0; j < BK; ++j) tile_max = std::max(tile_max, s[j]);

@@ -95,6 +95,32 @@ struct Scratch {
 };
 
 
+// Applies row i of the mask to the scores of keys [key0, key0 + n), which sit
+// `s_stride` floats apart: bool False sets -inf, an additive value adds
+// Arith::mask_term(value). The row's address and element type are resolved
+// once, not per element.
+template <class Arith>
+inline void apply_mask_row(const MaskView& m, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t key0,
+                           std::int64_t n, float* s, std::int64_t s_stride) {
+  const std::int64_t base = m.offset(b, h, i, key0), step = m.stride[3];
+  if (m.kind == MaskKind::boolean) {
+    const auto* keep = static_cast<const std::uint8_t*>(m.data) + base;
+    for (std::int64_t j = 0; j < n; ++j)
+      if (!keep[j * step]) s[j * s_stride] = -kInf;
+    return;
+  }
+  auto add = [&](const auto* values, auto to_float) {
+    for (std::int64_t j = 0; j < n; ++j)
+      s[j * s_stride] = s[j * s_stride] + Arith::mask_term(to_float(values[j * step]));
+  };
+  const void* row = m.data;
+  switch (m.dtype) {
+    case DType::f32: add(static_cast<const float*>(row) + base, [](float x) { return x; }); break;
+    case DType::f16: add(static_cast<const std::uint16_t*>(row) + base, [](std::uint16_t x) { return f16_to_f32(x); }); break;
+    case DType::bf16: add(static_cast<const std::uint16_t*>(row) + base, [](std::uint16_t x) { return bf16_to_f32(x); }); break;
+  }
+}
+
 // Rows of Q a SIMD path handles together (one lane per row).
 inline constexpr std::int64_t kSimdRows = 32;
 

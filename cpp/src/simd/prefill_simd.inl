@@ -162,18 +162,8 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     };
     auto apply_mask = [&] {
       if (!p.mask || add_mask == 0) return;
-      for (std::int64_t r = 0; r < rows; ++r) {
-        if (!(add_mask >> r & 1u)) continue;
-        const std::int64_t i = row0 + r;
-        for (std::int64_t j = 0; j < keys; ++j) {
-          float& s = sT[j * R + r];
-          if (p.mask->kind == MaskKind::boolean) {
-            if (!p.mask->attends(b, h, i, key0 + j)) s = -kInf;
-          } else {
-            s = s + Arith::mask_term(p.mask->additive_at(b, h, i, key0 + j));
-          }
-        }
-      }
+      for (std::int64_t r = 0; r < rows; ++r)
+        if (add_mask >> r & 1u) apply_mask_row<Arith>(*p.mask, b, h, row0 + r, key0, keys, sT + r, R);
     };
     if (Arith::kCausalOverridesMask) {
       apply_mask();
