@@ -16,7 +16,22 @@ import fattn
 
 
 def peak_rss_mib():
+    # VmHWM belongs to this process's address space. (getrusage's ru_maxrss
+    # does not: Linux carries it over from the parent through fork and exec, so
+    # a child of a large pytest process would report the parent's peak.)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak():
+    try:  # Linux >= 4.0: "5" resets this process's peak resident set size
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def current_rss_mib():
@@ -40,6 +55,7 @@ def main(argv):
     fattn.flash_attn_prefill(q[:, :, :64], k[:, :, :64], v[:, :, :64], causal=causal, return_lse=True)
     # Baseline: what is resident now (inputs included). The peak after the call
     # minus this can only over-state the kernel's own growth.
+    reset_peak()
     before = current_rss_mib()
     t0 = time.perf_counter()
     result, lse2 = fattn.flash_attn_prefill(q, k, v, causal=causal, return_lse=True)
