@@ -14,6 +14,11 @@ fraction of the measured streaming-read bandwidth.
 import argparse
 import csv
 import os
+
+# PyTorch's OpenMP workers spin-wait after each call by default; on a 2-core
+# machine they would steal the cores from whatever runs next in this process
+# (fattn's own pool included). Sleeping workers make the side-by-side fair.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import statistics
 import sys
 import time

@@ -25,7 +25,7 @@ inline __m512 load16(const bfloat16* p) { return Vec512::widen_n(p, 16); }
 // the K loads), with the simdgroup's structure: vector u of a 128-element
 // block holds simdgroup lanes 4u..4u+3, one float4 each. The four product
 // vectors of one
-// block are transposed inside each 128-bit lane, so one vector holds the
+// block are combined inside each 128-bit lane, so one vector holds the
 // dot4 = (p0+p1)+(p2+p3) of each simdgroup lane for all four positions; the
 // lane sums accumulate down the blocks, and the scalar model's tree over the
 // 32 lanes (levels 1-2 across 128-bit lanes, 3-5 across vectors) runs once
@@ -43,11 +43,12 @@ void lane_dots4(const T* const* k, const float* const* q, std::int64_t D, float 
       const __m512 qv = _mm512_loadu_ps(q[r] + at);
       const __m512 p0 = _mm512_mul_ps(kv[0], qv), p1 = _mm512_mul_ps(kv[1], qv);
       const __m512 p2 = _mm512_mul_ps(kv[2], qv), p3 = _mm512_mul_ps(kv[3], qv);
-      const __m512 t0 = _mm512_unpacklo_ps(p0, p1), t1 = _mm512_unpackhi_ps(p0, p1);
-      const __m512 t2 = _mm512_unpacklo_ps(p2, p3), t3 = _mm512_unpackhi_ps(p2, p3);
-      const __m512 e0 = _mm512_shuffle_ps(t0, t2, 0x44), e1 = _mm512_shuffle_ps(t0, t2, 0xEE);
-      const __m512 e2 = _mm512_shuffle_ps(t1, t3, 0x44), e3 = _mm512_shuffle_ps(t1, t3, 0xEE);
-      acc[r][u] = _mm512_add_ps(acc[r][u], _mm512_add_ps(_mm512_add_ps(e0, e1), _mm512_add_ps(e2, e3)));
+      // Pair sums of two positions side by side, then the sums of those pairs:
+      // per 128-bit lane [dot4(p0), dot4(p1), dot4(p2), dot4(p3)].
+      const __m512 a = _mm512_add_ps(_mm512_shuffle_ps(p0, p1, 0x88), _mm512_shuffle_ps(p0, p1, 0xDD));
+      const __m512 c = _mm512_add_ps(_mm512_shuffle_ps(p2, p3, 0x88), _mm512_shuffle_ps(p2, p3, 0xDD));
+      const __m512 dot4 = _mm512_add_ps(_mm512_shuffle_ps(a, c, 0x88), _mm512_shuffle_ps(a, c, 0xDD));
+      acc[r][u] = _mm512_add_ps(acc[r][u], dot4);
     }
   };
   for (std::int64_t blk = 0; blk < full; ++blk)
@@ -178,12 +179,26 @@ void decode_groups_avx512(const TensorView& q, const TensorView& k, const Tensor
           if (r + 1 < group) lane_dots4<2>(rows4, qs, D, dots);
           else lane_dots4<1>(rows4, qs, D, dots);
           for (std::int64_t i = r; i < std::min(group, r + 2); ++i)
-            for (std::int64_t j = j0; j < std::min(valid, j0 + 4); ++j) {
-              const float dot = dots[i - r][j - j0];
-              const float mask = p0 + j < p.window_start ? kMaskedScore : 0.0f;
-              s[i * C + j] = p.softcap > 0.0f ? p.softcap * std::tanh(dot * p.scale_over_cap) + mask
-                                              : std::fma(dot, p.scale, mask);
-            }
+            for (std::int64_t j = j0; j < std::min(valid, j0 + 4); ++j) s[i * C + j] = dots[i - r][j - j0];
+        }
+      }
+      // score = fma(dot, scale, mask), or the softcap form, for the valid positions.
+      for (std::int64_t r = 0; r < group; ++r) {
+        float* sr = s + r * C;
+        if (p.softcap > 0.0f) {
+          for (std::int64_t j = 0; j < valid; ++j)
+            sr[j] = p.softcap * std::tanh(sr[j] * p.scale_over_cap) + (p0 + j < p.window_start ? kMaskedScore : 0.0f);
+          continue;
+        }
+        for (std::int64_t j = 0; j < C; j += W) {
+          const __mmask16 live = Vec512::first(valid - j);  // past kv_seq_len stays -inf
+          // positions before the window start, counted from p0 (clamped: 64-bit offsets)
+          const std::int64_t before = std::clamp<std::int64_t>(p.window_start - p0, 0, C);
+          const __mmask16 masked = _mm512_cmpgt_epi32_mask(_mm512_set1_epi32(std::int32_t(before)),
+                                                           Vec512::iota(std::int32_t(j)));
+          const __m512 mask = _mm512_mask_blend_ps(masked, _mm512_setzero_ps(), _mm512_set1_ps(kMaskedScore));
+          const __m512 sv = _mm512_loadu_ps(sr + j);
+          _mm512_storeu_ps(sr + j, _mm512_mask_blend_ps(live, sv, _mm512_fmadd_ps(sv, _mm512_set1_ps(p.scale), mask)));
         }
       }
       for (std::int64_t r = 0; r < group; ++r) {
