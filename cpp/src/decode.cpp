@@ -175,7 +175,8 @@ void validate_partials(const TensorView& o, const TensorView& s, const TensorVie
 
 void run_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                   const TensorView& s, const TensorView& m, const Decode& p) {
-  if (simd::active_isa() == simd::Isa::avx512) {
+  const simd::Isa isa = simd::active_isa();
+  if (isa != simd::Isa::scalar) {
     // Each item walks its KV head's cache once, in memory order, for a block
     // of groups; blocks split the groups only when there are too few heads
     // to keep every thread busy.
@@ -190,7 +191,9 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
         const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
         if (g0 >= g1) continue;
         detail::dispatch_dtype(k.dtype, [&](auto tag) {
-          decode_groups_avx512<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
+          using T = decltype(tag);
+          if (isa == simd::Isa::avx512) decode_groups_avx512<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
+          else decode_groups_avx2<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
         });
       }
     });

@@ -29,12 +29,17 @@ struct Decode {
 };
 
 
-// The AVX-512 path for groups [g_begin, g_end) of one (batch, KV head): the
+// The vector paths for groups [g_begin, g_end) of one (batch, KV head): the
 // scalar model's decode_group for each of them, walking the cache once in
-// memory order. Defined in simd/decode_avx512.cpp.
+// memory order. One source (simd/decode_simd.inl), compiled per instruction
+// set in simd/decode_avx512.cpp and simd/decode_avx2.cpp.
 template <class T>
 void decode_groups_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
                           const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
                           std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end, std::vector<float>& work);
+template <class T>
+void decode_groups_avx2(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
+                        const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
+                        std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end, std::vector<float>& work);
 
 }  // namespace fattn::decode_detail

@@ -70,6 +70,10 @@ struct Vec256 {
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(std::int32_t(bits)), bit), bit));
   }
   static bool any(M m) { return _mm256_movemask_ps(m) != 0; }
+  template <int kImm>
+  static F shuffle(F a, F b) { return _mm256_shuffle_ps(a, b, kImm); }  // within each 128-bit lane
+  static F lane_tree(F a) { return _mm256_add_ps(a, _mm256_permute2f128_ps(a, a, 0x01)); }
+  static void store4(float* p, F a) { _mm_storeu_ps(p, _mm256_castps256_ps128(a)); }
 };
 
 }  // namespace fattn::simd

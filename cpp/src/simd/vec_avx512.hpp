@@ -55,6 +55,14 @@ struct Vec512 {
   static F blend(M m, F a, F b) { return _mm512_mask_blend_ps(m, a, b); }  // b where m, else a
   static M from_bits(std::uint32_t bits) { return M(bits & 0xffffu); }
   static bool any(M m) { return m != 0; }
+  template <int kImm>
+  static F shuffle(F a, F b) { return _mm512_shuffle_ps(a, b, kImm); }  // within each 128-bit lane
+  // Lane 0 (4 floats) of the result: the vector's four 128-bit lanes summed as a tree, in order.
+  static F lane_tree(F a) {
+    const F l1 = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0xB1));
+    return _mm512_add_ps(l1, _mm512_shuffle_f32x4(l1, l1, 0x4E));
+  }
+  static void store4(float* p, F a) { _mm_storeu_ps(p, _mm512_castps512_ps128(a)); }
 };
 
 }  // namespace fattn::simd
