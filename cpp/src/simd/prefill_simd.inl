@@ -9,6 +9,7 @@
 // the bit; tests_py/test_isa.py holds them to it. A row whose block would not
 // visit a tile (causal limit, blk 0) is left out of that tile's update.
 #include <algorithm>
+#include <type_traits>
 
 #include "prefill_engine.hpp"
 #include "simd/vexp.hpp"
@@ -29,8 +30,8 @@ void widen_row(const T* src, float* dst, std::int64_t n) {
 // f_r == 1, which changes no bit), then O_r = fma(p_j, v_j, O_r) over the
 // keys in order, for kVec vectors of D from d0 (the last may be partial).
 template <class V, int kRows, int kVec>
-inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const float* vw,
-                     std::int64_t keys, std::int64_t D, std::int64_t d0) {
+inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale,
+                     const float* const* v_rows, std::int64_t keys, std::int64_t D, std::int64_t d0) {
   using F = typename V::F;
   F acc[kRows][kVec];
   for (int r = 0; r < kRows; ++r) {
@@ -41,7 +42,7 @@ inline void pv_block(float* const* o_rows, const float* const* p_cols, const flo
     }
   }
   for (std::int64_t j = 0; j < keys; ++j) {
-    const float* v_row = vw + j * D + d0;
+    const float* v_row = v_rows[j] + d0;
     F pj[kRows];
     for (int r = 0; r < kRows; ++r) pj[r] = V::set1(p_cols[r][j * kSimdRows]);
     for (int u = 0; u < kVec; ++u) {
@@ -54,12 +55,12 @@ inline void pv_block(float* const* o_rows, const float* const* p_cols, const flo
 }
 
 template <class V, int kRows>
-void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const float* vw,
-                   std::int64_t keys, std::int64_t D) {
+void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale,
+                   const float* const* v_rows, std::int64_t keys, std::int64_t D) {
   constexpr int kVec = V::kPvVectors;
   std::int64_t d0 = 0;
-  for (; d0 + kVec * V::W <= D; d0 += kVec * V::W) pv_block<V, kRows, kVec>(o_rows, p_cols, rescale, vw, keys, D, d0);
-  for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, vw, keys, D, d0);
+  for (; d0 + kVec * V::W <= D; d0 += kVec * V::W) pv_block<V, kRows, kVec>(o_rows, p_cols, rescale, v_rows, keys, D, d0);
+  for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, v_rows, keys, D, d0);
 }
 
 template <class V, class T, class Arith>
@@ -75,7 +76,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
   const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
 
-  workspace.resize(std::size_t(D * R + 2 * BK * D + BK * R + R * D + 4 * R));
+  workspace.resize(std::size_t(D * R + 2 * BK * D + BK * R + R * D + 4 * R + D));
   float* qT = workspace.data();  // [D][R]: staged Q, transposed so rows are lanes
   float* kw = qT + D * R;        // [BK][D]: the K tile in f32
   float* vw = kw + BK * D;       // [BK][D]: the V tile in f32
@@ -84,6 +85,11 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   float* row_max = o + R * D;
   float* row_sum = row_max + R;
   float* rescale = row_sum + R;
+  float* zero_row = rescale + R;  // stands in for keys past Lk
+  std::fill(zero_row, zero_row + D, 0.0f);
+  // f32 K/V rows are read in place; 16-bit ones are widened into kw/vw first.
+  const float* k_rows[1024];
+  const float* v_rows[1024];
 
   const float factor = Arith::template q_factor<T>(p.scale);
   std::fill(qT, qT + D * R, 0.0f);
@@ -120,22 +126,30 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     if (active == 0) continue;
     const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
     for (std::int64_t j = 0; j < keys; ++j) {
-      widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
-      widen_row<V>(v.row<const T>(b, kv_head, key0 + j), vw + j * D, D);
+      if constexpr (std::is_same_v<T, float>) {
+        k_rows[j] = k.row<const float>(b, kv_head, key0 + j);
+        v_rows[j] = v.row<const float>(b, kv_head, key0 + j);
+      } else {
+        widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
+        widen_row<V>(v.row<const T>(b, kv_head, key0 + j), vw + j * D, D);
+        k_rows[j] = kw + j * D;
+        v_rows[j] = vw + j * D;
+      }
     }
-    std::fill(kw + keys * D, kw + BK * D, 0.0f);
+    for (std::int64_t j = keys; j < BK; ++j) k_rows[j] = v_rows[j] = zero_row;
 
     // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
     for (std::int64_t jb = 0; jb < BK; jb += KP) {
       F acc[KP][NV];
       for (int jj = 0; jj < KP; ++jj)
         for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::zero();
-      const float* kb = kw + jb * D;
+      const float* kb[KP];  // local copies: the compiler keeps them in registers
+      for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
       for (std::int64_t d = 0; d < D; ++d) {
         F qv[NV];
         for (std::int64_t u = 0; u < NV; ++u) qv[u] = V::load(qT + d * R + u * V::W);
         for (int jj = 0; jj < KP; ++jj) {
-          const F kd = V::set1(kb[jj * D + d]);
+          const F kd = V::set1(kb[jj][d]);
           for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(qv[u], kd, acc[jj][u]);
         }
       }
@@ -217,10 +231,10 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
         f[i] = rescale[batch[i]];
       }
       switch (n_batch) {
-        case 4: accumulate_pv<V, 4>(o_rows, p_cols, f, vw, keys, D); break;
-        case 3: accumulate_pv<V, 3>(o_rows, p_cols, f, vw, keys, D); break;
-        case 2: accumulate_pv<V, 2>(o_rows, p_cols, f, vw, keys, D); break;
-        case 1: accumulate_pv<V, 1>(o_rows, p_cols, f, vw, keys, D); break;
+        case 4: accumulate_pv<V, 4>(o_rows, p_cols, f, v_rows, keys, D); break;
+        case 3: accumulate_pv<V, 3>(o_rows, p_cols, f, v_rows, keys, D); break;
+        case 2: accumulate_pv<V, 2>(o_rows, p_cols, f, v_rows, keys, D); break;
+        case 1: accumulate_pv<V, 1>(o_rows, p_cols, f, v_rows, keys, D); break;
         default: break;
       }
       n_batch = 0;
