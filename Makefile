@@ -14,12 +14,13 @@ DEB_PACKAGES := libeigen3-dev libgtest-dev g++ make
 PY_PACKAGES := numpy ml_dtypes pytest hypothesis scikit-build-core pybind11 cmake ninja
 CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: help demo test test-cpp test-py bench clean deps
+.PHONY: help demo test test-cpp test-py test-asan bench clean deps
 
 help:
 	@echo "make demo   - set up, build, run examples/quickstart.py"
 	@echo "make test   - set up, build, run the GoogleTest suite (ctest) and the pytest suite"
 	@echo "make bench  - side-by-side benchmarks (bench/)"
+	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
 	@echo "make clean  - remove build/ and .venv/"
 
 # --- set-up ---------------------------------------------------------------------------
@@ -79,6 +80,15 @@ test:
 $(VENV)/.bench-deps: $(VENV)/.py-deps
 	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 matplotlib
 	@touch $@
+
+# The GoogleTest suite built with AddressSanitizer + UndefinedBehaviorSanitizer
+# (the exhaustive conversion sweeps are skipped: they only repeat arithmetic).
+test-asan: $(VENV)/.py-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(BUILD)/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DFATTN_BUILD_TESTS=ON -DFATTN_BUILD_PYTHON=OFF -DFATTN_SANITIZE=address,undefined >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(BUILD)/asan
+	@UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/asan/tests_cpp/fattn_tests --gtest_brief=1 \
+	  --gtest_filter='-Exp.*Within*:DtypeF16.EveryF32*:DtypeBf16.RoundsToNearestEvenAroundEveryPattern'
 
 bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps
 	@$(PY) bench/run.py

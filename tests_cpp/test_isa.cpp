@@ -1,0 +1,95 @@
+// Every instruction-set path this CPU has against the scalar model, bit for
+// bit, through the C++ API (and so under the sanitizer builds too).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "../cpp/src/simd/isa.hpp"
+#include "fattn/fattn.hpp"
+
+using namespace fattn;
+
+namespace {
+
+struct RestoreIsa {
+  simd::Isa saved = simd::active_isa();
+  ~RestoreIsa() { simd::set_active_isa(saved); }
+};
+
+std::vector<std::uint16_t> random_bf16(std::size_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<std::uint16_t> out(n);
+  for (auto& x : out) x = f32_to_bf16(nd(rng));
+  return out;
+}
+
+TEST(IsaPaths, PrefillMatchesTheScalarModel) {
+  RestoreIsa restore;
+  const std::int64_t B = 2, H = 4, Hkv = 2, Lq = 45, Lk = 83, D = 80;
+  auto q = random_bf16(std::size_t(B * H * Lq * D), 1), k = random_bf16(std::size_t(B * Hkv * Lk * D), 2),
+       v = random_bf16(std::size_t(B * Hkv * Lk * D), 3);
+  std::vector<float> mask(std::size_t(Lq * Lk));
+  std::mt19937 rng(4);
+  for (auto& m : mask) m = (rng() % 4 == 0) ? -INFINITY : float(rng() % 100) / 50.0f;
+  MaskView mv;
+  mv.data = mask.data();
+  mv.shape = {1, 1, Lq, Lk};
+  mv.stride = {0, 0, Lk, 1};
+  for (PrefillKernel kernel : {PrefillKernel::candle}) {
+    for (bool causal : {false, true}) {
+      PrefillParams p;
+      p.kernel = kernel;
+      p.causal = causal;
+      std::vector<std::vector<std::uint16_t>> outs;
+      std::vector<std::vector<float>> lses;
+      for (const std::string& name : simd::available_isas()) {
+        simd::set_active_isa(simd::isa_from_name(name));
+        std::vector<std::uint16_t> out(q.size());
+        std::vector<float> lse(std::size_t(B * H * Lq));
+        const TensorView lv = contiguous_view(lse.data(), DType::f32, {B, H, Lq, 1}, true);
+        flash_attn_prefill(contiguous_view(q.data(), DType::bf16, {B, H, Lq, D}, false),
+                           contiguous_view(k.data(), DType::bf16, {B, Hkv, Lk, D}, false),
+                           contiguous_view(v.data(), DType::bf16, {B, Hkv, Lk, D}, false),
+                           contiguous_view(out.data(), DType::bf16, {B, H, Lq, D}, true), &mv, nullptr, &lv, p);
+        outs.push_back(out);
+        lses.push_back(lse);
+      }
+      for (std::size_t i = 1; i < outs.size(); ++i) {
+        EXPECT_EQ(outs[i], outs[0]) << simd::available_isas()[i] << " causal=" << causal;
+        EXPECT_EQ(0, std::memcmp(lses[i].data(), lses[0].data(), lses[0].size() * 4));
+      }
+    }
+  }
+}
+
+TEST(IsaPaths, DecodeMatchesTheScalarModel) {
+  RestoreIsa restore;
+  const std::int64_t B = 1, H = 8, Hkv = 2, cap = 300, D = 96;
+  std::vector<float> q(std::size_t(B * H * D));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  for (auto& x : q) x = nd(rng);
+  auto k = random_bf16(std::size_t(B * Hkv * cap * D), 6), v = random_bf16(std::size_t(B * Hkv * cap * D), 7);
+  DecodeParams p;
+  p.kv_seq_len = 290;
+  p.nwg = 5;
+  p.mask = DecodeMask::sliding_window;
+  p.window = 200;
+  std::vector<std::vector<float>> outs;
+  for (const std::string& name : simd::available_isas()) {
+    simd::set_active_isa(simd::isa_from_name(name));
+    std::vector<float> out(q.size());
+    flash_attn_vec(contiguous_view(q.data(), DType::f32, {B, H, 1, D}, false),
+                   contiguous_view(k.data(), DType::bf16, {B, Hkv, cap, D}, false),
+                   contiguous_view(v.data(), DType::bf16, {B, Hkv, cap, D}, false),
+                   contiguous_view(out.data(), DType::f32, {B, H, 1, D}, true), p);
+    outs.push_back(out);
+  }
+  for (std::size_t i = 1; i < outs.size(); ++i)
+    EXPECT_EQ(0, std::memcmp(outs[i].data(), outs[0].data(), outs[0].size() * 4)) << simd::available_isas()[i];
+}
+
+}  // namespace
