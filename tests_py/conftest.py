@@ -18,3 +18,12 @@ def restore_threads():
     saved = fattn.get_num_threads()
     yield
     fattn.set_num_threads(saved)
+
+
+# Property tests explore new inputs on developers' machines, but CI replays a
+# fixed sequence so that a run is reproducible from its commit.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
