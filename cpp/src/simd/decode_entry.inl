@@ -9,7 +9,7 @@ template <class T>
 void FATTN_DECODE_GROUPS(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
                          const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
                          std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end, std::vector<float>& work) {
-  simd_impl::decode_groups<FATTN_VEC, T>(q, k, v, o_part, s_part, m_part, p, b, kv_head, g_begin, g_end, work);
+  decode_groups<FATTN_VEC, T>(q, k, v, o_part, s_part, m_part, p, b, kv_head, g_begin, g_end, work);
 }
 
 #define FATTN_INSTANTIATE(T)                                                                                   \

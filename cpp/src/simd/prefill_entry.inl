@@ -10,7 +10,7 @@ template <class T, class Arith>
 void FATTN_PREFILL_ROWS(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
                         std::vector<float>& workspace) {
-  simd_impl::prefill_rows<FATTN_VEC, T, Arith>(q, k, v, out, p, b, h, row0, workspace);
+  prefill_rows<FATTN_VEC, T, Arith>(q, k, v, out, p, b, h, row0, workspace);
 }
 
 #define FATTN_INSTANTIATE(T, A)                                                                             \

@@ -14,7 +14,11 @@
 #include "prefill_engine.hpp"
 #include "simd/vexp.hpp"
 
-namespace fattn::prefill_detail::simd_impl {
+namespace fattn::prefill_detail {
+// Internal linkage: every ISA's file compiles its own copy, so no template
+// instance built for one instruction set can be picked by the linker for
+// another (templates here that do not depend on V would otherwise be shared).
+namespace {
 
 template <class V, class Arith>
 inline typename V::F exp_policy(typename V::F x) {
@@ -256,4 +260,5 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   }
 }
 
-}  // namespace fattn::prefill_detail::simd_impl
+}  // namespace
+}  // namespace fattn::prefill_detail
