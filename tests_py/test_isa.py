@@ -95,3 +95,20 @@ def test_decode_paths_match_the_scalar_model(rng, restore_isa, dtype, d, nwg, kw
     for isa in PATHS:
         for got, want in zip(results[isa], results["scalar"]):
             assert (bits(got) == bits(want)).all(), isa
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("heads, kv_heads, d", [(1, 1, 64), (3, 1, 160), (6, 2, 32), (16, 1, 128)])
+def test_decode_paths_match_for_any_group_size_and_non_finite_inputs(rng, restore_isa, heads, kv_heads, d):
+    # Group sizes that do not fill the paths' head tiles, D that leaves a part
+    # segment of transposed planes, and NaN/inf in q, k and v.
+    q = rng.standard_normal((1, heads, d)).astype(np.float32)
+    k, v = (rng.standard_normal((1, kv_heads, 300, d)).astype(np.float16) for _ in range(2))
+    q[0, 0, 1] = np.nan if heads > 1 else 0.0
+    k[0, 0, 40, 3] = np.inf
+    v[0, 0, 70, 5] = -np.inf
+    k[0, 0, 41, :] = -0.0
+    results = run_all_paths(lambda: fattn.flash_attn_vec_partials(q, k, v, kv_seq_len=290, nwg=5))
+    for isa in PATHS:
+        for got, want in zip(results[isa], results["scalar"]):
+            assert (bits(got) == bits(want)).all(), isa

@@ -111,13 +111,17 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
 }
 
 // The reduce for one (batch, head): M* = max M_g, w_g = exp(M_g - M*),
-// S* = tree(S_g w_g), out = tree(O_g w_g) * (S* == 0 ? 0 : 1/S*).
+// S* = tree(S_g w_g), out = tree(O_g w_g) * (S* == 0 ? 0 : 1/S*). The trees
+// run over blocks of D at once (bottom-up pairs, the same sums as tree_sum),
+// which the compiler turns into vector adds.
 void reduce_row(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out,
                 std::int64_t b, std::int64_t h, std::vector<float>& work) {
+  constexpr std::int64_t kBlock = 16;
   const std::int64_t nwg = o.length(), D = o.head_dim(), lanes = reduce_lanes(nwg);
-  work.assign(std::size_t(2 * lanes), 0.0f);
+  work.assign(std::size_t(lanes * (kBlock + 2)), 0.0f);
   float* weight = work.data();
   float* terms = weight + lanes;
+  float* block = terms + lanes;  // lanes x kBlock
   float global_max = kInitialMax;  // idle lanes hold the initial max
   for (std::int64_t g = 0; g < nwg; ++g) global_max = std::max(global_max, *m.row<const float>(b, h, g));
   for (std::int64_t g = 0; g < nwg; ++g) weight[g] = simd::exp_f32(*m.row<const float>(b, h, g) - global_max);
@@ -125,9 +129,18 @@ void reduce_row(const TensorView& o, const TensorView& s, const TensorView& m, c
   const float total = tree_sum(terms, lanes);
   const float inv = total == 0.0f ? 0.0f : 1.0f / total;
   float* dst = out.row<float>(b, h, 0);
-  for (std::int64_t d = 0; d < D; ++d) {
-    for (std::int64_t g = 0; g < nwg; ++g) terms[g] = o.row<const float>(b, h, g)[d] * weight[g];
-    dst[d] = tree_sum(terms, lanes) * inv;
+  for (std::int64_t d0 = 0; d0 < D; d0 += kBlock) {
+    const std::int64_t n = std::min(kBlock, D - d0);
+    std::fill(block, block + lanes * kBlock, 0.0f);  // idle lanes and columns past D add zeros
+    for (std::int64_t g = 0; g < nwg; ++g) {
+      const float* src = o.row<const float>(b, h, g) + d0;
+      for (std::int64_t i = 0; i < n; ++i) block[g * kBlock + i] = src[i] * weight[g];
+    }
+    for (std::int64_t width = lanes / 2; width >= 1; width /= 2)
+      for (std::int64_t g = 0; g < width; ++g)
+        for (std::int64_t i = 0; i < kBlock; ++i)
+          block[g * kBlock + i] = block[2 * g * kBlock + i] + block[(2 * g + 1) * kBlock + i];
+    for (std::int64_t i = 0; i < n; ++i) dst[d0 + i] = block[i] * inv;
   }
 }
 

@@ -3,9 +3,10 @@
 // instruction set inside that set's target region. Operation for operation
 // the scalar model of decode.cpp: the lane-structured dot (pair sums per
 // float4, running sums per simdgroup lane, a tree over the 32 lanes), the
-// same exp, the chunk's own P·V accumulator. K and V are widened as they are
-// loaded, never copied.
+// same exp, the chunk's own P·V accumulator. A K row is widened once into
+// transposed planes shared by the query heads; V is widened as it is loaded.
 #include <algorithm>
+#include <cstdint>
 
 #include "decode_engine.hpp"
 #include "simd/vexp.hpp"
@@ -23,53 +24,77 @@ inline typename V::F tree_v(const typename V::F* t, int n) {
   return V::add(tree_v<V>(t, n / 2), tree_v<V>(t + n / 2, n / 2));
 }
 
-// dot(k_j, q_r) for four positions j and kHeads query heads at once (sharing
-// the K loads), with the simdgroup's structure: in each 128-element block,
-// float4 group t belongs to simdgroup lane t, and vector u of the block holds
-// the lanes u*W/4 .. (u+1)*W/4 - 1. The four product vectors of one block are
-// combined inside each 128-bit lane into [dot4(p_0), .., dot4(p_3)] with
-// dot4 = (p0+p1)+(p2+p3); each lane's sums accumulate down the blocks in
-// order; then the scalar model's tree over the 32 lanes — first across the
-// 128-bit lanes of a vector, then across vectors — runs once for the four
-// positions: element j of the result is position j's dot.
-template <class V, int kHeads, class T>
-void lane_dots4(const T* const* k, const float* const* q, std::int64_t D, float (*out)[4]) {
+// The scores use the seed's simdgroup structure: float4 group g of D belongs
+// to lane g mod 32, each lane adds dot4(k4, q4) = (k0 q0 + k1 q1) + (k2 q2 +
+// k3 q3) of its groups in order, and the 32 lane sums meet in a balanced
+// tree. Done here with vertical operations only: a row's float4 groups are
+// transposed, W at a time (one "segment" of 4 vectors), into four planes —
+// plane e holds element e of each group — so dot4 of W groups is 4 multiplies
+// and 3 adds, and segment s adds into the lane sums of lanes (s·W) mod 32,
+// i.e. lane vector s mod (32 / W). The transpose is done once per K row and
+// shared by every query head of the group. Inside a segment the planes hold
+// the groups in transposed order (V::untranspose restores it).
+template <class V>
+inline void transpose4(typename V::F* x) {  // 4x4 transpose within each 128-bit lane
   using F = typename V::F;
-  constexpr int NB = int(128 / V::W);  // vectors per 128-element block
-  const std::int64_t full = D / 128, rest = (D % 128) / V::W;
-  auto dot4s = [&](std::int64_t at, F* acc) {  // acc[r] += [dot4 of 4 positions] for each head r
-    F kv[4];
-    for (int j = 0; j < 4; ++j) kv[j] = V::widen_n(k[j] + at, V::W);
-    for (int r = 0; r < kHeads; ++r) {
-      const F qv = V::load(q[r] + at);
-      const F p0 = V::mul(kv[0], qv), p1 = V::mul(kv[1], qv), p2 = V::mul(kv[2], qv), p3 = V::mul(kv[3], qv);
-      const F a = V::add(V::template shuffle<0x88>(p0, p1), V::template shuffle<0xDD>(p0, p1));
-      const F c = V::add(V::template shuffle<0x88>(p2, p3), V::template shuffle<0xDD>(p2, p3));
-      acc[r * NB] = V::add(acc[r * NB], V::add(V::template shuffle<0x88>(a, c), V::template shuffle<0xDD>(a, c)));
-    }
-  };
-  F t[kHeads][NB];
-  if constexpr (kHeads * NB <= 16) {
-    // Every lane sum fits in registers: walk the blocks once, in order.
-    for (int r = 0; r < kHeads; ++r)
-      for (int u = 0; u < NB; ++u) t[r][u] = V::zero();
-    for (std::int64_t blk = 0; blk < full; ++blk)
-#pragma GCC unroll 8
-      for (int u = 0; u < NB; ++u) dot4s(blk * 128 + V::W * u, &t[0][u]);
-    for (int u = 0; u < rest; ++u) dot4s(full * 128 + V::W * u, &t[0][u]);
-    for (int r = 0; r < kHeads; ++r)
-      for (int u = 0; u < NB; ++u) t[r][u] = V::lane_tree(t[r][u]);
-  } else {
-    // Too many for the registers: one vector position u at a time, down the blocks.
-    for (int u = 0; u < NB; ++u) {
-      F acc[kHeads][NB];
-      for (int r = 0; r < kHeads; ++r) acc[r][u] = V::zero();
-      for (std::int64_t blk = 0; blk < full; ++blk) dot4s(blk * 128 + V::W * u, &acc[0][u]);
-      if (u < rest) dot4s(full * 128 + V::W * u, &acc[0][u]);
-      for (int r = 0; r < kHeads; ++r) t[r][u] = V::lane_tree(acc[r][u]);
-    }
+  const F t0 = V::unpacklo(x[0], x[1]), t1 = V::unpackhi(x[0], x[1]);
+  const F t2 = V::unpacklo(x[2], x[3]), t3 = V::unpackhi(x[2], x[3]);
+  x[0] = V::template shuffle<0x44>(t0, t2);
+  x[1] = V::template shuffle<0xEE>(t0, t2);
+  x[2] = V::template shuffle<0x44>(t1, t3);
+  x[3] = V::template shuffle<0xEE>(t1, t3);
+}
+
+// Row [0, D) as planes: 4 vectors per segment of 4W elements; elements past
+// D read as 0 (their products are 0 and leave the lane sums as they are).
+template <class V, class T>
+inline void load_planes(const T* row, std::int64_t D, typename V::F* planes) {
+  constexpr std::int64_t W = V::W;
+  std::int64_t s = 0;
+  for (; (s + 1) * 4 * W <= D; ++s) {
+    typename V::F* x = planes + 4 * s;
+    for (int u = 0; u < 4; ++u) x[u] = V::widen_n(row + s * 4 * W + u * W, W);
+    transpose4<V>(x);
   }
-  for (int r = 0; r < kHeads; ++r) V::store4(out[r], tree_v<V>(t[r], NB));
+  if (s * 4 * W < D) {
+    typename V::F* x = planes + 4 * s;
+    for (int u = 0; u < 4; ++u) x[u] = V::widen_n(row + s * 4 * W + u * W, std::clamp<std::int64_t>(D - s * 4 * W - u * W, 0, W));
+    transpose4<V>(x);
+  }
+}
+
+// Lane sums of one position for one head: out[t·stride] = lanes t·W .. t·W + W - 1.
+template <class V>
+inline void lane_sums(const typename V::F* kp, const typename V::F* qp, std::int64_t segments, typename V::F* out,
+                      std::int64_t stride) {
+  using F = typename V::F;
+  constexpr int S = int(32 / V::W);
+  F acc[S];
+  for (int t = 0; t < S; ++t) acc[t] = V::zero();
+  for (std::int64_t s0 = 0; s0 < segments; s0 += S)
+    for (int t = 0; t < S && s0 + t < segments; ++t) {  // t a constant after unrolling: acc stays in registers
+      const F* k4 = kp + 4 * (s0 + t);
+      const F* q4 = qp + 4 * (s0 + t);
+      const F dot4 = V::add(V::add(V::mul(k4[0], q4[0]), V::mul(k4[1], q4[1])),
+                            V::add(V::mul(k4[2], q4[2]), V::mul(k4[3], q4[3])));
+      acc[t] = V::add(acc[t], dot4);
+    }
+  for (int t = 0; t < S; ++t) out[t * stride] = V::untranspose(acc[t]);
+}
+
+// x[j] (j < W): W lanes of position j, in lane order. Returns the vector whose
+// element j is the balanced tree of x[j]'s lanes: two levels of pair sums
+// inside 128-bit lanes, then across them (each level halves the vectors and
+// keeps the positions in order). Destroys x.
+template <class V>
+inline typename V::F transposed_tree(typename V::F* x) {
+  int n = int(V::W);
+  for (int level = 0; level < 2; ++level, n /= 2)
+    for (int m = 0; m < n / 2; ++m)
+      x[m] = V::add(V::template shuffle<0x88>(x[2 * m], x[2 * m + 1]), V::template shuffle<0xDD>(x[2 * m], x[2 * m + 1]));
+  for (; n > 1; n /= 2)
+    for (int m = 0; m < n / 2; ++m) x[m] = V::fold128(x[2 * m], x[2 * m + 1]);
+  return x[0];
 }
 
 // lo_r = fma chain of v_p * w_r[p] over the chunk's positions, for kHeads
@@ -112,8 +137,21 @@ void chunk_pv(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::in
     chunk_pv_block<V, kHeads, 1, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);
 }
 
-// Asks for the next chunk's rows while this one is computed (on this machine
-// the hardware prefetchers alone left ~35% of the bandwidth unused).
+// Rows are asked for kAhead chunks before they are used, one K and one V row
+// per row computed (on this machine the hardware prefetchers alone left ~35%
+// of the bandwidth unused, and a whole chunk's prefetches at once stalled
+// the loads of the chunk being computed).
+constexpr int kAhead = 2;
+
+// The chunk a walk over groups [g_begin, g_end) reaches `steps` chunks after `chunk`.
+inline std::int64_t walk_ahead(std::int64_t chunk, int steps, std::int64_t nwg, std::int64_t g_begin,
+                               std::int64_t g_end) {
+  for (int i = 0; i < steps; ++i) {
+    const std::int64_t g = chunk % nwg;
+    chunk = g + 1 < g_end ? chunk + 1 : chunk - g + nwg + g_begin;
+  }
+  return chunk;
+}
 template <class T>
 inline void prefetch_rows(const TensorView& t, std::int64_t b, std::int64_t kv_head, std::int64_t p0,
                           std::int64_t count, std::int64_t D) {
@@ -132,17 +170,26 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
   constexpr std::int64_t W = V::W;  // floats per vector
   constexpr std::int64_t C = kDecodeChunk;
   const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, n_groups = g_end - g_begin;
-  // work: staged Q (group x D); per NWG group its O (group x D), max and sum
-  // (group each); the chunk's scores/weights (group x C) and rescales.
+  constexpr int S = int(32 / W);  // lane vectors per position
+  const std::int64_t segments = (D + 4 * W - 1) / (4 * W), P = 4 * segments;  // plane vectors per row
+  // work, vectors first (aligned): Q's planes per head (group x P), one K
+  // row's planes (P), the lane sums of W positions (group x S x W); then
+  // floats: per NWG group its O (group x D), max and sum (group each); the
+  // chunk's scores/weights (group x C) and rescales.
+  const std::int64_t vectors = group * P + P + group * S * W;
   const std::int64_t state = group * (D + 2);
-  work.resize(std::size_t(group * D + n_groups * state + group * C + group + 16));
-  float* qh = work.data();
-  float* states = qh + group * D;
+  work.resize(std::size_t((vectors + 1) * W + n_groups * state + group * C + group));
+  F* qp = reinterpret_cast<F*>((reinterpret_cast<std::uintptr_t>(work.data()) + sizeof(F) - 1) / sizeof(F) * sizeof(F));
+  F* kp = qp + group * P;
+  F* lanes = kp + P;
+  float* states = reinterpret_cast<float*>(lanes + group * S * W);
   float* s = states + n_groups * state;
   float* rescale = s + group * C;
-  for (std::int64_t r = 0; r < group; ++r) {
+  for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half, then as planes
     const float* src = q.row<const float>(b, kv_head * group + r, 0);
-    for (std::int64_t d = 0; d < D; ++d) qh[r * D + d] = f16_to_f32(f32_to_f16(src[d]));
+    float* qh = reinterpret_cast<float*>(kp);
+    for (std::int64_t d = 0; d < D; ++d) qh[d] = f16_to_f32(f32_to_f16(src[d]));
+    load_planes<V>(qh, D, qp + r * P);
   }
   for (std::int64_t gi = 0; gi < n_groups; ++gi) {
     float* st = states + gi * state;
@@ -164,28 +211,31 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
       float* o = st;
       float* row_max = st + group * D;
       float* row_sum = row_max + group;
-      const std::int64_t next = p0 + C;
-      if (next < p.kv_len) {
-        prefetch_rows<T>(k, b, kv_head, next, std::min(C, p.kv_len - next), D);
-        prefetch_rows<T>(v, b, kv_head, next, std::min(C, p.kv_len - next), D);
-      }
-      // Scores for every head of the group: four positions and two heads per
-      // pass over K (positions past the chunk's end repeat its last row; their
-      // scores are not used).
-      for (std::int64_t j = valid; j < C; ++j)
-        for (std::int64_t r = 0; r < group; ++r) s[r * C + j] = -kInf;
-      for (std::int64_t j0 = 0; j0 < valid; j0 += 4) {
-        const T* rows4[4];
-        for (int j = 0; j < 4; ++j) rows4[j] = k.row<const T>(b, kv_head, p0 + std::min(j0 + j, valid - 1));
-        float dots[2][4];
-        for (std::int64_t r = 0; r < group; r += 2) {
-          const float* qs[2] = {qh + r * D, qh + (r + 1) * D};
-          if (r + 1 < group) lane_dots4<V, 2>(rows4, qs, D, dots);
-          else lane_dots4<V, 1>(rows4, qs, D, dots);
-          for (std::int64_t i = r; i < std::min(group, r + 2); ++i)
-            for (std::int64_t j = j0; j < std::min(valid, j0 + 4); ++j) s[i * C + j] = dots[i - r][j - j0];
+      const std::int64_t next = walk_ahead(chunk, kAhead, p.nwg, g_begin, g_end) * C;  // rows to prefetch
+      // Dot products for every head of the group, W positions at a time.
+      for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
+        const std::int64_t n = std::min(W, valid - j0);
+        for (std::int64_t j = 0; j < W; ++j) {
+          if (j >= n) {  // past the chunk's end: zeros, overwritten with -inf below
+            for (std::int64_t i = 0; i < group * S; ++i) lanes[i * W + j] = V::zero();
+            continue;
+          }
+          const std::int64_t ahead_pos = next + j0 + j;
+          if (ahead_pos < p.kv_len) {
+            prefetch_rows<T>(k, b, kv_head, ahead_pos, 1, D);
+            prefetch_rows<T>(v, b, kv_head, ahead_pos, 1, D);
+          }
+          load_planes<V>(k.row<const T>(b, kv_head, p0 + j0 + j), D, kp);
+          for (std::int64_t r = 0; r < group; ++r) lane_sums<V>(kp, qp + r * P, segments, lanes + r * S * W + j, W);
+        }
+        for (std::int64_t r = 0; r < group; ++r) {
+          F tree[S];
+          for (int t = 0; t < S; ++t) tree[t] = transposed_tree<V>(lanes + (r * S + t) * W);
+          V::store(s + r * C + j0, tree_v<V>(tree, S));
         }
       }
+      for (std::int64_t j = valid; j < C; ++j)
+        for (std::int64_t r = 0; r < group; ++r) s[r * C + j] = -kInf;
       // score = fma(dot, scale, mask), or the softcap form, for the valid positions.
       for (std::int64_t r = 0; r < group; ++r) {
         float* sr = s + r * C;

@@ -72,8 +72,15 @@ struct Vec256 {
   static bool any(M m) { return _mm256_movemask_ps(m) != 0; }
   template <int kImm>
   static F shuffle(F a, F b) { return _mm256_shuffle_ps(a, b, kImm); }  // within each 128-bit lane
-  static F lane_tree(F a) { return _mm256_add_ps(a, _mm256_permute2f128_ps(a, a, 0x01)); }
-  static void store4(float* p, F a) { _mm_storeu_ps(p, _mm256_castps256_ps128(a)); }
+  static F unpacklo(F a, F b) { return _mm256_unpacklo_ps(a, b); }  // within each 128-bit lane
+  static F unpackhi(F a, F b) { return _mm256_unpackhi_ps(a, b); }
+  // [low 128-bit lanes of a, b] + [high 128-bit lanes of a, b].
+  static F fold128(F a, F b) {
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  // After transpose4 (simd/decode_simd.inl) element 4l + i holds item 2i + l;
+  // this puts item g back at element g.
+  static F untranspose(F a) { return _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)); }
 };
 
 }  // namespace fattn::simd

@@ -57,12 +57,17 @@ struct Vec512 {
   static bool any(M m) { return m != 0; }
   template <int kImm>
   static F shuffle(F a, F b) { return _mm512_shuffle_ps(a, b, kImm); }  // within each 128-bit lane
-  // Lane 0 (4 floats) of the result: the vector's four 128-bit lanes summed as a tree, in order.
-  static F lane_tree(F a) {
-    const F l1 = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0xB1));
-    return _mm512_add_ps(l1, _mm512_shuffle_f32x4(l1, l1, 0x4E));
+  static F unpacklo(F a, F b) { return _mm512_unpacklo_ps(a, b); }  // within each 128-bit lane
+  static F unpackhi(F a, F b) { return _mm512_unpackhi_ps(a, b); }
+  // [even 128-bit lanes of a, of b] + [odd 128-bit lanes of a, of b].
+  static F fold128(F a, F b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
   }
-  static void store4(float* p, F a) { _mm_storeu_ps(p, _mm512_castps512_ps128(a)); }
+  // After transpose4 (simd/decode_simd.inl) element 4l + i holds item 4i + l;
+  // this puts item g back at element g.
+  static F untranspose(F a) {
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), a);
+  }
 };
 
 }  // namespace fattn::simd
