@@ -169,6 +169,23 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("threads"), py::arg("seconds") = 0.3);
+  m.def(
+      "time_read",
+      [](const py::buffer& data, int threads) {
+        const py::buffer_info info = data.request();
+        require(info.ndim == 0 || [&] {  // contiguous: the probe reads one flat range
+          std::int64_t expect = info.itemsize;
+          for (auto i = info.ndim; i-- > 0;) {
+            if (info.shape[i] > 1 && info.strides[i] != expect) return false;
+            expect *= info.shape[i];
+          }
+          return true;
+        }(), "data: must be a C-contiguous buffer");
+        const std::int64_t bytes = info.size * info.itemsize;
+        py::gil_scoped_release nogil;
+        return time_read(info.ptr, bytes, threads);
+      },
+      py::arg("data"), py::arg("threads"));
   m.def("convert", &convert, py::arg("src"), py::arg("dst"));
 
   m.def(

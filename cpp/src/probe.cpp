@@ -123,4 +123,17 @@ Peaks measure_peaks(int threads, double seconds) {
   return peaks;
 }
 
+double time_read(const void* data, std::int64_t bytes, int threads) {
+  require(threads >= 1 && threads <= 1024, "threads: must be from 1 to 1024, got ", threads);
+  require(data != nullptr && bytes >= 0, "data: need a buffer");
+  const bool avx512 = simd::best_isa() == simd::Isa::avx512;
+  const std::int64_t floats = bytes / 4, share = (floats / threads) / 64 * 64;
+  const auto* base = static_cast<const float*>(data);
+  return run_threads(threads, [&](int i) {
+    const float* p = base + std::int64_t(i) * share;
+    const std::int64_t n = i + 1 == threads ? floats - std::int64_t(i) * share : share;
+    sink = avx512 ? read_loop(p, n) : scalar_read_loop(p, n);
+  });
+}
+
 }  // namespace fattn

@@ -1,6 +1,8 @@
 #pragma once
 // Small probes of this machine's attainable peaks, so benchmarks can report
 // every figure as a fraction of what the hardware can do.
+#include <cstdint>
+
 namespace fattn {
 
 struct Peaks {
@@ -11,5 +13,11 @@ struct Peaks {
 
 // Runs each probe on `threads` threads for about `seconds` each.
 Peaks measure_peaks(int threads, double seconds = 0.3);
+
+// Seconds to stream-read `bytes` bytes at `data` (each of `threads` threads
+// reads one contiguous share): the read-bandwidth probe on a caller's own
+// buffers, so a memory-bound kernel can be timed against a read of exactly
+// the bytes it reads, right next to it.
+double time_read(const void* data, std::int64_t bytes, int threads);
 
 }  // namespace fattn
