@@ -14,12 +14,13 @@ DEB_PACKAGES := libeigen3-dev libgtest-dev g++ make
 PY_PACKAGES := numpy ml_dtypes pytest hypothesis scikit-build-core pybind11 cmake ninja
 CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: help demo test test-cpp test-py test-asan bench clean deps
+.PHONY: help demo test test-cpp test-py test-asan bench examples clean deps
 
 help:
 	@echo "make demo   - set up, build, run examples/quickstart.py"
 	@echo "make test   - set up, build, run the GoogleTest suite (ctest) and the pytest suite"
 	@echo "make bench  - side-by-side benchmarks (bench/)"
+	@echo "make examples - set up, build, run every examples/*.py (each checks what it shows)"
 	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
 	@echo "make clean  - remove build/ and .venv/"
 
@@ -92,6 +93,22 @@ test-asan: $(VENV)/.py-deps
 
 bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps
 	@$(PY) bench/run.py
+
+# --- examples ---------------------------------------------------------------------------
+# Every examples/*.py except helper modules (_*.py), with matplotlib's file-only backend. All
+# of them run; the target fails if any exits non-zero. Figures go to examples/out/.
+EXAMPLES := $(sort $(filter-out examples/_%,$(wildcard examples/*.py)))
+
+examples: $(VENV)/.fattn-installed
+	@$(PY) -c 'import matplotlib' 2>/dev/null || \
+	  { echo "== installing matplotlib into $(VENV)"; $(PY) -m pip install -q --disable-pip-version-check matplotlib; }
+	@failed=""; \
+	for f in $(EXAMPLES); do \
+	  echo "== $$f"; \
+	  MPLBACKEND=Agg $(PY) $$f || failed="$$failed $$f"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== examples FAILED:$$failed"; exit 1; fi; \
+	echo "== all $(words $(EXAMPLES)) examples passed"
 
 clean:
 	rm -rf $(BUILD) $(VENV)
