@@ -85,6 +85,7 @@ for case, versus, max_err, ratio, ulps, ok in rows:
     print(f"{case:18s} {versus:16s} {max_err:12.3g} {ratio:10.3f}   0: {counts[0]:6d}  <=1/2: {counts[1]:6d}  "
           f"<=1: {counts[2]:6d}  <=2: {counts[3]:6d}  >2: {np.sum(ulps > 2):6d}  (max {ulps.max():.0f})"
           + ("" if ok else "   <-- OUTSIDE"))
+print(f"prefill bf16: {identical:.2%} of outputs bit-identical to the kernel-faithful reference (stated: >= 99%)")
 print("Errors are in ulps of the output's type (bf16 for prefill, float32 for decode) at the reference value.\n"
       "Outputs near 0 have tiny ulps, hence the long tails: the bounds scale with max|v|, not with each\n"
       "output. One ulp from the kernel-faithful reference is allowed (so err/bound can sit just under 1);\n"
