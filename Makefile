@@ -95,3 +95,32 @@ bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps
 
 clean:
 	rm -rf $(BUILD) $(VENV)
+
+# --- hardening: sanitizers, fuzzing, C++ package ---------------------------------------
+# Each target builds into its own directory under build/ and leaves the others alone.
+FUZZ_SECONDS ?= 60
+CLANG_PACKAGES := clang libclang-rt-14-dev
+FUZZ_BUILD := $(BUILD)/fuzz
+TSAN_BUILD := $(BUILD)/tsan
+INSTALL_PREFIX := $(CURDIR)/$(BUILD)/install
+
+.PHONY: test-tsan fuzz example-cpp
+
+# clang 14 with its sanitizer and libFuzzer runtimes (only the fuzz target needs them).
+$(BUILD)/.clang-deps: $(BUILD)/.deb-deps
+	@if ! dpkg -s $(CLANG_PACKAGES) >/dev/null 2>&1; then \
+	  echo "== installing Debian packages: $(CLANG_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CLANG_PACKAGES) >/dev/null; \
+	fi
+	@touch $@
+
+# The threaded tests (the pool, the concurrency tests, every kernel at several
+# thread counts) under ThreadSanitizer; any report fails the run.
+TSAN_FILTER := Parallel.*:Concurrency.*:Sdpa.BitIdentical*:Prefill.ThreadCount*:Prefill.TileSkip*:Decode.*:Merge.*:IsaPaths.*
+test-tsan: $(VENV)/.py-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DFATTN_BUILD_TESTS=ON -DFATTN_BUILD_PYTHON=OFF -DFATTN_SANITIZE=thread >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(TSAN_BUILD) -j2
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(TSAN_BUILD)/tests_cpp/fattn_tests --gtest_brief=1 \
+	  --gtest_filter='$(TSAN_FILTER)'

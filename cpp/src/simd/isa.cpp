@@ -35,6 +35,7 @@ Isa best_isa() {
 Isa active_isa() { return Isa(active().load(std::memory_order_relaxed)); }
 
 void set_active_isa(Isa isa) {
+  require(int(isa) >= 0 && int(isa) <= 2, "isa: unknown instruction set code ", int(isa));
   require(int(isa) <= int(best_isa()), "isa: this CPU cannot run '", isa_name(isa), "' (best: '",
           isa_name(best_isa()), "')");
   active().store(int(isa));
