@@ -21,6 +21,7 @@ help:
 	@echo "make test   - set up, build, run the GoogleTest suite (ctest) and the pytest suite"
 	@echo "make bench  - side-by-side benchmarks (bench/)"
 	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
+	@echo "make test-tsan - the threaded GoogleTests under ThreadSanitizer (build/tsan)"
 	@echo "make clean  - remove build/ and .venv/"
 
 # --- set-up ---------------------------------------------------------------------------
@@ -123,4 +124,4 @@ test-tsan: $(VENV)/.py-deps
 	  -DFATTN_BUILD_TESTS=ON -DFATTN_BUILD_PYTHON=OFF -DFATTN_SANITIZE=thread >/dev/null
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(TSAN_BUILD) -j2
 	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(TSAN_BUILD)/tests_cpp/fattn_tests --gtest_brief=1 \
-	  --gtest_filter='$(TSAN_FILTER)'
+	  --gtest_filter='$(TSAN_FILTER)' --gtest_repeat=5 --gtest_shuffle

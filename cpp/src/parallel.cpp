@@ -95,8 +95,10 @@ class Pool {
     }
   }
 
-  void worker_loop(int index) {
-    std::uint64_t seen = 0;
+  // `seen` starts at the generation current when the worker is created: a
+  // worker started after earlier jobs must not take the last one (whose body
+  // is gone) for a new job and decrement the next job's pending count.
+  void worker_loop(int index, std::uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
@@ -111,9 +113,14 @@ class Pool {
   }
 
   void start_workers(int wanted) {  // called with busy_ held
+    std::uint64_t current = 0;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      current = generation_;
+    }
     while (int(workers_.size()) < wanted) {
       const int index = int(workers_.size());
-      workers_.emplace_back([this, index] { worker_loop(index); });
+      workers_.emplace_back([this, index, current] { worker_loop(index, current); });
     }
   }
 
@@ -127,6 +134,7 @@ class Pool {
     workers_.clear();
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = false;
+    active_workers_ = 0;
   }
 
   std::atomic<int> num_threads_;
