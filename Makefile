@@ -22,6 +22,7 @@ help:
 	@echo "make bench  - side-by-side benchmarks (bench/)"
 	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
 	@echo "make test-tsan - the threaded GoogleTests under ThreadSanitizer (build/tsan)"
+	@echo "make example-cpp - install the C++ core into build/install, build and run examples/cpp against it"
 	@echo "make fuzz   - libFuzzer (clang, ASan + UBSan) on the C++ API for FUZZ_SECONDS (default 60)"
 	@echo "make clean  - remove build/ and .venv/"
 
@@ -144,3 +145,16 @@ fuzz: $(BUILD)/.clang-deps $(VENV)/.py-deps
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=512 -timeout=10 -rss_limit_mb=2048 $$seed \
 	  -artifact_prefix=$(FUZZ_BUILD)/ -print_final_stats=1 2>&1 \
 	  | grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)'
+
+# The C++ core installed as a CMake package into build/install (configured
+# and built in build/pkg), then examples/cpp built against it with
+# find_package(fattn) and run.
+example-cpp: $(VENV)/.py-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(BUILD)/pkg -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DFATTN_BUILD_TESTS=OFF -DFATTN_BUILD_PYTHON=OFF -DFATTN_INSTALL=ON -DCMAKE_INSTALL_PREFIX=$(INSTALL_PREFIX) >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(BUILD)/pkg -j2
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --install $(BUILD)/pkg >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S examples/cpp -B $(BUILD)/example-cpp -G Ninja \
+	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=$(INSTALL_PREFIX) >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(BUILD)/example-cpp
+	@$(BUILD)/example-cpp/fattn_example
