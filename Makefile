@@ -22,6 +22,9 @@ help:
 	@echo "make bench  - side-by-side benchmarks (bench/)"
 	@echo "make examples - set up, build, run every examples/*.py (each checks what it shows)"
 	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
+	@echo "make test-tsan - the threaded GoogleTests under ThreadSanitizer (build/tsan)"
+	@echo "make example-cpp - install the C++ core into build/install, build and run examples/cpp against it"
+	@echo "make fuzz   - libFuzzer (clang, ASan + UBSan) on the C++ API for FUZZ_SECONDS (default 60)"
 	@echo "make clean  - remove build/ and .venv/"
 
 # --- set-up ---------------------------------------------------------------------------
@@ -112,3 +115,63 @@ examples: $(VENV)/.fattn-installed
 
 clean:
 	rm -rf $(BUILD) $(VENV)
+
+# --- hardening: sanitizers, fuzzing, C++ package ---------------------------------------
+# Each target builds into its own directory under build/ and leaves the others alone.
+FUZZ_SECONDS ?= 60
+CLANG_PACKAGES := clang libclang-rt-14-dev
+FUZZ_BUILD := $(BUILD)/fuzz
+TSAN_BUILD := $(BUILD)/tsan
+INSTALL_PREFIX := $(CURDIR)/$(BUILD)/install
+
+.PHONY: test-tsan fuzz example-cpp
+
+# clang 14 with its sanitizer and libFuzzer runtimes (only the fuzz target needs them).
+$(BUILD)/.clang-deps: $(BUILD)/.deb-deps
+	@if ! dpkg -s $(CLANG_PACKAGES) >/dev/null 2>&1; then \
+	  echo "== installing Debian packages: $(CLANG_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CLANG_PACKAGES) >/dev/null; \
+	fi
+	@touch $@
+
+# The threaded tests (the pool, the concurrency tests, every kernel at several
+# thread counts) under ThreadSanitizer; any report fails the run.
+TSAN_FILTER := Parallel.*:Concurrency.*:Sdpa.BitIdentical*:Prefill.ThreadCount*:Prefill.TileSkip*:Decode.*:Merge.*:IsaPaths.*
+test-tsan: $(VENV)/.py-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DFATTN_BUILD_TESTS=ON -DFATTN_BUILD_PYTHON=OFF -DFATTN_SANITIZE=thread >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(TSAN_BUILD) -j2
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(TSAN_BUILD)/tests_cpp/fattn_tests --gtest_brief=1 \
+	  --gtest_filter='$(TSAN_FILTER)' --gtest_repeat=5 --gtest_shuffle
+
+# libFuzzer on the argument validation and the kernels at small sizes
+# (tests_cpp/fuzz/fuzz_args.cpp), built with clang and ASan + UBSan into
+# build/fuzz. The committed seeds (tests_cpp/fuzz/corpus) are only read; new
+# inputs go to build/fuzz/corpus, crashes to build/fuzz/. CI=true fixes the seed.
+fuzz: $(BUILD)/.clang-deps $(VENV)/.py-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFATTN_BUILD_FUZZ=ON -DFATTN_BUILD_TESTS=OFF -DFATTN_BUILD_PYTHON=OFF \
+	  -DFATTN_SANITIZE=address,undefined \
+	  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined" >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(FUZZ_BUILD) -j2 --target fuzz_args
+	@mkdir -p $(FUZZ_BUILD)/corpus
+	@echo "== fuzzing for $(FUZZ_SECONDS) s"
+	@seed=$$( [ "$$CI" = true ] && echo "-seed=1" ); \
+	UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/tests_cpp/fuzz/fuzz_args $(FUZZ_BUILD)/corpus tests_cpp/fuzz/corpus \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=512 -timeout=10 -rss_limit_mb=2048 $$seed \
+	  -artifact_prefix=$(FUZZ_BUILD)/ -print_final_stats=1 2>&1 \
+	  | grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)'
+
+# The C++ core installed as a CMake package into build/install (configured
+# and built in build/pkg), then examples/cpp built against it with
+# find_package(fattn) and run.
+example-cpp: $(VENV)/.py-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(BUILD)/pkg -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DFATTN_BUILD_TESTS=OFF -DFATTN_BUILD_PYTHON=OFF -DFATTN_INSTALL=ON -DCMAKE_INSTALL_PREFIX=$(INSTALL_PREFIX) >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(BUILD)/pkg -j2
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --install $(BUILD)/pkg >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S examples/cpp -B $(BUILD)/example-cpp -G Ninja \
+	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=$(INSTALL_PREFIX) >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(BUILD)/example-cpp
+	@$(BUILD)/example-cpp/fattn_example

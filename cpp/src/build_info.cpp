@@ -24,7 +24,7 @@ BuildInfo build_info() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2")) info.cpu_features.push_back("avx2");
   if (__builtin_cpu_supports("fma")) info.cpu_features.push_back("fma");
-  if (__builtin_cpu_supports("f16c")) info.cpu_features.push_back("f16c");
+  if (simd::cpu_has_f16c()) info.cpu_features.push_back("f16c");
   if (__builtin_cpu_supports("avx512f")) info.cpu_features.push_back("avx512f");
   if (__builtin_cpu_supports("avx512bw")) info.cpu_features.push_back("avx512bw");
   if (__builtin_cpu_supports("avx512vl")) info.cpu_features.push_back("avx512vl");

@@ -163,6 +163,8 @@ Decode validate_decode(const TensorView& q, const TensorView& k, const TensorVie
   require(p.kv_seq_len <= k.length(), "kv_seq_len: must be <= the cache capacity (", k.length(), "), got ",
           p.kv_seq_len);
   require(p.nwg >= 1 && p.nwg <= 64, "nwg: must be from 1 to 64, got ", p.nwg);
+  require(p.mask == DecodeMask::none || p.mask == DecodeMask::causal || p.mask == DecodeMask::sliding_window,
+          "mask: unknown decode mask code ", int(p.mask), " (expected none, causal or sliding_window)");
   require(p.window >= 0, "window: must be >= 0, got ", p.window);
   require(std::isfinite(p.softcap) && p.softcap >= 0.0f, "softcap: must be finite and >= 0 (0 = off), got ",
           p.softcap);
@@ -262,6 +264,9 @@ void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& 
   detail::require_writable(out, "out");
   // The seed's temp buffer: H * NWG * (D + 2) floats per batch, allocated once per call.
   const std::int64_t B = q.batch(), H = q.heads(), G = p.nwg, D = p.head_dim;
+  std::int64_t floats = 0;  // q may broadcast (stride 0) over far more rows than memory holds
+  require(!__builtin_mul_overflow(B * H, G * (D + 2), &floats), "q: B * H = ", B * H,
+          " query rows need a partials workspace larger than 64 bits can count");
   std::vector<float> workspace(std::size_t(B * H * G * (D + 2)));
   const TensorView o = contiguous_view(workspace.data(), DType::f32, {B, H, G, D}, true);
   const TensorView s = contiguous_view(workspace.data() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
@@ -274,7 +279,12 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
                      std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse) {
   require(!outputs.empty(), "outputs: need at least one attention result");
   require(outputs.size() == lses.size(), "lses: need one per output (", outputs.size(), "), got ", lses.size());
-  require(rows >= 1 && head_dim >= 1, "outputs: rows and head dim must be >= 1");
+  require(rows >= 1 && head_dim >= 1, "outputs: rows and head dim must be >= 1, got rows = ", rows,
+          ", head_dim = ", head_dim);
+  std::int64_t elements = 0;
+  require(!__builtin_mul_overflow(rows, head_dim, &elements) &&
+              elements <= std::numeric_limits<std::int64_t>::max() / 4,
+          "outputs: rows * head_dim (", rows, " * ", head_dim, ") overflows 64-bit byte offsets");
   for (std::size_t i = 0; i < outputs.size(); ++i)
     require(outputs[i] != nullptr && lses[i] != nullptr, "outputs/lses: null pointer at index ", i);
   require(out != nullptr, "out: null pointer");

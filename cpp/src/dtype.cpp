@@ -4,19 +4,26 @@
 
 namespace fattn {
 
+bool is_valid_dtype(DType dt) { return dt == DType::f32 || dt == DType::f16 || dt == DType::bf16; }
+
 std::string dtype_name(DType dt) {
   switch (dt) {
     case DType::f32: return "float32";
     case DType::f16: return "float16";
     case DType::bf16: return "bfloat16";
   }
-  return "unknown";
+  return "unknown(" + std::to_string(int(dt)) + ")";
 }
 
-std::int64_t dtype_size(DType dt) { return dt == DType::f32 ? 4 : 2; }
+std::int64_t dtype_size(DType dt) {
+  require_dtype(is_valid_dtype(dt), "dtype: unknown dtype code ", int(dt));
+  return dt == DType::f32 ? 4 : 2;
+}
 
 void to_f32(DType src_type, const void* src, float* dst, std::int64_t n) {
   require(n >= 0, "to_f32: n must be >= 0, got ", n);
+  require_dtype(is_valid_dtype(src_type), "to_f32: src_type: unknown dtype code ", int(src_type));
+  require(n == 0 || (src != nullptr && dst != nullptr), "to_f32: src and dst must not be null");
   const auto* h = static_cast<const std::uint16_t*>(src);
   switch (src_type) {
     case DType::f32: std::memcpy(dst, src, std::size_t(n) * 4); break;
@@ -27,6 +34,8 @@ void to_f32(DType src_type, const void* src, float* dst, std::int64_t n) {
 
 void from_f32(DType dst_type, const float* src, void* dst, std::int64_t n) {
   require(n >= 0, "from_f32: n must be >= 0, got ", n);
+  require_dtype(is_valid_dtype(dst_type), "from_f32: dst_type: unknown dtype code ", int(dst_type));
+  require(n == 0 || (src != nullptr && dst != nullptr), "from_f32: src and dst must not be null");
   auto* h = static_cast<std::uint16_t*>(dst);
   switch (dst_type) {
     case DType::f32: std::memcpy(dst, src, std::size_t(n) * 4); break;

@@ -14,6 +14,19 @@
 namespace fattn {
 namespace {
 
+// How many parallel_for bodies this thread is inside (0 outside any). A
+// call made from inside a body runs serially without touching the pool:
+// the thread may already hold busy_ (it is the caller whose job runs), and
+// try_lock on a mutex the thread owns is undefined behaviour.
+thread_local int t_body_depth = 0;
+
+struct InBody {
+  InBody() { ++t_body_depth; }
+  ~InBody() { --t_body_depth; }
+  InBody(const InBody&) = delete;
+  InBody& operator=(const InBody&) = delete;
+};
+
 class Pool {
  public:
   Pool() : num_threads_(int(std::max(1u, std::thread::hardware_concurrency()))) {}
@@ -30,10 +43,17 @@ class Pool {
   void run(std::int64_t n, std::int64_t grain, const std::function<void(std::int64_t, std::int64_t)>& body) {
     if (n <= 0) return;
     grain = std::max<std::int64_t>(1, grain);
-    const std::int64_t chunks = (n + grain - 1) / grain;
+    const std::int64_t chunks = n / grain + (n % grain != 0);  // no overflow near INT64_MAX
+    if (t_body_depth > 0) {  // nested: serial, and busy_ is never touched
+      InBody in_body;
+      body(0, n);
+      return;
+    }
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     const int threads = int(std::min<std::int64_t>(num_threads_.load(), chunks));
-    if (!busy.owns_lock() || threads <= 1) {  // busy, nested, or nothing to share
+    if (!busy.owns_lock() || threads <= 1) {  // another caller's job runs, or nothing to share
+      busy = {};
+      InBody in_body;
       body(0, n);
       return;
     }
@@ -61,6 +81,7 @@ class Pool {
   };
 
   void work_on_job() {
+    InBody in_body;
     for (;;) {
       const std::int64_t c = next_chunk_.fetch_add(1);
       if (c >= job_.chunks) return;
@@ -74,8 +95,10 @@ class Pool {
     }
   }
 
-  void worker_loop(int index) {
-    std::uint64_t seen = 0;
+  // `seen` starts at the generation current when the worker is created: a
+  // worker started after earlier jobs must not take the last one (whose body
+  // is gone) for a new job and decrement the next job's pending count.
+  void worker_loop(int index, std::uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
@@ -90,9 +113,14 @@ class Pool {
   }
 
   void start_workers(int wanted) {  // called with busy_ held
+    std::uint64_t current = 0;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      current = generation_;
+    }
     while (int(workers_.size()) < wanted) {
       const int index = int(workers_.size());
-      workers_.emplace_back([this, index] { worker_loop(index); });
+      workers_.emplace_back([this, index, current] { worker_loop(index, current); });
     }
   }
 
@@ -106,6 +134,7 @@ class Pool {
     workers_.clear();
     std::lock_guard<std::mutex> lk(mu_);
     stopping_ = false;
+    active_workers_ = 0;
   }
 
   std::atomic<int> num_threads_;
@@ -134,6 +163,8 @@ Pool& pool() {
 int get_num_threads() { return pool().num_threads(); }
 
 void set_num_threads(int n) {
+  require(t_body_depth == 0,
+          "set_num_threads: cannot be called from inside a parallel_for body (it would wait for its own job)");
   require(n >= 1, "set_num_threads: n must be >= 1, got ", n);
   require(n <= 1024, "set_num_threads: n must be <= 1024, got ", n);
   pool().set_num_threads(n);

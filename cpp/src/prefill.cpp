@@ -135,6 +135,14 @@ void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& 
 
 const char* kernel_name(PrefillKernel kernel) { return kernel == PrefillKernel::llamacpp ? "llamacpp" : "candle"; }
 
+void require_kernel(PrefillKernel kernel) {
+  require(kernel == PrefillKernel::candle || kernel == PrefillKernel::llamacpp, "kernel: unknown kernel code ",
+          int(kernel), " (expected candle or llamacpp)");
+}
+
+// ceil(n / d) for n >= 0, d >= 1, without the overflow of (n + d - 1) / d.
+std::int64_t ceil_div(std::int64_t n, std::int64_t d) { return n / d + (n % d != 0); }
+
 // The mask value as the kernel adds it; classifying tiles on these values
 // is what makes the tile-skip map exact.
 float effective_mask_value(const MaskView& m, PrefillKernel kernel, std::int64_t b, std::int64_t h, std::int64_t i,
@@ -148,10 +156,13 @@ float effective_mask_value(const MaskView& m, PrefillKernel kernel, std::int64_t
 
 PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim, std::optional<std::int64_t> q_tile,
                                  std::optional<std::int64_t> k_tile) {
+  require_kernel(kernel);
+  require(head_dim >= 1, "head_dim: must be >= 1, got ", head_dim);
   PrefillGeometry g;
   if (kernel == PrefillKernel::llamacpp) {
     g = {8, 64};
-    require(!k_tile || *k_tile == 64, "k_tile: kernel='llamacpp' works on chunks of 64 keys, got ", *k_tile);
+    require(!k_tile || *k_tile == 64, "k_tile: kernel='llamacpp' works on chunks of 64 keys, got ",
+            k_tile.value_or(64));
   } else {
     g = head_dim > 256 ? PrefillGeometry{8, 8} : PrefillGeometry{32, 16};
     if (k_tile) {
@@ -171,6 +182,7 @@ void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorVi
                         const MaskView* mask, const BlkView* blk, const TensorView* lse, const PrefillParams& params) {
   using namespace detail;
   validate_attention_operands(q, k, v, out);
+  require_kernel(params.kernel);
   require(params.nsg == 4 || params.nsg == 8, "nsg: must be 4 or 8, got ", params.nsg);
   if (params.kernel == PrefillKernel::llamacpp)
     require(q.head_dim() == 512, "q: head dim D must be 512 for kernel='llamacpp', got ", q.head_dim());
@@ -182,13 +194,14 @@ void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorVi
   }
   if (blk) {
     require(mask != nullptr, "blk: a tile-skip map needs the mask it was built from (mask is None)");
-    const std::int64_t rows = (q_len + geometry.q_tile - 1) / geometry.q_tile;
-    const std::int64_t cols = (k_len + geometry.k_tile - 1) / geometry.k_tile;
+    const std::int64_t rows = ceil_div(q_len, geometry.q_tile), cols = ceil_div(k_len, geometry.k_tile);
     require(blk->rows == rows && blk->cols == cols, "blk: shape must be [ceil(Lq/", geometry.q_tile, "), ceil(Lk/",
             geometry.k_tile, ")] = [", rows, ", ", cols, "] for kernel='", kernel_name(params.kernel), "', got [",
             blk->rows, ", ", blk->cols, "]");
     require(blk->data != nullptr, "blk: data pointer is null");
-    for (std::int64_t t = 0; t < rows * cols; ++t)
+    std::int64_t cells = 0;
+    require(!__builtin_mul_overflow(rows, cols, &cells), "blk: [", rows, ", ", cols, "] overflows 64 bits");
+    for (std::int64_t t = 0; t < cells; ++t)
       require(blk->data[t] <= 2, "blk: entries must be 0, 1 or 2, got ", int(blk->data[t]), " at flat index ", t);
   }
   if (lse) {
@@ -212,23 +225,29 @@ void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorVi
 
 void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const PrefillGeometry& geometry,
                             std::uint8_t* out, std::int64_t rows, std::int64_t cols) {
-  require(geometry.q_tile >= 1 && geometry.k_tile >= 1, "geometry: tiles must be >= 1");
+  require_kernel(kernel);
+  require(geometry.q_tile >= 1 && geometry.k_tile >= 1, "geometry: tiles must be >= 1, got q_tile = ",
+          geometry.q_tile, ", k_tile = ", geometry.k_tile);
   for (int a = 0; a < 4; ++a) require(mask.shape[a] >= 1, "mask: every extent must be > 0, got ", mask.shape[a]);
-  require(mask.data != nullptr, "mask: data pointer is null");
+  // The mask covers its own shape: validate it as a mask over exactly that.
+  validate_mask(mask, mask.shape, "mask");
   const std::int64_t batch = mask.shape[0], heads = mask.shape[1], q_len = mask.shape[2], k_len = mask.shape[3];
-  const std::int64_t want_rows = (q_len + geometry.q_tile - 1) / geometry.q_tile;
-  const std::int64_t want_cols = (k_len + geometry.k_tile - 1) / geometry.k_tile;
+  const std::int64_t want_rows = ceil_div(q_len, geometry.q_tile), want_cols = ceil_div(k_len, geometry.k_tile);
   require(rows == want_rows && cols == want_cols, "blk: output must be [", want_rows, ", ", want_cols, "], got [",
           rows, ", ", cols, "]");
+  std::int64_t cells = 0;
+  require(!__builtin_mul_overflow(rows, cols, &cells), "blk: output size [", rows, ", ", cols,
+          "] overflows 64 bits");
   require(out != nullptr, "blk: output pointer is null");
   // Broadcast axes (stride 0) need visiting once only.
   const std::int64_t b_count = mask.stride[0] == 0 ? 1 : batch, h_count = mask.stride[1] == 0 ? 1 : heads;
-  parallel_for(rows * cols, 16, [&](std::int64_t begin, std::int64_t end) {
+  parallel_for(cells, 16, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t t = begin; t < end; ++t) {
       const std::int64_t qt = t / cols, kt = t % cols;
-      const std::int64_t i0 = qt * geometry.q_tile, i1 = std::min(q_len, i0 + geometry.q_tile);
-      const std::int64_t j0 = kt * geometry.k_tile, j1 = j0 + geometry.k_tile;
-      if (j1 > k_len) {  // the partial right edge always takes the full path
+      // Tile bounds without overflow: i0, j0 < the extent; the tiles may be larger.
+      const std::int64_t i0 = qt * geometry.q_tile, i1 = i0 + std::min(q_len - i0, geometry.q_tile);
+      const std::int64_t j0 = kt * geometry.k_tile;
+      if (geometry.k_tile > k_len - j0) {  // the partial right edge always takes the full path
         out[t] = 1;
         continue;
       }
@@ -236,7 +255,7 @@ void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const Pr
       for (std::int64_t b = 0; b < b_count && (all_blocked || all_zero); ++b)
         for (std::int64_t h = 0; h < h_count && (all_blocked || all_zero); ++h)
           for (std::int64_t i = i0; i < i1 && (all_blocked || all_zero); ++i)
-            for (std::int64_t j = j0; j < j1; ++j) {
+            for (std::int64_t j = j0; j < j0 + geometry.k_tile; ++j) {
               const float x = effective_mask_value(mask, kernel, b, h, i, j);
               all_blocked = all_blocked && x == -kInf;
               all_zero = all_zero && x == 0.0f;

@@ -10,6 +10,7 @@
 
 #include "fattn/error.hpp"
 #include "simd/isa.hpp"
+#include "simd/target.hpp"
 
 namespace fattn {
 namespace {
@@ -36,8 +37,7 @@ double run_threads(int threads, F work) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bf16")
+FATTN_TARGET_BEGIN_("avx512f,avx512bf16")
 // 16 independent chains hide the FMA latency; returns a value so the loop stays.
 float fma_loop(std::int64_t iterations) {
   __m512 acc[16];
@@ -69,7 +69,7 @@ float read_loop(const float* p, std::int64_t n) {
     for (int u = 0; u < 4; ++u) acc[u] = _mm512_add_ps(acc[u], _mm512_loadu_ps(p + i + 16 * u));
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
-#pragma GCC pop_options
+FATTN_TARGET_END
 
 float scalar_fma_loop(std::int64_t iterations) {
   float acc[8] = {0, 1, 2, 3, 4, 5, 6, 7};

@@ -18,8 +18,9 @@ enum class DType : std::uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
 struct bfloat16 { std::uint16_t bits; };
 struct float16 { std::uint16_t bits; };
 
-std::string dtype_name(DType dt);   // "float32", "float16", "bfloat16"
-std::int64_t dtype_size(DType dt);  // bytes per element
+std::string dtype_name(DType dt);   // "float32", "float16", "bfloat16" ("unknown(<code>)" otherwise)
+std::int64_t dtype_size(DType dt);  // bytes per element (InvalidDType for an unknown code)
+bool is_valid_dtype(DType dt);      // one of the three enumerators
 
 inline std::uint32_t f32_bits(float x) { std::uint32_t u; std::memcpy(&u, &x, 4); return u; }
 inline float f32_from_bits(std::uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
@@ -88,6 +89,8 @@ template <> struct dtype_of<float16> { static constexpr DType value = DType::f16
 template <> struct dtype_of<bfloat16> { static constexpr DType value = DType::bf16; };
 
 // Bulk conversions (used by the bindings' tests and by callers who stage data).
+// InvalidDType for an unknown type code, InvalidArgument for n < 0 or a null
+// pointer with n > 0.
 void to_f32(DType src_type, const void* src, float* dst, std::int64_t n);
 void from_f32(DType dst_type, const float* src, void* dst, std::int64_t n);
 

@@ -6,7 +6,8 @@
 // it is, so results never depend on the thread count. A call that finds the
 // pool busy (another caller's kernel, or a nested call) runs its range on
 // the calling thread instead of waiting: concurrent callers are safe and
-// cannot deadlock.
+// cannot deadlock. A call made from inside a body (a kernel called from a
+// parallel_for body, say) always runs serially on that thread.
 #include <cstdint>
 #include <functional>
 
@@ -15,8 +16,10 @@ namespace fattn {
 // Threads a kernel may use (the caller included); >= 1. Default: the
 // hardware concurrency.
 int get_num_threads();
-// Sets the thread count (n >= 1; InvalidArgument otherwise). Safe while
-// other threads run kernels: it waits for the pool to be idle.
+// Sets the thread count (1 <= n <= 1024; InvalidArgument otherwise). Safe
+// while other threads run kernels: it waits for the pool to be idle. Called
+// from inside a parallel_for body (on the thread running the body) it throws
+// InvalidArgument and changes nothing: it would wait for its own job.
 void set_num_threads(int n);
 
 // Calls body(begin, end) over disjoint sub-ranges that cover [0, n), on up to

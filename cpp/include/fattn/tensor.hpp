@@ -56,14 +56,16 @@ struct TensorView {
   }
 };
 
-// A dense, contiguous [B, H, L, D] view over `data` (strides derived).
+// A dense, contiguous [B, H, L, D] view over `data` (strides derived;
+// InvalidArgument if they would overflow 64 bits).
 TensorView contiguous_view(void* data, DType dtype, std::array<std::int64_t, 4> shape, bool writable);
 // The same memory read as [B, L, H, D] (seq-major): swaps the middle axes.
 TensorView seq_major_view(void* data, DType dtype, std::array<std::int64_t, 4> blhd_shape, bool writable);
 
-// Checks every view property a kernel relies on: non-null data, positive
-// extents, D contiguous, element count representable. `name` is the
-// argument's name in messages.
+// Checks every view property a kernel relies on: non-null data, a known
+// dtype, positive extents, D contiguous, element count and every element's
+// byte offset representable in 64 bits. `name` is the argument's name in
+// messages.
 void validate_view(const TensorView& t, const char* name);
 
 // How a mask blocks or biases a score.
@@ -89,8 +91,11 @@ struct MaskView {
   bool attends(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const;
 };
 
-// Checks a mask against the [B, H, Lq, Lk] it must cover: each extent equal
-// to the target's or broadcast (stride 0).
+// Checks a mask against the [B, H, Lq, Lk] it must cover: a known kind (and
+// dtype, if additive), each extent equal to the target's or broadcast
+// (stride 0, extent >= 1), strides whose offsets fit in 64 bits.
 void validate_mask(const MaskView& m, const std::array<std::int64_t, 4>& target, const char* name);
+// Only the kind and (additive) dtype of a mask.
+void validate_mask_kind(const MaskView& m, const char* name);
 
 }  // namespace fattn

@@ -1,12 +1,20 @@
 // The vec decode (simd/decode_simd.inl) compiled for AVX-512. Only the code
-// after the target pragma is compiled for it, so no inline function shared
+// inside the target region (simd/target.hpp) is compiled for it, so no inline function shared
 // with the portable code is ever emitted with its instructions.
-#include "decode_engine.hpp"
+#include <immintrin.h>
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "decode_engine.hpp"
+#include "simd/exp.hpp"
+#include "simd/target.hpp"
+
+FATTN_TARGET_AVX512_BEGIN
 #include "simd/vec_avx512.hpp"
 #define FATTN_DECODE_GROUPS decode_groups_avx512
 #define FATTN_VEC simd::Vec512
 #include "simd/decode_entry.inl"
-#pragma GCC pop_options
+FATTN_TARGET_END

@@ -2,20 +2,36 @@
 
 #include <atomic>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
+
 #include "fattn/error.hpp"
 
 namespace fattn::simd {
 namespace {
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// F16C from CPUID leaf 1 directly: clang 14's __builtin_cpu_supports does not
+// know "f16c". (It only matters where AVX is usable, which the AVX2 and
+// AVX-512 checks below establish, OS support included.)
+bool has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#else
+bool has_f16c() { return false; }
+#endif
+
 Isa detect() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
+  const bool f16c = has_f16c();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c"))
+      f16c)
     return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return Isa::avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return Isa::avx2;
 #endif
   return Isa::scalar;
 }
@@ -27,6 +43,11 @@ std::atomic<int>& active() {
 
 }  // namespace
 
+bool cpu_has_f16c() {
+  static const bool f16c = has_f16c();
+  return f16c;
+}
+
 Isa best_isa() {
   static const Isa best = detect();
   return best;
@@ -35,6 +56,7 @@ Isa best_isa() {
 Isa active_isa() { return Isa(active().load(std::memory_order_relaxed)); }
 
 void set_active_isa(Isa isa) {
+  require(int(isa) >= 0 && int(isa) <= 2, "isa: unknown instruction set code ", int(isa));
   require(int(isa) <= int(best_isa()), "isa: this CPU cannot run '", isa_name(isa), "' (best: '",
           isa_name(best_isa()), "')");
   active().store(int(isa));

@@ -18,5 +18,7 @@ void set_active_isa(Isa isa);
 std::string isa_name(Isa isa);
 Isa isa_from_name(const std::string& name);
 std::vector<std::string> available_isas();
+// CPUID's F16C bit (clang 14's __builtin_cpu_supports has no "f16c").
+bool cpu_has_f16c();
 
 }  // namespace fattn::simd

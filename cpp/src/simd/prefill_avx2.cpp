@@ -1,12 +1,20 @@
 // The prefill engine (simd/prefill_simd.inl) compiled for AVX2 + FMA + F16C. Only the
-// code after the target pragma is compiled for it, so no inline function
+// code inside the target region (simd/target.hpp) is compiled for it, so no inline function
 // shared with the portable code is ever emitted with its instructions.
-#include "prefill_engine.hpp"
+#include <immintrin.h>
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "prefill_engine.hpp"
+#include "simd/exp.hpp"
+#include "simd/target.hpp"
+
+FATTN_TARGET_AVX2_BEGIN
 #include "simd/vec_avx2.hpp"
 #define FATTN_PREFILL_ROWS prefill_rows_avx2
 #define FATTN_VEC simd::Vec256
 #include "simd/prefill_entry.inl"
-#pragma GCC pop_options
+FATTN_TARGET_END
