@@ -40,8 +40,8 @@ SDPA_BAD_CALLS = [
     ("q 3-D", (np.ones((4, 3, 8), F32),) + arrays()[1:], {}, ValueError, "q: expected a 4-D array"),
     ("k 5-D", (arrays()[0], np.ones((1, 1, 2, 5, 8), F32), arrays()[2]), {}, ValueError, "k: expected a 4-D array"),
     ("q is a list", ([[[[1.0]]]],) + arrays(q=(1, 1, 1, 1), kv=(1, 1, 1, 1))[1:], {}, TypeError,
-     "q: expected a numpy.ndarray, got list"),
-    ("v is None", arrays()[:2] + (None,), {}, TypeError, "v: expected a numpy.ndarray, got NoneType"),
+     "q: expected an array, got list"),
+    ("v is None", arrays()[:2] + (None,), {}, TypeError, "v: expected an array, got NoneType"),
     ("scale nan", arrays(), {"scale": float("nan")}, ValueError, "scale: must be finite"),
     ("scale inf", arrays(), {"scale": float("inf")}, ValueError, "scale: must be finite"),
     ("scale string", arrays(), {"scale": "0.1"}, TypeError, "scale: expected a real number"),
@@ -76,7 +76,7 @@ PREFILL_BAD_CALLS = [
     ("mask int dtype", prefill_arrays(), {"mask": np.zeros((3, 5), np.int32)}, TypeError,
      "mask: dtype must be bool (True = attend) or an additive float32, float16 or bfloat16, got int32"),
     ("mask float64", prefill_arrays(), {"mask": np.zeros((3, 5))}, TypeError, "mask: dtype must be bool"),
-    ("mask not an array", prefill_arrays(), {"mask": [[0.0] * 5] * 3}, TypeError, "mask: expected a numpy.ndarray"),
+    ("mask not an array", prefill_arrays(), {"mask": [[0.0] * 5] * 3}, TypeError, "mask: expected an array, got list"),
     ("blk without mask", prefill_arrays(), {"blk": np.ones((1, 1), np.uint8)}, ValueError,
      "blk: a tile-skip map needs the mask it was built from"),
     ("blk wrong shape", prefill_arrays(), {"mask": M35, "blk": np.ones((1, 2), np.uint8)}, ValueError,
@@ -109,7 +109,7 @@ BLK_BAD_CALLS = [
      "mask: every extent must be > 0"),
     ("bad kernel", (M35,), {"head_dim": 64, "kernel": "x"}, ValueError, "kernel: must be one of"),
     ("bad k_tile", (M35,), {"head_dim": 64, "k_tile": 12}, ValueError, "k_tile: must be a power of two"),
-    ("not an array", ([[0.0]],), {"head_dim": 64}, TypeError, "mask: expected a numpy.ndarray"),
+    ("not an array", ([[0.0]],), {"head_dim": 64}, TypeError, "mask: expected an array, got list"),
 ]
 
 
@@ -154,7 +154,7 @@ VEC_BAD_CALLS = [
     ("softcap nan", vec_arrays(), {"kv_seq_len": 5, "softcap": float("nan")}, ValueError, "softcap: must be finite"),
     ("scale inf", vec_arrays(), {"kv_seq_len": 5, "scale": float("inf")}, ValueError, "scale: must be finite"),
     ("cache not array", (np.ones((4, 64), F32), "cache", np.ones((2, 10, 64), F16)), {"kv_seq_len": 5}, TypeError,
-     "k_cache: expected a numpy.ndarray"),
+     "k_cache: expected an array, got str"),
 ]
 
 
@@ -180,7 +180,7 @@ MERGE_BAD_CALLS = [
     ("lse shape", ([OUT], [LSE[:2]]), {}, ValueError, "lses[0]: shape must be (3,)"),
     ("array not list", (np.stack([OUT, OUT]), [LSE, LSE]), {}, TypeError, "expected sequences"),
     ("int outputs", ([OUT.astype(np.int32)], [LSE]), {}, TypeError, "outputs[0]: dtype must be one of"),
-    ("not arrays", ([[1.0]], [LSE]), {}, TypeError, "outputs[0]: expected a numpy.ndarray"),
+    ("not arrays", ([[1.0]], [LSE]), {}, TypeError, "outputs[0]: expected an array, got list"),
 ]
 
 
