@@ -261,3 +261,50 @@ def test_out_overlapping_an_input_is_rejected(rng):
     qd, kd, vd = decode_inputs(rng, F32)
     with pytest.raises(ValueError, match=r"^out: must not overlap the input q"):
         fattn.flash_attn_vec(qd, kd, vd, kv_seq_len=5, out=qd)
+
+
+# --- DLPack without torch: NumPy's own exporter behind an object that has only __dlpack__ ----
+
+class DLPackOnly:
+    """Exposes nothing but ``__dlpack__`` (legacy capsule, or a versioned one)."""
+
+    def __init__(self, a, versioned=False):
+        self.a, self.versioned = a, versioned
+
+    def __dlpack__(self, **kwargs):
+        return self.a.__dlpack__(max_version=(1, 0)) if self.versioned else self.a.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+@pytest.mark.parametrize("versioned", [False, True], ids=["legacy", "versioned"])
+@pytest.mark.parametrize("dtype", [F32, F16], ids=str)
+def test_dlpack_capsules_are_read_in_place(rng, dtype, versioned):
+    from fattn._common import as_array
+    a = rng.standard_normal((2, 3, 4, 8)).astype(dtype)[:, ::2].transpose(0, 2, 1, 3)
+    view = as_array(DLPackOnly(a, versioned), "q")
+    assert view.dtype == dtype and view.shape == a.shape and view.strides == a.strides
+    assert view.ctypes.data == a.ctypes.data and np.shares_memory(view, a)
+    q, k, v = prefill_inputs(rng, dtype)
+    wrap = lambda x: DLPackOnly(x, versioned)  # noqa: E731
+    assert same_bits(fattn.flash_attn_prefill(wrap(q), wrap(k), wrap(v)), fattn.flash_attn_prefill(q, k, v))
+
+
+def test_read_only_versioned_capsule_gives_a_read_only_view():
+    from fattn._common import as_array
+    a = np.zeros((2, 8), F32)
+    a.flags.writeable = False
+    view = as_array(DLPackOnly(a, versioned=True), "out")
+    assert not view.flags.writeable
+    with pytest.raises(ValueError, match=r"^out: must be writable"):
+        fattn.flash_attn_vec_reduce(np.zeros((2, 1, 8), F32), np.ones((2, 1), F32), np.zeros((2, 1), F32),
+                                    out=DLPackOnly(a, versioned=True))
+
+
+def test_consumed_capsule_is_rejected():
+    from fattn._common import as_array
+    capsule = np.zeros(4, F32).__dlpack__()
+    as_array(type("Once", (), {"__dlpack__": lambda self: capsule})(), "q")
+    with pytest.raises(TypeError, match=r"^q: __dlpack__\(\) did not return an unconsumed DLPack capsule"):
+        as_array(type("Twice", (), {"__dlpack__": lambda self: capsule})(), "q")

@@ -151,7 +151,7 @@ def to_bhld(a: np.ndarray, layout: str) -> np.ndarray:
 
 
 def check_layout(layout: Any) -> str:
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout: must be one of {LAYOUTS}, got {layout!r}")
     return layout
 
