@@ -63,10 +63,15 @@ def round_to(x: ArrayLike, dtype: DTypeLike) -> np.ndarray:
     buffer-protocol object) rounded to ``dtype`` (float32, float16, bfloat16) with fattn's
     conversion (round to nearest even, NaN kept, overflow to inf): the same rounding the kernels
     do at a store (docs/numerics.md §1). Returns a new array of x's shape."""
-    x = as_array(x, "x")
-    src = np.require(x, requirements=("C", "A")).reshape(-1)
-    require_dtype(src, "x")
-    dst = np.empty(src.shape, dtype=np.dtype(dtype))
-    require_dtype(dst, "dtype")
+    arr = as_array(x, "x")
+    require_dtype(arr, "x")
+    try:
+        target = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: not a dtype ({e})") from None
+    if target not in (FLOAT32, FLOAT16, BFLOAT16):
+        raise TypeError(f"dtype: dtype must be one of float32, float16, bfloat16, got {target}")
+    src = np.require(arr, requirements=("C", "A")).reshape(-1)
+    dst = np.empty(src.shape, dtype=target)
     _core.convert(src, dst)
-    return dst.reshape(x.shape)
+    return dst.reshape(arr.shape)

@@ -147,8 +147,12 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
 
 def prefill_geometry(head_dim: int, *, kernel: str = "auto", q_tile: Optional[int] = None,
                      k_tile: Optional[int] = None) -> Tuple[int, int]:
-    """The (BQ, BK) tile geometry ``flash_attn_prefill`` uses for this head dim and kernel."""
-    bq, bk = _core.prefill_geometry(_kernel(kernel), integer(head_dim, "head_dim"), _optional_tile(q_tile, "q_tile"),
+    """The (BQ, BK) tile geometry ``flash_attn_prefill`` uses for this head dim (>= 1) and kernel
+    (default ``"auto"``), or the ``q_tile``/``k_tile`` overrides (docs/numerics.md, "Geometry")."""
+    d = integer(head_dim, "head_dim")
+    if d < 1:
+        raise ValueError(f"head_dim: must be >= 1, got {d}")
+    bq, bk = _core.prefill_geometry(_kernel(kernel), d, _optional_tile(q_tile, "q_tile"),
                                     _optional_tile(k_tile, "k_tile"))
     return bq, bk
 
