@@ -14,7 +14,7 @@ DEB_PACKAGES := libeigen3-dev libgtest-dev g++ make
 PY_PACKAGES := numpy ml_dtypes pytest hypothesis scikit-build-core pybind11 cmake ninja
 CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: help demo test test-cpp test-py test-asan bench examples clean deps
+.PHONY: help demo test test-cpp test-py test-asan bench examples clean deps typecheck test-interop
 
 help:
 	@echo "make demo   - set up, build, run examples/quickstart.py"
@@ -25,6 +25,8 @@ help:
 	@echo "make test-tsan - the threaded GoogleTests under ThreadSanitizer (build/tsan)"
 	@echo "make example-cpp - install the C++ core into build/install, build and run examples/cpp against it"
 	@echo "make fuzz   - libFuzzer (clang, ASan + UBSan) on the C++ API for FUZZ_SECONDS (default 60)"
+	@echo "make typecheck - mypy --strict over the package and tests_py/typecheck_usage.py"
+	@echo "make test-interop - the interop tests with PyTorch installed (CPU build, local disk)"
 	@echo "make clean  - remove build/ and .venv/"
 
 # --- set-up ---------------------------------------------------------------------------
@@ -112,6 +114,28 @@ examples: $(VENV)/.fattn-installed
 	done; \
 	if [ -n "$$failed" ]; then echo "== examples FAILED:$$failed"; exit 1; fi; \
 	echo "== all $(words $(EXAMPLES)) examples passed"
+
+# --- interop and typing ---------------------------------------------------------------
+# mypy only for `make typecheck`; the settings (strict, files, mypy_path) live in
+# pyproject.toml [tool.mypy]. It checks the sources and the stubs of fattn._core, no build needed.
+$(VENV)/.typecheck-deps: $(VENV)/.py-deps
+	@$(PY) -m pip install -q --disable-pip-version-check mypy
+	@touch $@
+
+typecheck: $(VENV)/.typecheck-deps
+	@echo "== mypy --strict"
+	@$(PY) -m mypy
+
+# PyTorch is not a dependency of `make test` (about 200 MB installed for a handful of tests;
+# the DLPack path is also exercised there with NumPy's own exporter); this target installs it,
+# as `make bench` does, and runs the interop tests with torch tensors.
+$(VENV)/.torch-deps: $(VENV)/.py-deps
+	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	@touch $@
+
+test-interop: $(VENV)/.fattn-installed $(VENV)/.torch-deps
+	@echo "== pytest (interop, with torch)"
+	@$(PY) -m pytest -q -p no:cacheprovider tests_py/test_interop.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)

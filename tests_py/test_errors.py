@@ -6,6 +6,31 @@ import fattn
 from helpers import BF16, F16, F32
 
 
+def huge(shape, dtype=F32):
+    """A read-only view of `shape` over one row of D elements (zero strides elsewhere): nothing
+    big is allocated, however many elements the shape claims."""
+    dtype = np.dtype(dtype)
+    if shape[-1] > 4096:  # a huge last axis is zero-stride too
+        return np.lib.stride_tricks.as_strided(np.ones(1, dtype), shape, (0,) * len(shape), writeable=False)
+    base = np.ones(shape[-1], dtype)
+    strides = (0,) * (len(shape) - 1) + (dtype.itemsize,)
+    return np.lib.stride_tricks.as_strided(base, shape, strides, writeable=False)
+
+
+def read_only(shape, dtype=F32):
+    a = np.zeros(shape, dtype)
+    a.flags.writeable = False
+    return a
+
+
+def self_overlapping(shape, dtype=F32):
+    return np.lib.stride_tricks.as_strided(np.zeros(shape[-1], dtype), shape,
+                                           (0,) * (len(shape) - 1) + (np.dtype(dtype).itemsize,), writeable=True)
+
+
+BIG = 2 ** 32 + 3  # an extent whose element counts overflow 32 bits
+
+
 def arrays(q=(1, 4, 3, 8), kv=(1, 2, 5, 8), dtype=F32, k_dtype=None, v_dtype=None):
     q_ = np.ones(q, dtype=dtype)
     k_ = np.ones(kv, dtype=k_dtype or dtype)
@@ -40,13 +65,68 @@ SDPA_BAD_CALLS = [
     ("q 3-D", (np.ones((4, 3, 8), F32),) + arrays()[1:], {}, ValueError, "q: expected a 4-D array"),
     ("k 5-D", (arrays()[0], np.ones((1, 1, 2, 5, 8), F32), arrays()[2]), {}, ValueError, "k: expected a 4-D array"),
     ("q is a list", ([[[[1.0]]]],) + arrays(q=(1, 1, 1, 1), kv=(1, 1, 1, 1))[1:], {}, TypeError,
-     "q: expected a numpy.ndarray, got list"),
-    ("v is None", arrays()[:2] + (None,), {}, TypeError, "v: expected a numpy.ndarray, got NoneType"),
+     "q: expected an array, got list"),
+    ("v is None", arrays()[:2] + (None,), {}, TypeError, "v: expected an array, got NoneType"),
     ("scale nan", arrays(), {"scale": float("nan")}, ValueError, "scale: must be finite"),
     ("scale inf", arrays(), {"scale": float("inf")}, ValueError, "scale: must be finite"),
     ("scale string", arrays(), {"scale": "0.1"}, TypeError, "scale: expected a real number"),
     ("causal string", arrays(), {"causal": "yes"}, TypeError, "causal: expected a bool"),
+    # dtypes, ranks, extents
+    ("q f16 k f32", arrays(dtype=F16, k_dtype=F32), {}, TypeError, "k: dtype must match q (float16), got float32"),
+    ("bool arrays", arrays(dtype=np.bool_), {}, TypeError, "q: dtype must be one of"),
+    ("v 3-D", arrays()[:2] + (np.ones((2, 5, 8), F32),), {}, ValueError, "v: expected a 4-D array"),
+    ("k 2-D", (arrays()[0], np.ones((5, 8), F32), arrays()[2]), {}, ValueError, "k: expected a 4-D array"),
+    ("q 0-D", (np.ones((), F32),) + arrays()[1:], {}, ValueError, "q: expected a 4-D array"),
+    ("k zero heads", arrays(kv=(1, 0, 5, 8)), {}, ValueError, "k: every extent must be > 0, got H = 0"),
+    ("v length differs", (np.ones((1, 4, 3, 8), F32), np.ones((1, 2, 5, 8), F32), np.ones((1, 2, 6, 8), F32)),
+     {}, ValueError, "v: shape must equal k's [1, 2, 5, 8], got [1, 2, 6, 8]"),
+    ("v heads differ", (np.ones((1, 4, 3, 8), F32), np.ones((1, 2, 5, 8), F32), np.ones((1, 4, 5, 8), F32)),
+     {}, ValueError, "v: shape must equal k's"),
+    ("more kv heads than q", arrays(q=(1, 2, 3, 8), kv=(1, 4, 5, 8)), {}, ValueError,
+     "H (2) must be divisible by the number of K/V heads H_kv (4)"),
+    ("kv_seq_len beyond int64", arrays(), {"kv_seq_len": 2 ** 70}, ValueError, "kv_seq_len: "),
+    ("kv_seq_len numpy bool", arrays(), {"kv_seq_len": np.bool_(True)}, TypeError, "kv_seq_len: expected an integer"),
+    ("scale -inf", arrays(), {"scale": float("-inf")}, ValueError, "scale: must be finite"),
+    ("scale numpy nan", arrays(), {"scale": np.float32("nan")}, ValueError, "scale: must be finite"),
+    ("scale complex", arrays(), {"scale": 1j}, TypeError, "scale: expected a real number"),
+    # huge (zero-stride) inputs: checked before anything is allocated
+    ("huge q, D mismatch", (huge((1, 4, BIG, 8)), np.ones((1, 2, 5, 16), F32), np.ones((1, 2, 5, 16), F32)), {},
+     ValueError, "k: head dim D (q.shape[3]) must be 8, got 16"),
+    ("huge q, batch mismatch", (huge((BIG, 4, 1, 8)), np.ones((1, 2, 5, 8), F32), np.ones((1, 2, 5, 8), F32)), {},
+     ValueError, "k: batch size B (q.shape[0]) must be"),
+    ("huge q, H % H_kv", (huge((1, 2 ** 31 + 1, 2, 8)), np.ones((1, 2, 5, 8), F32), np.ones((1, 2, 5, 8), F32)), {},
+     ValueError, "must be divisible by the number of K/V heads H_kv (2)"),
+    ("huge q, kv_seq_len > capacity", (huge((1, 2, BIG, 8)), np.ones((1, 2, 5, 8), F32), np.ones((1, 2, 5, 8), F32)),
+     {"kv_seq_len": 6}, ValueError, "kv_seq_len: must be <= the K/V capacity (k.shape[2] = 5), got 6"),
+    ("huge k, kv_seq_len > capacity", (np.ones((1, 2, 3, 8), F32), huge((1, 2, BIG, 8)), huge((1, 2, BIG, 8))),
+     {"kv_seq_len": BIG + 1}, ValueError, f"kv_seq_len: must be <= the K/V capacity (k.shape[2] = {BIG})"),
+    ("huge q, bad dtype", (huge((1, 2, BIG, 8), np.float64),) + arrays(kv=(1, 2, 5, 8))[1:], {}, TypeError,
+     "q: dtype must be one of"),
+    # out=
+    ("out read-only", arrays(), {"out": read_only((1, 4, 3, 8))}, ValueError, "out: must be writable"),
+    ("out wrong dtype", arrays(), {"out": np.zeros((1, 4, 3, 8), F16)}, TypeError,
+     "out: dtype must be float32, got float16"),
+    ("out wrong shape", arrays(), {"out": np.zeros((1, 4, 3, 9), F32)}, ValueError,
+     "out: shape must be (1, 4, 3, 8), got (1, 4, 3, 9)"),
+    ("out 3-D", arrays(), {"out": np.zeros((4, 3, 8), F32)}, ValueError, "out: shape must be (1, 4, 3, 8)"),
+    ("out overlaps itself", arrays(), {"out": self_overlapping((1, 4, 3, 8))}, ValueError,
+     "out: must not overlap itself"),
+    ("out is q", (lambda a: (a[0], a[1], a[2]))(arrays(kv=(1, 4, 5, 8))), {"out": None}, None, None),
+    ("out list", arrays(), {"out": [0.0] * 8}, TypeError, "out: expected an array, got list"),
+    ("out string", arrays(), {"out": "out"}, TypeError, "out: expected an array, got str"),
+    # not arrays
+    ("k dict", (arrays()[0], {"k": 1}, arrays()[2]), {}, TypeError, "k: expected an array, got dict"),
+    ("q float", (1.0,) + arrays()[1:], {}, TypeError, "q: expected an array, got float"),
+    ("q numpy scalar", (np.float32(1.0),) + arrays()[1:], {}, TypeError, "q: expected an array, got float32"),
+    ("v object", arrays()[:2] + (object(),), {}, TypeError, "v: expected an array, got object"),
+    ("q bytearray (1-D uint8)", (bytearray(16),) + arrays()[1:], {}, ValueError, "q: expected a 4-D array"),
+    ("q 4-D uint8 buffer", (memoryview(bytearray(96)).cast("B", (1, 4, 3, 8)),) + arrays()[1:], {}, TypeError,
+     "q: dtype must be one of"),
 ]
+_Q = np.ones((1, 4, 3, 8), F32)
+SDPA_BAD_CALLS = [r for r in SDPA_BAD_CALLS if r[0] != "out is q"]
+SDPA_BAD_CALLS.append(("out is q", (_Q, np.ones((1, 2, 5, 8), F32), np.ones((1, 2, 5, 8), F32)), {"out": _Q},
+                       ValueError, "out: must not overlap the input q"))
 
 
 
@@ -76,7 +156,7 @@ PREFILL_BAD_CALLS = [
     ("mask int dtype", prefill_arrays(), {"mask": np.zeros((3, 5), np.int32)}, TypeError,
      "mask: dtype must be bool (True = attend) or an additive float32, float16 or bfloat16, got int32"),
     ("mask float64", prefill_arrays(), {"mask": np.zeros((3, 5))}, TypeError, "mask: dtype must be bool"),
-    ("mask not an array", prefill_arrays(), {"mask": [[0.0] * 5] * 3}, TypeError, "mask: expected a numpy.ndarray"),
+    ("mask not an array", prefill_arrays(), {"mask": [[0.0] * 5] * 3}, TypeError, "mask: expected an array, got list"),
     ("blk without mask", prefill_arrays(), {"blk": np.ones((1, 1), np.uint8)}, ValueError,
      "blk: a tile-skip map needs the mask it was built from"),
     ("blk wrong shape", prefill_arrays(), {"mask": M35, "blk": np.ones((1, 2), np.uint8)}, ValueError,
@@ -96,6 +176,86 @@ PREFILL_BAD_CALLS = [
      ValueError, "k_tile: kernel='llamacpp' works on chunks of 64 keys, got 32"),
     ("causal not bool", prefill_arrays(), {"causal": 1}, TypeError, "causal: expected a bool"),
     ("return_lse not bool", prefill_arrays(), {"return_lse": "yes"}, TypeError, "return_lse: expected a bool"),
+    # dtypes, ranks, extents
+    ("v dtype differs", prefill_arrays()[:2] + (np.ones((1, 2, 5, 64), F32),), {}, TypeError,
+     "v: dtype must match q (bfloat16), got float32"),
+    ("int8 q", prefill_arrays(dtype=np.int8), {}, TypeError, "q: dtype must be one of"),
+    ("k 5-D", (prefill_arrays()[0], np.ones((1, 1, 2, 5, 64), BF16), prefill_arrays()[2]), {}, ValueError,
+     "k: expected a 4-D array [B, H, L, D]"),
+    ("v 2-D blhd", prefill_arrays()[:2] + (np.ones((5, 64), BF16),), {"layout": "blhd"}, ValueError,
+     "v: expected a 4-D array [B, L, H, D]"),
+    ("batch mismatch", prefill_arrays(q=(2, 4, 3, 64)), {}, ValueError, "k: batch size B (q.shape[0]) must be 2, got 1"),
+    ("v length differs", prefill_arrays()[:2] + (np.ones((1, 2, 6, 64), BF16),), {}, ValueError,
+     "v: shape must equal k's [1, 2, 5, 64], got [1, 2, 6, 64]"),
+    ("blhd H % H_kv", prefill_arrays(q=(1, 3, 3, 64), kv=(1, 5, 2, 64)), {"layout": "blhd"}, ValueError,
+     "H (3) must be divisible by the number of K/V heads H_kv (2)"),
+    ("blhd zero length", prefill_arrays(q=(1, 0, 4, 64), kv=(1, 5, 2, 64)), {"layout": "blhd"}, ValueError,
+     "q: every extent must be > 0, got L = 0"),
+    ("zero head dim", prefill_arrays(q=(1, 4, 3, 0), kv=(1, 2, 5, 0)), {}, ValueError,
+     "q: every extent must be > 0, got D = 0"),
+    ("head dim 8192", prefill_arrays(q=(1, 1, 1, 8192), kv=(1, 1, 1, 8192)), {}, ValueError,
+     "q: head dim D must be <= 4096, got 8192"),
+    ("layout not a string", prefill_arrays(), {"layout": 0}, ValueError, "layout: must be one of"),
+    # masks
+    ("mask 4-D wrong batch", prefill_arrays(), {"mask": np.zeros((2, 4, 3, 5), np.float32)}, ValueError,
+     "mask: shape (2, 4, 3, 5) does not broadcast to [B, H, Lq, Lk] = [1, 4, 3, 5]"),
+    ("mask 5-D", prefill_arrays(), {"mask": np.zeros((1, 1, 4, 3, 5), np.float32)}, ValueError,
+     "mask: expected [Lq, Lk]"),
+    ("mask transposed", prefill_arrays(), {"mask": np.zeros((5, 3), bool)}, ValueError,
+     "mask: shape (5, 3) does not broadcast"),
+    ("mask uint8", prefill_arrays(), {"mask": np.zeros((3, 5), np.uint8)}, TypeError, "mask: dtype must be bool"),
+    ("mask complex", prefill_arrays(), {"mask": np.zeros((3, 5), np.complex64)}, TypeError, "mask: dtype must be bool"),
+    ("mask scalar", prefill_arrays(), {"mask": 0.0}, TypeError, "mask: expected an array, got float"),
+    # blk
+    ("blk with bool mask, wrong shape", prefill_arrays(), {"mask": np.ones((3, 5), bool),
+                                                           "blk": np.ones((2, 1), np.uint8)}, ValueError,
+     "blk: shape must be [ceil(Lq/32), ceil(Lk/16)] = [1, 1]"),
+    ("blk for other k_tile", prefill_arrays(kv=(1, 2, 40, 64)), {"mask": np.zeros((3, 40), np.float32),
+                                                                "blk": np.ones((1, 3), np.uint8), "k_tile": 8},
+     ValueError, "blk: shape must be [ceil(Lq/32), ceil(Lk/8)] = [1, 5]"),
+    ("blk 3-D", prefill_arrays(), {"mask": M35, "blk": np.ones((1, 1, 1), np.uint8)}, ValueError,
+     "blk: expected a 2-D"),
+    ("blk bool", prefill_arrays(), {"mask": M35, "blk": np.ones((1, 1), bool)}, TypeError, "blk: dtype must be uint8"),
+    ("blk list", prefill_arrays(), {"mask": M35, "blk": [[1]]}, TypeError, "blk: expected an array, got list"),
+    ("blk huge without mask", prefill_arrays(), {"blk": huge((BIG, 1), np.uint8)}, ValueError,
+     "blk: a tile-skip map needs the mask"),
+    ("blk huge wrong shape", prefill_arrays(), {"mask": M35, "blk": huge((BIG, 1), np.uint8)}, ValueError,
+     "blk: shape must be"),
+    # nsg, tiles
+    ("nsg 0", prefill_arrays(), {"nsg": 0}, ValueError, "nsg: must be 4 or 8, got 0"),
+    ("nsg negative", prefill_arrays(), {"nsg": -8}, ValueError, "nsg: must be 4 or 8, got -8"),
+    ("nsg beyond int32", prefill_arrays(), {"nsg": 2 ** 40}, ValueError, "nsg: must be 4 or 8"),
+    ("q_tile negative", prefill_arrays(), {"q_tile": -32}, ValueError, "q_tile: must be from 1 to 1024, got -32"),
+    ("q_tile huge", prefill_arrays(), {"q_tile": 2 ** 40}, ValueError, "q_tile: must be from 1 to 1024"),
+    ("q_tile beyond int64", prefill_arrays(), {"q_tile": 2 ** 64}, ValueError, "q_tile: "),
+    ("k_tile 4", prefill_arrays(), {"k_tile": 4}, ValueError, "k_tile: must be a power of two"),
+    ("k_tile float", prefill_arrays(), {"k_tile": 16.0}, TypeError, "k_tile: expected an integer"),
+    ("scale -inf", prefill_arrays(), {"scale": float("-inf")}, ValueError, "scale: must be finite"),
+    # huge (zero-stride) inputs
+    ("huge q, D mismatch", (huge((1, 4, BIG, 64), BF16),) + prefill_arrays(kv=(1, 2, 5, 32))[1:], {}, ValueError,
+     "k: head dim D (q.shape[3]) must be 64, got 32"),
+    ("huge q, mask shape", (huge((1, 4, BIG, 64), BF16),) + prefill_arrays()[1:], {"mask": M35}, ValueError,
+     "mask: shape (3, 5) does not broadcast"),
+    ("huge q, nsg", (huge((1, 4, BIG, 64), BF16),) + prefill_arrays()[1:], {"nsg": 5}, ValueError,
+     "nsg: must be 4 or 8, got 5"),
+    ("huge q, llamacpp D", (huge((1, 4, BIG, 64), BF16),) + prefill_arrays()[1:], {"kernel": "llamacpp"},
+     ValueError, "q: head dim D must be 512 for kernel='llamacpp', got 64"),
+    ("huge q, k_tile", (huge((1, 4, BIG, 64), BF16),) + prefill_arrays()[1:], {"k_tile": 3}, ValueError,
+     "k_tile: must be a power of two"),
+    ("huge k, blk shape", prefill_arrays()[:1] + (huge((1, 2, BIG, 64), BF16), huge((1, 2, BIG, 64), BF16)),
+     {"mask": huge((3, BIG), bool), "blk": np.ones((1, 1), np.uint8)}, ValueError, "blk: shape must be"),
+    # out=
+    ("out read-only", prefill_arrays(), {"out": read_only((1, 4, 3, 64), BF16)}, ValueError, "out: must be writable"),
+    ("out f32 for bf16", prefill_arrays(), {"out": np.zeros((1, 4, 3, 64), F32)}, TypeError,
+     "out: dtype must be bfloat16, got float32"),
+    ("out in the other layout", prefill_arrays(), {"out": np.zeros((1, 3, 4, 64), BF16)}, ValueError,
+     "out: shape must be (1, 4, 3, 64), got (1, 3, 4, 64)"),
+    ("out overlaps itself", prefill_arrays(), {"out": self_overlapping((1, 4, 3, 64), BF16)}, ValueError,
+     "out: must not overlap itself"),
+    ("out tuple", prefill_arrays(), {"out": (0.0,)}, TypeError, "out: expected an array, got tuple"),
+    # not arrays
+    ("v int", prefill_arrays()[:2] + (7,), {}, TypeError, "v: expected an array, got int"),
+    ("k None", (prefill_arrays()[0], None, prefill_arrays()[2]), {}, TypeError, "k: expected an array, got NoneType"),
 ]
 
 
@@ -109,7 +269,22 @@ BLK_BAD_CALLS = [
      "mask: every extent must be > 0"),
     ("bad kernel", (M35,), {"head_dim": 64, "kernel": "x"}, ValueError, "kernel: must be one of"),
     ("bad k_tile", (M35,), {"head_dim": 64, "k_tile": 12}, ValueError, "k_tile: must be a power of two"),
-    ("not an array", ([[0.0]],), {"head_dim": 64}, TypeError, "mask: expected a numpy.ndarray"),
+    ("not an array", ([[0.0]],), {"head_dim": 64}, TypeError, "mask: expected an array, got list"),
+    ("mask None", (None,), {"head_dim": 64}, TypeError, "mask: expected an array, got NoneType"),
+    ("mask 1-D", (np.zeros(5, np.float32),), {"head_dim": 64}, ValueError, "mask: expected [Lq, Lk] or"),
+    ("mask float64", (np.zeros((3, 5)),), {"head_dim": 64}, TypeError, "mask: dtype must be bool"),
+    ("mask zero columns 4-D", (np.zeros((1, 1, 3, 0), bool),), {"head_dim": 64}, ValueError,
+     "mask: every extent must be > 0"),
+    ("head_dim 0", (M35,), {"head_dim": 0}, ValueError, "head_dim: must be >= 1, got 0"),
+    ("head_dim negative", (M35,), {"head_dim": -64}, ValueError, "head_dim: must be >= 1, got -64"),
+    ("head_dim float", (M35,), {"head_dim": 64.0}, TypeError, "head_dim: expected an integer"),
+    ("q_tile 0", (M35,), {"head_dim": 64, "q_tile": 0}, ValueError, "q_tile: must be from 1 to 1024, got 0"),
+    ("llamacpp k_tile", (M35,), {"kernel": "llamacpp", "k_tile": 16}, ValueError,
+     "k_tile: kernel='llamacpp' works on chunks of 64 keys"),
+    ("huge mask, no geometry", (huge((BIG, 5), bool),), {}, ValueError, "head_dim: needed to choose"),
+    ("huge mask, int", (huge((BIG, 5), np.int16),), {"head_dim": 64}, TypeError, "mask: dtype must be bool"),
+    ("huge mask, rank 3", (huge((2, BIG, 5), bool),), {"head_dim": 64}, ValueError,
+     "mask: expected [Lq, Lk] or [B, H, Lq, Lk]"),
 ]
 
 
@@ -154,7 +329,72 @@ VEC_BAD_CALLS = [
     ("softcap nan", vec_arrays(), {"kv_seq_len": 5, "softcap": float("nan")}, ValueError, "softcap: must be finite"),
     ("scale inf", vec_arrays(), {"kv_seq_len": 5, "scale": float("inf")}, ValueError, "scale: must be finite"),
     ("cache not array", (np.ones((4, 64), F32), "cache", np.ones((2, 10, 64), F16)), {"kv_seq_len": 5}, TypeError,
-     "k_cache: expected a numpy.ndarray"),
+     "k_cache: expected an array, got str"),
+    # dtypes, ranks, extents
+    ("q bf16", vec_arrays(q_dtype=BF16), {"kv_seq_len": 5}, TypeError, "q: dtype must be float32"),
+    ("q f64", vec_arrays(q_dtype=np.float64), {"kv_seq_len": 5}, TypeError, "q: dtype must be float32"),
+    ("k bf16 v f16", vec_arrays(kv_dtype=BF16, v_dtype=F16), {"kv_seq_len": 5}, TypeError,
+     "v_cache: dtype must match k_cache (bfloat16), got float16"),
+    ("k f64", vec_arrays(kv_dtype=np.float64), {"kv_seq_len": 5}, TypeError, "k_cache: dtype must be one of"),
+    ("q 4-D", (np.ones((1, 4, 1, 64), F32),) + vec_arrays()[1:], {"kv_seq_len": 5}, ValueError,
+     "q: expected [H, D] or [B, H, D]"),
+    ("v_cache rank", vec_arrays()[:2] + (np.ones((1, 2, 10, 64), F16),), {"kv_seq_len": 5}, ValueError,
+     "v_cache: expected [H_kv, capacity, D] to go with q of shape (4, 64)"),
+    ("zero head dim", vec_arrays(q=(4, 0), kv=(2, 10, 0)), {"kv_seq_len": 5}, ValueError,
+     "q: every extent must be > 0, got D = 0"),
+    ("zero capacity", vec_arrays(kv=(2, 0, 64)), {"kv_seq_len": 1}, ValueError,
+     "k_cache: every extent must be > 0, got L = 0"),
+    ("zero batch", (np.ones((0, 4, 64), F32), np.ones((0, 2, 10, 64), F16), np.ones((0, 2, 10, 64), F16)),
+     {"kv_seq_len": 5}, ValueError, "q: every extent must be > 0, got B = 0"),
+    ("kv heads > q heads", vec_arrays(q=(2, 64), kv=(4, 10, 64)), {"kv_seq_len": 5}, ValueError,
+     "H (2) must be divisible by the number of K/V heads H_kv (4)"),
+    ("v heads differ", vec_arrays()[:2] + (np.ones((4, 10, 64), F16),), {"kv_seq_len": 5}, ValueError,
+     "v_cache: shape must equal k_cache's"),
+    ("kv_seq_len negative", vec_arrays(), {"kv_seq_len": -3}, ValueError, "kv_seq_len: must be >= 1, got -3"),
+    ("kv_seq_len beyond int64", vec_arrays(), {"kv_seq_len": -2 ** 80}, ValueError, "kv_seq_len: "),
+    ("kv_seq_len str", vec_arrays(), {"kv_seq_len": "5"}, TypeError, "kv_seq_len: expected an integer"),
+    # mask, window, nwg, softcap, scale
+    ("mask None", vec_arrays(), {"kv_seq_len": 5, "mask": None}, ValueError, "mask: must be one of"),
+    ("window beyond int64", vec_arrays(), {"kv_seq_len": 5, "mask": "sliding_window", "window": 2 ** 70},
+     ValueError, "window: "),
+    ("window negative, no mask", vec_arrays(), {"kv_seq_len": 5, "window": -5}, ValueError,
+     "window: must be >= 0, got -5"),
+    ("nwg negative", vec_arrays(), {"kv_seq_len": 5, "nwg": -1}, ValueError, "nwg: must be from 1 to 64, got -1"),
+    ("nwg beyond int32", vec_arrays(), {"kv_seq_len": 5, "nwg": 2 ** 40}, ValueError, "nwg: must be from 1 to 64"),
+    ("nwg float", vec_arrays(), {"kv_seq_len": 5, "nwg": 32.0}, TypeError, "nwg: expected an integer"),
+    ("softcap inf", vec_arrays(), {"kv_seq_len": 5, "softcap": float("inf")}, ValueError, "softcap: must be finite"),
+    ("softcap string", vec_arrays(), {"kv_seq_len": 5, "softcap": "1"}, TypeError, "softcap: expected a real number"),
+    ("scale nan", vec_arrays(), {"kv_seq_len": 5, "scale": float("nan")}, ValueError, "scale: must be finite"),
+    ("scale -inf", vec_arrays(), {"kv_seq_len": 5, "scale": -float("inf")}, ValueError, "scale: must be finite"),
+    # huge (zero-stride) inputs
+    ("huge q, D mismatch", (huge((BIG, 64)), np.ones((2, 10, 32), F16), np.ones((2, 10, 32), F16)),
+     {"kv_seq_len": 5}, ValueError, "k_cache: head dim D (q's) must be 64, got 32"),
+    ("huge q heads, H % H_kv", (huge((2 ** 32 + 1, 64)),) + vec_arrays()[1:], {"kv_seq_len": 5}, ValueError,
+     "must be divisible by the number of K/V heads H_kv (2)"),
+    ("huge cache, kv_seq_len > capacity", (np.ones((4, 64), F32), huge((2, BIG, 64), F16), huge((2, BIG, 64), F16)),
+     {"kv_seq_len": BIG + 1}, ValueError, f"kv_seq_len: must be <= the cache capacity ({BIG}), got {BIG + 1}"),
+    ("huge q, nwg", (huge((BIG, 64)),) + vec_arrays(kv=(1, 10, 64))[1:], {"kv_seq_len": 5, "nwg": 100}, ValueError,
+     "nwg: must be from 1 to 64, got 100"),
+    ("huge batch, batch mismatch", (huge((BIG, 4, 64)), np.ones((1, 2, 10, 64), F16), np.ones((1, 2, 10, 64), F16)),
+     {"kv_seq_len": 5}, ValueError, "k_cache: batch size B (q's) must be"),
+    # not arrays
+    ("q list", ([[0.0] * 64] * 4,) + vec_arrays()[1:], {"kv_seq_len": 5}, TypeError, "q: expected an array, got list"),
+    ("v_cache None", vec_arrays()[:2] + (None,), {"kv_seq_len": 5}, TypeError, "v_cache: expected an array"),
+]
+
+_QV = np.ones((4, 64), F32)
+VEC_OUT_BAD_CALLS = [
+    ("out read-only", vec_arrays(), {"kv_seq_len": 5, "out": read_only((4, 64))}, ValueError,
+     "out: must be writable"),
+    ("out f16", vec_arrays(), {"kv_seq_len": 5, "out": np.zeros((4, 64), F16)}, TypeError,
+     "out: dtype must be float32, got float16"),
+    ("out shape", vec_arrays(), {"kv_seq_len": 5, "out": np.zeros((1, 4, 64), F32)}, ValueError,
+     "out: shape must be (4, 64), got (1, 4, 64)"),
+    ("out overlaps itself", vec_arrays(), {"kv_seq_len": 5, "out": self_overlapping((4, 64))}, ValueError,
+     "out: must not overlap itself"),
+    ("out is q", (_QV,) + vec_arrays()[1:], {"kv_seq_len": 5, "out": _QV}, ValueError,
+     "out: must not overlap the input q"),
+    ("out dict", vec_arrays(), {"kv_seq_len": 5, "out": {}}, TypeError, "out: expected an array, got dict"),
 ]
 
 
@@ -167,6 +407,23 @@ REDUCE_BAD_CALLS = [
     ("o 2-D", (O[0], S, S), {}, ValueError, "o: expected [H, nwg, D] or [B, H, nwg, D]"),
     ("nwg 65", (np.zeros((4, 65, 64), np.float32), np.zeros((4, 65), np.float32), np.zeros((4, 65), np.float32)),
      {}, ValueError, "nwg (the group axis) must be from 1 to 64"),
+    ("s int", (O, S.astype(np.int32), S), {}, TypeError, "s: dtype must be float32"),
+    ("m bf16", (O, S, S.astype(BF16)), {}, TypeError, "m: dtype must be float32"),
+    ("o 5-D", (O[None, None], S[None, None], S[None, None]), {}, ValueError, "o: expected [H, nwg, D]"),
+    ("m rank", (O, S, S[None]), {}, ValueError, "m: shape must be o's without D, (4, 8), got (1, 4, 8)"),
+    ("s heads", (O, S[:3], S[:3]), {}, ValueError, "s: shape must be o's without D"),
+    ("zero groups", (O[:, :0], S[:, :0], S[:, :0]), {}, ValueError, "o: every extent must be > 0"),
+    ("zero head dim", (O[..., :0], S, S), {}, ValueError, "o: every extent must be > 0, got D = 0"),
+    ("huge o, s shape", (huge((BIG, 8, 64)), S, S), {}, ValueError, "s: shape must be o's without D"),
+    ("huge o, nwg 100", (huge((BIG, 100, 64)), huge((BIG, 100)), huge((BIG, 100))), {}, ValueError,
+     "o: nwg (the group axis) must be from 1 to 64, got 100"),
+    ("out read-only", (O, S, S), {"out": read_only((4, 64))}, ValueError, "out: must be writable"),
+    ("out f64", (O, S, S), {"out": np.zeros((4, 64))}, TypeError, "out: dtype must be float32, got float64"),
+    ("out shape", (O, S, S), {"out": np.zeros((4, 8, 64), F32)}, ValueError, "out: shape must be (4, 64)"),
+    ("out overlaps itself", (O, S, S), {"out": self_overlapping((4, 64))}, ValueError, "out: must not overlap itself"),
+    ("out is o", (O, S, S), {"out": O[:, 0]}, ValueError, "out: must not overlap the input o"),
+    ("o list", (O.tolist(), S, S), {}, TypeError, "o: expected an array, got list"),
+    ("m None", (O, S, None), {}, TypeError, "m: expected an array, got NoneType"),
 ]
 
 
@@ -180,7 +437,40 @@ MERGE_BAD_CALLS = [
     ("lse shape", ([OUT], [LSE[:2]]), {}, ValueError, "lses[0]: shape must be (3,)"),
     ("array not list", (np.stack([OUT, OUT]), [LSE, LSE]), {}, TypeError, "expected sequences"),
     ("int outputs", ([OUT.astype(np.int32)], [LSE]), {}, TypeError, "outputs[0]: dtype must be one of"),
-    ("not arrays", ([[1.0]], [LSE]), {}, TypeError, "outputs[0]: expected a numpy.ndarray"),
+    ("not arrays", ([[1.0]], [LSE]), {}, TypeError, "outputs[0]: expected an array, got list"),
+    ("lses count short", ([OUT, OUT, OUT], [LSE, LSE]), {}, ValueError, "lses: need one per output (3), got 2"),
+    ("D mismatch", ([OUT, OUT[:, :4]], [LSE, LSE]), {}, ValueError, "outputs[1]: shape must be (3, 8)"),
+    ("lse rank", ([OUT], [LSE[:, None]]), {}, ValueError, "lses[0]: shape must be (3,)"),
+    ("second lse int", ([OUT, OUT], [LSE, LSE.astype(np.int64)]), {}, TypeError, "lses[1]: dtype must be one of"),
+    ("f64 output", ([OUT, OUT.astype(np.float64)], [LSE, LSE]), {}, TypeError, "outputs[1]: dtype must be one of"),
+    ("zero rows", ([OUT[:0]], [LSE[:0]]), {}, ValueError, "outputs: every extent must be > 0"),
+    ("zero head dim", ([OUT[:, :0]], [LSE]), {}, ValueError, "outputs: every extent must be > 0"),
+    ("scalar output", ([np.float32(1.0)], [LSE]), {}, TypeError, "outputs[0]: expected an array, got float32"),
+    ("lses None", ([OUT], None), {}, TypeError, "outputs, lses: expected sequences"),
+    ("outputs a generator", ((o for o in [OUT]), [LSE]), {}, TypeError, "outputs, lses: expected sequences"),
+    ("second lse None", ([OUT, OUT], [LSE, None]), {}, TypeError, "lses[1]: expected an array, got NoneType"),
+    ("huge output, lse shape", ([huge((BIG, 8))], [LSE]), {}, ValueError, "lses[0]: shape must be"),
+    ("huge outputs, one f64", ([huge((BIG, 8)), huge((BIG, 8), np.float64)], [huge((BIG,)), huge((BIG,))]), {},
+     TypeError, "outputs[1]: dtype must be one of"),
+    ("out read-only", ([OUT], [LSE]), {"out": read_only((3, 8))}, ValueError, "out: must be writable"),
+    ("out f16", ([OUT], [LSE]), {"out": np.zeros((3, 8), F16)}, TypeError, "out: dtype must be float32, got float16"),
+    ("out shape", ([OUT], [LSE]), {"out": np.zeros((3, 9), F32)}, ValueError, "out: shape must be (3, 8)"),
+    ("out overlaps itself", ([OUT], [LSE]), {"out": self_overlapping((3, 8))}, ValueError,
+     "out: must not overlap itself"),
+    ("out is an input", ([OUT], [LSE]), {"out": OUT}, ValueError, "out: must not overlap the input outputs[0]"),
+    ("out int", ([OUT], [LSE]), {"out": 3}, TypeError, "out: expected an array, got int"),
+]
+
+
+ROUND_BAD_CALLS = [
+    ("x list", ([1.0, 2.0], F16), {}, TypeError, "x: expected an array, got list"),
+    ("x float", (1.0, F16), {}, TypeError, "x: expected an array, got float"),
+    ("x int32", (np.ones(3, np.int32), F16), {}, TypeError, "x: dtype must be one of"),
+    ("x f64", (np.ones(3), F16), {}, TypeError, "x: dtype must be one of"),
+    ("dtype f64", (np.ones(3, F32), np.float64), {}, TypeError, "dtype: dtype must be one of"),
+    ("dtype int8", (np.ones(3, F32), "int8"), {}, TypeError, "dtype: dtype must be one of"),
+    ("dtype nonsense", (np.ones(3, F32), "no-such-type"), {}, TypeError, "dtype: not a dtype"),
+    ("huge x, dtype f64", (huge((BIG, 4)), np.float64), {}, TypeError, "dtype: dtype must be one of"),
 ]
 
 
@@ -190,9 +480,11 @@ BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
              + [(fattn.flash_attn_prefill,) + row for row in PREFILL_BAD_CALLS]
              + [(fattn.flash_attn_prefill_blk,) + row for row in BLK_BAD_CALLS]
              + [(fattn.flash_attn_vec,) + row for row in VEC_BAD_CALLS]
+             + [(fattn.flash_attn_vec,) + row for row in VEC_OUT_BAD_CALLS]
              + [(fattn.flash_attn_vec_partials,) + row for row in VEC_BAD_CALLS]
              + [(fattn.flash_attn_vec_reduce,) + row for row in REDUCE_BAD_CALLS]
-             + [(fattn.merge_attention,) + row for row in MERGE_BAD_CALLS])
+             + [(fattn.merge_attention,) + row for row in MERGE_BAD_CALLS]
+             + [(fattn.round_to,) + row for row in ROUND_BAD_CALLS])
 
 
 @pytest.mark.parametrize("fn, args, kwargs, exc, fragment", [(c[0],) + c[2:] for c in BAD_CALLS],
@@ -201,3 +493,19 @@ def test_bad_call_raises_naming_the_argument(fn, args, kwargs, exc, fragment):
     with pytest.raises(exc) as info:
         fn(*args, **kwargs)
     assert fragment in str(info.value)
+
+
+def test_every_public_function_has_rows():
+    called = {row[0].__name__ for row in BAD_CALLS}
+    assert called >= {"sdpa", "flash_attn_prefill", "flash_attn_prefill_blk", "flash_attn_vec",
+                      "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention", "round_to"}
+
+
+def test_huge_zero_stride_cache_with_a_short_kv_seq_len_runs():
+    """Valid calls with extents beyond 32 bits: only kv_seq_len positions are read."""
+    q = np.ones((4, 64), F32)
+    k, v = huge((2, BIG, 64), F16), huge((2, BIG, 64), F16)
+    np.testing.assert_array_equal(fattn.flash_attn_vec(q, k, v, kv_seq_len=40), np.ones((4, 64), F32))
+    qs = np.ones((1, 4, 3, 8), F32)
+    ks = huge((1, 2, BIG, 8))
+    np.testing.assert_array_equal(fattn.sdpa(qs, ks, ks, kv_seq_len=5), np.ones((1, 4, 3, 8), F32))

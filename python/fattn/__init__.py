@@ -14,7 +14,9 @@ from typing import Any, Dict, List
 import numpy as np
 
 from . import _core, reference
-from ._common import BFLOAT16, FLOAT16, FLOAT32, as_array, require_dtype
+from numpy.typing import DTypeLike
+
+from ._common import BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array, require_dtype
 from ._decode import flash_attn_vec, flash_attn_vec_partials, flash_attn_vec_reduce, merge_attention
 from ._prefill import flash_attn_prefill, flash_attn_prefill_blk, prefill_geometry
 from ._sdpa import sdpa
@@ -56,14 +58,20 @@ def set_isa(name: str) -> None:
     _core.set_isa(name)
 
 
-def round_to(x: np.ndarray, dtype) -> np.ndarray:
-    """``x`` rounded to ``dtype`` (float32, float16, bfloat16) with fattn's
-    conversion (round to nearest even, NaN kept, overflow to inf): the same
-    rounding the kernels do at a store."""
-    x = as_array(x, "x")
-    src = np.ascontiguousarray(x).reshape(-1)
-    require_dtype(src, "x")
-    dst = np.empty(src.shape, dtype=np.dtype(dtype))
-    require_dtype(dst, "dtype")
+def round_to(x: ArrayLike, dtype: DTypeLike) -> np.ndarray:
+    """``x`` (float32, float16 or bfloat16, any shape; numpy array, CPU torch tensor, DLPack or
+    buffer-protocol object) rounded to ``dtype`` (float32, float16, bfloat16) with fattn's
+    conversion (round to nearest even, NaN kept, overflow to inf): the same rounding the kernels
+    do at a store (docs/numerics.md §1). Returns a new array of x's shape."""
+    arr = as_array(x, "x")
+    require_dtype(arr, "x")
+    try:
+        target = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype: not a dtype ({e})") from None
+    if target not in (FLOAT32, FLOAT16, BFLOAT16):
+        raise TypeError(f"dtype: dtype must be one of float32, float16, bfloat16, got {target}")
+    src = np.require(arr, requirements=("C", "A")).reshape(-1)
+    dst = np.empty(src.shape, dtype=target)
     _core.convert(src, dst)
-    return dst.reshape(x.shape)
+    return dst.reshape(arr.shape)

@@ -7,30 +7,61 @@ arrays the core can view without copying, and rejects what is not an array.
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import ml_dtypes
 import numpy as np
+
+from . import _core
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FLOAT16 = np.dtype(np.float16)
 FLOAT32 = np.dtype(np.float32)
 KERNEL_DTYPES = (FLOAT32, FLOAT16, BFLOAT16)
+
+# What a public function accepts as an array argument: a numpy array, or any object
+# exposing the buffer protocol or __dlpack__ (checked at run time by as_array).
+ArrayLike = Any
 LAYOUTS = ("bhld", "blhd")
 
 
-def dtype_names(dtypes) -> str:
+def dtype_names(dtypes: Iterable[np.dtype]) -> str:
     return ", ".join(str(d) for d in dtypes)
 
 
+ARRAY_KINDS = "accepted: numpy.ndarray, objects with __dlpack__ (e.g. a CPU torch.Tensor) or the buffer protocol"
+
+
 def as_array(x: Any, name: str) -> np.ndarray:
-    """`x` as an ndarray without copying; TypeError for anything that is not array data."""
+    """`x` as an ndarray over the same memory, never a copy.
+
+    Accepted: a numpy.ndarray; anything with ``__dlpack__`` (a CPU torch.Tensor in
+    float32, float16 or bfloat16, ...), read through its DLPack capsule (bfloat16 as an
+    ``ml_dtypes.bfloat16`` view, which numpy's own importer cannot make); anything
+    exposing the buffer protocol (memoryview, array.array, bytearray, ...). TypeError
+    naming the argument for everything else (lists, scalars, None, ...).
+    """
     if isinstance(x, np.ndarray):
         return x
-    raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if isinstance(x, (np.generic, str, bytes, int, float, complex, bool)) or x is None:
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__} ({ARRAY_KINDS})")
+    if hasattr(type(x), "__dlpack__"):
+        try:
+            capsule = x.__dlpack__()
+        except Exception as e:  # e.g. a tensor that requires grad, or on another device
+            raise TypeError(f"{name}: could not be read through __dlpack__ ({type(e).__name__}: {e})") from None
+        return _core.dlpack_view(capsule, name)
+    try:
+        view = memoryview(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__} ({ARRAY_KINDS})") from None
+    try:
+        return np.asarray(view)
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise TypeError(f"{name}: buffer of format {view.format!r} has no numpy dtype ({e})") from None
 
 
-def require_dtype(a: np.ndarray, name: str, allowed=KERNEL_DTYPES) -> np.dtype:
+def require_dtype(a: np.ndarray, name: str, allowed: Tuple[np.dtype, ...] = KERNEL_DTYPES) -> np.dtype:
     if a.dtype not in allowed:
         raise TypeError(f"{name}: dtype must be one of {dtype_names(allowed)}, got {a.dtype}")
     return a.dtype
@@ -47,12 +78,71 @@ def require_ndim(a: np.ndarray, name: str, ndim: int, axes: str) -> None:
 
 
 def head_dim_contiguous(a: np.ndarray) -> np.ndarray:
-    """The core needs the last axis contiguous and every stride a whole number
-    of elements; anything else is copied once here (documented)."""
+    """The core needs the last axis contiguous, every stride a whole number of
+    elements and the data aligned to the element size; anything else is copied
+    once here (documented)."""
     item = a.itemsize
-    if a.shape[-1] > 1 and a.strides[-1] != item or any(s % item for s in a.strides):
-        return np.ascontiguousarray(a)
+    if (a.shape[-1] > 1 and a.strides[-1] != item) or any(s % item for s in a.strides) or not a.flags.aligned:
+        return np.array(a, order="C", copy=True)
     return a
+
+
+_AXES = ("B", "H", "L", "D")
+
+
+def require_positive_extents(a: np.ndarray, name: str) -> None:
+    """The core's extent check (same message), made before any output is allocated."""
+    for axis, n in zip(_AXES, a.shape):
+        if n <= 0:
+            raise ValueError(f"{name}: every extent must be > 0, got {axis} = {n}")
+
+
+def check_attention_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray, names: Tuple[str, str, str],
+                           of_q: str) -> None:
+    """[B, H, L, D] views: the core's shape rules (same messages), checked in Python before an
+    output is allocated, so an invalid call never asks for memory (huge zero-stride views
+    included). ``of_q`` words the reference to q's extents ("q.shape[0]" or "q's")."""
+    qn, kn, vn = names
+    for a, n in ((q, qn), (k, kn), (v, vn)):
+        require_positive_extents(a, n)
+    if k.shape[0] != q.shape[0]:
+        ref = "q.shape[0]" if of_q == "index" else "q's"
+        raise ValueError(f"{kn}: batch size B ({ref}) must be {q.shape[0]}, got {k.shape[0]}")
+    if k.shape[3] != q.shape[3]:
+        ref = "q.shape[3]" if of_q == "index" else "q's"
+        raise ValueError(f"{kn}: head dim D ({ref}) must be {q.shape[3]}, got {k.shape[3]}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"q/k: the number of query heads H ({q.shape[1]}) must be divisible by the number of "
+                         f"K/V heads H_kv ({k.shape[1]})")
+    if v.shape != k.shape:
+        raise ValueError(f"{vn}: shape must equal {kn}'s {list(k.shape)}, got {list(v.shape)}")
+
+
+def prepare_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Sequence[Tuple[str, np.ndarray]]
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """A caller's ``out=``: checked (TypeError for a wrong dtype; ValueError for a wrong shape,
+    a read-only array, an array that overlaps itself or an input). Returns (out, target):
+    the array to return and the one the core writes; they differ (a fresh array, copied into
+    ``out`` afterwards) when ``out`` is misaligned or its last axis is not contiguous."""
+    a = as_array(out, "out")
+    if a.dtype != dtype:
+        raise TypeError(f"out: dtype must be {dtype}, got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"out: shape must be {tuple(shape)}, got {a.shape}")
+    if not a.flags.writeable:
+        raise ValueError("out: must be writable, got a read-only array")
+    if any(st == 0 and n > 1 for st, n in zip(a.strides, a.shape)):
+        raise ValueError(f"out: must not overlap itself (a stride is 0), got strides {a.strides}")
+    for name, x in inputs:
+        if np.may_share_memory(a, x):
+            raise ValueError(f"out: must not overlap the input {name}")
+    return a, head_dim_contiguous(a)
+
+
+def finish_out(out: np.ndarray, target: np.ndarray) -> np.ndarray:
+    if target is not out:
+        np.copyto(out, target)
+    return out
 
 
 def to_bhld(a: np.ndarray, layout: str) -> np.ndarray:
@@ -61,7 +151,7 @@ def to_bhld(a: np.ndarray, layout: str) -> np.ndarray:
 
 
 def check_layout(layout: Any) -> str:
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout: must be one of {LAYOUTS}, got {layout!r}")
     return layout
 
@@ -77,13 +167,26 @@ def optional_scale(scale: Any) -> Optional[float]:
     return value
 
 
+_INT64 = 2 ** 63
+
+
 def integer(x: Any, name: str) -> int:
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name}: expected an integer, got bool")
     try:
-        return operator.index(x)
+        value = operator.index(x)
     except TypeError:
         raise TypeError(f"{name}: expected an integer, got {type(x).__name__}") from None
+    if not -_INT64 <= value < _INT64:
+        raise ValueError(f"{name}: {value} is out of the 64-bit range")
+    return value
+
+
+def in_range(value: int, name: str, lo: int, hi: int) -> int:
+    """The core's range message, checked before the value is narrowed to a C int."""
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}: must be from {lo} to {hi}, got {value}")
+    return value
 
 
 def boolean(x: Any, name: str) -> bool:

@@ -1,18 +1,23 @@
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from ._common import (FLOAT32, as_array, head_dim_contiguous, integer, optional_scale, require_dtype,
-                      require_same_dtype)
+from ._common import (FLOAT32, ArrayLike, as_array, check_attention_shapes, finish_out, head_dim_contiguous,
+                      in_range, integer, optional_scale, prepare_out, require_dtype, require_same_dtype)
 
 _MASKS = {"none": 0, "causal": 1, "sliding_window": 2}
 
+# (q's rank-2/3 array, then q, k, v as [B, H, L, D] views, then the core's decode parameters)
+_DecodeArgs = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                    Tuple[int, Optional[float], int, int, float, int]]
 
-def _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg):
-    q, k, v = as_array(q, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache")
+
+def _decode_args(q_in: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any, mask: Any, window: Any,
+                 softcap: Any, nwg: Any) -> _DecodeArgs:
+    q, k, v = as_array(q_in, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache")
     if q.ndim not in (2, 3):
         raise ValueError(f"q: expected [H, D] or [B, H, D], got shape {q.shape}")
     for name, a in (("k_cache", k), ("v_cache", v)):
@@ -34,18 +39,28 @@ def _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, 
     softcap = float(softcap)
     if not np.isfinite(softcap) or softcap < 0:
         raise ValueError(f"softcap: must be finite and >= 0 (0 = off), got {softcap}")
-    nwg = integer(nwg, "nwg")
+    nwg = in_range(integer(nwg, "nwg"), "nwg", 1, 64)
+    if window < 0:
+        raise ValueError(f"window: must be >= 0, got {window}")
+    scale_value = optional_scale(scale)
     if q.ndim == 2:
         q4, k4, v4 = q[None, :, None, :], k[None], v[None]
     else:
         q4, k4, v4 = q[:, :, None, :], k, v
-    params = (kv_len, optional_scale(scale), _MASKS[mask], window, softcap, nwg)
+    # Everything is checked before any output is allocated (an invalid call never asks for memory).
+    d = q4.shape[3]
+    if d > 0 and (d % 32 or d > 512):
+        raise ValueError(f"q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got {d}")
+    check_attention_shapes(q4, k4, v4, ("q", "k_cache", "v_cache"), "q's")
+    if kv_len > k4.shape[2]:
+        raise ValueError(f"kv_seq_len: must be <= the cache capacity ({k4.shape[2]}), got {kv_len}")
+    params = (kv_len, scale_value, _MASKS[mask], window, softcap, nwg)
     return q, head_dim_contiguous(q4), head_dim_contiguous(k4), head_dim_contiguous(v4), params
 
 
-def flash_attn_vec(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, *, kv_seq_len: int,
+def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
-                   nwg: int = 32) -> np.ndarray:
+                   nwg: int = 32, out: Optional[ArrayLike] = None) -> np.ndarray:
     """Vec decode (mlx-native's ``flash_attn_vec``, seed 002): one query per head against a KV cache.
 
     Shapes: q float32 ``[H, D]`` or ``[B, H, D]``; ``k_cache``, ``v_cache`` ``[H_kv, capacity, D]``
@@ -62,55 +77,81 @@ def flash_attn_vec(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, *, k
     Numerics (docs/numerics.md, "Vec decode"): Q rounded to float16, f32 dot products, the masked
     score -65504, natural exp from a finite starting max, one rescale per chunk, then the reduce
     ``sum_g exp(M_g - M) O_g * (1 / sum_g exp(M_g - M) S_g)``. Equals
-    ``flash_attn_vec_reduce(*flash_attn_vec_partials(...))`` bit for bit.
+    ``flash_attn_vec_reduce(*flash_attn_vec_partials(...))`` bit for bit. Non-finite q, k, v:
+    docs/numerics.md, "Non-finite inputs".
+
+    Defaults: ``scale=1/sqrt(D)`` (f32), ``mask="none"``, ``window=0``, ``softcap=0`` (off),
+    ``nwg=32``. Arrays: numpy arrays, CPU torch tensors (bf16 included) or anything with
+    ``__dlpack__`` or the buffer protocol, read in place. ``out``: a float32 array shaped like
+    q to write into (any strides that do not overlap; misaligned or non-contiguous-D arrays are
+    written through a temporary); it is returned.
     """
-    q, q4, k4, v4, params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
-    out = np.empty(q.shape, dtype=np.float32)
-    out4 = out[None, :, None, :] if q.ndim == 2 else out[:, :, None, :]
+    q_arr, q4, k4, v4, params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
+    if out is None:
+        result = dest = np.empty(q_arr.shape, dtype=np.float32)
+    else:
+        result, dest = prepare_out(out, q_arr.shape, FLOAT32, (("q", q_arr), ("k_cache", k4), ("v_cache", v4)))
+    out4 = dest[None, :, None, :] if q_arr.ndim == 2 else dest[:, :, None, :]
     _core.flash_attn_vec(q4, k4, v4, out4, *params)
-    return out
+    return finish_out(result, dest)
 
 
-def flash_attn_vec_partials(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, *, kv_seq_len: int,
+def flash_attn_vec_partials(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
                             softcap: float = 0.0, nwg: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first half of :func:`flash_attn_vec`: per head and group, the unnormalised output and its
     softmax state. Returns ``(o, s, m)``: o float32 ``[..., H, nwg, D]``, s (sum of weights) and m
     (running max, natural-log units; ``-FLT_MAX/2`` for a group that saw no position) float32
-    ``[..., H, nwg]``. Same arguments as :func:`flash_attn_vec`."""
-    q, q4, k4, v4, params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
-    lead, g = q.shape[:-1], params[-1]
-    o = np.empty(lead + (g, q.shape[-1]), dtype=np.float32)
+    ``[..., H, nwg]``. Same arguments and defaults as :func:`flash_attn_vec` (no ``out``).
+    Numerics: docs/numerics.md, "Vec decode" steps 1-6."""
+    q_arr, q4, k4, v4, params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
+    lead, g = q_arr.shape[:-1], params[-1]
+    o = np.empty(lead + (g, q_arr.shape[-1]), dtype=np.float32)
     s = np.empty(lead + (g,), dtype=np.float32)
     m = np.empty(lead + (g,), dtype=np.float32)
-    as4 = (lambda x: x[None]) if q.ndim == 2 else (lambda x: x)
-    _core.flash_attn_vec_partials(q4, k4, v4, as4(o), as4(s)[..., None], as4(m)[..., None], *params)
+    lead4: Tuple[int, ...] = (1,) if q_arr.ndim == 2 else ()
+    o4, s4, m4 = o.reshape(lead4 + o.shape), s.reshape(lead4 + s.shape + (1,)), m.reshape(lead4 + m.shape + (1,))
+    _core.flash_attn_vec_partials(q4, k4, v4, o4, s4, m4, *params)
     return o, s, m
 
 
-def flash_attn_vec_reduce(o: np.ndarray, s: np.ndarray, m: np.ndarray) -> np.ndarray:
+def flash_attn_vec_reduce(o: ArrayLike, s: ArrayLike, m: ArrayLike, *, out: Optional[ArrayLike] = None
+                          ) -> np.ndarray:
     """The second half of :func:`flash_attn_vec`: combines the per-group partials
-    ``o [..., H, nwg, D]``, ``s`` and ``m`` ``[..., H, nwg]`` (float32) into the float32 output
-    ``[..., H, D]``: ``M = max_g m_g``, ``w_g = exp(m_g - M)``, ``out = (sum_g w_g o_g) / (sum_g
-    w_g s_g)``, 0 where the denominator is 0 (sums as balanced trees, a reciprocal multiply)."""
-    o, s, m = as_array(o, "o"), as_array(s, "s"), as_array(m, "m")
-    for name, a in (("o", o), ("s", s), ("m", m)):
+    ``o [..., H, nwg, D]``, ``s`` and ``m`` ``[..., H, nwg]`` (float32; nwg 1 to 64) into the
+    float32 output ``[..., H, D]``: ``M = max_g m_g``, ``w_g = exp(m_g - M)``, ``out = (sum_g w_g
+    o_g) / (sum_g w_g s_g)``, 0 where the denominator is 0 (sums as balanced trees, a reciprocal
+    multiply). Numerics: docs/numerics.md, "Vec decode" step 7. ``out``: a float32 array of
+    that shape to write into (as for :func:`flash_attn_vec`); it is returned. Arrays may be
+    any array object (numpy, CPU torch tensor, DLPack or buffer protocol), read in place."""
+    o_arr, s_arr, m_arr = as_array(o, "o"), as_array(s, "s"), as_array(m, "m")
+    for name, a in (("o", o_arr), ("s", s_arr), ("m", m_arr)):
         if a.dtype != FLOAT32:
             raise TypeError(f"{name}: dtype must be float32, got {a.dtype}")
-    if o.ndim not in (3, 4):
-        raise ValueError(f"o: expected [H, nwg, D] or [B, H, nwg, D], got shape {o.shape}")
-    for name, a in (("s", s), ("m", m)):
-        if a.shape != o.shape[:-1]:
-            raise ValueError(f"{name}: shape must be o's without D, {o.shape[:-1]}, got {a.shape}")
-    as4 = (lambda x: x[None]) if o.ndim == 3 else (lambda x: x)
-    out = np.empty(o.shape[:-2] + (o.shape[-1],), dtype=np.float32)
-    _core.flash_attn_vec_reduce(head_dim_contiguous(as4(o)), as4(s)[..., None], as4(m)[..., None],
-                                as4(out)[..., None, :])
-    return out
+    if o_arr.ndim not in (3, 4):
+        raise ValueError(f"o: expected [H, nwg, D] or [B, H, nwg, D], got shape {o_arr.shape}")
+    for name, a in (("s", s_arr), ("m", m_arr)):
+        if a.shape != o_arr.shape[:-1]:
+            raise ValueError(f"{name}: shape must be o's without D, {o_arr.shape[:-1]}, got {a.shape}")
+    for axis, n in zip(("B", "H", "L", "D")[4 - o_arr.ndim:], o_arr.shape):
+        if n <= 0:
+            raise ValueError(f"o: every extent must be > 0, got {axis} = {n}")
+    if o_arr.shape[-2] > 64:
+        raise ValueError(f"o: nwg (the group axis) must be from 1 to 64, got {o_arr.shape[-2]}")
+    shape = o_arr.shape[:-2] + (o_arr.shape[-1],)
+    if out is None:
+        result = dest = np.empty(shape, dtype=np.float32)
+    else:
+        result, dest = prepare_out(out, shape, FLOAT32, (("o", o_arr), ("s", s_arr), ("m", m_arr)))
+    lead4: Tuple[int, ...] = (1,) if o_arr.ndim == 3 else ()
+    o4, s4, m4, out4 = (x.reshape(lead4 + x.shape) for x in (o_arr, s_arr, m_arr, dest))
+    _core.flash_attn_vec_reduce(head_dim_contiguous(o4), head_dim_contiguous(s4[..., None]),
+                                head_dim_contiguous(m4[..., None]), out4[..., None, :])
+    return finish_out(result, dest)
 
 
-def merge_attention(outputs: Sequence[np.ndarray], lses: Sequence[np.ndarray], *, return_lse: bool = False
-                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, return_lse: bool = False,
+                    out: Optional[ArrayLike] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Attention over the union of disjoint key sets, from the results over each set.
 
     ``outputs[i]`` (normalised attention outputs, ``[..., D]``, float32/float16/bfloat16) and
@@ -118,34 +159,50 @@ def merge_attention(outputs: Sequence[np.ndarray], lses: Sequence[np.ndarray], *
     from ``flash_attn_prefill(..., return_lse=True)`` over chunks of the keys. The same algebra as
     the vec reduce: ``M = max_i lse_i``, ``w_i = exp(lse_i - M)``, ``out = (sum_i w_i out_i) *
     (1 / sum_i w_i)``, ``lse = M + log(sum_i w_i)``; computed in float32, returned as float32 (and
-    the LSE with ``return_lse=True``). A row with no key anywhere gives 0 and LSE -inf.
+    the LSE with ``return_lse=True``, default False). A row with no key anywhere gives 0 and LSE
+    -inf. Numerics: docs/numerics.md, "merge_attention" and "Non-finite inputs".
+
+    Arrays may be any array object (numpy, CPU torch tensor, DLPack or buffer protocol); float32
+    C-contiguous parts are read in place, others converted to float32 once. ``out``: a float32
+    array of the outputs' shape to write into (a C-contiguous one is written directly, any
+    other through a temporary); it is returned.
     """
-    if isinstance(outputs, np.ndarray) or isinstance(lses, np.ndarray):
+    if isinstance(outputs, np.ndarray) or isinstance(lses, np.ndarray) or not isinstance(outputs, Sequence) \
+            or not isinstance(lses, Sequence):
         raise TypeError("outputs, lses: expected sequences (lists or tuples) of arrays, one per key set")
-    outputs, lses = list(outputs), list(lses)
-    if not outputs:
+    outs_in, lses_in = list(outputs), list(lses)
+    if not outs_in:
         raise ValueError("outputs: need at least one attention result")
-    if len(lses) != len(outputs):
-        raise ValueError(f"lses: need one per output ({len(outputs)}), got {len(lses)}")
-    shape = as_array(outputs[0], "outputs[0]").shape
+    if len(lses_in) != len(outs_in):
+        raise ValueError(f"lses: need one per output ({len(outs_in)}), got {len(lses_in)}")
+    shape = as_array(outs_in[0], "outputs[0]").shape
     if len(shape) < 1:
         raise ValueError("outputs[0]: expected [..., D]")
-    flat_o, flat_l = [], []
-    for i, (o, l) in enumerate(zip(outputs, lses)):
-        o, l = as_array(o, f"outputs[{i}]"), as_array(l, f"lses[{i}]")
+    arrays: List[Tuple[np.ndarray, np.ndarray]] = []
+    for i, (o_in, l_in) in enumerate(zip(outs_in, lses_in)):
+        o, lse_i = as_array(o_in, f"outputs[{i}]"), as_array(l_in, f"lses[{i}]")
         require_dtype(o, f"outputs[{i}]")
-        require_dtype(l, f"lses[{i}]")
+        require_dtype(lse_i, f"lses[{i}]")
         if o.shape != shape:
             raise ValueError(f"outputs[{i}]: shape must be {shape} (outputs[0]'s), got {o.shape}")
-        if l.shape != shape[:-1]:
-            raise ValueError(f"lses[{i}]: shape must be {shape[:-1]} (the outputs' without D), got {l.shape}")
-        flat_o.append(np.ascontiguousarray(o, dtype=np.float32).reshape(-1, shape[-1]))
-        flat_l.append(np.ascontiguousarray(l, dtype=np.float32).reshape(-1))
-    rows = flat_l[0].shape[0]
-    if rows == 0 or shape[-1] == 0:
+        if lse_i.shape != shape[:-1]:
+            raise ValueError(f"lses[{i}]: shape must be {shape[:-1]} (the outputs' without D), got {lse_i.shape}")
+        arrays.append((o, lse_i))
+    if any(n <= 0 for n in shape):
         raise ValueError(f"outputs: every extent must be > 0, got shape {shape}")
-    out = np.empty((rows, shape[-1]), dtype=np.float32)
+    d = shape[-1]
+    flat_o = [np.require(o, np.float32, ("C", "A")).reshape(-1, d) for o, _ in arrays]
+    flat_l = [np.require(lse_i, np.float32, ("C", "A")).reshape(-1) for _, lse_i in arrays]
+    rows = flat_l[0].shape[0]
+    if out is None:
+        result = np.empty(shape, dtype=np.float32)
+    else:
+        result, _ = prepare_out(out, shape, FLOAT32, [(f"outputs[{i}]", o) for i, (o, _) in enumerate(arrays)]
+                                + [(f"lses[{i}]", lse_i) for i, (_, lse_i) in enumerate(arrays)])
+    direct = result.flags.c_contiguous and result.flags.aligned
+    dest = result.reshape(rows, d) if direct else np.empty((rows, d), dtype=np.float32)
     lse = np.empty(rows, dtype=np.float32)
-    _core.merge_attention(flat_o, flat_l, out, lse)
-    out, lse = out.reshape(shape), lse.reshape(shape[:-1])
-    return (out, lse) if return_lse else out
+    _core.merge_attention(flat_o, flat_l, dest, lse)
+    if not direct:
+        np.copyto(result, dest.reshape(shape))
+    return (result, lse.reshape(shape[:-1])) if return_lse else result

@@ -1,28 +1,29 @@
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from ._common import (BFLOAT16, FLOAT16, FLOAT32, as_array, boolean, check_layout, head_dim_contiguous, integer,
-                      optional_scale, require_dtype, require_ndim, require_same_dtype, to_bhld)
+from ._common import (BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array, boolean, check_attention_shapes, check_layout,
+                      finish_out, head_dim_contiguous, integer, optional_scale, prepare_out, require_dtype,
+                      require_ndim, require_same_dtype, to_bhld)
 
 _KERNELS = ("auto", "candle", "llamacpp")
 _MASK_DTYPES = (np.dtype(bool), FLOAT32, FLOAT16, BFLOAT16)
 
 
-def _kernel(kernel) -> str:
+def _kernel(kernel: Any) -> str:
     if kernel not in _KERNELS:
         raise ValueError(f"kernel: must be one of {_KERNELS}, got {kernel!r}")
     return "candle" if kernel == "auto" else kernel
 
 
-def _optional_tile(x, name) -> Optional[int]:
+def _optional_tile(x: Any, name: str) -> Optional[int]:
     return None if x is None else integer(x, name)
 
 
-def _broadcast_mask(mask, target: Tuple[int, int, int, int]) -> np.ndarray:
+def _broadcast_mask(mask: Any, target: Tuple[int, int, int, int]) -> np.ndarray:
     """The mask as a 4-D view over [B, H, Lq, Lk] (stride 0 where it broadcasts; no copy)."""
     mask = as_array(mask, "mask")
     if mask.dtype not in _MASK_DTYPES:
@@ -35,16 +36,16 @@ def _broadcast_mask(mask, target: Tuple[int, int, int, int]) -> np.ndarray:
         view = np.broadcast_to(mask, target)
     except ValueError:
         raise ValueError(f"mask: shape {mask.shape} does not broadcast to [B, H, Lq, Lk] = {list(target)}") from None
-    if any(s % view.itemsize for s in view.strides):
-        view = np.broadcast_to(np.ascontiguousarray(mask), target)
+    if any(s % view.itemsize for s in view.strides) or not view.flags.aligned:
+        view = np.broadcast_to(np.array(mask, order="C", copy=True), target)
     return view
 
 
-def flash_attn_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Optional[np.ndarray] = None, *,
+def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[ArrayLike] = None, *,
                        causal: bool = False, scale: Optional[float] = None, layout: str = "bhld",
-                       blk: Optional[np.ndarray] = None, kernel: str = "auto", nsg: int = 8,
-                       return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None
-                       ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+                       blk: Optional[ArrayLike] = None, kernel: str = "auto", nsg: int = 8,
+                       return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None,
+                       out: Optional[ArrayLike] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Tiled flash-attention prefill (mlx-native's ``flash_attn_prefill`` family, seeds 000 and 001).
 
     Shapes: ``layout="bhld"``: q ``[B, H, Lq, D]``, k and v ``[B, H_kv, Lk, D]``;
@@ -76,8 +77,18 @@ def flash_attn_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Option
     return_lse: also return the float32 log-sum-exp (natural log) of each row's scores,
     ``[B, H, Lq]``; ``-inf`` for a row that sees no key (whose output is exactly 0).
 
+    out: an array of q's dtype and shape (in the call's layout) to write the output into
+    (any strides that do not overlap; misaligned or non-contiguous-D arrays are written
+    through a temporary); it is what is returned (with the LSE when ``return_lse``).
+
+    Arrays: numpy arrays, CPU torch tensors (bf16 included) or anything with
+    ``__dlpack__`` or the buffer protocol, read in place (docs/numerics.md §2, "Inputs").
+    Defaults: no mask, ``causal=False``, ``scale=1/sqrt(D)`` (f32), ``layout="bhld"``,
+    ``kernel="auto"``, ``nsg=8``.
+
     Numerics: docs/numerics.md, "Tiled prefill"; ``fattn.reference.flash_attn_prefill``
-    follows the same steps in NumPy.
+    follows the same steps in NumPy. Non-finite q, k, v: docs/numerics.md,
+    "Non-finite inputs".
     """
     q, k, v = as_array(q, "q"), as_array(k, "k"), as_array(v, "v")
     layout = check_layout(layout)
@@ -92,34 +103,61 @@ def flash_attn_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Option
     scale = optional_scale(scale)
     kernel = _kernel(kernel)
     nsg = integer(nsg, "nsg")
+    if nsg not in (4, 8):
+        raise ValueError(f"nsg: must be 4 or 8, got {nsg}")
     q_tile, k_tile = _optional_tile(q_tile, "q_tile"), _optional_tile(k_tile, "k_tile")
 
-    qh, kh, vh = (head_dim_contiguous(to_bhld(a, layout)) for a in (q, k, v))
-    out = np.empty(q.shape, dtype=q.dtype)
-    outh = to_bhld(out, layout)
-    target = (qh.shape[0], qh.shape[1], qh.shape[2], kh.shape[2])
+    # Everything is checked before any output is allocated (an invalid call never asks for memory).
+    qb, kb, vb = (to_bhld(a, layout) for a in (q, k, v))
+    check_attention_shapes(qb, kb, vb, ("q", "k", "v"), "index")
+    d = qb.shape[3]
+    if kernel == "llamacpp" and d != 512:
+        raise ValueError(f"q: head dim D must be 512 for kernel='llamacpp', got {d}")
+    if d > 4096:
+        raise ValueError(f"q: head dim D must be <= 4096, got {d}")
+    bq, bk = _core.prefill_geometry(kernel, d, q_tile, k_tile)
+    lq, lk = qb.shape[2], kb.shape[2]
+    target = (qb.shape[0], qb.shape[1], lq, lk)
     mask4 = None if mask is None else _broadcast_mask(mask, target)
+    blk_arr = None
     if blk is not None:
-        blk = as_array(blk, "blk")
-        if blk.dtype != np.uint8:
-            raise TypeError(f"blk: dtype must be uint8, got {blk.dtype}")
-        if blk.ndim != 2:
-            raise ValueError(f"blk: expected a 2-D array [ceil(Lq/BQ), ceil(Lk/BK)], got shape {blk.shape}")
-        blk = np.ascontiguousarray(blk)
-    lse = np.empty(qh.shape[:3], dtype=np.float32) if return_lse else None
-    _core.flash_attn_prefill(qh, kh, vh, outh, mask4, blk, None if lse is None else lse[..., None], causal, scale,
-                             kernel, nsg, q_tile, k_tile)
-    return (out, lse) if return_lse else out
+        blk_arr = as_array(blk, "blk")
+        if blk_arr.dtype != np.uint8:
+            raise TypeError(f"blk: dtype must be uint8, got {blk_arr.dtype}")
+        if blk_arr.ndim != 2:
+            raise ValueError(f"blk: expected a 2-D array [ceil(Lq/BQ), ceil(Lk/BK)], got shape {blk_arr.shape}")
+        if mask4 is None:
+            raise ValueError("blk: a tile-skip map needs the mask it was built from (mask is None)")
+        rows, cols = -(-lq // bq), -(-lk // bk)
+        if blk_arr.shape != (rows, cols):
+            raise ValueError(f"blk: shape must be [ceil(Lq/{bq}), ceil(Lk/{bk})] = [{rows}, {cols}] for "
+                             f"kernel='{kernel}', got [{blk_arr.shape[0]}, {blk_arr.shape[1]}]")
+        blk_arr = np.ascontiguousarray(blk_arr)
+    if out is None:
+        result = dest = np.empty(q.shape, dtype=q.dtype)
+    else:
+        result, dest = prepare_out(out, q.shape, q.dtype, (("q", q), ("k", k), ("v", v)))
+    lse = np.empty(qb.shape[:3], dtype=np.float32) if return_lse else None
+    qh, kh, vh = (head_dim_contiguous(a) for a in (qb, kb, vb))
+    _core.flash_attn_prefill(qh, kh, vh, to_bhld(dest, layout), mask4, blk_arr,
+                             None if lse is None else lse[..., None], causal, scale, kernel, nsg, q_tile, k_tile)
+    finish_out(result, dest)
+    return (result, lse) if lse is not None else result
 
 
 def prefill_geometry(head_dim: int, *, kernel: str = "auto", q_tile: Optional[int] = None,
                      k_tile: Optional[int] = None) -> Tuple[int, int]:
-    """The (BQ, BK) tile geometry ``flash_attn_prefill`` uses for this head dim and kernel."""
-    return tuple(_core.prefill_geometry(_kernel(kernel), integer(head_dim, "head_dim"),
-                                        _optional_tile(q_tile, "q_tile"), _optional_tile(k_tile, "k_tile")))
+    """The (BQ, BK) tile geometry ``flash_attn_prefill`` uses for this head dim (>= 1) and kernel
+    (default ``"auto"``), or the ``q_tile``/``k_tile`` overrides (docs/numerics.md, "Geometry")."""
+    d = integer(head_dim, "head_dim")
+    if d < 1:
+        raise ValueError(f"head_dim: must be >= 1, got {d}")
+    bq, bk = _core.prefill_geometry(_kernel(kernel), d, _optional_tile(q_tile, "q_tile"),
+                                    _optional_tile(k_tile, "k_tile"))
+    return bq, bk
 
 
-def flash_attn_prefill_blk(mask: np.ndarray, *, head_dim: Optional[int] = None, kernel: str = "auto",
+def flash_attn_prefill_blk(mask: ArrayLike, *, head_dim: Optional[int] = None, kernel: str = "auto",
                            q_tile: Optional[int] = None, k_tile: Optional[int] = None) -> np.ndarray:
     """The tile-skip map (``blk``) for ``mask``: uint8 ``[ceil(Lq/BQ), ceil(Lk/BK)]``, row-major.
 
@@ -131,6 +169,8 @@ def flash_attn_prefill_blk(mask: np.ndarray, *, head_dim: Optional[int] = None, 
     zero); 1 = full work. A tile that crosses Lk is always 1. A 4-D mask is classified over
     all its batches and heads. Passing the map as ``blk=`` never changes a bit of the output
     (the seed's rule, ``max <= -1e30`` -> skip, could: see docs/numerics.md).
+    ``mask`` may be any array object (numpy, CPU torch tensor, DLPack or buffer protocol),
+    read in place. Numerics: docs/numerics.md, "Tiled prefill" (the tile-skip map).
     """
     mask = as_array(mask, "mask")
     kernel = _kernel(kernel)
@@ -145,6 +185,9 @@ def flash_attn_prefill_blk(mask: np.ndarray, *, head_dim: Optional[int] = None, 
     lead = (1, 1) if mask.ndim == 2 else mask.shape[:2]
     mask4 = _broadcast_mask(mask, lead + mask.shape[-2:])
     lq, lk = mask.shape[-2:]
+    for n in mask.shape:
+        if n <= 0:
+            raise ValueError(f"mask: every extent must be > 0, got shape {mask.shape}")
     out = np.empty((-(-lq // bq), -(-lk // bk)), dtype=np.uint8)
     _core.flash_attn_prefill_blk(mask4, kernel, bq, bk, out)
     return out

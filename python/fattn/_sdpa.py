@@ -5,12 +5,12 @@ from typing import Optional
 import numpy as np
 
 from . import _core
-from ._common import (as_array, boolean, head_dim_contiguous, integer, optional_scale, require_dtype, require_ndim,
-                      require_same_dtype)
+from ._common import (ArrayLike, as_array, boolean, check_attention_shapes, finish_out, head_dim_contiguous, integer,
+                      optional_scale, prepare_out, require_dtype, require_ndim, require_same_dtype)
 
 
-def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = True, scale: Optional[float] = None,
-         kv_seq_len: Optional[int] = None) -> np.ndarray:
+def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = True, scale: Optional[float] = None,
+         kv_seq_len: Optional[int] = None, out: Optional[ArrayLike] = None) -> np.ndarray:
     """Naive fused scaled dot-product attention (mlx-native's ``sdpa`` kernel, seed 003).
 
     Shapes: ``q`` ``[B, H, Lq, D]``; ``k`` and ``v`` ``[B, H_kv, capacity, D]``
@@ -32,7 +32,13 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = True, sc
     softmax with natural exp, the running max starting at -inf, a rescale of
     the running sum and accumulator at every key, a final multiply by
     ``1/sum``; one rounding to the output dtype at the store.
-    ``fattn.reference.sdpa`` follows the same steps in NumPy.
+    ``fattn.reference.sdpa`` follows the same steps in NumPy. Non-finite q, k, v:
+    docs/numerics.md, "Non-finite inputs".
+
+    Arrays: numpy arrays, CPU torch tensors (bf16 included) or anything with
+    ``__dlpack__`` or the buffer protocol, read in place (docs/numerics.md §2, "Inputs").
+    ``out``: an array of q's dtype and shape to write into (any strides that do not overlap;
+    misaligned or non-contiguous-D arrays are written through a temporary); it is returned.
     """
     q, k, v = as_array(q, "q"), as_array(k, "k"), as_array(v, "v")
     require_ndim(q, "q", 4, "[B, H, Lq, D]")
@@ -49,6 +55,12 @@ def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = True, sc
         kv_len = integer(kv_seq_len, "kv_seq_len")
         if kv_len < 1:
             raise ValueError(f"kv_seq_len: must be >= 1, got {kv_len}")
-    out = np.empty(q.shape, dtype=q.dtype)
-    _core.sdpa(head_dim_contiguous(q), head_dim_contiguous(k), head_dim_contiguous(v), out, causal, scale, kv_len)
-    return out
+    check_attention_shapes(q, k, v, ("q", "k", "v"), "index")
+    if kv_len > k.shape[2]:
+        raise ValueError(f"kv_seq_len: must be <= the K/V capacity (k.shape[2] = {k.shape[2]}), got {kv_len}")
+    if out is None:
+        result = target = np.empty(q.shape, dtype=q.dtype)
+    else:
+        result, target = prepare_out(out, q.shape, q.dtype, (("q", q), ("k", k), ("v", v)))
+    _core.sdpa(head_dim_contiguous(q), head_dim_contiguous(k), head_dim_contiguous(v), target, causal, scale, kv_len)
+    return finish_out(result, target)

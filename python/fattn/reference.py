@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry", "flash_attn_vec", "flash_attn_vec_partials",
            "flash_attn_vec_reduce"]
@@ -32,7 +33,7 @@ def _expand_kv(x: np.ndarray, heads: int) -> np.ndarray:
     return np.repeat(x, heads // kv_heads, axis=1)
 
 
-def attention(q, k, v, mask=None, *, causal: Optional[str] = None, scale: Optional[float] = None,
+def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None, *, causal: Optional[str] = None, scale: Optional[float] = None,
               layout: str = "bhld", softcap: float = 0.0, window: Optional[int] = None,
               return_lse: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Exact softmax attention in float64.
@@ -100,7 +101,7 @@ def attention(q, k, v, mask=None, *, causal: Optional[str] = None, scale: Option
     weights = np.where(visible, np.exp(scores - safe_max), 0.0)
     row_sum = weights.sum(axis=-1, keepdims=True)
     out = np.einsum("bhij,bhjd->bhid", weights, v)
-    out = np.divide(out, row_sum, out=np.zeros_like(out), where=row_sum > 0)
+    out = np.asarray(np.divide(out, row_sum, out=np.zeros_like(out), where=row_sum > 0))
     if layout == "blhd":
         out = out.transpose(0, 2, 1, 3)
     if not return_lse:
@@ -110,7 +111,7 @@ def attention(q, k, v, mask=None, *, causal: Optional[str] = None, scale: Option
     return out, lse
 
 
-def sdpa(q, k, v, *, causal: bool = True, scale: Optional[float] = None,
+def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: bool = True, scale: Optional[float] = None,
          kv_seq_len: Optional[int] = None) -> np.ndarray:
     """mlx-native's naive SDPA kernel, step by step in float32 (same signature as ``fattn.sdpa``).
 
@@ -183,9 +184,11 @@ def _tree_sum(p: np.ndarray) -> np.ndarray:
     return p[..., 0]
 
 
-def flash_attn_prefill(q, k, v, mask=None, *, causal: bool = False, scale: Optional[float] = None,
-                       layout: str = "bhld", blk=None, kernel: str = "auto", nsg: int = 8,
-                       return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None):
+def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None,
+                       *, causal: bool = False, scale: Optional[float] = None, layout: str = "bhld",
+                       blk: Optional[npt.ArrayLike] = None, kernel: str = "auto", nsg: int = 8,
+                       return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None
+                       ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """The tiled prefill kernels' arithmetic in NumPy (same signature as ``fattn.flash_attn_prefill``).
 
     ``kernel="auto"``/``"candle"`` (candle/MLX-derived), per query row, float32 throughout:
@@ -211,7 +214,10 @@ def flash_attn_prefill(q, k, v, mask=None, *, causal: bool = False, scale: Optio
     llama = kernel == "llamacpp"
     dtype = np.asarray(q).dtype
     f32 = np.float32
-    to_bhld = (lambda x: np.asarray(x).transpose(0, 2, 1, 3)) if layout == "blhd" else np.asarray
+    def to_bhld(x: npt.ArrayLike) -> np.ndarray:
+        a = np.asarray(x)
+        return a.transpose(0, 2, 1, 3) if layout == "blhd" else a
+
     q32, k32, v32 = (to_bhld(x).astype(f32) for x in (q, k, v))
     batch, heads, q_len, head_dim = q32.shape
     k_len = k32.shape[2]
@@ -219,7 +225,7 @@ def flash_attn_prefill(q, k, v, mask=None, *, causal: bool = False, scale: Optio
     bq, bk = prefill_geometry(head_dim, kernel, q_tile, k_tile)
     scale32 = f32(1.0) / np.sqrt(f32(head_dim)) if scale is None else f32(scale)
 
-    def round_io(x):
+    def round_io(x: np.ndarray) -> np.ndarray:
         return x.astype(dtype).astype(f32)
 
     if llama:
@@ -313,7 +319,8 @@ def flash_attn_prefill(q, k, v, mask=None, *, causal: bool = False, scale: Optio
 _DECODE_CHUNK = 32
 
 
-def _decode_views(q, k_cache, v_cache):
+def _decode_views(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     q32 = np.asarray(q, dtype=np.float32)
     k32, v32 = np.asarray(k_cache).astype(np.float32), np.asarray(v_cache).astype(np.float32)
     if q32.ndim == 2:
@@ -321,8 +328,9 @@ def _decode_views(q, k_cache, v_cache):
     return q32, _expand_kv(k32, q32.shape[1]), _expand_kv(v32, q32.shape[1])
 
 
-def flash_attn_vec_partials(q, k_cache, v_cache, *, kv_seq_len: int, scale: Optional[float] = None,
-                            mask: str = "none", window: int = 0, softcap: float = 0.0, nwg: int = 32):
+def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+                            scale: Optional[float] = None, mask: str = "none", window: int = 0,
+                            softcap: float = 0.0, nwg: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The vec decode kernel's per-group partials, step by step in float32 (same signature as
     ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``).
 
@@ -380,7 +388,7 @@ def flash_attn_vec_partials(q, k_cache, v_cache, *, kv_seq_len: int, scale: Opti
     return o, s_out, m_out
 
 
-def flash_attn_vec_reduce(o, s, m):
+def flash_attn_vec_reduce(o: npt.ArrayLike, s: npt.ArrayLike, m: npt.ArrayLike) -> np.ndarray:
     """The reduce: ``M = max_g m_g``, ``w_g = exp(m_g - M)``, ``S = tree(s_g w_g)``,
     ``out = tree(o_g w_g) * (S == 0 ? 0 : 1/S)``; trees over 32 lanes (or the next power of two
     above nwg), idle lanes holding zeros and the initial max."""
@@ -401,8 +409,9 @@ def flash_attn_vec_reduce(o, s, m):
     return (_tree_sum(products) * inv[..., None]).astype(f32)
 
 
-def flash_attn_vec(q, k_cache, v_cache, *, kv_seq_len: int, scale: Optional[float] = None, mask: str = "none",
-                   window: int = 0, softcap: float = 0.0, nwg: int = 32):
+def flash_attn_vec(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+                   scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
+                   nwg: int = 32) -> np.ndarray:
     """The vec decode kernel's arithmetic in NumPy: partials, then reduce (same signature as
     ``fattn.flash_attn_vec``)."""
     return flash_attn_vec_reduce(*flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale,

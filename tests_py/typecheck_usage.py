@@ -1,0 +1,70 @@
+"""Not a test: code written as a user would, for `make typecheck` (mypy --strict) to check
+against fattn's public signatures. Running it also works (it is cheap)."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+
+import fattn
+from fattn import reference
+
+
+def prefill_and_merge(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    q = rng.standard_normal((1, 4, 16, 64)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 32, 64)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 32, 64)).astype(np.float32)
+    mask = np.tril(np.ones((16, 32), dtype=bool), k=16)
+    blk: np.ndarray = fattn.flash_attn_prefill_blk(mask, head_dim=64)
+    bq, bk = fattn.prefill_geometry(64)
+    assert blk.shape == (-(-16 // bq), -(-32 // bk))
+    parts = [fattn.flash_attn_prefill(q, k[:, :, i:i + 16], v[:, :, i:i + 16], return_lse=True) for i in (0, 16)]
+    outputs: List[np.ndarray] = []
+    lses: List[np.ndarray] = []
+    for part in parts:
+        assert isinstance(part, tuple)
+        outputs.append(part[0])
+        lses.append(part[1])
+    merged = fattn.merge_attention(outputs, lses, return_lse=True)
+    assert isinstance(merged, tuple)
+    out = np.empty_like(q)
+    full = fattn.flash_attn_prefill(q, k, v, mask, blk=blk, out=out)
+    assert isinstance(full, np.ndarray)
+    return merged[0], merged[1]
+
+
+def decode(rng: np.random.Generator) -> np.ndarray:
+    q = rng.standard_normal((8, 128)).astype(np.float32)
+    cache = rng.standard_normal((2, 100, 128)).astype(np.float16)
+    o, s, m = fattn.flash_attn_vec_partials(q, cache, cache, kv_seq_len=60, nwg=4)
+    out: np.ndarray = fattn.flash_attn_vec_reduce(o, s, m)
+    again = fattn.flash_attn_vec(q, cache, cache, kv_seq_len=60, nwg=4, mask="sliding_window", window=30,
+                                 softcap=30.0, out=np.empty_like(q))
+    exact = reference.flash_attn_vec(q, cache, cache, kv_seq_len=60, nwg=4)
+    assert again.shape == out.shape
+    diff: np.ndarray = out - exact
+    return diff
+
+
+def naive(rng: np.random.Generator) -> np.ndarray:
+    q = rng.standard_normal((2, 4, 8, 32)).astype(np.float16)
+    y: np.ndarray = fattn.sdpa(q, q, q, causal=False, scale=0.125, kv_seq_len=8)
+    return fattn.round_to(y, np.float32)
+
+
+def main() -> None:
+    threads: int = fattn.get_num_threads()
+    fattn.set_num_threads(max(1, threads))
+    isas: List[str] = fattn.available_isas()
+    fattn.set_isa(isas[0])
+    fattn.set_isa(fattn.build_info()["isa"])
+    version: str = fattn.__version__
+    rng = np.random.default_rng(0)
+    prefill_and_merge(rng)
+    decode(rng)
+    naive(rng)
+    print(version, "ok")
+
+
+if __name__ == "__main__":
+    main()
