@@ -308,3 +308,19 @@ def test_consumed_capsule_is_rejected():
     as_array(type("Once", (), {"__dlpack__": lambda self: capsule})(), "q")
     with pytest.raises(TypeError, match=r"^q: __dlpack__\(\) did not return an unconsumed DLPack capsule"):
         as_array(type("Twice", (), {"__dlpack__": lambda self: capsule})(), "q")
+
+
+def test_typecheck_usage_script_runs():
+    """tests_py/typecheck_usage.py is what `make typecheck` checks as a user's code; it must run too."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "typecheck_usage.py")
+    spec = importlib.util.spec_from_file_location("typecheck_usage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = (fattn.get_num_threads(), fattn.build_info()["isa"])
+    try:
+        module.main()
+    finally:
+        fattn.set_num_threads(saved[0])
+        fattn.set_isa(saved[1])

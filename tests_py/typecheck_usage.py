@@ -56,8 +56,9 @@ def main() -> None:
     threads: int = fattn.get_num_threads()
     fattn.set_num_threads(max(1, threads))
     isas: List[str] = fattn.available_isas()
+    best = str(fattn.build_info()["isa"])
     fattn.set_isa(isas[0])
-    fattn.set_isa(fattn.build_info()["isa"])
+    fattn.set_isa(best)
     version: str = fattn.__version__
     rng = np.random.default_rng(0)
     prefill_and_merge(rng)
