@@ -253,6 +253,8 @@ PREFILL_BAD_CALLS = [
     ("out overlaps itself", prefill_arrays(), {"out": self_overlapping((1, 4, 3, 64), BF16)}, ValueError,
      "out: must not overlap itself"),
     ("out tuple", prefill_arrays(), {"out": (0.0,)}, TypeError, "out: expected an array, got tuple"),
+    ("out is the mask", (np.ones((1, 1, 3, 5), F32), np.ones((1, 1, 5, 5), F32), np.ones((1, 1, 5, 5), F32)),
+     {"mask": M35, "out": M35.reshape(1, 1, 3, 5)}, ValueError, "out: must not overlap the input mask"),
     # not arrays
     ("v int", prefill_arrays()[:2] + (7,), {}, TypeError, "v: expected an array, got int"),
     ("k None", (prefill_arrays()[0], None, prefill_arrays()[2]), {}, TypeError, "k: expected an array, got NoneType"),
