@@ -7,7 +7,10 @@ arrays the core can view without copying, and rejects what is not an array.
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    from typing import Protocol
 
 import ml_dtypes
 import numpy as np
@@ -20,8 +23,19 @@ FLOAT32 = np.dtype(np.float32)
 KERNEL_DTYPES = (FLOAT32, FLOAT16, BFLOAT16)
 
 # What a public function accepts as an array argument: a numpy array, or any object
-# exposing the buffer protocol or __dlpack__ (checked at run time by as_array).
-ArrayLike = Any
+# exposing __dlpack__ or the buffer protocol (checked at run time by as_array). For type
+# checkers: ndarray, anything with a __dlpack__ callable without arguments (torch.Tensor,
+# JAX arrays, ...) and the standard buffer types (the buffer protocol itself has no static
+# type before Python 3.12).
+if TYPE_CHECKING:
+    import array
+
+    class SupportsDLPack(Protocol):
+        def __dlpack__(self) -> Any: ...
+
+    ArrayLike = Union[np.ndarray, SupportsDLPack, memoryview, bytes, bytearray, "array.array[Any]"]
+else:
+    ArrayLike = Any
 LAYOUTS = ("bhld", "blhd")
 
 
