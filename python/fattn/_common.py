@@ -1,8 +1,11 @@
 """Argument handling shared by the public kernels: what needs Python to check.
 
 The compiled core validates shapes, sizes and values itself (and names the
-argument in its messages); this module turns what a caller hands us into
-arrays the core can view without copying, and rejects what is not an array.
+argument in its messages); this module turns what a caller hands us (NumPy
+arrays, DLPack and buffer-protocol objects) into arrays the core can view
+without copying, rejects what is not an array, checks ``out=``, and repeats the
+core's shape rules (same messages) before any output is allocated, so that an
+invalid call never asks for memory.
 """
 from __future__ import annotations
 
