@@ -220,7 +220,7 @@ def test_half_overflow_of_q_behaves_as_inf(isa):
 
 
 @pytest.mark.parametrize("value", VALUES)
-def test_merge_and_reduce(value):
+def test_merge_and_reduce(isa, value):
     """merge_attention / flash_attn_vec_reduce: a non-finite LSE (or m) poisons its row (NaN),
     except -inf, which is an empty part (weight 0); a non-finite output/o entry reaches only its
     own component of its own row (weight 0 keeps it: 0 * NaN = NaN)."""
@@ -299,7 +299,7 @@ def test_rows_whose_every_score_is_minus_inf(isa):
 
 
 @pytest.mark.parametrize("value", VALUES)
-def test_reduce_partials(value):
+def test_reduce_partials(isa, value):
     """flash_attn_vec_reduce: NaN or +inf in a group's m poisons its row; -inf is an empty group;
     a non-finite o entry reaches only its component."""
     rng = np.random.default_rng(1)
