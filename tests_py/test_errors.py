@@ -1,4 +1,7 @@
 """Bad calls: the right exception type and a message naming the argument."""
+import inspect
+import re
+
 import numpy as np
 import pytest
 
@@ -494,7 +497,21 @@ BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
 def test_bad_call_raises_naming_the_argument(fn, args, kwargs, exc, fragment):
     with pytest.raises(exc) as info:
         fn(*args, **kwargs)
-    assert fragment in str(info.value)
+    message = str(info.value)
+    assert fragment in message
+    assert names_an_argument(fn, message), message
+
+
+def names_an_argument(fn, message):
+    """The message starts with "<argument>: " for one of fn's parameters (an element such as
+    outputs[1] counts as its sequence; "q/k" names both), or is Python's own message about a
+    missing argument, which quotes its name."""
+    params = set(inspect.signature(fn).parameters)
+    if "missing 1 required" in message:
+        return any(f"'{p}'" in message for p in params)
+    head = message.split(": ", 1)[0]
+    names = re.split(r"[/,] ?", head)
+    return all(re.sub(r"\[\d+\]$", "", n) in params for n in names)
 
 
 def test_every_public_function_has_rows():

@@ -129,7 +129,7 @@ def check_attention_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray, names: T
         ref = "q.shape[3]" if of_q == "index" else "q's"
         raise ValueError(f"{kn}: head dim D ({ref}) must be {q.shape[3]}, got {k.shape[3]}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q/k: the number of query heads H ({q.shape[1]}) must be divisible by the number of "
+        raise ValueError(f"{qn}/{kn}: the number of query heads H ({q.shape[1]}) must be divisible by the number of "
                          f"K/V heads H_kv ({k.shape[1]})")
     if v.shape != k.shape:
         raise ValueError(f"{vn}: shape must equal {kn}'s {list(k.shape)}, got {list(v.shape)}")
