@@ -1,4 +1,7 @@
 """Bad calls: the right exception type and a message naming the argument."""
+import inspect
+import re
+
 import numpy as np
 import pytest
 
@@ -253,6 +256,8 @@ PREFILL_BAD_CALLS = [
     ("out overlaps itself", prefill_arrays(), {"out": self_overlapping((1, 4, 3, 64), BF16)}, ValueError,
      "out: must not overlap itself"),
     ("out tuple", prefill_arrays(), {"out": (0.0,)}, TypeError, "out: expected an array, got tuple"),
+    ("out is the mask", (np.ones((1, 1, 3, 5), F32), np.ones((1, 1, 5, 5), F32), np.ones((1, 1, 5, 5), F32)),
+     {"mask": M35, "out": M35.reshape(1, 1, 3, 5)}, ValueError, "out: must not overlap the input mask"),
     # not arrays
     ("v int", prefill_arrays()[:2] + (7,), {}, TypeError, "v: expected an array, got int"),
     ("k None", (prefill_arrays()[0], None, prefill_arrays()[2]), {}, TypeError, "k: expected an array, got NoneType"),
@@ -492,7 +497,21 @@ BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
 def test_bad_call_raises_naming_the_argument(fn, args, kwargs, exc, fragment):
     with pytest.raises(exc) as info:
         fn(*args, **kwargs)
-    assert fragment in str(info.value)
+    message = str(info.value)
+    assert fragment in message
+    assert names_an_argument(fn, message), message
+
+
+def names_an_argument(fn, message):
+    """The message starts with "<argument>: " for one of fn's parameters (an element such as
+    outputs[1] counts as its sequence; "q/k" names both), or is Python's own message about a
+    missing argument, which quotes its name."""
+    params = set(inspect.signature(fn).parameters)
+    if "missing 1 required" in message:
+        return any(f"'{p}'" in message for p in params)
+    head = message.split(": ", 1)[0]
+    names = re.split(r"[/,] ?", head)
+    return all(re.sub(r"\[\d+\]$", "", n) in params for n in names)
 
 
 def test_every_public_function_has_rows():

@@ -24,7 +24,7 @@ def misaligned(a):
     start = (-raw.ctypes.data) % 16 + 1
     view = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
     view[...] = a
-    assert not view.flags.aligned
+    assert not view.flags.aligned or a.itemsize == 1  # bytes are always aligned
     return view
 
 
@@ -42,6 +42,8 @@ def decode_inputs(rng, dtype, heads=4, kv_heads=2, cap=70, d=64):
 def kernels(rng, dtype):
     q, k, v = prefill_inputs(rng, dtype)
     mask = rng.standard_normal((40, 40)).astype(F32)
+    mask[:, 16:32] = -np.inf
+    blk = fattn.flash_attn_prefill_blk(mask, head_dim=64)
     qd, kd, vd = decode_inputs(rng, dtype)
     o, s, m = fattn.flash_attn_vec_partials(qd, kd, vd, kv_seq_len=50, nwg=4)
     out1, lse1 = fattn.flash_attn_prefill(q, k, v, return_lse=True)
@@ -49,6 +51,7 @@ def kernels(rng, dtype):
     return {
         "sdpa": lambda c: fattn.sdpa(c(q), c(k), c(v)),
         "flash_attn_prefill": lambda c: fattn.flash_attn_prefill(c(q), c(k), c(v), c(mask)),
+        "flash_attn_prefill_with_blk": lambda c: fattn.flash_attn_prefill(c(q), c(k), c(v), c(mask), blk=c(blk)),
         "flash_attn_prefill_blk": lambda c: fattn.flash_attn_prefill_blk(c(mask), head_dim=64),
         "flash_attn_vec": lambda c: fattn.flash_attn_vec(c(qd), c(kd), c(vd), kv_seq_len=50, nwg=4),
         "flash_attn_vec_partials": lambda c: fattn.flash_attn_vec_partials(c(qd), c(kd), c(vd), kv_seq_len=50,
@@ -308,3 +311,19 @@ def test_consumed_capsule_is_rejected():
     as_array(type("Once", (), {"__dlpack__": lambda self: capsule})(), "q")
     with pytest.raises(TypeError, match=r"^q: __dlpack__\(\) did not return an unconsumed DLPack capsule"):
         as_array(type("Twice", (), {"__dlpack__": lambda self: capsule})(), "q")
+
+
+def test_typecheck_usage_script_runs():
+    """tests_py/typecheck_usage.py is what `make typecheck` checks as a user's code; it must run too."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "typecheck_usage.py")
+    spec = importlib.util.spec_from_file_location("typecheck_usage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = (fattn.get_num_threads(), fattn.build_info()["isa"])
+    try:
+        module.main()
+    finally:
+        fattn.set_num_threads(saved[0])
+        fattn.set_isa(saved[1])

@@ -155,6 +155,8 @@ def test_the_gil_is_released_while_a_kernel_runs(restore_threads):
         ticks += 1
         time.sleep(0.001)
     t.join()
-    # With the GIL held for the whole call this loop could not run at all while it lasted.
+    # With the GIL held for the whole call this loop could not run while it lasted (a tick or
+    # two at most, before the call takes the GIL); released, it ticks about once a millisecond
+    # (about 300 times here). 10 leaves room for a loaded machine.
     assert timing["kernel"] > 0.05, "kernel too short to tell"
-    assert ticks >= 0.3 * timing["kernel"] / 0.002, (ticks, timing)
+    assert ticks >= 10, (ticks, timing)

@@ -52,17 +52,36 @@ def naive(rng: np.random.Generator) -> np.ndarray:
     return fattn.round_to(y, np.float32)
 
 
+def _rejected_by_the_type_checker(q: np.ndarray) -> None:
+    """Never called. mypy --strict (warn_unused_ignores) fails if an ignore below is unused,
+    i.e. if the public signatures stopped rejecting these calls."""
+    fattn.sdpa([[1.0]], q, q)  # type: ignore[arg-type]
+    fattn.flash_attn_vec(q, q, q, kv_seq_len="5")  # type: ignore[arg-type]
+    fattn.merge_attention([q], [1.0])  # type: ignore[list-item]
+
+
+def with_buffers() -> np.ndarray:
+    """Buffer-protocol objects are accepted as they are."""
+    import array
+    data = array.array("f", [0.5] * 64)
+    out: np.ndarray = fattn.round_to(memoryview(data), np.float16)
+    total: np.ndarray = fattn.round_to(data, np.float32) + out
+    return total
+
+
 def main() -> None:
     threads: int = fattn.get_num_threads()
     fattn.set_num_threads(max(1, threads))
     isas: List[str] = fattn.available_isas()
+    best = str(fattn.build_info()["isa"])
     fattn.set_isa(isas[0])
-    fattn.set_isa(fattn.build_info()["isa"])
+    fattn.set_isa(best)
     version: str = fattn.__version__
     rng = np.random.default_rng(0)
     prefill_and_merge(rng)
     decode(rng)
     naive(rng)
+    with_buffers()
     print(version, "ok")
 
 

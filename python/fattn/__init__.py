@@ -28,31 +28,36 @@ __all__ = ["flash_attn_vec", "flash_attn_vec_partials", "flash_attn_vec_reduce",
 
 
 def set_num_threads(n: int) -> None:
-    """Threads every kernel may use (>= 1). Results are bit-identical for any count."""
+    """Threads every kernel may use (an int >= 1). Results are bit-identical for any count
+    (docs/numerics.md §2, "Threads"); safe to call while other Python threads run kernels."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n: expected an integer, got {type(n).__name__}")
     _core.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
-    """The thread count kernels use (default: the machine's hardware threads)."""
+    """The thread count kernels use (default: the machine's hardware threads; see
+    :func:`set_num_threads`)."""
     return _core.get_num_threads()
 
 
 def build_info() -> Dict[str, Any]:
-    """Version, compiler, build type, usable CPU features, the ISA the kernels run with, threads."""
+    """Version, compiler, build type, usable CPU features, the ISA the kernels run with
+    (docs/numerics.md §7), threads: a dict with keys "version", "compiler", "build_type",
+    "cpu_features", "isa", "num_threads"."""
     return dict(_core.build_info())
 
 
 def available_isas() -> List[str]:
     """The kernel paths this CPU can run: "scalar" (the readable model every other path
-    reproduces bit for bit) and, where supported, "avx2" and "avx512"."""
+    reproduces bit for bit) and, where supported, "avx2" and "avx512" (docs/numerics.md §7)."""
     return list(_core.available_isas())
 
 
 def set_isa(name: str) -> None:
     """Selects the kernel path ("scalar", "avx2" or "avx512"; default: the best available). Results do
-    not depend on it, bit for bit; it exists to check exactly that, and to time the paths."""
+    not depend on it, bit for bit (docs/numerics.md §7); it exists to check exactly that, and to
+    time the paths. Process-wide."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     _core.set_isa(name)

@@ -1,13 +1,19 @@
 """Argument handling shared by the public kernels: what needs Python to check.
 
 The compiled core validates shapes, sizes and values itself (and names the
-argument in its messages); this module turns what a caller hands us into
-arrays the core can view without copying, and rejects what is not an array.
+argument in its messages); this module turns what a caller hands us (NumPy
+arrays, DLPack and buffer-protocol objects) into arrays the core can view
+without copying, rejects what is not an array, checks ``out=``, and repeats the
+core's shape rules (same messages) before any output is allocated, so that an
+invalid call never asks for memory.
 """
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    from typing import Protocol
 
 import ml_dtypes
 import numpy as np
@@ -20,8 +26,19 @@ FLOAT32 = np.dtype(np.float32)
 KERNEL_DTYPES = (FLOAT32, FLOAT16, BFLOAT16)
 
 # What a public function accepts as an array argument: a numpy array, or any object
-# exposing the buffer protocol or __dlpack__ (checked at run time by as_array).
-ArrayLike = Any
+# exposing __dlpack__ or the buffer protocol (checked at run time by as_array). For type
+# checkers: ndarray, anything with a __dlpack__ callable without arguments (torch.Tensor,
+# JAX arrays, ...) and the standard buffer types (the buffer protocol itself has no static
+# type before Python 3.12).
+if TYPE_CHECKING:
+    import array
+
+    class SupportsDLPack(Protocol):
+        def __dlpack__(self) -> Any: ...
+
+    ArrayLike = Union[np.ndarray, SupportsDLPack, memoryview, bytes, bytearray, "array.array[Any]"]
+else:
+    ArrayLike = Any
 LAYOUTS = ("bhld", "blhd")
 
 
@@ -112,7 +129,7 @@ def check_attention_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray, names: T
         ref = "q.shape[3]" if of_q == "index" else "q's"
         raise ValueError(f"{kn}: head dim D ({ref}) must be {q.shape[3]}, got {k.shape[3]}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q/k: the number of query heads H ({q.shape[1]}) must be divisible by the number of "
+        raise ValueError(f"{qn}/{kn}: the number of query heads H ({q.shape[1]}) must be divisible by the number of "
                          f"K/V heads H_kv ({k.shape[1]})")
     if v.shape != k.shape:
         raise ValueError(f"{vn}: shape must equal {kn}'s {list(k.shape)}, got {list(v.shape)}")

@@ -136,7 +136,8 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     if out is None:
         result = dest = np.empty(q.shape, dtype=q.dtype)
     else:
-        result, dest = prepare_out(out, q.shape, q.dtype, (("q", q), ("k", k), ("v", v)))
+        inputs = [("q", q), ("k", k), ("v", v)] + ([] if mask4 is None else [("mask", mask4)])
+        result, dest = prepare_out(out, q.shape, q.dtype, inputs)
     lse = np.empty(qb.shape[:3], dtype=np.float32) if return_lse else None
     qh, kh, vh = (head_dim_contiguous(a) for a in (qb, kb, vb))
     _core.flash_attn_prefill(qh, kh, vh, to_bhld(dest, layout), mask4, blk_arr,

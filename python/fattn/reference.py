@@ -100,14 +100,18 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Option
     safe_max = np.where(np.isfinite(row_max), row_max, 0.0)
     weights = np.where(visible, np.exp(scores - safe_max), 0.0)
     row_sum = weights.sum(axis=-1, keepdims=True)
-    out = np.einsum("bhij,bhjd->bhid", weights, v)
-    out = np.asarray(np.divide(out, row_sum, out=np.zeros_like(out), where=row_sum > 0))
+    if np.all(np.isfinite(v)):
+        out = np.einsum("bhij,bhjd->bhid", weights, v)
+    else:  # only keys a row sees reach it (0 * NaN would otherwise leak into every row)
+        out = np.where(visible[..., None], weights[..., None] * v[:, :, None], 0.0).sum(axis=3)
+    # A row that sees no key is 0; a NaN (or inf) sum, from non-finite inputs, stays NaN.
+    out = np.asarray(np.divide(out, row_sum, out=np.zeros_like(out), where=row_sum != 0))
     if layout == "blhd":
         out = out.transpose(0, 2, 1, 3)
     if not return_lse:
         return out
     with np.errstate(divide="ignore"):
-        lse = np.where(row_sum[..., 0] > 0, safe_max[..., 0] + np.log(row_sum[..., 0]), -np.inf)
+        lse = np.where(row_sum[..., 0] != 0, safe_max[..., 0] + np.log(row_sum[..., 0]), -np.inf)
     return out, lse
 
 
