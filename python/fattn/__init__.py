@@ -16,7 +16,7 @@ import numpy as np
 from . import _core, reference
 from numpy.typing import DTypeLike
 
-from ._common import BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array, require_dtype
+from ._common import BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array
 from ._decode import flash_attn_vec, flash_attn_vec_partials, flash_attn_vec_reduce, merge_attention
 from ._prefill import flash_attn_prefill, flash_attn_prefill_blk, prefill_geometry
 from ._sdpa import sdpa
@@ -64,19 +64,40 @@ def set_isa(name: str) -> None:
 
 
 def round_to(x: ArrayLike, dtype: DTypeLike) -> np.ndarray:
-    """``x`` (float32, float16 or bfloat16, any shape; numpy array, CPU torch tensor, DLPack or
-    buffer-protocol object) rounded to ``dtype`` (float32, float16, bfloat16) with fattn's
-    conversion (round to nearest even, NaN kept, overflow to inf): the same rounding the kernels
-    do at a store (docs/numerics.md §1). Returns a new array of x's shape."""
+    """``x`` (float64, float32, float16 or bfloat16, any shape; numpy array, CPU torch tensor,
+    DLPack or buffer-protocol object) rounded to ``dtype`` (float32, float16, bfloat16) with
+    fattn's conversion (round to nearest even, NaN kept, overflow to inf): the same rounding the
+    kernels do at a store (docs/numerics.md §1). float64 input is rounded once, straight to
+    ``dtype`` (not through float32 to nearest, which can round twice). Returns a new array of x's
+    shape."""
     arr = as_array(x, "x")
-    require_dtype(arr, "x")
+    if arr.dtype not in (np.float64, FLOAT32, FLOAT16, BFLOAT16):
+        raise TypeError(f"x: dtype must be one of float64, float32, float16, bfloat16, got {arr.dtype}")
     try:
         target = np.dtype(dtype)
     except TypeError as e:
         raise TypeError(f"dtype: not a dtype ({e})") from None
     if target not in (FLOAT32, FLOAT16, BFLOAT16):
         raise TypeError(f"dtype: dtype must be one of float32, float16, bfloat16, got {target}")
+    if arr.dtype == np.float64:  # overflow to inf is the documented result, not a warning
+        with np.errstate(over="ignore"):
+            arr = arr.astype(FLOAT32) if target == FLOAT32 else _float64_to_float32_sticky(arr)
     src = np.require(arr, requirements=("C", "A")).reshape(-1)
     dst = np.empty(src.shape, dtype=target)
     _core.convert(src, dst)
     return dst.reshape(arr.shape)
+
+
+def _float64_to_float32_sticky(x: np.ndarray) -> np.ndarray:
+    """float64 -> float32 rounded to odd: truncated toward zero, and the last bit set when
+    anything was dropped. float32 keeps at least two more bits than float16 and bfloat16 (normal
+    or subnormal), so rounding this to nearest even gives the float64 value's own correctly
+    rounded float16/bfloat16 (Boldo & Melquiond, "Emulation of FMA and correctly rounded sums:
+    proved algorithms using rounding to odd", 2008)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = x.astype(FLOAT32)
+        away = np.abs(t.astype(np.float64)) > np.abs(x)  # rounded away from zero (incl. to inf)
+        t = np.where(away, np.nextafter(t, FLOAT32.type(0)), t)
+        inexact = (t.astype(np.float64) != x) & ~np.isnan(x)
+    odd: np.ndarray = (t.view(np.uint32) | inexact.astype(np.uint32)).view(FLOAT32)
+    return odd
