@@ -136,15 +136,17 @@ test-tsan: $(VENV)/.py-deps
 # length control: the decoder reads zeros past the input's end, so short
 # inputs alone would keep every late choice at its default. The committed
 # seeds (tests_cpp/fuzz/corpus) are only read; new inputs go to
-# build/fuzz/corpus, crashes to build/fuzz/. CI=true fixes the seed.
+# build/fuzz/corpus, crashes to build/fuzz/. CI=true fixes the seed and
+# starts from the committed seeds alone (an empty scratch corpus).
 fuzz: $(BUILD)/.clang-deps $(VENV)/.py-deps
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFATTN_BUILD_FUZZ=ON -DFATTN_BUILD_TESTS=OFF -DFATTN_BUILD_PYTHON=OFF \
 	  -DFATTN_SANITIZE=address,undefined \
 	  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined -D_GLIBCXX_ASSERTIONS" >/dev/null
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(FUZZ_BUILD) -j2 --target fuzz_args
+	@if [ "$$CI" = true ]; then rm -rf $(FUZZ_BUILD)/corpus; fi  # CI: the committed seeds only, reproducible
 	@mkdir -p $(FUZZ_BUILD)/corpus
-	@echo "== fuzzing for $(FUZZ_SECONDS) s"
+	@echo "== fuzzing for $(FUZZ_SECONDS) s (plus one replay of the corpus)"
 	@seed=$$( [ "$$CI" = true ] && echo "-seed=1" ); \
 	UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/tests_cpp/fuzz/fuzz_args $(FUZZ_BUILD)/corpus tests_cpp/fuzz/corpus \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=512 -len_control=0 -timeout=10 -rss_limit_mb=2048 $$seed \
