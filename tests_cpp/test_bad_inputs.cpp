@@ -228,6 +228,21 @@ const std::vector<Case>& cases() {
          f.ov.writable = false;
          f.sdpa_call();
        }},
+      {"SdpaOutStrideZero", Err::argument, "out: its elements overlap",
+       [](Fixture& f) {
+         f.ov.stride[2] = 0;  // three rows written to one place by different threads
+         f.sdpa_call();
+       }},
+      {"SdpaOutInterleaved", Err::argument, "out: its elements overlap",
+       [](Fixture& f) {
+         f.ov.stride[1] = 32;  // head h + 1 starts in the middle of head h's first row
+         f.sdpa_call();
+       }},
+      {"PrefillLseOverlap", Err::argument, "lse: its elements overlap",
+       [](Fixture& f) {
+         f.lv.stride[2] = 0;
+         f.prefill_call(false, false, true);
+       }},
       {"SdpaKvSeqLenOverCapacity", Err::argument, "kv_seq_len: must be <= the K/V capacity (k.shape[2] = 5), got 6",
        [](Fixture& f) {
          f.sp.kv_seq_len = 6;
@@ -445,8 +460,10 @@ const std::vector<Case>& cases() {
          f.o1v.dtype = DType::f16;
          f.vec_call();
        }},
-      {"DecodeWorkspaceOverflow_regression", Err::argument, "q: B * H = ",
-       [](Fixture& f) {  // q broadcast (stride 0) over 2^56 rows: a valid view, a workspace past 2^63 floats
+      // Once this reached a workspace past 2^63 floats; an output that large must now
+      // alias itself (it cannot be addressed otherwise), which is rejected first.
+      {"DecodeWorkspaceOverflow_regression", Err::argument, "out: its elements overlap",
+       [](Fixture& f) {  // q broadcast (stride 0) over 2^56 rows
          auto wide = [](TensorView t, std::int64_t b, std::int64_t h) {
            t = with_shape(with_shape(with_shape(t, 0, b), 1, h), 3, 32);
            return with_stride(with_stride(t, 0, 0), 1, 0);
@@ -464,6 +481,11 @@ const std::vector<Case>& cases() {
       {"PartialsSM", Err::argument, "s and m must be [..., H, nwg]",
        [](Fixture& f) {
          f.spv = with_shape(f.spv, 2, 2);
+         f.partials_call();
+       }},
+      {"PartialsOverlap", Err::argument, "partials: its elements overlap",
+       [](Fixture& f) {
+         f.spv.stride[2] = 0;
          f.partials_call();
        }},
       {"PartialsReadOnly", Err::argument, "partials: must be writable",
@@ -486,6 +508,11 @@ const std::vector<Case>& cases() {
       {"ReduceOutShape", Err::argument, "out: shape must be [B, H, 1, D] matching o",
        [](Fixture& f) {
          f.o1v = with_shape(f.o1v, 3, 32);
+         f.reduce_call();
+       }},
+      {"ReduceOutStrideZero", Err::argument, "out: its elements overlap",
+       [](Fixture& f) {
+         f.o1v.stride[1] = 0;
          f.reduce_call();
        }},
       {"ReduceOutReadOnly", Err::argument, "out: must be writable",

@@ -1,5 +1,6 @@
 #include "fattn/tensor.hpp"
 
+#include <algorithm>
 #include <limits>
 
 namespace fattn {
@@ -33,6 +34,22 @@ void require_addressable(const std::array<std::int64_t, 4>& shape, const std::ar
 }
 
 }  // namespace
+
+bool elements_distinct(const std::array<std::int64_t, 4>& shape, const std::array<std::int64_t, 4>& stride) {
+  // Sufficient (and what every dense, sliced, transposed or seq-major view
+  // meets): taken by increasing |stride|, each axis steps past everything
+  // the smaller axes reach. Axes of extent 1 never step. Sums stay below
+  // 2^63 for views that passed require_addressable.
+  std::array<int, 4> axes{0, 1, 2, 3};
+  std::sort(axes.begin(), axes.end(), [&](int a, int b) { return magnitude(stride[a]) < magnitude(stride[b]); });
+  std::uint64_t reach = 0;  // largest offset the smaller axes span
+  for (int a : axes) {
+    if (shape[a] <= 1) continue;
+    if (magnitude(stride[a]) <= reach) return false;
+    reach += magnitude(stride[a]) * std::uint64_t(shape[a] - 1);
+  }
+  return true;
+}
 
 TensorView contiguous_view(void* data, DType dtype, std::array<std::int64_t, 4> shape, bool writable) {
   TensorView t;

@@ -30,8 +30,14 @@ inline void require_same_shape(const TensorView& t, const char* name, const Tens
           t.shape[3], "]");
 }
 
+// Written by several threads at once, an output whose elements alias each
+// other (a stride of 0, or strides that interleave) would be a data race and
+// a wrong answer: writable views must give every element its own address.
 inline void require_writable(const TensorView& t, const char* name) {
   require(t.writable, name, ": must be writable");
+  require(elements_distinct(t.shape, t.stride), name, ": its elements overlap (strides [", t.stride[0], ", ",
+          t.stride[1], ", ", t.stride[2], ", ", t.stride[3], "] for shape [", t.shape[0], ", ", t.shape[1], ", ",
+          t.shape[2], ", ", t.shape[3], "]); an output needs a distinct address per element");
 }
 
 // q [B, H, Lq, D]; k, v [B, H_kv, Lk, D] with H % H_kv == 0; out like q,

@@ -67,6 +67,9 @@ TensorView seq_major_view(void* data, DType dtype, std::array<std::int64_t, 4> b
 // byte offset representable in 64 bits. `name` is the argument's name in
 // messages.
 void validate_view(const TensorView& t, const char* name);
+// Whether every element of a view with these extents (>= 1) and strides has
+// its own address (checked for every output: aliasing outputs are rejected).
+bool elements_distinct(const std::array<std::int64_t, 4>& shape, const std::array<std::int64_t, 4>& stride);
 
 // How a mask blocks or biases a score.
 enum class MaskKind : std::uint8_t { additive = 0, boolean = 1 };
