@@ -192,7 +192,7 @@ fuzz: $(BUILD)/.clang-deps $(VENV)/.py-deps
 	UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_BUILD)/tests_cpp/fuzz/fuzz_args $(FUZZ_BUILD)/corpus tests_cpp/fuzz/corpus \
 	  -max_total_time=$(FUZZ_SECONDS) -max_len=512 -len_control=0 -timeout=10 -rss_limit_mb=2048 $$seed \
 	  -artifact_prefix=$(FUZZ_BUILD)/ -print_final_stats=1 2>&1 \
-	  | grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)'
+	  | grep -v -E '^(#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)|[[:space:]]+NEW_FUNC)'
 
 # The C++ core installed as a CMake package into build/install (configured
 # and built in build/pkg), then examples/cpp built against it with
