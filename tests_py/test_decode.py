@@ -187,3 +187,34 @@ def test_property_any_configuration_within_bound(h_kv, group, d, kv_len, spare, 
     exact = exact_attention(q, k, v, kv_len, w, softcap)
     assert (np.abs(as64(out) - exact) <= decode_exact_bound(q, k, v, kv_seq_len=kv_len, window=w,
                                                              softcap=softcap)).all()
+
+
+@pytest.mark.parametrize("kv_len, mode, window, softcap", [(1, "none", 0, 0.0), (77, "none", 0, 0.0),
+                                                           (1000, "sliding_window", 100, 0.0), (4097, "none", 0, 30.0)])
+def test_return_lse_matches_the_exact_lse_and_merges(kv_len, mode, window, softcap):
+    # The LSE is computed in float64 from the kernel's partials: against the exact LSE of the
+    # same (float16-staged) query it is off only by the kernel's f32 scores and sums, well
+    # inside 1e-5 * (1 + |lse|) at these sizes (docs/numerics.md §5, "LSE").
+    rng = np.random.default_rng(kv_len)
+    h, h_kv, d = 8, 2, 128
+    q = rng.standard_normal((h, d)).astype(F32)
+    k = rng.standard_normal((h_kv, kv_len + 3, d)).astype(F32)
+    v = rng.standard_normal((h_kv, kv_len + 3, d)).astype(F32)
+    kw = dict(kv_seq_len=kv_len, mask=mode, window=window, softcap=softcap)
+    out, lse = fattn.flash_attn_vec(q, k, v, return_lse=True, **kw)
+    assert out.dtype == F32 and lse.dtype == F32 and lse.shape == (h,)
+    assert out.tobytes() == fattn.flash_attn_vec(q, k, v, **kw).tobytes()  # bits unchanged by return_lse
+    q16 = q.astype(F16).astype(np.float64)
+    first = kv_len - window if window and window < kv_len else 0
+    _, ref_lse = reference.attention(q16[None, :, None], as64(k)[None, :, first:kv_len], as64(v)[None, :, first:kv_len],
+                                     softcap=softcap, return_lse=True)
+    ref_lse = ref_lse[0, :, 0]
+    assert np.all(np.abs(lse - ref_lse) <= 1e-5 * (1 + np.abs(ref_lse))), np.abs(lse - ref_lse).max()
+    if kv_len > 1 and mode == "none":  # two decodes over halves of the cache, merged, equal one over all
+        a = kv_len // 3
+        o1, l1 = fattn.flash_attn_vec(q, k[:, :a], v[:, :a], kv_seq_len=a, softcap=softcap, return_lse=True)
+        o2, l2 = fattn.flash_attn_vec(q, k[:, a:kv_len], v[:, a:kv_len], kv_seq_len=kv_len - a, softcap=softcap,
+                                      return_lse=True)
+        merged, merged_lse = fattn.merge_attention([o1, o2], [l1, l2], return_lse=True)
+        assert np.abs(merged - out).max() <= 1e-5 * np.abs(v).max()
+        assert np.all(np.abs(merged_lse - lse) <= 1e-5 * (1 + np.abs(lse)))

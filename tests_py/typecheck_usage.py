@@ -42,6 +42,8 @@ def decode(rng: np.random.Generator) -> np.ndarray:
                                  softcap=30.0, out=np.empty_like(q))
     exact = reference.flash_attn_vec(q, cache, cache, kv_seq_len=60, nwg=4)
     assert again.shape == out.shape
+    with_lse, lse = fattn.flash_attn_vec(q, cache, cache, kv_seq_len=60, return_lse=True)
+    assert lse.shape == q.shape[:-1] and with_lse.shape == q.shape
     diff: np.ndarray = out - exact
     return diff
 
@@ -56,7 +58,7 @@ def _rejected_by_the_type_checker(q: np.ndarray) -> None:
     """Never called. mypy --strict (warn_unused_ignores) fails if an ignore below is unused,
     i.e. if the public signatures stopped rejecting these calls."""
     fattn.sdpa([[1.0]], q, q)  # type: ignore[arg-type]
-    fattn.flash_attn_vec(q, q, q, kv_seq_len="5")  # type: ignore[arg-type]
+    fattn.flash_attn_vec(q, q, q, kv_seq_len="5")  # type: ignore[call-overload]
     fattn.merge_attention([q], [1.0])  # type: ignore[list-item]
 
 

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
 from . import _core
-from ._common import (FLOAT32, ArrayLike, as_array, check_attention_shapes, finish_out, head_dim_contiguous,
+from ._common import (FLOAT32, ArrayLike, as_array, boolean, check_attention_shapes, finish_out, head_dim_contiguous,
                       in_range, integer, optional_scale, prepare_out, require_dtype, require_same_dtype)
 
 _MASKS = {"none": 0, "causal": 1, "sliding_window": 2}
@@ -58,9 +58,19 @@ def _decode_args(q_in: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: 
     return q, head_dim_contiguous(q4), head_dim_contiguous(k4), head_dim_contiguous(v4), params
 
 
+@overload
+def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
+                   scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
+                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
+                   scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
+                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True]
+                   ) -> Tuple[np.ndarray, np.ndarray]: ...
 def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
-                   nwg: int = 32, out: Optional[ArrayLike] = None) -> np.ndarray:
+                   nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False
+                   ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Vec decode (mlx-native's ``flash_attn_vec``, seed 002): one query per head against a KV cache.
 
     Shapes: q float32 ``[H, D]`` or ``[B, H, D]``; ``k_cache``, ``v_cache`` ``[H_kv, capacity, D]``
@@ -85,7 +95,18 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
     ``__dlpack__`` or the buffer protocol, read in place. ``out``: a float32 array shaped like
     q to write into (any strides that do not overlap; misaligned or non-contiguous-D arrays are
     written through a temporary); it is returned.
+
+    return_lse: also return the float32 log-sum-exp (natural log) of each head's scores, shaped
+    like q without D, so a decode result can go into :func:`merge_attention` (e.g. with a
+    prefill over other keys). It is not a kernel output (the seed has none): it is computed in
+    float64 from the kernel's own partials, ``M + log(sum_g exp(m_g - M) s_g)``, then rounded
+    once to float32; window-masked positions count with their sentinel score, i.e. ~0 weight.
+    The output is bit-identical with or without it.
     """
+    if boolean(return_lse, "return_lse"):
+        parts = flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale, mask=mask,
+                                        window=window, softcap=softcap, nwg=nwg)
+        return flash_attn_vec_reduce(*parts, out=out), _lse_from_partials(parts[1], parts[2])
     q_arr, q4, k4, v4, params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
     if out is None:
         result = dest = np.empty(q_arr.shape, dtype=np.float32)
@@ -94,6 +115,17 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
     out4 = dest[None, :, None, :] if q_arr.ndim == 2 else dest[:, :, None, :]
     _core.flash_attn_vec(q4, k4, v4, out4, *params)
     return finish_out(result, dest)
+
+
+def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """log(sum_g exp(m_g) s_g) over the group axis, in float64 (rounded once to float32);
+    -inf where no group has weight."""
+    m64, s64 = m.astype(np.float64), s.astype(np.float64)
+    top = m64.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = (np.exp(m64 - top) * s64).sum(axis=-1)
+        lse = np.where(total > 0, top[..., 0] + np.log(total), -np.inf)
+    return lse.astype(np.float32)
 
 
 def flash_attn_vec_partials(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
