@@ -218,3 +218,17 @@ def test_return_lse_matches_the_exact_lse_and_merges(kv_len, mode, window, softc
         merged, merged_lse = fattn.merge_attention([o1, o2], [l1, l2], return_lse=True)
         assert np.abs(merged - out).max() <= 1e-5 * np.abs(v).max()
         assert np.all(np.abs(merged_lse - lse) <= 1e-5 * (1 + np.abs(lse)))
+
+
+@pytest.mark.parametrize("q_dtype", [F16, BF16], ids=["f16", "bf16"])
+def test_half_precision_q_is_widened_exactly(q_dtype):
+    # The kernel stages q to float16 itself; a half-precision q must give exactly what its
+    # float32 widening gives (partials and LSE included).
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 4, 64)).astype(q_dtype)
+    k = rng.standard_normal((2, 2, 40, 64)).astype(F16)
+    out, lse = fattn.flash_attn_vec(q, k, k, kv_seq_len=37, return_lse=True)
+    want, want_lse = fattn.flash_attn_vec(q.astype(F32), k, k, kv_seq_len=37, return_lse=True)
+    assert out.dtype == F32 and out.tobytes() == want.tobytes() and lse.tobytes() == want_lse.tobytes()
+    parts = fattn.flash_attn_vec_partials(q, k, k, kv_seq_len=37)
+    assert fattn.flash_attn_vec_reduce(*parts).tobytes() == want.tobytes()

@@ -299,6 +299,9 @@ def vec_arrays(q=(4, 64), kv=(2, 10, 64), q_dtype=F32, kv_dtype=F16, v_dtype=Non
 
 
 VEC_BAD_CALLS = [
+    ("huge f16 q, batch mismatch (never widened)", (huge((2 ** 20, 2 ** 20, 64), F16), np.ones((3, 2, 10, 64), F16),
+                                                  np.ones((3, 2, 10, 64), F16)), {"kv_seq_len": 5}, ValueError,
+     "k_cache: batch size B"),
     ("head dim 48", vec_arrays(q=(4, 48), kv=(2, 10, 48)), {"kv_seq_len": 5}, ValueError,
      "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got 48"),
     ("head dim 1024", vec_arrays(q=(4, 1024), kv=(2, 10, 1024)), {"kv_seq_len": 5}, ValueError,
@@ -311,7 +314,6 @@ VEC_BAD_CALLS = [
     ("capacity < kv_seq_len", vec_arrays(), {"kv_seq_len": 11}, ValueError,
      "kv_seq_len: must be <= the cache capacity (10), got 11"),
     ("kv_seq_len missing", vec_arrays(), {}, TypeError, "kv_seq_len"),
-    ("q f16", vec_arrays(q_dtype=F16), {"kv_seq_len": 5}, TypeError, "q: dtype must be float32"),
     ("k/v dtypes differ", vec_arrays(v_dtype=F32), {"kv_seq_len": 5}, TypeError,
      "v_cache: dtype must match k_cache (float16), got float32"),
     ("k int8", vec_arrays(kv_dtype=np.int8), {"kv_seq_len": 5}, TypeError, "k_cache: dtype must be one of"),
@@ -336,7 +338,7 @@ VEC_BAD_CALLS = [
     ("cache not array", (np.ones((4, 64), F32), "cache", np.ones((2, 10, 64), F16)), {"kv_seq_len": 5}, TypeError,
      "k_cache: expected an array, got str"),
     # dtypes, ranks, extents
-    ("q bf16", vec_arrays(q_dtype=BF16), {"kv_seq_len": 5}, TypeError, "q: dtype must be float32"),
+    ("q int32", vec_arrays(q_dtype=np.int32), {"kv_seq_len": 5}, TypeError, "q: dtype must be float32, float16"),
     ("q f64", vec_arrays(q_dtype=np.float64), {"kv_seq_len": 5}, TypeError, "q: dtype must be float32"),
     ("k bf16 v f16", vec_arrays(kv_dtype=BF16, v_dtype=F16), {"kv_seq_len": 5}, TypeError,
      "v_cache: dtype must match k_cache (bfloat16), got float16"),

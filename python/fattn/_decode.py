@@ -5,7 +5,7 @@ from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overloa
 import numpy as np
 
 from . import _core
-from ._common import (FLOAT32, ArrayLike, as_array, boolean, check_attention_shapes, finish_out, head_dim_contiguous,
+from ._common import (BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array, boolean, check_attention_shapes, finish_out, head_dim_contiguous,
                       in_range, integer, optional_scale, prepare_out, require_dtype, require_same_dtype)
 
 _MASKS = {"none": 0, "causal": 1, "sliding_window": 2}
@@ -24,8 +24,9 @@ def _decode_args(q_in: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: 
         if a.ndim != q.ndim + 1:
             want = "[H_kv, capacity, D]" if q.ndim == 2 else "[B, H_kv, capacity, D]"
             raise ValueError(f"{name}: expected {want} to go with q of shape {q.shape}, got shape {a.shape}")
-    if q.dtype != FLOAT32:
-        raise TypeError(f"q: dtype must be float32 (the seed stages it to float16 itself), got {q.dtype}")
+    if q.dtype not in (FLOAT32, FLOAT16, BFLOAT16):
+        raise TypeError(f"q: dtype must be float32, float16 or bfloat16 (the seed stages it to float16 itself), "
+                        f"got {q.dtype}")
     require_dtype(k, "k_cache")
     require_same_dtype(v, "v_cache", k, "k_cache")
     if mask not in _MASKS:
@@ -55,6 +56,8 @@ def _decode_args(q_in: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: 
     if kv_len > k4.shape[2]:
         raise ValueError(f"kv_seq_len: must be <= the cache capacity ({k4.shape[2]}), got {kv_len}")
     params = (kv_len, scale_value, _MASKS[mask], window, softcap, nwg)
+    if q4.dtype != FLOAT32:  # widened exactly (after every check: never a copy of an invalid q)
+        q4 = q4.astype(FLOAT32)
     return q, head_dim_contiguous(q4), head_dim_contiguous(k4), head_dim_contiguous(v4), params
 
 
@@ -73,7 +76,7 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Vec decode (mlx-native's ``flash_attn_vec``, seed 002): one query per head against a KV cache.
 
-    Shapes: q float32 ``[H, D]`` or ``[B, H, D]``; ``k_cache``, ``v_cache`` ``[H_kv, capacity, D]``
+    Shapes: q ``[H, D]`` or ``[B, H, D]``, float32 (float16/bfloat16 are widened exactly first); ``k_cache``, ``v_cache`` ``[H_kv, capacity, D]``
     or ``[B, H_kv, capacity, D]`` in float32, float16 (the seed's two paths) or bfloat16, with
     ``H % H_kv == 0``; only positions ``< kv_seq_len`` are read (the rest of the capacity may hold
     anything, NaN included). D: any multiple of 32 up to 512 (the seed: 256 and 512). Output:
