@@ -18,7 +18,7 @@ import numpy as np
 import fattn
 from fattn import reference
 
-from _bounds import decode_bound, within
+from fattn.bounds import decode_bound, within
 
 rng = np.random.default_rng(2)
 H, H_kv, D, capacity = 8, 2, 128, 512
@@ -43,7 +43,8 @@ for step in range(steps):
 
     valid_k, valid_v = k_cache[None, :, :kv_seq_len], v_cache[None, :, :kv_seq_len]
     exact = reference.attention(q[None, :, None], valid_k, valid_v)[0, :, 0]  # [H, D] float64
-    ok, err, allowed = within(out, exact, decode_bound(q, k_cache, v_cache, kv_seq_len))
+    ok, err, allowed = within(out, exact, decode_bound(q, k_cache, v_cache, kv_seq_len=kv_seq_len))
+    ok = bool(ok.all())
     rel = err.max() / np.abs(exact).max()
     worst_bound, worst_rel = max(worst_bound, (err / allowed).max()), max(worst_rel, rel)
     if step % 20 == 0 or step == steps - 1:

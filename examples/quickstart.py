@@ -12,7 +12,7 @@ import numpy as np
 import fattn
 from fattn import reference
 
-from _bounds import sdpa_tolerance
+from fattn.bounds import sdpa_tolerance
 
 rng = np.random.default_rng(0)
 failed = False

@@ -28,3 +28,18 @@ def test_public_names():
     for name in ("sdpa", "reference", "set_num_threads", "get_num_threads", "build_info", "round_to"):
         assert hasattr(fattn, name)
     assert callable(fattn.reference.attention) and callable(fattn.reference.sdpa)
+
+
+def test_bounds_module_is_public_and_can_fail():
+    import ml_dtypes
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 2, 40, 64)).astype(ml_dtypes.bfloat16) for _ in range(3))
+    out = fattn.flash_attn_prefill(q, k, v, causal=True)
+    exact = fattn.reference.attention(q, k, v, causal="top_left")
+    bound, e = fattn.bounds.prefill_bound(q, k, v, causal=True)
+    assert e.shape == (1, 2, 40) and fattn.bounds.within(out, exact, bound)[0].all()
+    worse = (out.astype(np.float64) + 4 * bound + 0.01).astype(ml_dtypes.bfloat16)
+    assert not fattn.bounds.within(worse, exact, bound)[0].any()
+    assert (fattn.bounds.ulp([1.0, 3.0], np.float16) == [2.0 ** -10, 2.0 ** -9]).all()
+    with pytest.raises(TypeError, match="dtype: must be one of"):
+        fattn.bounds.ulp([1.0], np.float64)

@@ -43,6 +43,8 @@ def decode(rng: np.random.Generator) -> np.ndarray:
     exact = reference.flash_attn_vec(q, cache, cache, kv_seq_len=60, nwg=4)
     assert again.shape == out.shape
     with_lse, lse = fattn.flash_attn_vec(q, cache, cache, kv_seq_len=60, return_lse=True)
+    ok, _, _ = fattn.bounds.within(with_lse, exact, fattn.bounds.decode_bound(q, cache, cache, kv_seq_len=60))
+    assert ok.shape == with_lse.shape
     assert lse.shape == q.shape[:-1] and with_lse.shape == q.shape
     diff: np.ndarray = out - exact
     return diff

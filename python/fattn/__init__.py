@@ -5,7 +5,8 @@ Kernels: :func:`flash_attn_prefill` (tiled prefill) with its tile-skip map
 :func:`flash_attn_vec_partials` / :func:`flash_attn_vec_reduce`, :func:`merge_attention`,
 :func:`sdpa` (naive fused SDPA). Threads: :func:`set_num_threads`,
 :func:`get_num_threads`. Exact and kernel-faithful references:
-:mod:`fattn.reference`. Numerics of every kernel: docs/numerics.md.
+:mod:`fattn.reference`. The error bounds the tests assert, evaluated on your data:
+:mod:`fattn.bounds`. Numerics of every kernel: docs/numerics.md.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from . import _core, reference
+from . import _core, bounds, reference
 from numpy.typing import DTypeLike
 
 from ._common import BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array
@@ -24,7 +25,7 @@ from ._sdpa import sdpa
 __version__: str = _core.build_info()["version"]
 
 __all__ = ["flash_attn_vec", "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention",
-           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "__version__"]
+           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "bounds", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "__version__"]
 
 
 def set_num_threads(n: int) -> None:

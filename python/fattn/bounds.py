@@ -1,0 +1,161 @@
+"""The error bounds docs/numerics.md derives, evaluated on your data.
+
+Each returns float64 arrays to compare with ``|fattn result - fattn.reference.attention(...)|``
+(the exact answer); :func:`within` does the comparison, adding the final store's half ulp. They
+are the bounds fattn's own test suite asserts, so a result outside them is a bug to report.
+
+- :func:`ulp`: spacing of float32/float16/bfloat16 numbers at ``|x|``.
+- :func:`sdpa_tolerance`: ``fattn.sdpa`` (numerics §3).
+- :func:`prefill_bound`: ``fattn.flash_attn_prefill``, both kernels, masks, causal, layouts (§4).
+- :func:`decode_bound`: ``fattn.flash_attn_vec`` (§5).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import ml_dtypes
+import numpy as np
+import numpy.typing as npt
+
+_U32 = 2.0 ** -24  # unit roundoff of float32
+_LOG2E = 1.4426950408889634
+# Mantissa bits and smallest normal exponent of each type.
+_FORMAT = {np.dtype(np.float32): (23, -126), np.dtype(np.float16): (10, -14),
+           np.dtype(ml_dtypes.bfloat16): (7, -126)}
+_UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float16): 2.0 ** -11,
+                  np.dtype(ml_dtypes.bfloat16): 2.0 ** -8}
+
+
+def _f64(x: Any) -> np.ndarray:
+    return np.asarray(x).astype(np.float64)
+
+
+def _format(dtype: npt.DTypeLike) -> Tuple[int, int]:
+    dt = np.dtype(dtype)
+    if dt not in _FORMAT:
+        raise TypeError(f"dtype: must be one of float32, float16, bfloat16, got {dt}")
+    return _FORMAT[dt]
+
+
+def ulp(x: npt.ArrayLike, dtype: npt.DTypeLike) -> np.ndarray:
+    """Spacing of ``dtype``'s numbers at ``|x|`` (the subnormal spacing below the normal range)."""
+    mant, min_exp = _format(dtype)
+    a = np.abs(np.asarray(x, dtype=np.float64))
+    exp = np.floor(np.log2(np.where(a > 0, a, 1.0)))
+    spacing: np.ndarray = np.exp2(np.maximum(exp, min_exp) - mant)
+    return spacing
+
+
+def _f32_budget(v: npt.ArrayLike) -> float:
+    return 1e-5 * max(1e-30, float(np.max(np.abs(_f64(v)))))
+
+
+def sdpa_tolerance(dtype: npt.DTypeLike, exact: npt.ArrayLike, v: npt.ArrayLike) -> np.ndarray:
+    """Elementwise allowance on ``|fattn.sdpa(...) - exact|`` for output type ``dtype``:
+    ``1e-5·max|v|`` for float32; for bf16/f16 one ulp of the output type at the exact value
+    (half for the final rounding, half for f32 arithmetic crossing a rounding boundary) plus
+    the same ``1e-5·max|v|``. A practical allowance, not a proof (numerics §3)."""
+    _format(dtype)
+    shape = np.shape(exact)
+    if np.dtype(dtype) == np.float32:
+        return np.full(shape, _f32_budget(v))
+    allowed: np.ndarray = ulp(exact, dtype) + _f32_budget(v)
+    return allowed
+
+
+def _expand_kv(x: np.ndarray, heads: int) -> np.ndarray:
+    return np.repeat(x, heads // x.shape[1], axis=1)
+
+
+def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None, *,
+                  causal: bool = False, scale: Optional[float] = None, kernel: str = "auto",
+                  layout: str = "bhld") -> Tuple[np.ndarray, np.ndarray]:
+    """``(bound, e)`` for ``fattn.flash_attn_prefill`` with the same arguments (numerics §4,
+    "Error bounds"): ``bound`` broadcasts against the output (per row, before the store's half
+    ulp that :func:`within` adds); ``e`` ``[B, H, Lq]`` bounds each row's score error in natural
+    units, and so its LSE error.
+
+    Every visible score may be off by ``E`` (the input type's rounding of the pre-scaled Q for
+    the candle kernel, the f32 dot chain, the mask's conversion); the normalised weights then
+    move by a factor in ``[exp(-2E), exp(2E)]``, the output by ``(exp(2E) - 1)·max|V|``; the
+    online recurrence adds ``(2n + 10)·u·max|V|`` for ``n`` visible keys."""
+    dtype = np.dtype(np.asarray(q).dtype)
+    _format(dtype)
+    if layout == "blhd":
+        q64, k64, v64 = (_f64(x).transpose(0, 2, 1, 3) for x in (q, k, v))
+    else:
+        q64, k64, v64 = _f64(q), _f64(k), _f64(v)
+    b, h, lq, d = q64.shape
+    lk = k64.shape[2]
+    k64, v64 = _expand_kv(k64, h), _expand_kv(v64, h)
+    s = float(np.float32(1) / np.sqrt(np.float32(d))) if scale is None else float(np.float32(scale))
+    absdot = np.einsum("bhid,bhjd->bhij", np.abs(q64), np.abs(k64))
+    visible = np.ones((b, h, lq, lk), dtype=bool)
+    mask_err: np.ndarray = np.zeros((1, 1, 1, 1))
+    if mask is not None:
+        m = np.broadcast_to(np.asarray(mask), (b, h, lq, lk))
+        if m.dtype == bool:
+            visible &= m
+        else:
+            m64 = m.astype(np.float64)
+            visible &= m64 != -np.inf
+            finite = np.where(np.isfinite(m64), m64, 0.0)
+            if kernel == "llamacpp":  # the mask goes through half
+                half = m.astype(np.float32).astype(np.float16).astype(np.float64)
+                mask_err = np.abs(np.where(np.isfinite(half), half, 0.0) - finite) + 2 * _U32 * np.abs(finite)
+            else:
+                mask_err = 2 * _U32 * np.abs(finite)
+    if causal:  # top-left: query i sees keys 0..i
+        visible &= np.arange(lk)[None, :] <= np.arange(lq)[:, None]
+    if kernel == "llamacpp":
+        score_err = (d + 2) * _U32 * s * absdot + mask_err
+    else:
+        score_err = (2 * _UNIT_ROUNDOFF[dtype] + (d + 2) * _U32) * s * _LOG2E * absdot * np.log(2) + mask_err
+    e = np.where(visible, score_err, 0.0).max(axis=-1)
+    n = visible.sum(axis=-1)
+    vmax = np.abs(v64).max(axis=(2, 3))[..., None]
+    a = vmax * (np.expm1(2 * e) + (2 * n + 10) * _U32)
+    bound = a[..., None] if layout == "bhld" else a[..., None].transpose(0, 2, 1, 3)
+    return bound, e
+
+
+def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+                 scale: Optional[float] = None, window: Optional[int] = None, softcap: float = 0.0) -> np.ndarray:
+    """Per-row bound on ``|fattn.flash_attn_vec(...) - exact|`` (numerics §5, "Error bounds"),
+    shaped ``[..., H, 1]`` for q ``[H, D]`` or ``[B, H, D]``: Q's rounding to float16 (relative
+    2^-11, absolute 2^-25 below half's normal range), the f32 dot chain, the softcap's tanh;
+    then through the softmax as for prefill."""
+    q64 = _f64(q)
+    k = np.asarray(k_cache)
+    v = np.asarray(v_cache)
+    if q64.ndim == 2:
+        q64, k, v = q64[None], k[None], v[None]
+    k64 = _expand_kv(_f64(k)[:, :, :kv_seq_len], q64.shape[1])
+    v64 = _expand_kv(_f64(v)[:, :, :kv_seq_len], q64.shape[1])
+    d = q64.shape[-1]
+    s = float(np.float32(1) / np.sqrt(np.float32(d))) if scale is None else float(np.float32(scale))
+    q_err = np.maximum(np.abs(q64) * 2.0 ** -11, 2.0 ** -25)
+    score_err = s * (np.einsum("bhd,bhjd->bhj", q_err, np.abs(k64))
+                     + (d + 2) * _U32 * np.einsum("bhd,bhjd->bhj", np.abs(q64), np.abs(k64)))
+    if softcap > 0:
+        score_err = score_err + 4 * _U32 * softcap  # tanh is 1-Lipschitz; its own rounding
+    visible = np.ones(kv_seq_len, dtype=bool)
+    if window:
+        visible &= np.arange(kv_seq_len) >= kv_seq_len - window
+    e = np.where(visible, score_err, 0.0).max(axis=-1)
+    vmax = np.abs(v64).max(axis=(2, 3))
+    bound: np.ndarray = vmax * (np.expm1(2 * e) + (2 * visible.sum() + 10) * _U32)
+    return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]
+
+
+def within(out: npt.ArrayLike, exact: npt.ArrayLike, bound: npt.ArrayLike
+           ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ok, err, allowed)`` elementwise: ``|out - exact| <= bound`` plus half an ulp of out's
+    type at ``|exact| + bound`` (the final store's rounding)."""
+    o = np.asarray(out)
+    ex = _f64(exact)
+    b = _f64(bound)
+    err = np.abs(_f64(o) - ex)
+    allowed = b + 0.5 * ulp(np.abs(ex) + b, o.dtype)
+    ok: np.ndarray = err <= allowed
+    return ok, err, allowed
