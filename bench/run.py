@@ -138,8 +138,9 @@ def main(argv):
     for threads in (1, 2):
         peaks[threads] = fattn._core.measure_peaks(threads, 0.3)
         p = peaks[threads]
-        print(f"peaks, {threads} thread(s): f32 FMA {p['f32_fma_gflops']:.0f} GFLOP/s, bf16 dot "
-              f"{p['bf16_dot_gflops']:.0f} GFLOP/s, streaming read {p['read_gbytes']:.1f} GB/s")
+        bf16 = f"{p['bf16_dot_gflops']:.0f} GFLOP/s" if p["bf16_dot_gflops"] > 0 else "n/a (no AVX512_BF16)"
+        print(f"peaks, {threads} thread(s): f32 FMA {p['f32_fma_gflops']:.0f} GFLOP/s, bf16 dot {bf16}, "
+              f"streaming read {p['read_gbytes']:.1f} GB/s")
 
     prefill = []
     lengths = [512, 2048] if args.quick else [512, 2048, 4096]
