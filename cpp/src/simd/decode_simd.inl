@@ -97,6 +97,75 @@ inline typename V::F transposed_tree(typename V::F* x) {
   return x[0];
 }
 
+// The same scores with positions in the lanes: W consecutive positions at
+// once, rows[j] the K row of position j. Each float4 group of the W rows is
+// transposed (one 4x4 transpose per 128-bit lane), so element e of the group
+// is one vector over the positions, and dot4, the lane sums and the 32-lane
+// tree are vertical: the same operations on the same operands as lane_dot in
+// decode.cpp. Lane l owns groups l, l + 32, ... (NG of them, at most 4 as
+// D <= 512); they are transposed once and kept in registers for every head.
+template <class V>
+inline typename V::F dot4(const typename V::F* e, const float* q4) {
+  return V::add(V::add(V::mul(e[0], V::set1(q4[0])), V::mul(e[1], V::set1(q4[1]))),
+                V::add(V::mul(e[2], V::set1(q4[2])), V::mul(e[3], V::set1(q4[3]))));
+}
+
+template <class V, int NG, class T>
+inline void lane_scores(const T* k, std::int64_t stride, std::int64_t l, std::int64_t D, const float* qh,
+                        std::int64_t group, typename V::F* lanes) {
+  static_assert(V::W == 8, "two 128-bit lanes: positions j and j + 4 share a load");
+  using F = typename V::F;
+  F e[NG > 0 ? NG : 1][4];
+  for (int i = 0; i < NG; ++i) {
+    const T* p = k + 4 * (l + kLanes * i);
+    for (int u = 0; u < 4; ++u) e[i][u] = V::load_quads(p + u * stride, p + (u + 4) * stride);
+    transpose4<V>(e[i]);  // e[i][x]: element x of the group, positions in order
+  }
+  const float* q = qh + 4 * l;
+  for (std::int64_t r = 0; r < group; ++r, q += D) {
+    F sum = V::zero();
+    for (int i = 0; i < NG; ++i) sum = V::add(sum, dot4<V>(e[i], q + 4 * kLanes * i));
+    lanes[r * kLanes + l] = sum;
+  }
+}
+
+// Scores of W positions for every head: s[r * s_stride + j] for head r and
+// the K row k + j * stride. `lanes` holds group x 32 vectors. The K and V
+// rows in `ahead` (pairs) are prefetched a few lanes apart, not all at once.
+template <class V, class T>
+inline void block_scores(const T* k, std::int64_t stride, std::int64_t D, const float* qh, std::int64_t group,
+                         typename V::F* lanes, float* s, std::int64_t s_stride, const char* const* ahead,
+                         std::int64_t n_ahead) {
+  const std::int64_t groups = D / 4;
+  const std::int64_t bytes = D * std::int64_t(sizeof(T));
+  constexpr std::int64_t kLanesPerRow = kLanes / V::W;
+  for (std::int64_t l = 0; l < kLanes; ++l) {
+    if (l % kLanesPerRow == 0 && 2 * (l / kLanesPerRow) < n_ahead) {
+      const char* k_ahead = ahead[2 * (l / kLanesPerRow)];
+      const char* v_ahead = ahead[2 * (l / kLanesPerRow) + 1];
+      std::int64_t off = 0;
+      for (; off + 128 <= bytes; off += 128) {
+        _mm_prefetch(k_ahead + off, _MM_HINT_T0);
+        _mm_prefetch(k_ahead + off + 64, _MM_HINT_T0);
+        _mm_prefetch(v_ahead + off, _MM_HINT_T0);
+        _mm_prefetch(v_ahead + off + 64, _MM_HINT_T0);
+      }
+      if (off < bytes) {
+        _mm_prefetch(k_ahead + off, _MM_HINT_T0);
+        _mm_prefetch(v_ahead + off, _MM_HINT_T0);
+      }
+    }
+    switch ((groups - l + kLanes - 1) / kLanes) {  // groups of lane l
+      case 0: lane_scores<V, 0>(k, stride, l, D, qh, group, lanes); break;
+      case 1: lane_scores<V, 1>(k, stride, l, D, qh, group, lanes); break;
+      case 2: lane_scores<V, 2>(k, stride, l, D, qh, group, lanes); break;
+      case 3: lane_scores<V, 3>(k, stride, l, D, qh, group, lanes); break;
+      default: lane_scores<V, 4>(k, stride, l, D, qh, group, lanes); break;
+    }
+  }
+  for (std::int64_t r = 0; r < group; ++r) V::store(s + r * s_stride, tree_v<V>(lanes + r * kLanes, kLanes));
+}
+
 // lo_r = fma chain of v_p * w_r[p] over the chunk's positions, for kHeads
 // heads sharing each V load; then O_r = O_r * rescale_r + lo_r. D goes in
 // blocks of kVec vectors held in registers.
@@ -129,7 +198,7 @@ inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_
 template <class V, int kHeads, class T>
 void chunk_pv(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0, std::int64_t valid,
               const float* const* w, const float* rescale, float* const* o, std::int64_t D) {
-  constexpr int kVec = V::kPvVectors;
+  constexpr int kVec = V::decode_pv_vectors(kHeads);
   std::int64_t d0 = 0;
   for (; d0 + kVec * V::W <= D; d0 += kVec * V::W)
     chunk_pv_block<V, kHeads, kVec, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);
@@ -176,20 +245,27 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
   // row's planes (P), the lane sums of W positions (group x S x W); then
   // floats: per NWG group its O (group x D), max and sum (group each); the
   // chunk's scores/weights (group x C) and rescales.
-  const std::int64_t vectors = group * P + P + group * S * W;
+  // With positions in the lanes (V::kDecodePositionLanes) the vectors are
+  // instead the lane sums (group x 32), and Q stays as floats (group x D)
+  // next to room for a block of W K rows (the cache's last, zero-padded).
+  constexpr bool kByPosition = V::kDecodePositionLanes;
+  const std::int64_t vectors = kByPosition ? group * kLanes : group * P + P + group * S * W;
+  const std::int64_t staged = kByPosition ? group * D + W * D : 0;
   const std::int64_t state = group * (D + 2);
-  work.resize(std::size_t((vectors + 1) * W + n_groups * state + group * C + group));
+  work.resize(std::size_t((vectors + 1) * W + staged + n_groups * state + group * C + group));
   F* qp = reinterpret_cast<F*>((reinterpret_cast<std::uintptr_t>(work.data()) + sizeof(F) - 1) / sizeof(F) * sizeof(F));
   F* kp = qp + group * P;
-  F* lanes = kp + P;
-  float* states = reinterpret_cast<float*>(lanes + group * S * W);
+  F* lanes = kByPosition ? qp : kp + P;
+  float* qh = reinterpret_cast<float*>(qp + vectors);
+  void* tail_block = qh + group * D;  // W rows of T: the cache's last rows, zero-padded
+  float* states = qh + staged;
   float* s = states + n_groups * state;
   float* rescale = s + group * C;
-  for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half, then as planes
+  for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half (then as planes)
     const float* src = q.row<const float>(b, kv_head * group + r, 0);
-    float* qh = reinterpret_cast<float*>(kp);
-    for (std::int64_t d = 0; d < D; ++d) qh[d] = f16_to_f32(f32_to_f16(src[d]));
-    load_planes<V>(qh, D, qp + r * P);
+    float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
+    for (std::int64_t d = 0; d < D; ++d) dst[d] = f16_to_f32(f32_to_f16(src[d]));
+    if constexpr (!kByPosition) load_planes<V>(dst, D, qp + r * P);
   }
   for (std::int64_t gi = 0; gi < n_groups; ++gi) {
     float* st = states + gi * state;
@@ -213,7 +289,26 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
       float* row_sum = row_max + group;
       const std::int64_t next = walk_ahead(chunk, kAhead, p.nwg, g_begin, g_end) * C;  // rows to prefetch
       // Dot products for every head of the group, W positions at a time.
-      for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
+      if constexpr (kByPosition) for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
+        const std::int64_t n = std::min(W, valid - j0);
+        const char* ahead[2 * W];  // K and V rows kAhead chunks on
+        std::int64_t n_ahead = 0;
+        for (std::int64_t j = 0; j < n && next + j0 + j < p.kv_len; ++j) {
+          ahead[n_ahead++] = reinterpret_cast<const char*>(k.row<const T>(b, kv_head, next + j0 + j));
+          ahead[n_ahead++] = reinterpret_cast<const char*>(v.row<const T>(b, kv_head, next + j0 + j));
+        }
+        const T* k_rows = k.row<const T>(b, kv_head, p0 + j0);
+        std::int64_t stride = k.stride[2];
+        if (n < W) {  // the cache's last rows: copied next to zero rows (never read past kv_seq_len)
+          T* padded = static_cast<T*>(tail_block);
+          std::fill(padded, padded + W * D, T{});
+          for (std::int64_t j = 0; j < n; ++j) std::copy(k_rows + j * stride, k_rows + j * stride + D, padded + j * D);
+          k_rows = padded;
+          stride = D;
+        }
+        block_scores<V>(k_rows, stride, D, qh, group, lanes, s + j0, C, ahead, n_ahead);  // past n: -inf below
+      }
+      else for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
         const std::int64_t n = std::min(W, valid - j0);
         for (std::int64_t j = 0; j < W; ++j) {
           if (j >= n) {  // past the chunk's end: zeros, overwritten with -inf below

@@ -17,6 +17,12 @@ struct Vec256 {
   static constexpr std::int64_t W = 8;
   static constexpr int kScoreKeys = 2;  // 16 ymm registers: 2 keys x 4 row vectors in flight
   static constexpr int kPvVectors = 2;
+  // Decode scores with positions in the lanes (simd/decode_simd.inl): on
+  // this target the K-planes form was bound by loads and stores.
+  static constexpr bool kDecodePositionLanes = true;
+  // D vectors per pass of the decode P·V for `heads` heads sharing V: at
+  // least 8 accumulators, so the 5-cycle FMA chains overlap.
+  static constexpr int decode_pv_vectors(int heads) { return heads >= 4 ? 2 : 8 / heads; }
 
   static I lanes() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
   static I first_int(std::int64_t n) {
@@ -37,6 +43,16 @@ struct Vec256 {
     const auto* src = static_cast<const std::uint16_t*>(p);
     for (std::int64_t i = 0; i < n; ++i) tmp[i] = src[i];
     return _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+  }
+  // The float4 groups at lo (low 128 bits) and hi (high), widened.
+  static F load_quads(const float* lo, const float* hi) { return _mm256_loadu2_m128(hi, lo); }
+  static F load_quads(const float16* lo, const float16* hi) { return _mm256_cvtph_ps(load_quads16(lo, hi)); }
+  static F load_quads(const bfloat16* lo, const bfloat16* hi) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_quads16(lo, hi)), 16));
+  }
+  static __m128i load_quads16(const void* lo, const void* hi) {  // 4 x 16 bits from each
+    const __m128i low = _mm_loadl_epi64(static_cast<const __m128i*>(lo));
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(low), static_cast<const double*>(hi)));
   }
   static F widen_n(const float* p, std::int64_t n) { return load_n(p, n); }
   static F widen_n(const float16* p, std::int64_t n) { return _mm256_cvtph_ps(load16_n(p, n)); }

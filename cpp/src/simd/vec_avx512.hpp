@@ -16,6 +16,10 @@ struct Vec512 {
   static constexpr std::int64_t W = 16;
   static constexpr int kScoreKeys = 8;  // keys per pass of the score kernel (x R/W row vectors in registers)
   static constexpr int kPvVectors = 4;  // D vectors per row held by the P·V kernel
+  // Decode scores from K planes (simd/decode_simd.inl), the form measured on
+  // Zen 4; the position-lane form is AVX2's.
+  static constexpr bool kDecodePositionLanes = false;
+  static constexpr int decode_pv_vectors(int) { return kPvVectors; }
 
   static M first(std::int64_t n) { return n >= W ? M(0xffff) : M((1u << n) - 1u); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
