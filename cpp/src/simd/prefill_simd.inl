@@ -30,42 +30,63 @@ void widen_row(const T* src, float* dst, std::int64_t n) {
   for (std::int64_t d = 0; d < n; d += V::W) V::store_n(dst + d, V::widen_n(src + d, n - d), n - d);
 }
 
-// For kRows rows that share the V loads: O_r = O_r * f_r (skipped when
-// f_r == 1, which changes no bit), then O_r = fma(p_j, v_j, O_r) over the
-// keys in order, for kVec vectors of D from d0 (the last may be partial).
+// A batch of `tiles` consecutive key tiles (their P·V deferred so the
+// accumulators stay in registers across them), for kRows rows sharing the V
+// loads: per tile t, O_r = O_r * f_r[t] (skipped when the factor is 1, which
+// changes no bit), then O_r = fma(p_j, v_j, O_r) over the tile's keys in
+// order: per element the scalar model's sequence, tile after tile. Tile t's
+// weights are p_cols[r][t * tile_stride + j * kSimdRows], its V rows
+// v_rows[t * bk + j], its key count keys[t]; kVec vectors of D from d0 (the
+// last may be partial). (O * 1 is O to the bit, NaN payloads included, as
+// the multiply returns its first operand's quiet NaN.)
+struct PvBatch {
+  const float* const* v_rows;
+  const std::int64_t* keys;
+  std::int64_t tiles, bk, tile_stride;
+};
+
 template <class V, int kRows, int kVec>
-inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale,
-                     const float* const* v_rows, std::int64_t keys, std::int64_t D, std::int64_t d0) {
+inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch& batch,
+                     std::int64_t D, std::int64_t d0) {
   using F = typename V::F;
   F acc[kRows][kVec];
-  for (int r = 0; r < kRows; ++r) {
-    const F f = V::set1(rescale[r]);
-    for (int u = 0; u < kVec; ++u) {
-      acc[r][u] = V::load_n(o_rows[r] + d0 + u * V::W, D - d0 - u * V::W);
-      if (rescale[r] != 1.0f) acc[r][u] = V::mul(acc[r][u], f);
-    }
-  }
-  for (std::int64_t j = 0; j < keys; ++j) {
-    const float* v_row = v_rows[j] + d0;
-    F pj[kRows];
-    for (int r = 0; r < kRows; ++r) pj[r] = V::set1(p_cols[r][j * kSimdRows]);
-    for (int u = 0; u < kVec; ++u) {
-      const F vv = V::load_n(v_row + u * V::W, D - d0 - u * V::W);
-      for (int r = 0; r < kRows; ++r) acc[r][u] = V::fmadd(pj[r], vv, acc[r][u]);
+  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kVec; ++u) acc[r][u] = V::load_n(o_rows[r] + d0 + u * V::W, D - d0 - u * V::W);
+  for (std::int64_t t = 0; t < batch.tiles; ++t) {
+    const float* f = rescale + t * kSimdRows;  // the rows' factors for tile t, see accumulate_pv
+    bool all_one = true;
+    for (int r = 0; r < kRows; ++r) all_one = all_one && f[r] == 1.0f;
+    if (!all_one)  // x * 1 is x to the bit, so the rows whose factor is 1 may take it too
+      for (int r = 0; r < kRows; ++r)
+        for (int u = 0; u < kVec; ++u) acc[r][u] = V::mul(acc[r][u], V::set1(f[r]));
+    const float* const* v_rows = batch.v_rows + t * batch.bk;
+    const std::int64_t offset = t * batch.tile_stride, keys = batch.keys[t];
+    for (std::int64_t j = 0; j < keys; ++j) {
+      const float* v_row = v_rows[j] + d0;
+      F pj[kRows];
+      for (int r = 0; r < kRows; ++r) pj[r] = V::set1(p_cols[r][offset + j * kSimdRows]);
+      for (int u = 0; u < kVec; ++u) {
+        const F vv = V::load_n(v_row + u * V::W, D - d0 - u * V::W);
+        for (int r = 0; r < kRows; ++r) acc[r][u] = V::fmadd(pj[r], vv, acc[r][u]);
+      }
     }
   }
   for (int r = 0; r < kRows; ++r)
     for (int u = 0; u < kVec; ++u) V::store_n(o_rows[r] + d0 + u * V::W, acc[r][u], D - d0 - u * V::W);
 }
 
+// rescale[t * kSimdRows + r]: row r's factor for tile t (gathered by the caller).
 template <class V, int kRows>
-void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale,
-                   const float* const* v_rows, std::int64_t keys, std::int64_t D) {
+void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch& batch,
+                   std::int64_t D) {
   constexpr int kVec = V::kPvVectors;
   std::int64_t d0 = 0;
-  for (; d0 + kVec * V::W <= D; d0 += kVec * V::W) pv_block<V, kRows, kVec>(o_rows, p_cols, rescale, v_rows, keys, D, d0);
-  for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, v_rows, keys, D, d0);
+  for (; d0 + kVec * V::W <= D; d0 += kVec * V::W) pv_block<V, kRows, kVec>(o_rows, p_cols, rescale, batch, D, d0);
+  for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, batch, D, d0);
 }
+
+// Keys whose P·V a batch defers at most (whole tiles; a larger tile is one batch).
+constexpr std::int64_t kPvBatchKeys = 64;
 
 template <class V, class T, class Arith>
 void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
@@ -80,20 +101,25 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
   const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
 
-  workspace.resize(std::size_t(D * R + 2 * BK * D + BK * R + R * D + 4 * R + D));
-  float* qT = workspace.data();  // [D][R]: staged Q, transposed so rows are lanes
-  float* kw = qT + D * R;        // [BK][D]: the K tile in f32
-  float* vw = kw + BK * D;       // [BK][D]: the V tile in f32
-  float* sT = vw + BK * D;       // [BK][R]: scores, then weights
-  float* o = sT + BK * R;        // [R][D]: the output accumulators
+  const std::int64_t batch_tiles = std::max<std::int64_t>(1, kPvBatchKeys / BK);  // tiles per P·V batch
+  workspace.resize(std::size_t(D * R + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + R * D + 2 * R + D));
+  float* qT = workspace.data();        // [D][R]: staged Q, transposed so rows are lanes
+  float* kw = qT + D * R;              // [BK][D]: the K tile in f32
+  float* vw = kw + BK * D;             // [batch][BK][D]: the batch's V tiles in f32
+  float* sT_batch = vw + batch_tiles * BK * D;  // [batch][BK][R]: scores, then weights
+  float* rescale_batch = sT_batch + batch_tiles * BK * R;  // [batch][R]: each tile's factors
+  float* o = rescale_batch + batch_tiles * R;  // [R][D]: the output accumulators
   float* row_max = o + R * D;
   float* row_sum = row_max + R;
-  float* rescale = row_sum + R;
-  float* zero_row = rescale + R;  // stands in for keys past Lk
+  float* factors = row_sum + R;        // [batch][R]: one P·V call's rows' factors (first 4 used)
+  float* zero_row = factors + batch_tiles * R;  // stands in for keys past Lk
   std::fill(zero_row, zero_row + D, 0.0f);
   // f32 K/V rows are read in place; 16-bit ones are widened into kw/vw first.
   const float* k_rows[1024];
-  const float* v_rows[1024];
+  const float* v_rows[1024];  // the batch's tiles, BK apart
+  std::int64_t batch_keys[kPvBatchKeys / 8];  // keys of each tile in the batch (BK >= 8)
+  std::int64_t pending = 0;                    // tiles in the batch
+  std::uint32_t pending_active = 0;            // their rows (a batch shares one set)
 
   const float factor = Arith::template q_factor<T>(p.scale);
   std::fill(qT, qT + D * R, 0.0f);
@@ -118,6 +144,39 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   const F neg_inf = V::set1(-kInf);
   const F scale = V::set1(p.scale);
 
+  // P·V of the pending tiles for their active rows, four rows at a time so
+  // they share the V loads.
+  auto flush_pv = [&] {
+    if (pending == 0) return;
+    const PvBatch batch{v_rows, batch_keys, pending, BK, BK * R};
+    std::int64_t rows_in[4];
+    int n = 0;
+    auto run = [&] {
+      float* o_rows[4];
+      const float* p_cols[4];
+      for (int i = 0; i < n; ++i) {
+        o_rows[i] = o + rows_in[i] * D;
+        p_cols[i] = sT_batch + rows_in[i];
+        for (std::int64_t t = 0; t < pending; ++t) factors[t * kSimdRows + i] = rescale_batch[t * R + rows_in[i]];
+      }
+      switch (n) {
+        case 4: accumulate_pv<V, 4>(o_rows, p_cols, factors, batch, D); break;
+        case 3: accumulate_pv<V, 3>(o_rows, p_cols, factors, batch, D); break;
+        case 2: accumulate_pv<V, 2>(o_rows, p_cols, factors, batch, D); break;
+        case 1: accumulate_pv<V, 1>(o_rows, p_cols, factors, batch, D); break;
+        default: break;
+      }
+      n = 0;
+    };
+    for (std::int64_t r = 0; r < rows; ++r) {
+      if (!(pending_active >> r & 1u)) continue;
+      rows_in[n++] = r;
+      if (n == 4) run();
+    }
+    run();
+    pending = 0;
+  };
+
   for (std::int64_t tile = 0; tile < max_limit; ++tile) {
     std::uint32_t active = 0, add_mask = 0;
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -128,19 +187,25 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       }
     }
     if (active == 0) continue;
+    if (pending > 0 && (active != pending_active || pending == batch_tiles)) flush_pv();
+    pending_active = active;
+    float* sT = sT_batch + pending * BK * R;
+    float* rescale = rescale_batch + pending * R;
+    const float** tile_v_rows = v_rows + pending * BK;
+    float* tile_vw = vw + pending * BK * D;
     const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
     for (std::int64_t j = 0; j < keys; ++j) {
       if constexpr (std::is_same_v<T, float>) {
         k_rows[j] = k.row<const float>(b, kv_head, key0 + j);
-        v_rows[j] = v.row<const float>(b, kv_head, key0 + j);
+        tile_v_rows[j] = v.row<const float>(b, kv_head, key0 + j);
       } else {
         widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
-        widen_row<V>(v.row<const T>(b, kv_head, key0 + j), vw + j * D, D);
+        widen_row<V>(v.row<const T>(b, kv_head, key0 + j), tile_vw + j * D, D);
         k_rows[j] = kw + j * D;
-        v_rows[j] = vw + j * D;
+        tile_v_rows[j] = tile_vw + j * D;
       }
     }
-    for (std::int64_t j = keys; j < BK; ++j) k_rows[j] = v_rows[j] = zero_row;
+    for (std::int64_t j = keys; j < BK; ++j) k_rows[j] = tile_v_rows[j] = zero_row;
 
     // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
     for (std::int64_t jb = 0; jb < BK; jb += KP) {
@@ -222,35 +287,9 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       V::store(rescale + lane0, resc);
     }
 
-    // P·V for the active rows, four at a time so they share the V loads.
-    std::int64_t batch[4];
-    int n_batch = 0;
-    auto flush = [&] {
-      float* o_rows[4];
-      const float* p_cols[4];
-      float f[4];
-      for (int i = 0; i < n_batch; ++i) {
-        o_rows[i] = o + batch[i] * D;
-        p_cols[i] = sT + batch[i];
-        f[i] = rescale[batch[i]];
-      }
-      switch (n_batch) {
-        case 4: accumulate_pv<V, 4>(o_rows, p_cols, f, v_rows, keys, D); break;
-        case 3: accumulate_pv<V, 3>(o_rows, p_cols, f, v_rows, keys, D); break;
-        case 2: accumulate_pv<V, 2>(o_rows, p_cols, f, v_rows, keys, D); break;
-        case 1: accumulate_pv<V, 1>(o_rows, p_cols, f, v_rows, keys, D); break;
-        default: break;
-      }
-      n_batch = 0;
-    };
-    for (std::int64_t r = 0; r < rows; ++r) {
-      if (!(active >> r & 1u)) continue;
-      batch[n_batch++] = r;
-      if (n_batch == 4) flush();
-    }
-    flush();
+    batch_keys[pending++] = keys;  // its P·V waits for the batch
   }
-
+  flush_pv();
   for (std::int64_t r = 0; r < rows; ++r) {
     const float l = row_sum[r];
     const float* o_row = o + r * D;
