@@ -112,3 +112,26 @@ def test_decode_paths_match_for_any_group_size_and_non_finite_inputs(rng, restor
     for isa in PATHS:
         for got, want in zip(results[isa], results["scalar"]):
             assert (bits(got) == bits(want)).all(), isa
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("layout", ["seq_major", "every_third_position", "negative_position_step"])
+def test_decode_paths_match_on_strided_caches(rng, restore_isa, dtype, layout):
+    # The vector paths address K rows by the position stride (and pad the
+    # cache's last, partial block of positions): caches that are views with
+    # other strides give the bits of their contiguous copies on every path.
+    d, kv_len = 96, 203  # 203 = 25 blocks of 8 positions + 3
+    q = rng.standard_normal((2, 4, d)).astype(np.float32)
+    if layout == "seq_major":
+        k, v = (rng.standard_normal((2, 240, 2, d)).astype(dtype).swapaxes(1, 2) for _ in range(2))
+    elif layout == "every_third_position":
+        k, v = (rng.standard_normal((2, 2, 720, d)).astype(dtype)[:, :, ::3] for _ in range(2))
+    else:
+        k, v = (rng.standard_normal((2, 2, 240, d)).astype(dtype)[:, :, ::-1] for _ in range(2))
+    results = run_all_paths(lambda: fattn.flash_attn_vec_partials(q, k, v, kv_seq_len=kv_len, nwg=7))
+    copies = run_all_paths(lambda: fattn.flash_attn_vec_partials(
+        q, np.ascontiguousarray(k), np.ascontiguousarray(v), kv_seq_len=kv_len, nwg=7))
+    for isa in ["scalar"] + PATHS:
+        for got, want in zip(results[isa], copies["scalar"]):
+            assert (bits(got) == bits(want)).all(), isa
