@@ -105,14 +105,13 @@ inline typename V::F transposed_tree(typename V::F* x) {
 // decode.cpp. Lane l owns groups l, l + 32, ... (NG of them, at most 4 as
 // D <= 512); they are transposed once and kept in registers for every head.
 template <class V>
-inline typename V::F dot4(const typename V::F* e, const float* q4) {
-  return V::add(V::add(V::mul(e[0], V::set1(q4[0])), V::mul(e[1], V::set1(q4[1]))),
-                V::add(V::mul(e[2], V::set1(q4[2])), V::mul(e[3], V::set1(q4[3]))));
+inline typename V::F dot4(const typename V::F* e, const typename V::F* q4) {  // q4: broadcast elements
+  return V::add(V::add(V::mul(e[0], q4[0]), V::mul(e[1], q4[1])), V::add(V::mul(e[2], q4[2]), V::mul(e[3], q4[3])));
 }
 
 template <class V, int NG, class T>
-inline void lane_scores(const T* k, std::int64_t stride, std::int64_t l, std::int64_t D, const float* qh,
-                        std::int64_t group, typename V::F* lanes) {
+inline void lane_scores(const T* k, std::int64_t stride, std::int64_t l, std::int64_t D,
+                        const typename V::F* q_bcast, std::int64_t group, typename V::F* lanes) {
   static_assert(V::W == 8, "two 128-bit lanes: positions j and j + 4 share a load");
   using F = typename V::F;
   F e[NG > 0 ? NG : 1][4];
@@ -121,7 +120,7 @@ inline void lane_scores(const T* k, std::int64_t stride, std::int64_t l, std::in
     for (int u = 0; u < 4; ++u) e[i][u] = V::load_quads(p + u * stride, p + (u + 4) * stride);
     transpose4<V>(e[i]);  // e[i][x]: element x of the group, positions in order
   }
-  const float* q = qh + 4 * l;
+  const F* q = q_bcast + 4 * l;
   for (std::int64_t r = 0; r < group; ++r, q += D) {
     F sum = V::zero();
     for (int i = 0; i < NG; ++i) sum = V::add(sum, dot4<V>(e[i], q + 4 * kLanes * i));
@@ -133,7 +132,7 @@ inline void lane_scores(const T* k, std::int64_t stride, std::int64_t l, std::in
 // the K row k + j * stride. `lanes` holds group x 32 vectors. The K and V
 // rows in `ahead` (pairs) are prefetched a few lanes apart, not all at once.
 template <class V, class T>
-inline void block_scores(const T* k, std::int64_t stride, std::int64_t D, const float* qh, std::int64_t group,
+inline void block_scores(const T* k, std::int64_t stride, std::int64_t D, const typename V::F* q_bcast, std::int64_t group,
                          typename V::F* lanes, float* s, std::int64_t s_stride, const char* const* ahead,
                          std::int64_t n_ahead) {
   const std::int64_t groups = D / 4;
@@ -156,11 +155,11 @@ inline void block_scores(const T* k, std::int64_t stride, std::int64_t D, const 
       }
     }
     switch ((groups - l + kLanes - 1) / kLanes) {  // groups of lane l
-      case 0: lane_scores<V, 0>(k, stride, l, D, qh, group, lanes); break;
-      case 1: lane_scores<V, 1>(k, stride, l, D, qh, group, lanes); break;
-      case 2: lane_scores<V, 2>(k, stride, l, D, qh, group, lanes); break;
-      case 3: lane_scores<V, 3>(k, stride, l, D, qh, group, lanes); break;
-      default: lane_scores<V, 4>(k, stride, l, D, qh, group, lanes); break;
+      case 0: lane_scores<V, 0>(k, stride, l, D, q_bcast, group, lanes); break;
+      case 1: lane_scores<V, 1>(k, stride, l, D, q_bcast, group, lanes); break;
+      case 2: lane_scores<V, 2>(k, stride, l, D, q_bcast, group, lanes); break;
+      case 3: lane_scores<V, 3>(k, stride, l, D, q_bcast, group, lanes); break;
+      default: lane_scores<V, 4>(k, stride, l, D, q_bcast, group, lanes); break;
     }
   }
   for (std::int64_t r = 0; r < group; ++r) V::store(s + r * s_stride, tree_v<V>(lanes + r * kLanes, kLanes));
@@ -246,16 +245,19 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
   // floats: per NWG group its O (group x D), max and sum (group each); the
   // chunk's scores/weights (group x C) and rescales.
   // With positions in the lanes (V::kDecodePositionLanes) the vectors are
-  // instead the lane sums (group x 32), and Q stays as floats (group x D)
-  // next to room for a block of W K rows (the cache's last, zero-padded).
+  // instead the lane sums (group x 32) and each staged Q element broadcast
+  // (group x D: a multiply takes it from memory, no broadcast per use); the
+  // floats start with Q staged (group x D) and room for a block of W K rows
+  // (the cache's last, zero-padded).
   constexpr bool kByPosition = V::kDecodePositionLanes;
-  const std::int64_t vectors = kByPosition ? group * kLanes : group * P + P + group * S * W;
+  const std::int64_t vectors = kByPosition ? group * kLanes + group * D : group * P + P + group * S * W;
   const std::int64_t staged = kByPosition ? group * D + W * D : 0;
   const std::int64_t state = group * (D + 2);
   work.resize(std::size_t((vectors + 1) * W + staged + n_groups * state + group * C + group));
   F* qp = reinterpret_cast<F*>((reinterpret_cast<std::uintptr_t>(work.data()) + sizeof(F) - 1) / sizeof(F) * sizeof(F));
   F* kp = qp + group * P;
   F* lanes = kByPosition ? qp : kp + P;
+  F* q_bcast = qp + group * kLanes;
   float* qh = reinterpret_cast<float*>(qp + vectors);
   void* tail_block = qh + group * D;  // W rows of T: the cache's last rows, zero-padded
   float* states = qh + staged;
@@ -266,6 +268,7 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
     float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
     for (std::int64_t d = 0; d < D; ++d) dst[d] = f16_to_f32(f32_to_f16(src[d]));
     if constexpr (!kByPosition) load_planes<V>(dst, D, qp + r * P);
+    else for (std::int64_t d = 0; d < D; ++d) q_bcast[r * D + d] = V::set1(dst[d]);
   }
   for (std::int64_t gi = 0; gi < n_groups; ++gi) {
     float* st = states + gi * state;
@@ -306,7 +309,7 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
           k_rows = padded;
           stride = D;
         }
-        block_scores<V>(k_rows, stride, D, qh, group, lanes, s + j0, C, ahead, n_ahead);  // past n: -inf below
+        block_scores<V>(k_rows, stride, D, q_bcast, group, lanes, s + j0, C, ahead, n_ahead);  // past n: -inf below
       }
       else for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
         const std::int64_t n = std::min(W, valid - j0);
