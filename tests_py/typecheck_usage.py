@@ -46,6 +46,11 @@ def decode(rng: np.random.Generator) -> np.ndarray:
     ok, _, _ = fattn.bounds.within(with_lse, exact, fattn.bounds.decode_bound(q, cache, cache, kv_seq_len=60))
     assert ok.shape == with_lse.shape
     assert lse.shape == q.shape[:-1] and with_lse.shape == q.shape
+    merged, merged_lse = fattn.merge_attention([with_lse, with_lse], [lse, lse], return_lse=True)
+    exact_merge, exact_lse = reference.merge_attention([with_lse, with_lse], [lse, lse], return_lse=True)
+    out_bound, lse_bound = fattn.bounds.merge_bound([with_lse, with_lse], [lse, lse])
+    assert fattn.bounds.within(merged, exact_merge, out_bound)[0].all()
+    assert (abs(merged_lse - exact_lse) <= lse_bound).all()
     diff: np.ndarray = out - exact
     return diff
 

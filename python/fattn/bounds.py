@@ -8,10 +8,11 @@ are the bounds fattn's own test suite asserts, so a result outside them is a bug
 - :func:`sdpa_tolerance`: ``fattn.sdpa`` (numerics §3).
 - :func:`prefill_bound`: ``fattn.flash_attn_prefill``, both kernels, masks, causal, layouts (§4).
 - :func:`decode_bound`: ``fattn.flash_attn_vec`` (§5).
+- :func:`merge_bound`: ``fattn.merge_attention`` against ``fattn.reference.merge_attention`` (§6).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -146,6 +147,25 @@ def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLik
     vmax = np.abs(v64).max(axis=(2, 3))
     bound: np.ndarray = vmax * (np.expm1(2 * e) + (2 * visible.sum() + 10) * _U32)
     return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]
+
+
+def merge_bound(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike]) -> Tuple[np.ndarray, np.ndarray]:
+    """``(out_bound, lse_bound)`` for ``fattn.merge_attention(outputs, lses)`` against the exact
+    merge of the parts as given (numerics §6, "Error bounds"): ``(3n + 5)·u·V`` per row, shaped
+    ``[..., 1]`` (``V`` = the largest ``|outputs[i]|`` in the row over every part), and
+    ``(1.4n + 1)·u + u·|lse|`` shaped ``[...]``, for ``n`` parts and ``u`` = 2^-24. Rows with no
+    key anywhere are exact (0 and -inf): their bounds are 0. The parts' own errors add on top."""
+    n = len(outputs)
+    outs = np.stack([np.abs(_f64(o)) for o in outputs])
+    ls = np.stack([_f64(x) for x in lses])
+    top = ls.max(axis=0)
+    empty = np.isneginf(top)
+    vmax = outs.max(axis=(0, -1))
+    out_bound: np.ndarray = np.where(empty, 0.0, (3 * n + 5) * _U32 * vmax)[..., None]
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        lse = top + np.log(np.exp(ls - np.where(empty, 0.0, top)).sum(axis=0))
+    lse_bound: np.ndarray = np.where(empty, 0.0, (1.4 * n + 1) * _U32 + _U32 * np.abs(np.where(empty, 0.0, lse)))
+    return out_bound, lse_bound
 
 
 def within(out: npt.ArrayLike, exact: npt.ArrayLike, bound: npt.ArrayLike

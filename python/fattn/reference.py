@@ -13,13 +13,13 @@ All functions take the same array types as the kernels (float32, float16,
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry", "flash_attn_vec", "flash_attn_vec_partials",
-           "flash_attn_vec_reduce"]
+           "flash_attn_vec_reduce", "merge_attention"]
 
 _CAUSAL = (None, "top_left", "bottom_right")
 
@@ -420,3 +420,24 @@ def flash_attn_vec(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayL
     ``fattn.flash_attn_vec``)."""
     return flash_attn_vec_reduce(*flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale,
                                                           mask=mask, window=window, softcap=softcap, nwg=nwg))
+
+
+def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *, return_lse: bool = False
+                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """The exact merge, in float64, of attention results over disjoint key sets as given
+    (``outputs[i]`` ``[..., D]``, ``lses[i]`` ``[...]``, natural log, ``-inf`` for a set with no
+    key): ``a_i = e^{lse_i} / sum_j e^{lse_j}``, ``out = sum_i a_i out_i``, ``lse = ln sum_i
+    e^{lse_i}``; a row with no key anywhere is 0 with LSE ``-inf``. What ``fattn.merge_attention``
+    computes in float32 (numerics §6), to compare with ``fattn.bounds.merge_bound``."""
+    outs = np.stack([np.asarray(o).astype(np.float64) for o in outputs])  # [n, ..., D]
+    ls = np.stack([np.asarray(x).astype(np.float64) for x in lses])      # [n, ...]
+    top = ls.max(axis=0)
+    empty = np.isneginf(top)
+    shift = np.where(empty, 0.0, top)
+    w = np.exp(ls - shift)  # exactly 0 for -inf parts
+    total = w.sum(axis=0)
+    safe = np.where(empty, 1.0, total)
+    out = np.where(empty[..., None], 0.0, np.einsum("n...,n...d->...d", w / safe, outs))
+    if not return_lse:
+        return out
+    return out, np.where(empty, -np.inf, shift + np.log(safe))

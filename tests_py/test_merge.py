@@ -1,0 +1,41 @@
+"""merge_attention against the exact float64 merge (fattn.reference.merge_attention) within the
+bound numerics §6 derives (fattn.bounds.merge_bound)."""
+import numpy as np
+import pytest
+
+import fattn
+from fattn import bounds, reference
+
+
+def parts(rng, n, rows, d, center, spread, empty_share):
+    outs = [(rng.standard_normal((rows, d)) * rng.choice([1e-3, 1.0, 100.0], size=(rows, 1))).astype(np.float32)
+            for _ in range(n)]
+    lses = [(center + spread * rng.uniform(-1, 1, rows)).astype(np.float32) for _ in range(n)]
+    for lse in lses:  # some parts saw no key in some rows
+        lse[rng.uniform(size=rows) < empty_share] = -np.inf
+    return outs, lses
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 11])
+@pytest.mark.parametrize("center", [0.0, 10.0, -500.0, 1000.0])
+def test_merge_is_within_the_derived_bound_of_the_exact_merge(rng, n, center):
+    outs, lses = parts(rng, n, rows=3000, d=24, center=center, spread=30.0, empty_share=0.2)
+    got, got_lse = fattn.merge_attention(outs, lses, return_lse=True)
+    want, want_lse = reference.merge_attention(outs, lses, return_lse=True)
+    out_bound, lse_bound = bounds.merge_bound(outs, lses)
+    ok, err, allowed = bounds.within(got, want, out_bound)
+    assert ok.all(), f"worst err/allowed {np.max(err / allowed):.3f}"
+    empty = np.isneginf(want_lse)
+    assert (got[empty] == 0).all() and np.isneginf(got_lse[empty]).all()
+    lse_err = np.abs(got_lse[~empty].astype(np.float64) - want_lse[~empty])
+    assert (lse_err <= lse_bound[~empty]).all(), f"worst LSE err/bound {np.max(lse_err / lse_bound[~empty]):.3f}"
+
+
+def test_merge_bound_is_not_vacuous(rng):
+    # The bound is a few f32 ulps of max|out|: a merge with one weight off by 2^-20 breaks it.
+    outs, lses = parts(rng, 3, rows=500, d=16, center=0.0, spread=2.0, empty_share=0.0)
+    want = reference.merge_attention(outs, lses)
+    out_bound, _ = bounds.merge_bound(outs, lses)
+    skewed = [lses[0] + np.float32(2.0 ** -20 * 8)] + lses[1:]
+    wrong = reference.merge_attention(outs, skewed)
+    assert not bounds.within(wrong.astype(np.float32), want, out_bound)[0].all()
