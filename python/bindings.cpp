@@ -321,8 +321,9 @@ PYBIND11_MODULE(_core, m) {
       [](const py::array& q, const py::array& k, const py::array& v, py::array& out, const std::optional<py::array>& mask,
          const std::optional<py::array>& blk, const std::optional<py::array>& lse, bool causal,
          std::optional<float> scale, const std::string& kernel, int nsg, std::optional<std::int64_t> q_tile,
-         std::optional<std::int64_t> k_tile) {
+         std::optional<std::int64_t> k_tile, bool verify_blk) {
         PrefillParams p;
+        p.verify_blk = verify_blk;
         p.causal = causal;
         p.scale = scale;
         p.kernel = kernel_of(kernel);
@@ -341,7 +342,8 @@ PYBIND11_MODULE(_core, m) {
         flash_attn_prefill(qv, kv, vv, ov, mask ? &mv : nullptr, blk ? &bv : nullptr, lse ? &lv : nullptr, p);
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"), py::arg("blk"), py::arg("lse"),
-      py::arg("causal"), py::arg("scale"), py::arg("kernel"), py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"));
+      py::arg("causal"), py::arg("scale"), py::arg("kernel"), py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"),
+      py::arg("verify_blk") = true);
 
   m.def("prefill_geometry",
         [](const std::string& kernel, std::int64_t head_dim, std::optional<std::int64_t> q_tile,

@@ -306,6 +306,11 @@ const std::vector<Case>& cases() {
          f.blk[0] = 3;
          f.prefill_call(true, true);
        }},
+      {"PrefillBlkStale", Err::argument, "blk: tile [0, 0] is 0 but this mask gives 1",
+       [](Fixture& f) {
+         f.blk[0] = 0;  // would skip the only tile, which the all-zero mask does not block
+         f.prefill_call(true, true);
+       }},
       {"PrefillBlkNull", Err::argument, "blk: data pointer is null",
        [](Fixture& f) {
          f.bv.data = nullptr;

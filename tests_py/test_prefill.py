@@ -134,6 +134,30 @@ def test_blk_never_changes_a_bit(rng, dtype, d, kernel):
     assert (fattn.flash_attn_prefill_blk(masks["window"], head_dim=d, kernel=kernel) == 0).any()
 
 
+@pytest.mark.parametrize("stale", ["other_window", "other_kernel_geometry", "edited"])
+def test_a_stale_blk_is_rejected_unless_verification_is_off(rng, stale):
+    # A map that does not come from this mask could skip keys the mask lets through: by default
+    # the call checks the map against the mask and raises; verify_blk=False trusts it (as the
+    # GPU kernel does), and the skipped tiles then change the result.
+    lq = lk = 300
+    q, k, v = (rng.standard_normal((1, 2, lq, 64)).astype(np.float32) for _ in range(3))
+    narrow, wide = window_mask(lq, lk, 40, np.float32), window_mask(lq, lk, 120, np.float32)
+    if stale == "other_window":
+        blk = fattn.flash_attn_prefill_blk(narrow, head_dim=64)
+    elif stale == "other_kernel_geometry":
+        blk = fattn.flash_attn_prefill_blk(narrow, head_dim=64, q_tile=32, k_tile=8)[:, ::2].copy()
+    else:
+        blk = fattn.flash_attn_prefill_blk(wide, head_dim=64)
+        blk[blk.shape[0] - 1, 0] = 1 if blk[blk.shape[0] - 1, 0] != 1 else 0
+    with pytest.raises(ValueError, match=r"^blk: tile \[\d+, \d+\] is \d but this mask gives \d"):
+        fattn.flash_attn_prefill(q, k, v, wide, blk=blk)
+    trusted = fattn.flash_attn_prefill(q, k, v, wide, blk=blk, verify_blk=False)
+    if stale == "other_window":  # tiles inside the wide window but outside the narrow one were skipped
+        assert not (bits(trusted) == bits(fattn.flash_attn_prefill(q, k, v, wide))).all()
+    with pytest.raises(TypeError, match="^verify_blk"):
+        fattn.flash_attn_prefill(q, k, v, wide, blk=blk, verify_blk="no")
+
+
 def test_blk_rules_on_a_hand_built_mask():
     # Tiles of (q_tile=2, k_tile=8) over a [3, 20] mask: columns 16..19 form a partial tile.
     mask = np.zeros((3, 20), dtype=np.float32)

@@ -7,6 +7,7 @@
 #include <cfloat>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "dispatch.hpp"
@@ -143,13 +144,39 @@ void require_kernel(PrefillKernel kernel) {
 // ceil(n / d) for n >= 0, d >= 1, without the overflow of (n + d - 1) / d.
 std::int64_t ceil_div(std::int64_t n, std::int64_t d) { return n / d + (n % d != 0); }
 
-// The mask value as the kernel adds it; classifying tiles on these values
-// is what makes the tile-skip map exact.
-float effective_mask_value(const MaskView& m, PrefillKernel kernel, std::int64_t b, std::int64_t h, std::int64_t i,
-                           std::int64_t j) {
-  if (m.kind == MaskKind::boolean) return m.attends(b, h, i, j) ? 0.0f : -kInf;
-  const float raw = m.additive_at(b, h, i, j);
-  return kernel == PrefillKernel::llamacpp ? LlamaCppArithmetic::mask_term(raw) : CandleArithmetic::mask_term(raw);
+// Classifying tiles on the mask values as the kernel adds them is what makes
+// the tile-skip map exact. Clears `blocked` unless keys [j0, j0 + n) of mask row (b, h, i) all add
+// -inf as the kernel adds them (a bool mask adds 0 or -inf, an additive one
+// Arith::mask_term of its value), and `zero` unless they all add exactly 0.
+// The row's address and element type are resolved once: the blk pass and
+// its verification read every element of the tiles they skip.
+template <class Arith>
+void classify_row(const MaskView& m, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j0, std::int64_t n,
+                  bool& blocked, bool& zero) {
+  const std::int64_t base = m.offset(b, h, i, j0), step = m.stride[3];
+  bool all_blocked = true, all_zero = true;
+  if (m.kind == MaskKind::boolean) {
+    const auto* keep = static_cast<const std::uint8_t*>(m.data) + base;
+    for (std::int64_t j = 0; j < n; ++j) {
+      all_blocked &= keep[j * step] == 0;
+      all_zero &= keep[j * step] != 0;
+    }
+  } else {
+    auto scan = [&](const auto* values, auto to_float) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        const float x = Arith::mask_term(to_float(values[j * step]));
+        all_blocked &= x == -kInf;
+        all_zero &= x == 0.0f;
+      }
+    };
+    switch (m.dtype) {
+      case DType::f32: scan(static_cast<const float*>(m.data) + base, [](float x) { return x; }); break;
+      case DType::f16: scan(static_cast<const std::uint16_t*>(m.data) + base, [](std::uint16_t x) { return f16_to_f32(x); }); break;
+      case DType::bf16: scan(static_cast<const std::uint16_t*>(m.data) + base, [](std::uint16_t x) { return bf16_to_f32(x); }); break;
+    }
+  }
+  blocked = blocked && all_blocked;
+  zero = zero && all_zero;
 }
 
 }  // namespace
@@ -203,6 +230,14 @@ void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorVi
     require(!__builtin_mul_overflow(rows, cols, &cells), "blk: [", rows, ", ", cols, "] overflows 64 bits");
     for (std::int64_t t = 0; t < cells; ++t)
       require(blk->data[t] <= 2, "blk: entries must be 0, 1 or 2, got ", int(blk->data[t]), " at flat index ", t);
+    if (params.verify_blk) {
+      const std::unique_ptr<std::uint8_t[]> expected(new std::uint8_t[std::size_t(cells)]);
+      flash_attn_prefill_blk(*mask, params.kernel, geometry, expected.get(), rows, cols);
+      for (std::int64_t t = 0; t < cells; ++t)
+        require(blk->data[t] == expected[std::size_t(t)], "blk: tile [", t / cols, ", ", t % cols, "] is ",
+                int(blk->data[t]), " but this mask gives ", int(expected[std::size_t(t)]),
+                " (a map from another mask, kernel or tile geometry; verify_blk=False skips this check)");
+    }
   }
   if (lse) {
     validate_view(*lse, "lse");
@@ -254,12 +289,12 @@ void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const Pr
       bool all_blocked = true, all_zero = true;
       for (std::int64_t b = 0; b < b_count && (all_blocked || all_zero); ++b)
         for (std::int64_t h = 0; h < h_count && (all_blocked || all_zero); ++h)
-          for (std::int64_t i = i0; i < i1 && (all_blocked || all_zero); ++i)
-            for (std::int64_t j = j0; j < j0 + geometry.k_tile; ++j) {
-              const float x = effective_mask_value(mask, kernel, b, h, i, j);
-              all_blocked = all_blocked && x == -kInf;
-              all_zero = all_zero && x == 0.0f;
-            }
+          for (std::int64_t i = i0; i < i1 && (all_blocked || all_zero); ++i) {
+            if (kernel == PrefillKernel::llamacpp)
+              classify_row<LlamaCppArithmetic>(mask, b, h, i, j0, geometry.k_tile, all_blocked, all_zero);
+            else
+              classify_row<CandleArithmetic>(mask, b, h, i, j0, geometry.k_tile, all_blocked, all_zero);
+          }
       out[t] = all_blocked ? 0 : all_zero ? 2 : 1;
     }
   });

@@ -45,7 +45,8 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
                        causal: bool = False, scale: Optional[float] = None, layout: str = "bhld",
                        blk: Optional[ArrayLike] = None, kernel: str = "auto", nsg: int = 8,
                        return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None,
-                       out: Optional[ArrayLike] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+                       out: Optional[ArrayLike] = None, verify_blk: bool = True
+                       ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Tiled flash-attention prefill (mlx-native's ``flash_attn_prefill`` family, seeds 000 and 001).
 
     Shapes: ``layout="bhld"``: q ``[B, H, Lq, D]``, k and v ``[B, H_kv, Lk, D]``;
@@ -72,7 +73,11 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     candle geometry (k_tile changes the rescale points, hence the rounding).
 
     blk: the uint8 tile-skip map from :func:`flash_attn_prefill_blk` for the same mask,
-    kernel and geometry; it never changes a bit of the output.
+    kernel and geometry; it never changes a bit of the output. ``verify_blk=True`` (the
+    default) first checks it against the map the mask gives, one pass over the mask (a few
+    percent of a call that skips most tiles), and raises ``ValueError`` naming the first tile
+    that differs, so a map built from another mask cannot silently skip unblocked keys;
+    ``verify_blk=False`` trusts it as the GPU kernel does.
 
     return_lse: also return the float32 log-sum-exp (natural log) of each row's scores,
     ``[B, H, Lq]``; ``-inf`` for a row that sees no key (whose output is exactly 0).
@@ -100,6 +105,7 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     require_same_dtype(v, "v", q, "q")
     causal = boolean(causal, "causal")
     return_lse = boolean(return_lse, "return_lse")
+    verify_blk = boolean(verify_blk, "verify_blk")
     scale = optional_scale(scale)
     kernel = _kernel(kernel)
     nsg = integer(nsg, "nsg")
@@ -141,7 +147,8 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     lse = np.empty(qb.shape[:3], dtype=np.float32) if return_lse else None
     qh, kh, vh = (head_dim_contiguous(a) for a in (qb, kb, vb))
     _core.flash_attn_prefill(qh, kh, vh, to_bhld(dest, layout), mask4, blk_arr,
-                             None if lse is None else lse[..., None], causal, scale, kernel, nsg, q_tile, k_tile)
+                             None if lse is None else lse[..., None], causal, scale, kernel, nsg, q_tile, k_tile,
+                             verify_blk)
     finish_out(result, dest)
     return (result, lse) if lse is not None else result
 

@@ -37,6 +37,10 @@ struct PrefillParams {
   PrefillKernel kernel = PrefillKernel::candle;
   int nsg = 8;                 // llamacpp: simdgroups per threadgroup, 4 or 8 (same results)
   std::optional<std::int64_t> q_tile, k_tile;  // geometry overrides
+  // With a blk: check it against the map this mask, kernel and geometry give
+  // (one pass over the mask) and throw on a difference, so a stale map cannot
+  // skip tiles that the mask does not block.
+  bool verify_blk = true;
 };
 
 // The tile-skip map: one byte per (q tile, k tile), row-major.
