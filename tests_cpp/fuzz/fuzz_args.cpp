@@ -409,8 +409,11 @@ void fuzz_decode(Reader& r, Filler& fill, bool split) {
   if (partials_ok && !safe) finding("partials with read-only outputs returned normally");
   // The reduce on whatever the partials hold (garbage included, when they failed).
   if (o.fits() && !saturating_work({o.t.shape[0], o.t.shape[1], 64, o.t.shape[3]})) {
-    if (r.flag()) s.t.shape[2] = m.t.shape[2] = o.t.shape[2] = r.extent();  // any nwg; the buffers may not fit it
-    const bool fits_now = o.t.shape[2] == G;
+    // Any nwg; the buffers were placed for the shapes make_view gave (which
+    // may already differ from G), so only those shapes are known to fit.
+    const auto o_placed = o.t.shape, s_placed = s.t.shape, m_placed = m.t.shape;
+    if (r.flag()) s.t.shape[2] = m.t.shape[2] = o.t.shape[2] = r.extent();
+    const bool fits_now = o.t.shape == o_placed && s.t.shape == s_placed && m.t.shape == m_placed;
     if (!fits_now || !safe) out.t.writable = false;
     expect(!fits_now || !safe, [&] { flash_attn_vec_reduce(o.t, s.t, m.t, out.t); });
   }
