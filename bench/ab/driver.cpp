@@ -1,0 +1,126 @@
+// Times one kernel case through the C++ API, for bench/ab.py (which builds
+// this file against two revisions of the core and alternates them).
+//   driver prefill <f32|bf16> <D> <L> <repeats>      B=1, H=16, non-causal
+//   driver decode  <f32|f16> <kv_len> <H_kv> <repeats>  H = 2 H_kv, D = 256
+// Prints "median_ms <x>" and, for decode, "paired_read <fraction>": each call
+// is followed by a two-thread streaming read of the same K and V bytes, and
+// the median of read time / call time is printed (robust to bandwidth that
+// drifts between calls).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fattn/fattn.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double median(std::vector<double> x) {
+  std::sort(x.begin(), x.end());
+  return x[x.size() / 2];
+}
+
+volatile std::uint64_t g_sink;
+double read_seconds(const void* a, const void* b, std::size_t bytes) {  // a and b: `bytes` each
+  auto part = [&](int half) {
+    std::uint64_t acc = 0;
+    for (const void* buf : {a, b}) {
+      const auto* p = static_cast<const std::uint64_t*>(buf) + bytes / 16 * half;
+      for (std::size_t i = 0; i < bytes / 16; i += 4) acc += p[i] ^ p[i + 1] ^ p[i + 2] ^ p[i + 3];
+    }
+    g_sink = g_sink + acc;
+  };
+  const auto t0 = Clock::now();
+  std::thread other(part, 1);
+  part(0);
+  other.join();
+  return seconds_since(t0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace fattn;
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: driver prefill <f32|bf16> <D> <L> <repeats> | decode <f32|f16> <kv_len> <H_kv> <repeats>\n");
+    return 2;
+  }
+  const std::string kind = argv[1], dtype = argv[2];
+  const std::int64_t a = std::atoll(argv[3]), b = std::atoll(argv[4]);
+  const int repeats = std::atoi(argv[5]);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  std::vector<double> times, ratios;
+  if (kind == "prefill") {
+    const std::int64_t H = 16, D = a, L = b, n = H * L * D;
+    const bool bf16 = dtype == "bf16";
+    std::vector<float> f(3 * n), out(n);
+    for (auto& x : f) x = normal(rng);
+    std::vector<std::uint16_t> h;
+    void* base = f.data();
+    if (bf16) {
+      h.resize(f.size());
+      for (std::size_t i = 0; i < f.size(); ++i) h[i] = f32_to_bf16(f[i]);
+      base = h.data();
+    }
+    const std::size_t esize = bf16 ? 2 : 4;
+    const DType dt = bf16 ? DType::bf16 : DType::f32;
+    auto view = [&](int i) { return contiguous_view(static_cast<char*>(base) + i * n * esize, dt, {1, H, L, D}, false); };
+    std::vector<std::uint16_t> out16(bf16 ? n : 0);
+    const TensorView ov = contiguous_view(bf16 ? static_cast<void*>(out16.data()) : out.data(), dt, {1, H, L, D}, true);
+    for (int r = 0; r <= repeats; ++r) {
+      const auto t0 = Clock::now();
+      flash_attn_prefill(view(0), view(1), view(2), ov, nullptr, nullptr, nullptr, {});
+      if (r > 0) times.push_back(seconds_since(t0));  // the first call warms up
+    }
+    const double t = median(times);
+    std::printf("median_ms %.3f\ngflops %.1f\n", t * 1e3, 4.0 * H * D * double(L) * double(L) / t / 1e9);
+  } else if (kind == "decode") {
+    const std::int64_t kv_len = a, H_kv = b, H = 2 * H_kv, D = 256, n = H_kv * kv_len * D;
+    const bool f16 = dtype == "f16";
+    std::vector<float> q(H * D), out(H * D), k(f16 ? 0 : n), v(f16 ? 0 : n);
+    std::vector<std::uint16_t> k16(f16 ? n : 0), v16(f16 ? n : 0);
+    for (auto& x : q) x = normal(rng);
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (f16) {
+        k16[i] = f32_to_f16(normal(rng));
+        v16[i] = f32_to_f16(normal(rng));
+      } else {
+        k[i] = normal(rng);
+        v[i] = normal(rng);
+      }
+    }
+    const void* kp = f16 ? static_cast<const void*>(k16.data()) : k.data();
+    const void* vp = f16 ? static_cast<const void*>(v16.data()) : v.data();
+    const DType dt = f16 ? DType::f16 : DType::f32;
+    const TensorView qv = contiguous_view(q.data(), DType::f32, {1, H, 1, D}, false);
+    const TensorView kv = contiguous_view(const_cast<void*>(kp), dt, {1, H_kv, kv_len, D}, false);
+    const TensorView vv = contiguous_view(const_cast<void*>(vp), dt, {1, H_kv, kv_len, D}, false);
+    const TensorView ov = contiguous_view(out.data(), DType::f32, {1, H, 1, D}, true);
+    DecodeParams params;
+    params.kv_seq_len = kv_len;
+    const std::size_t bytes = std::size_t(n) * (f16 ? 2 : 4);
+    for (int r = 0; r <= repeats; ++r) {
+      const auto t0 = Clock::now();
+      flash_attn_vec(qv, kv, vv, ov, params);
+      const double t = seconds_since(t0);
+      if (r == 0) continue;
+      times.push_back(t);
+      ratios.push_back(read_seconds(kp, vp, bytes) / t);
+    }
+    const double t = median(times);
+    std::printf("median_ms %.4f\ngb_per_s %.2f\npaired_read %.3f\n", t * 1e3, 2.0 * double(bytes) / t / 1e9,
+                median(ratios));
+  } else {
+    std::fprintf(stderr, "unknown case kind '%s'\n", kind.c_str());
+    return 2;
+  }
+  return 0;
+}
