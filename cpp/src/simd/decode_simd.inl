@@ -3,8 +3,11 @@
 // instruction set inside that set's target region. Operation for operation
 // the scalar model of decode.cpp: the lane-structured dot (pair sums per
 // float4, running sums per simdgroup lane, a tree over the 32 lanes), the
-// same exp, the chunk's own P·V accumulator. A K row is widened once into
-// transposed planes shared by the query heads; V is widened as it is loaded.
+// same exp, the chunk's own P·V accumulator. The scores take one of two
+// forms, chosen by the traits (V::kDecodePositionLanes): on AVX-512 a K row
+// is widened once into transposed planes shared by the query heads; on AVX2
+// the lanes hold 8 positions and each float4 group of their rows is
+// transposed in registers (block_scores). V is widened as it is loaded.
 #include <algorithm>
 #include <cstdint>
 
