@@ -155,15 +155,13 @@ def merge_bound(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike])
     ``[..., 1]`` (``V`` = the largest ``|outputs[i]|`` in the row over every part), and
     ``(1.4n + 1)·u + u·|lse|`` shaped ``[...]``, for ``n`` parts and ``u`` = 2^-24. Rows with no
     key anywhere are exact (0 and -inf): their bounds are 0. The parts' own errors add on top."""
+    from fattn.reference import merge_attention  # the exact LSE; imported here to keep module loading flat
+
     n = len(outputs)
-    outs = np.stack([np.abs(_f64(o)) for o in outputs])
-    ls = np.stack([_f64(x) for x in lses])
-    top = ls.max(axis=0)
-    empty = np.isneginf(top)
-    vmax = outs.max(axis=(0, -1))
+    _, lse = merge_attention(outputs, lses, return_lse=True)
+    empty = np.isneginf(lse)
+    vmax = np.stack([np.abs(_f64(o)) for o in outputs]).max(axis=(0, -1))
     out_bound: np.ndarray = np.where(empty, 0.0, (3 * n + 5) * _U32 * vmax)[..., None]
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        lse = top + np.log(np.exp(ls - np.where(empty, 0.0, top)).sum(axis=0))
     lse_bound: np.ndarray = np.where(empty, 0.0, (1.4 * n + 1) * _U32 + _U32 * np.abs(np.where(empty, 0.0, lse)))
     return out_bound, lse_bound
 
