@@ -33,7 +33,7 @@ float lane_dot(const float* k, const float* q, std::int64_t head_dim) {
       const float* q4 = q + base + 4 * t;
       lane[t] = lane[t] + ((k4[0] * q4[0] + k4[1] * q4[1]) + (k4[2] * q4[2] + k4[3] * q4[3]));
     }
-  return tree_sum(lane, kLanes);
+  return tree_sum<kLanes>(lane);
 }
 
 std::int64_t reduce_lanes(std::int64_t nwg) {  // the reduce's lanes: a power of two >= 32
@@ -91,7 +91,7 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
       const float new_max = std::max(old_max, chunk_max);
       const float rescale = simd::exp_f32(old_max - new_max);
       for (std::int64_t j = 0; j < C; ++j) w[j] = simd::exp_f32(s[j] - new_max);
-      row_sum[std::size_t(r)] = row_sum[std::size_t(r)] * rescale + tree_sum(w, C);
+      row_sum[std::size_t(r)] = row_sum[std::size_t(r)] * rescale + tree_sum<kDecodeChunk>(w);
       row_max[std::size_t(r)] = new_max;
       // The chunk's P·V goes into its own accumulator, then into O.
       std::fill(lo, lo + D, 0.0f);

@@ -8,6 +8,7 @@
 
 #include "fattn/decode.hpp"
 #include "simd/exp.hpp"
+#include "tree_sum.hpp"
 
 namespace fattn::decode_detail {
 
@@ -17,11 +18,6 @@ constexpr float kInitialMax = -FLT_MAX / 2;
 constexpr float kMaskedScore = -65504.0f;
 constexpr std::int64_t kLanes = 32;  // one simdgroup: lane t owns float4 groups t, t+32, ...
 
-inline float tree_sum(const float* p, std::int64_t n) {
-  if (n == 1) return p[0];
-  const std::int64_t half = n / 2;
-  return tree_sum(p, half) + tree_sum(p + half, half);
-}
 
 struct Decode {
   std::int64_t batch, heads, kv_heads, head_dim, kv_len, window_start, nwg;

@@ -11,6 +11,7 @@
 
 #include "fattn/prefill.hpp"
 #include "simd/exp.hpp"
+#include "tree_sum.hpp"
 
 namespace fattn::prefill_detail {
 
@@ -61,12 +62,6 @@ struct LlamaCppArithmetic {
   }
 };
 
-// Sum of p[0..n) (n a power of two): pairs, then pairs of pairs, ...
-inline float tree_sum(const float* p, std::int64_t n) {
-  if (n == 1) return p[0];
-  const std::int64_t half = n / 2;
-  return tree_sum(p, half) + tree_sum(p + half, half);
-}
 
 struct Problem {
   std::int64_t batch, heads, kv_heads, q_len, k_len, head_dim;

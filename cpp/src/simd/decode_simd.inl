@@ -168,6 +168,25 @@ inline void block_scores(const T* k, std::int64_t stride, std::int64_t D, const 
   for (std::int64_t r = 0; r < group; ++r) V::store(s + r * s_stride, tree_v<V>(lanes + r * kLanes, kLanes));
 }
 
+// The scalar model's chunk max, std::max(m, s[j]) for j in order: a lane
+// takes s only when s > m (never NaN, the first of equal values). Across
+// lanes only the sign of a zero maximum could depend on the order, so a zero
+// is redone in order.
+template <class V>
+inline float chunk_max_of(const float* s) {
+  typename V::F m = V::set1(-kInf);
+  for (std::int64_t j = 0; j < kDecodeChunk; j += V::W) m = V::max(V::load(s + j), m);
+  alignas(64) float lane[V::W];
+  V::store(lane, m);
+  float chunk_max = -kInf;
+  for (std::int64_t j = 0; j < V::W; ++j) chunk_max = std::max(chunk_max, lane[j]);
+  if (chunk_max == 0.0f) {
+    chunk_max = -kInf;
+    for (std::int64_t j = 0; j < kDecodeChunk; ++j) chunk_max = std::max(chunk_max, s[j]);
+  }
+  return chunk_max;
+}
+
 // lo_r = fma chain of v_p * w_r[p] over the chunk's positions, for kHeads
 // heads sharing each V load; then O_r = O_r * rescale_r + lo_r. D goes in
 // blocks of kVec vectors held in registers.
@@ -356,14 +375,13 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
       }
       for (std::int64_t r = 0; r < group; ++r) {
         float* sr = s + r * C;
-        float chunk_max = -kInf;
-        for (std::int64_t j = 0; j < C; ++j) chunk_max = std::max(chunk_max, sr[j]);
+        const float chunk_max = chunk_max_of<V>(sr);
         const float old_max = row_max[r];
         const float new_max = std::max(old_max, chunk_max);
         rescale[r] = simd::exp_f32(old_max - new_max);
         const F nm = V::set1(new_max);
         for (std::int64_t j = 0; j < C; j += W) V::store(sr + j, simd::exp_v<V>(V::sub(V::load(sr + j), nm)));
-        row_sum[r] = row_sum[r] * rescale[r] + tree_sum(sr, C);
+        row_sum[r] = row_sum[r] * rescale[r] + tree_sum<C>(sr);
         row_max[r] = new_max;
       }
       // P·V, four heads per pass over V.
