@@ -4,9 +4,11 @@
 #include "fattn/decode.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "dispatch.hpp"
@@ -188,8 +190,36 @@ void validate_partials(const TensorView& o, const TensorView& s, const TensorVie
             ", D]");
 }
 
+// flash_attn_vec's reduce, run inside the partials' parallel region: each
+// (batch, KV head) counts down its items, and the item that finishes last
+// reduces that head's query rows (one wake-up of the pool per call, not two;
+// the reduce's arithmetic does not depend on which thread runs it).
+class ReduceWhenDone {
+ public:
+  ReduceWhenDone(const TensorView* out, const TensorView& o, const TensorView& s, const TensorView& m,
+                 const Decode& p, std::int64_t items_per_head)
+      : out_(out), o_(o), s_(s), m_(m), p_(p) {
+    if (!out_) return;
+    left_ = std::make_unique<std::atomic<std::int64_t>[]>(std::size_t(p.batch * p.kv_heads));
+    for (std::int64_t i = 0; i < p.batch * p.kv_heads; ++i) left_[std::size_t(i)].store(items_per_head);
+  }
+  void item_done(std::int64_t b, std::int64_t kv_head, std::vector<float>& work) {
+    if (!out_ || left_[std::size_t(b * p_.kv_heads + kv_head)].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    const std::int64_t group = p_.heads / p_.kv_heads;
+    for (std::int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h) reduce_row(o_, s_, m_, *out_, b, h, work);
+  }
+
+ private:
+  const TensorView* out_;
+  const TensorView &o_, &s_, &m_;
+  const Decode& p_;
+  std::unique_ptr<std::atomic<std::int64_t>[]> left_;
+};
+
+// The partials of every (batch, head) into o, s, m; with `out`, also their
+// reduce into out.
 void run_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                  const TensorView& s, const TensorView& m, const Decode& p) {
+                  const TensorView& s, const TensorView& m, const Decode& p, const TensorView* out = nullptr) {
   const simd::Isa isa = simd::active_isa();
   if (isa != simd::Isa::scalar) {
     // Each item walks its KV head's cache once, in memory order, for a block
@@ -199,28 +229,32 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
     const std::int64_t want = 2 * std::int64_t(get_num_threads());
     const std::int64_t blocks = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
     const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
+    ReduceWhenDone reduce(out, o, s, m, p, blocks);
     parallel_for(heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<float> work;
+      std::vector<float> work, reduce_work;
       for (std::int64_t item = begin; item < end; ++item) {
         const std::int64_t blk = item % blocks, kv_head = (item / blocks) % p.kv_heads, b = item / (blocks * p.kv_heads);
         const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
-        if (g0 >= g1) continue;
-        detail::dispatch_dtype(k.dtype, [&](auto tag) {
-          using T = decltype(tag);
-          if (isa == simd::Isa::avx512) decode_groups_avx512<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
-          else decode_groups_avx2<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
-        });
+        if (g0 < g1)
+          detail::dispatch_dtype(k.dtype, [&](auto tag) {
+            using T = decltype(tag);
+            if (isa == simd::Isa::avx512) decode_groups_avx512<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
+            else decode_groups_avx2<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
+          });
+        reduce.item_done(b, kv_head, reduce_work);
       }
     });
     return;
   }
+  ReduceWhenDone reduce(out, o, s, m, p, p.nwg);
   parallel_for(p.batch * p.kv_heads * p.nwg, 1, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> work;
+    std::vector<float> work, reduce_work;
     for (std::int64_t item = begin; item < end; ++item) {
       const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
       detail::dispatch_dtype(k.dtype, [&](auto tag) {
         decode_group<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g, work);
       });
+      reduce.item_done(b, kv_head, reduce_work);
     }
   });
 }
@@ -267,12 +301,12 @@ void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& 
   std::int64_t floats = 0;  // q may broadcast (stride 0) over far more rows than memory holds
   require(!__builtin_mul_overflow(B * H, G * (D + 2), &floats), "q: B * H = ", B * H,
           " query rows need a partials workspace larger than 64 bits can count");
-  std::vector<float> workspace(std::size_t(B * H * G * (D + 2)));
-  const TensorView o = contiguous_view(workspace.data(), DType::f32, {B, H, G, D}, true);
-  const TensorView s = contiguous_view(workspace.data() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
-  const TensorView m = contiguous_view(workspace.data() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
-  run_partials(q, k, v, o, s, m, p);
-  run_reduce(o, s, m, out);
+  // Not zeroed: the partials write every element before the reduce reads it.
+  const std::unique_ptr<float[]> workspace(new float[std::size_t(B * H * G * (D + 2))]);
+  const TensorView o = contiguous_view(workspace.get(), DType::f32, {B, H, G, D}, true);
+  const TensorView s = contiguous_view(workspace.get() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
+  const TensorView m = contiguous_view(workspace.get() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
+  run_partials(q, k, v, o, s, m, p, &out);
 }
 
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
