@@ -36,8 +36,20 @@ except ImportError:  # the torch column is skipped, with a note
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+# Each system is warmed up by calling it for at least this long: one call
+# left a short decode case up to 2x slower, because OpenBLAS's workers (NumPy's
+# matmul in the previous column) still spin for a while after a call, and
+# because after an idle moment this shared machine's cores take a while to
+# come back to speed (a 0.3 s sleep before the calls made them slower, not
+# faster).
+WARM_UP_SECONDS = 0.3
+
+
 def timed(fn, repeats):
-    fn()  # warm up (allocations, thread pool, caches)
+    t_end = time.perf_counter() + WARM_UP_SECONDS
+    fn()  # allocations, thread pool, caches
+    while time.perf_counter() < t_end:
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
