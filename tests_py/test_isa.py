@@ -116,6 +116,25 @@ def test_decode_paths_match_for_any_group_size_and_non_finite_inputs(rng, restor
 
 @pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_decode_paths_match_when_every_score_ties(rng, restore_isa, dtype):
+    # A zero query gives every position the score +0 (and a zero K row
+    # gives one -0 product sum): the vector paths' chunk max must pick the
+    # scalar model's value, the case where lane order could matter.
+    q = rng.standard_normal((1, 4, 64)).astype(np.float32)
+    q[0, 0] = 0.0
+    q[0, 2] = -0.0
+    k, v = (rng.standard_normal((1, 2, 100, 64)).astype(dtype) for _ in range(2))
+    k[0, 1, 10] = -0.0
+    for window in (0, 70):
+        results = run_all_paths(lambda: fattn.flash_attn_vec_partials(
+            q, k, v, kv_seq_len=100, nwg=3, mask="sliding_window", window=window))
+        for isa in PATHS:
+            for got, want in zip(results[isa], results["scalar"]):
+                assert (bits(got) == bits(want)).all(), isa
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("layout", ["seq_major", "every_third_position", "negative_position_step"])
 def test_decode_paths_match_on_strided_caches(rng, restore_isa, dtype, layout):
     # The vector paths address K rows by the position stride (and pad the
