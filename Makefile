@@ -12,7 +12,7 @@ BUILD := build
 CPP_BUILD := $(BUILD)/cpp
 DEB_PACKAGES := libeigen3-dev libgtest-dev g++ make
 PY_PACKAGES := numpy ml_dtypes pytest hypothesis scikit-build-core pybind11 cmake ninja
-CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
+CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.inl' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
 
 .PHONY: help demo test test-cpp test-py test-asan bench examples clean deps typecheck test-interop
 
