@@ -258,7 +258,12 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
   using F = typename V::F;
   constexpr std::int64_t W = V::W;  // floats per vector
   constexpr std::int64_t C = kDecodeChunk;
-  const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, n_groups = g_end - g_begin;
+  const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads;
+  // Groups past the cache's end (g * C >= kv_seq_len) take no chunk: they
+  // get no state, only the empty partials (a short cache would otherwise
+  // fill and copy nwg states per KV head for a few positions).
+  const std::int64_t g_live = std::clamp((p.kv_len + C - 1) / C, g_begin, g_end);
+  const std::int64_t n_groups = g_live - g_begin;
   constexpr int S = int(32 / W);  // lane vectors per position
   const std::int64_t segments = (D + 4 * W - 1) / (4 * W), P = 4 * segments;  // plane vectors per row
   // work, vectors first (aligned): Q's planes per head (group x P), one K
@@ -405,7 +410,14 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
     const float* st = states + (g - g_begin) * state;
     for (std::int64_t r = 0; r < group; ++r) {
       const std::int64_t h = kv_head * group + r;
-      std::copy(st + r * D, st + (r + 1) * D, o_part.row<float>(b, h, g));
+      float* o_row = o_part.row<float>(b, h, g);
+      if (g >= g_live) {  // no chunk: the scalar model's untouched state
+        std::fill(o_row, o_row + D, 0.0f);
+        *s_part.row<float>(b, h, g) = 0.0f;
+        *m_part.row<float>(b, h, g) = kInitialMax;
+        continue;
+      }
+      std::copy(st + r * D, st + (r + 1) * D, o_row);
       *s_part.row<float>(b, h, g) = st[group * (D + 1) + r];
       *m_part.row<float>(b, h, g) = st[group * D + r];
     }
