@@ -116,12 +116,15 @@ def test_decode_paths_match_for_any_group_size_and_non_finite_inputs(rng, restor
 
 @pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
 @pytest.mark.parametrize("kv_len, nwg", [(1, 1), (1, 32), (40, 8), (95, 64), (200, 7)])
-def test_decode_paths_match_on_short_caches(rng, restore_isa, kv_len, nwg):
+@pytest.mark.parametrize("window", [0, 40])
+def test_decode_paths_match_on_short_caches(rng, restore_isa, kv_len, nwg, window):
     # Fewer chunks than groups: the groups past the cache's end write the
-    # empty partials (O = 0, S = 0, M = the initial max) without a state.
+    # empty partials (O = 0, S = 0, M = the initial max) without a state;
+    # with a window, groups whose chunks all end before it keep that state too.
     q = rng.standard_normal((2, 4, 64)).astype(np.float32)
     k, v = (rng.standard_normal((2, 2, 210, 64)).astype(np.float16) for _ in range(2))
-    results = run_all_paths(lambda: fattn.flash_attn_vec_partials(q, k, v, kv_seq_len=kv_len, nwg=nwg))
+    results = run_all_paths(lambda: fattn.flash_attn_vec_partials(
+        q, k, v, kv_seq_len=kv_len, nwg=nwg, mask="sliding_window", window=window))
     for isa in PATHS:
         for got, want in zip(results[isa], results["scalar"]):
             assert (bits(got) == bits(want)).all(), isa
