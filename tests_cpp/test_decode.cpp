@@ -125,6 +125,24 @@ TEST(Decode, PartialsThenReduceIsBitIdentical) {
   EXPECT_EQ(0, std::memcmp(out.data(), whole.data(), out.size() * 4));
 }
 
+TEST(Decode, OutMayBeQItself) {
+  // The reduce of a KV head's rows runs as soon as that head's partials are
+  // done, while other heads are still being computed: writing the result
+  // over q must not change a bit, with one block per head or several.
+  const int before = get_num_threads();
+  for (const int threads : {1, 2, 8})
+    for (const std::int64_t kv_heads : {1, 4}) {
+      set_num_threads(threads);
+      Cache c(1, 8, kv_heads, 300, 64, DType::f16, 11);  // 1 KV head: more blocks than threads
+      DecodeParams p;
+      p.kv_seq_len = 297;
+      const auto separate = c.run(p);
+      flash_attn_vec(c.qv(), c.kv(), c.vv(), contiguous_view(c.q.data(), DType::f32, {1, 8, 1, 64}, true), p);
+      EXPECT_EQ(0, std::memcmp(c.q.data(), separate.data(), separate.size() * 4)) << threads << " " << kv_heads;
+    }
+  set_num_threads(before);
+}
+
 TEST(Decode, SlidingWindowEqualsTheTruncatedCache) {
   Cache c(1, 2, 1, 200, 64, DType::f32, 3);
   DecodeParams p;

@@ -34,6 +34,8 @@ void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const Ten
 void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out);
 
 // partials + reduce, with the partials in a workspace allocated once per call.
+// out may be q itself (a head's row is written only after every partial of
+// its KV head is done); it must not overlap k or v.
 void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const DecodeParams& params);
 
