@@ -216,7 +216,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
       for (std::int64_t d = 0; d < D; ++d) {
         F qv[NV];
-        for (std::int64_t u = 0; u < NV; ++u) qv[u] = V::load(qT + d * R + u * V::W);
+        for (std::int64_t u = 0; u < NV; ++u) qv[u] = V::in_register(V::load(qT + d * R + u * V::W));
         for (int jj = 0; jj < KP; ++jj) {
           const F kd = V::set1(kb[jj][d]);
           for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(qv[u], kd, acc[jj][u]);

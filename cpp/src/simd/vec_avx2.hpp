@@ -59,6 +59,13 @@ struct Vec256 {
   static F widen_n(const bfloat16* p, std::int64_t n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load16_n(p, n)), 16));
   }
+  // x, held in a register: stops the compiler from folding one load into
+  // several FMAs as memory operands (each a full 256-bit load: Zen 1 can issue
+  // one per cycle, so a loop of them is bound by loads, not FMAs).
+  static F in_register(F x) {
+    asm("" : "+x"(x));
+    return x;
+  }
   static F set1(float x) { return _mm256_set1_ps(x); }
   static F zero() { return _mm256_setzero_ps(); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
