@@ -31,7 +31,8 @@ def run_all_paths(fn):
 PREFILL_CASES = list(itertools.product(
     DTYPES,
     [(64, "auto", None), (80, "auto", None), (128, "auto", None), (256, "auto", None), (512, "auto", None),
-     (512, "llamacpp", None), (24, "auto", None), (64, "auto", (16, 32)), (40, "auto", (4, 8))],
+     (512, "llamacpp", None), (24, "auto", None), (33, "auto", None), (64, "auto", (16, 32)),
+     (40, "auto", (4, 8))],
     ["none", "additive", "bool", "window_blk"],
     [False, True]))
 

@@ -85,6 +85,48 @@ void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float
   for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, batch, D, d0);
 }
 
+// The same P·V with the rows in the lanes, for targets whose 16 registers
+// let the row form above share each V load over only two FMAs: O is kept
+// transposed ([D][kSimdRows]), a key's weights for all rows sit in NV
+// vectors, and each V element is one broadcast for NV FMAs. kD elements of D
+// per pass. Per element the sequence is the row form's (rescale by the
+// tile's factor, then fma(p_j, v_j, O) over the keys in order); rows outside
+// `active` skip the batch in the scalar model, so they keep their old O.
+// rescaled[t]: some active row's factor for tile t is not 1.
+template <class V, int kD>
+inline void pv_lanes_block(float* oT, const float* p, const float* rescale, const bool* rescaled,
+                           const PvBatch& batch, const typename V::M* active, std::int64_t d0) {
+  using F = typename V::F;
+  constexpr std::int64_t R = kSimdRows, NV = R / V::W;
+  F acc[kD][NV];
+  for (int dd = 0; dd < kD; ++dd)
+    for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::load(oT + (d0 + dd) * R + u * V::W);
+  for (std::int64_t t = 0; t < batch.tiles; ++t) {
+    if (rescaled[t])
+      for (std::int64_t u = 0; u < NV; ++u) {
+        const F f = V::load(rescale + t * R + u * V::W);
+        for (int dd = 0; dd < kD; ++dd) acc[dd][u] = V::mul(acc[dd][u], f);
+      }
+    const float* const* v_rows = batch.v_rows + t * batch.bk;
+    const float* pt = p + t * batch.tile_stride;
+    const std::int64_t keys = batch.keys[t];
+    for (std::int64_t j = 0; j < keys; ++j) {
+      F pj[NV];
+      for (std::int64_t u = 0; u < NV; ++u) pj[u] = V::in_register(V::load(pt + j * R + u * V::W));
+      const float* v_row = v_rows[j] + d0;
+      for (int dd = 0; dd < kD; ++dd) {
+        const F vd = V::set1(v_row[dd]);
+        for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::fmadd(pj[u], vd, acc[dd][u]);
+      }
+    }
+  }
+  for (int dd = 0; dd < kD; ++dd)
+    for (std::int64_t u = 0; u < NV; ++u) {
+      float* o = oT + (d0 + dd) * R + u * V::W;
+      V::store(o, V::blend(active[u], V::load(o), acc[dd][u]));
+    }
+}
+
 // Keys whose P·V a batch defers at most (whole tiles; a larger tile is one batch).
 constexpr std::int64_t kPvBatchKeys = 64;
 
@@ -108,7 +150,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   float* vw = kw + BK * D;             // [batch][BK][D]: the batch's V tiles in f32
   float* sT_batch = vw + batch_tiles * BK * D;  // [batch][BK][R]: scores, then weights
   float* rescale_batch = sT_batch + batch_tiles * BK * R;  // [batch][R]: each tile's factors
-  float* o = rescale_batch + batch_tiles * R;  // [R][D]: the output accumulators
+  float* o = rescale_batch + batch_tiles * R;  // the output accumulators: [D][R] in the lanes form, else [R][D]
   float* row_max = o + R * D;
   float* row_sum = row_max + R;
   float* factors = row_sum + R;        // [batch][R]: one P·V call's rows' factors (first 4 used)
@@ -149,6 +191,19 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   auto flush_pv = [&] {
     if (pending == 0) return;
     const PvBatch batch{v_rows, batch_keys, pending, BK, BK * R};
+    if constexpr (V::kPvRowsInLanes) {
+      typename V::M active[NV];
+      for (std::int64_t u = 0; u < NV; ++u) active[u] = V::from_bits((pending_active >> (u * V::W)) & ((1u << V::W) - 1u));
+      bool rescaled[kPvBatchKeys / 8] = {};
+      for (std::int64_t t = 0; t < pending; ++t)
+        for (std::int64_t r = 0; r < rows; ++r)
+          rescaled[t] = rescaled[t] || ((pending_active >> r & 1u) && rescale_batch[t * R + r] != 1.0f);
+      std::int64_t d0 = 0;
+      for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2>(o, sT_batch, rescale_batch, rescaled, batch, active, d0);
+      if (d0 < D) pv_lanes_block<V, 1>(o, sT_batch, rescale_batch, rescaled, batch, active, d0);
+      pending = 0;
+      return;
+    }
     std::int64_t rows_in[4];
     int n = 0;
     auto run = [&] {
@@ -290,11 +345,13 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     batch_keys[pending++] = keys;  // its P·V waits for the batch
   }
   flush_pv();
+  // Element d of row r's output accumulator.
+  const std::int64_t o_row_step = V::kPvRowsInLanes ? 1 : D, o_d_step = V::kPvRowsInLanes ? R : 1;
   for (std::int64_t r = 0; r < rows; ++r) {
     const float l = row_sum[r];
-    const float* o_row = o + r * D;
+    const float* o_row = o + r * o_row_step;
     T* dst = out.row<T>(b, h, row0 + r);
-    for (std::int64_t d = 0; d < D; ++d) dst[d] = narrow<T>(Arith::normalise(o_row[d], l));
+    for (std::int64_t d = 0; d < D; ++d) dst[d] = narrow<T>(Arith::normalise(o_row[d * o_d_step], l));
     if (p.lse) *p.lse->row<float>(b, h, row0 + r) = Arith::lse(row_max[r], l);
   }
 }
