@@ -9,6 +9,7 @@
 // the bit; tests_py/test_isa.py holds them to it. A row whose block would not
 // visit a tile (causal limit, blk 0) is left out of that tile's update.
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "prefill_engine.hpp"
@@ -30,6 +31,74 @@ void widen_row(const T* src, float* dst, std::int64_t n) {
   for (std::int64_t d = 0; d < n; d += V::W) V::store_n(dst + d, V::widen_n(src + d, n - d), n - d);
 }
 
+// How a K or V row's elements d and d + 1 become broadcast vectors. f32
+// rows (and widened ones): a broadcast each. bf16 rows read in place: one
+// broadcast of the 32-bit pair, then each half as the f32 it stands for.
+template <class V, class E>
+struct RowPairs {
+  using F = typename V::F;
+  using Pair = const float*;
+  static Pair load(const float* row) { return row; }
+  static F first(Pair p) { return V::set1(p[0]); }
+  static F second(Pair p) { return V::set1(p[1]); }
+  static F one(const float* row) { return V::set1(row[0]); }
+};
+template <class V>
+struct RowPairs<V, bfloat16> {
+  using F = typename V::F;
+  using Pair = F;
+  static Pair load(const bfloat16* row) { return V::bcast_bf16_pair(row); }
+  static F first(Pair p) { return V::bf16_low(p); }
+  static F second(Pair p) { return V::bf16_high(p); }
+  static F one(const bfloat16* row) {
+    bfloat16 x;  // copied as bytes, like the pairs: the past-Lk row is float storage
+    std::memcpy(&x, row, sizeof x);
+    return V::set1(widen(x));
+  }
+};
+
+// One pass of the score kernel: acc[jj][u] = the fma chain over d, in
+// order, of Q's staged column d (row vector u) times key jj's element d.
+template <class V, int KP, std::int64_t NV>
+inline void score_step(const float* q_column, const typename V::F* kd, typename V::F (&acc)[KP][NV]) {
+  typename V::F qv[NV];
+  for (std::int64_t u = 0; u < NV; ++u) qv[u] = V::in_register(V::load(q_column + u * V::W));
+  for (int jj = 0; jj < KP; ++jj)
+    for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(qv[u], kd[jj], acc[jj][u]);
+}
+template <class V, int KP, std::int64_t NV>
+inline void score_pass(const float* qT, const float* const* kb, std::int64_t D, typename V::F (&acc)[KP][NV]) {
+  for (std::int64_t d = 0; d < D; ++d) {
+    typename V::F kd[KP];
+    for (int jj = 0; jj < KP; ++jj) kd[jj] = V::set1(kb[jj][d]);
+    score_step<V>(qT + d * kSimdRows, kd, acc);
+  }
+}
+// bf16 keys read in place, two elements per broadcast (RowPairs).
+template <class V, int KP, std::int64_t NV>
+inline void score_pass(const float* qT, const bfloat16* const* kb, std::int64_t D, typename V::F (&acc)[KP][NV]) {
+  using Pairs = RowPairs<V, bfloat16>;
+  const bfloat16* rows[KP];  // local copies: the barrier below does not reload them
+  for (int jj = 0; jj < KP; ++jj) rows[jj] = kb[jj];
+  std::int64_t d = 0;
+  for (; d + 2 <= D; d += 2) {
+    typename V::F pair[KP], kd[KP];
+    for (int jj = 0; jj < KP; ++jj) pair[jj] = Pairs::load(rows[jj] + d);
+    for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::first(pair[jj]);
+    score_step<V>(qT + d * kSimdRows, kd, acc);
+    // Keeps element d + 1's Q loads after element d's FMAs: hoisted, they
+    // took 4 more of AVX2's 16 registers and an accumulator went to the stack.
+    asm volatile("" ::: "memory");
+    for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::second(pair[jj]);
+    score_step<V>(qT + (d + 1) * kSimdRows, kd, acc);
+  }
+  if (d < D) {
+    typename V::F kd[KP];
+    for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::one(rows[jj] + d);
+    score_step<V>(qT + d * kSimdRows, kd, acc);
+  }
+}
+
 // A batch of `tiles` consecutive key tiles (their P·V deferred so the
 // accumulators stay in registers across them), for kRows rows sharing the V
 // loads: per tile t, O_r = O_r * f_r[t] (skipped when the factor is 1, which
@@ -39,14 +108,15 @@ void widen_row(const T* src, float* dst, std::int64_t n) {
 // v_rows[t * bk + j], its key count keys[t]; kVec vectors of D from d0 (the
 // last may be partial). (O * 1 is O to the bit, NaN payloads included, as
 // the multiply returns its first operand's quiet NaN.)
+template <class E = float>  // V's element type as read: float, or bfloat16 in place
 struct PvBatch {
-  const float* const* v_rows;
+  const E* const* v_rows;
   const std::int64_t* keys;
   std::int64_t tiles, bk, tile_stride;
 };
 
 template <class V, int kRows, int kVec>
-inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch& batch,
+inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch<>& batch,
                      std::int64_t D, std::int64_t d0) {
   using F = typename V::F;
   F acc[kRows][kVec];
@@ -77,7 +147,7 @@ inline void pv_block(float* const* o_rows, const float* const* p_cols, const flo
 
 // rescale[t * kSimdRows + r]: row r's factor for tile t (gathered by the caller).
 template <class V, int kRows>
-void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch& batch,
+void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch<>& batch,
                    std::int64_t D) {
   constexpr int kVec = V::kPvVectors;
   std::int64_t d0 = 0;
@@ -93,10 +163,12 @@ void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float
 // tile's factor, then fma(p_j, v_j, O) over the keys in order); rows outside
 // `active` skip the batch in the scalar model, so they keep their old O.
 // rescaled[t]: some active row's factor for tile t is not 1.
-template <class V, int kD>
+template <class V, int kD, class E>
 inline void pv_lanes_block(float* oT, const float* p, const float* rescale, const bool* rescaled,
-                           const PvBatch& batch, const typename V::M* active, std::int64_t d0) {
+                           const PvBatch<E>& batch, const typename V::M* active, std::int64_t d0) {
+  static_assert(kD == 1 || kD == 2, "a pass takes one element of D or a pair");
   using F = typename V::F;
+  using Pairs = RowPairs<V, E>;
   constexpr std::int64_t R = kSimdRows, NV = R / V::W;
   F acc[kD][NV];
   for (int dd = 0; dd < kD; ++dd)
@@ -107,17 +179,23 @@ inline void pv_lanes_block(float* oT, const float* p, const float* rescale, cons
         const F f = V::load(rescale + t * R + u * V::W);
         for (int dd = 0; dd < kD; ++dd) acc[dd][u] = V::mul(acc[dd][u], f);
       }
-    const float* const* v_rows = batch.v_rows + t * batch.bk;
+    const E* const* v_rows = batch.v_rows + t * batch.bk;
     const float* pt = p + t * batch.tile_stride;
     const std::int64_t keys = batch.keys[t];
     for (std::int64_t j = 0; j < keys; ++j) {
       F pj[NV];
       for (std::int64_t u = 0; u < NV; ++u) pj[u] = V::in_register(V::load(pt + j * R + u * V::W));
-      const float* v_row = v_rows[j] + d0;
-      for (int dd = 0; dd < kD; ++dd) {
-        const F vd = V::set1(v_row[dd]);
-        for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::fmadd(pj[u], vd, acc[dd][u]);
+      const E* v_row = v_rows[j] + d0;
+      F vd[kD];
+      if constexpr (kD == 2) {
+        const auto pair = Pairs::load(v_row);
+        vd[0] = Pairs::first(pair);
+        vd[1] = Pairs::second(pair);
+      } else {
+        vd[0] = Pairs::one(v_row);
       }
+      for (int dd = 0; dd < kD; ++dd)
+        for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::fmadd(pj[u], vd[dd], acc[dd][u]);
     }
   }
   for (int dd = 0; dd < kD; ++dd)
@@ -156,9 +234,12 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   float* factors = row_sum + R;        // [batch][R]: one P·V call's rows' factors (first 4 used)
   float* zero_row = factors + batch_tiles * R;  // stands in for keys past Lk
   std::fill(zero_row, zero_row + D, 0.0f);
-  // f32 K/V rows are read in place; 16-bit ones are widened into kw/vw first.
-  const float* k_rows[1024];
-  const float* v_rows[1024];  // the batch's tiles, BK apart
+  // f32 K/V rows are read in place, and bf16 ones where the target reads
+  // them in pairs (RowPairs); others are widened into kw/vw first.
+  constexpr bool kInPlace = std::is_same_v<T, float> || (std::is_same_v<T, bfloat16> && V::kBf16PairsInPlace);
+  using E = std::conditional_t<kInPlace, T, float>;  // the element type the kernels read
+  const E* k_rows[1024];
+  const E* v_rows[1024];  // the batch's tiles, BK apart
   std::int64_t batch_keys[kPvBatchKeys / 8];  // keys of each tile in the batch (BK >= 8)
   std::int64_t pending = 0;                    // tiles in the batch
   std::uint32_t pending_active = 0;            // their rows (a batch shares one set)
@@ -186,11 +267,11 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   const F neg_inf = V::set1(-kInf);
   const F scale = V::set1(p.scale);
 
-  // P·V of the pending tiles for their active rows, four rows at a time so
-  // they share the V loads.
+  // P·V of the pending tiles for their active rows: all rows at once in the
+  // lanes form, else four rows at a time so they share the V loads.
   auto flush_pv = [&] {
     if (pending == 0) return;
-    const PvBatch batch{v_rows, batch_keys, pending, BK, BK * R};
+    const PvBatch<E> batch{v_rows, batch_keys, pending, BK, BK * R};
     if constexpr (V::kPvRowsInLanes) {
       typename V::M active[NV];
       for (std::int64_t u = 0; u < NV; ++u) active[u] = V::from_bits((pending_active >> (u * V::W)) & ((1u << V::W) - 1u));
@@ -201,34 +282,34 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       std::int64_t d0 = 0;
       for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2>(o, sT_batch, rescale_batch, rescaled, batch, active, d0);
       if (d0 < D) pv_lanes_block<V, 1>(o, sT_batch, rescale_batch, rescaled, batch, active, d0);
-      pending = 0;
-      return;
-    }
-    std::int64_t rows_in[4];
-    int n = 0;
-    auto run = [&] {
-      float* o_rows[4];
-      const float* p_cols[4];
-      for (int i = 0; i < n; ++i) {
-        o_rows[i] = o + rows_in[i] * D;
-        p_cols[i] = sT_batch + rows_in[i];
-        for (std::int64_t t = 0; t < pending; ++t) factors[t * kSimdRows + i] = rescale_batch[t * R + rows_in[i]];
+    } else {
+      static_assert(std::is_same_v<E, float>, "the row form reads f32 V rows");
+      std::int64_t rows_in[4];
+      int n = 0;
+      auto run = [&] {
+        float* o_rows[4];
+        const float* p_cols[4];
+        for (int i = 0; i < n; ++i) {
+          o_rows[i] = o + rows_in[i] * D;
+          p_cols[i] = sT_batch + rows_in[i];
+          for (std::int64_t t = 0; t < pending; ++t) factors[t * kSimdRows + i] = rescale_batch[t * R + rows_in[i]];
+        }
+        switch (n) {
+          case 4: accumulate_pv<V, 4>(o_rows, p_cols, factors, batch, D); break;
+          case 3: accumulate_pv<V, 3>(o_rows, p_cols, factors, batch, D); break;
+          case 2: accumulate_pv<V, 2>(o_rows, p_cols, factors, batch, D); break;
+          case 1: accumulate_pv<V, 1>(o_rows, p_cols, factors, batch, D); break;
+          default: break;
+        }
+        n = 0;
+      };
+      for (std::int64_t r = 0; r < rows; ++r) {
+        if (!(pending_active >> r & 1u)) continue;
+        rows_in[n++] = r;
+        if (n == 4) run();
       }
-      switch (n) {
-        case 4: accumulate_pv<V, 4>(o_rows, p_cols, factors, batch, D); break;
-        case 3: accumulate_pv<V, 3>(o_rows, p_cols, factors, batch, D); break;
-        case 2: accumulate_pv<V, 2>(o_rows, p_cols, factors, batch, D); break;
-        case 1: accumulate_pv<V, 1>(o_rows, p_cols, factors, batch, D); break;
-        default: break;
-      }
-      n = 0;
-    };
-    for (std::int64_t r = 0; r < rows; ++r) {
-      if (!(pending_active >> r & 1u)) continue;
-      rows_in[n++] = r;
-      if (n == 4) run();
+      run();
     }
-    run();
     pending = 0;
   };
 
@@ -246,13 +327,13 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     pending_active = active;
     float* sT = sT_batch + pending * BK * R;
     float* rescale = rescale_batch + pending * R;
-    const float** tile_v_rows = v_rows + pending * BK;
+    const E** tile_v_rows = v_rows + pending * BK;
     float* tile_vw = vw + pending * BK * D;
     const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
     for (std::int64_t j = 0; j < keys; ++j) {
-      if constexpr (std::is_same_v<T, float>) {
-        k_rows[j] = k.row<const float>(b, kv_head, key0 + j);
-        tile_v_rows[j] = v.row<const float>(b, kv_head, key0 + j);
+      if constexpr (kInPlace) {
+        k_rows[j] = k.row<const T>(b, kv_head, key0 + j);
+        tile_v_rows[j] = v.row<const T>(b, kv_head, key0 + j);
       } else {
         widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
         widen_row<V>(v.row<const T>(b, kv_head, key0 + j), tile_vw + j * D, D);
@@ -260,23 +341,17 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
         tile_v_rows[j] = tile_vw + j * D;
       }
     }
-    for (std::int64_t j = keys; j < BK; ++j) k_rows[j] = tile_v_rows[j] = zero_row;
+    // All-zero bits read as +0 in any element type.
+    for (std::int64_t j = keys; j < BK; ++j) k_rows[j] = tile_v_rows[j] = reinterpret_cast<const E*>(zero_row);
 
     // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
     for (std::int64_t jb = 0; jb < BK; jb += KP) {
       F acc[KP][NV];
       for (int jj = 0; jj < KP; ++jj)
         for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::zero();
-      const float* kb[KP];  // local copies: the compiler keeps them in registers
+      const E* kb[KP];  // local copies: the compiler keeps them in registers
       for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
-      for (std::int64_t d = 0; d < D; ++d) {
-        F qv[NV];
-        for (std::int64_t u = 0; u < NV; ++u) qv[u] = V::in_register(V::load(qT + d * R + u * V::W));
-        for (int jj = 0; jj < KP; ++jj) {
-          const F kd = V::set1(kb[jj][d]);
-          for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(qv[u], kd, acc[jj][u]);
-        }
-      }
+      score_pass<V, KP, NV>(qT, kb, D, acc);
       for (int jj = 0; jj < KP; ++jj) {
         float* s = sT + (jb + jj) * R;
         for (std::int64_t u = 0; u < NV; ++u) {

@@ -17,6 +17,7 @@ struct Vec512 {
   static constexpr int kScoreKeys = 8;  // keys per pass of the score kernel (x R/W row vectors in registers)
   static constexpr int kPvVectors = 4;  // D vectors per row held by the P·V kernel
   static constexpr bool kPvRowsInLanes = false;  // rows as lanes would give only 2 FMAs per broadcast
+  static constexpr bool kBf16PairsInPlace = false;  // measured on Zen 1 only (see Vec256)
   // Decode scores from K planes (simd/decode_simd.inl), the form measured on
   // Zen 4; the position-lane form is AVX2's.
   static constexpr bool kDecodePositionLanes = false;
