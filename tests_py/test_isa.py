@@ -73,6 +73,21 @@ def test_prefill_paths_match_on_non_finite_inputs(rng, restore_isa):
         assert (bits(results[isa][0]) == bits(results["scalar"][0])).all()
 
 
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("d", [64, 33])
+def test_prefill_paths_match_on_seq_major_strided_views(rng, restore_isa, dtype, d):
+    # K and V rows reached through the view's strides: seq-major [B, L, H, D]
+    # slices of larger arrays (rows H_kv * 2 * D apart, every other key), so
+    # rows read in place are not adjacent and a bf16 row may start anywhere.
+    q = rng.standard_normal((2, 37, 4, d)).astype(dtype)
+    k, v = (rng.standard_normal((2, 2 * 70, 2, d + 1)).astype(dtype)[:, ::2, :, 1:] for _ in range(2))
+    results = run_all_paths(lambda: fattn.flash_attn_prefill(q, k, v, layout="blhd", causal=True, return_lse=True))
+    for isa in PATHS:
+        assert (bits(results[isa][0]) == bits(results["scalar"][0])).all(), isa
+        assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa
+
+
 def test_set_isa_rejects_unknown_names(restore_isa):
     with pytest.raises(ValueError, match="isa: must be 'scalar', 'avx2' or 'avx512'"):
         fattn.set_isa("neon")
