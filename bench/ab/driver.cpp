@@ -1,6 +1,7 @@
 // Times one kernel case through the C++ API, for bench/ab.py (which builds
 // this file against two revisions of the core and alternates them).
 //   driver prefill <f32|bf16> <D> <L> <repeats>      B=1, H=16, non-causal
+//   driver prefill-causal <f32|bf16> <D> <L> <repeats>   the same, causal
 //   driver decode  <f32|f16> <kv_len> <H_kv> <repeats>  H = 2 H_kv, D = 256
 // Prints "median_ms <x>" (prefill also "min_ms") and, for decode, "paired_read <fraction>": each call
 // is followed by a two-thread streaming read of the same K and V bytes, and
@@ -49,7 +50,7 @@ double read_seconds(const void* a, const void* b, std::size_t bytes) {  // a and
 int main(int argc, char** argv) {
   using namespace fattn;
   if (argc != 6) {
-    std::fprintf(stderr, "usage: driver prefill <f32|bf16> <D> <L> <repeats> | decode <f32|f16> <kv_len> <H_kv> <repeats>\n");
+    std::fprintf(stderr, "usage: driver prefill[-causal] <f32|bf16> <D> <L> <repeats> | decode <f32|f16> <kv_len> <H_kv> <repeats>\n");
     return 2;
   }
   const std::string kind = argv[1], dtype = argv[2];
@@ -58,7 +59,7 @@ int main(int argc, char** argv) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   std::vector<double> times, ratios;
-  if (kind == "prefill") {
+  if (kind == "prefill" || kind == "prefill-causal") {
     const std::int64_t H = 16, D = a, L = b, n = H * L * D;
     const bool bf16 = dtype == "bf16";
     std::vector<float> f(3 * n), out(n);
@@ -75,16 +76,18 @@ int main(int argc, char** argv) {
     auto view = [&](int i) { return contiguous_view(static_cast<char*>(base) + i * n * esize, dt, {1, H, L, D}, false); };
     std::vector<std::uint16_t> out16(bf16 ? n : 0);
     const TensorView ov = contiguous_view(bf16 ? static_cast<void*>(out16.data()) : out.data(), dt, {1, H, L, D}, true);
+    PrefillParams params;
+    params.causal = kind == "prefill-causal";
     for (int r = 0; r <= repeats; ++r) {
       const auto t0 = Clock::now();
-      flash_attn_prefill(view(0), view(1), view(2), ov, nullptr, nullptr, nullptr, {});
+      flash_attn_prefill(view(0), view(1), view(2), ov, nullptr, nullptr, nullptr, params);
       if (r > 0) times.push_back(seconds_since(t0));  // the first call warms up
     }
     const double t = median(times);
     // The fastest call too: on a shared host noise only ever adds time, so
     // for a compute-bound kernel the minimum is the steadier comparison.
     std::printf("median_ms %.3f\nmin_ms %.3f\ngflops %.1f\n", t * 1e3, *std::min_element(times.begin(), times.end()) * 1e3,
-                4.0 * H * D * double(L) * double(L) / t / 1e9);
+                4.0 * H * D * (params.causal ? double(L) * double(L + 1) / 2 : double(L) * double(L)) / t / 1e9);
   } else if (kind == "decode") {
     const std::int64_t kv_len = a, H_kv = b, H = 2 * H_kv, D = 256, n = H_kv * kv_len * D;
     const bool f16 = dtype == "f16";

@@ -367,7 +367,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     }
     // Masks in the seed's order.
     auto apply_causal = [&] {
-      if (!p.causal) return;
+      if (!p.causal || key0 + keys - 1 <= row0) return;  // no key past the group's first row: nothing to mask
       for (std::int64_t j = 0; j < keys; ++j) {
         const I key = V::iset1(std::int32_t(key0 + j));
         for (std::int64_t u = 0; u < NV; ++u) {
