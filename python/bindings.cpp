@@ -264,7 +264,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("build_info", &build_info_dict);
   m.def("set_isa", [](const std::string& name) { simd::set_active_isa(simd::isa_from_name(name)); }, py::arg("name"));
-  m.def("available_isas", &simd::available_isas);
+  m.def("available_isas", &simd::available_isas, py::arg("include_emulated") = false);
   m.def(
       "measure_peaks",
       [](int threads, double seconds) {

@@ -7,7 +7,9 @@ import pytest
 import fattn
 from helpers import BF16, DTYPES, F16, F32
 
-PATHS = [isa for isa in fattn.available_isas() if isa != "scalar"]
+# The AVX-512 code runs emulated on AVX2 where the CPU has no AVX-512, so it is
+# held to the scalar model on every machine with AVX2.
+PATHS = [isa for isa in fattn.available_isas(include_emulated=True) if isa != "scalar"]
 
 
 @pytest.fixture
@@ -89,10 +91,19 @@ def test_prefill_paths_match_on_seq_major_strided_views(rng, restore_isa, dtype,
 
 
 def test_set_isa_rejects_unknown_names(restore_isa):
-    with pytest.raises(ValueError, match="isa: must be 'scalar', 'avx2' or 'avx512'"):
+    with pytest.raises(ValueError, match="isa: must be 'scalar', 'avx2', 'avx512' or 'avx512_emulated'"):
         fattn.set_isa("neon")
     with pytest.raises(TypeError):
         fattn.set_isa(3)
+    with pytest.raises(TypeError, match="include_emulated"):
+        fattn.available_isas(include_emulated=1)
+
+
+def test_emulated_path_is_listed_only_on_request():
+    assert "avx512_emulated" not in fattn.available_isas()
+    with_emulated = fattn.available_isas(include_emulated=True)
+    assert with_emulated[:len(fattn.available_isas())] == fattn.available_isas()
+    assert ("avx512_emulated" in with_emulated) == ("avx2" in fattn.available_isas())
     fattn.set_isa("scalar")
     assert fattn.build_info()["isa"] == "scalar"
 

@@ -12,7 +12,7 @@ from helpers import BF16, DTYPES, F16, F32
 VALUES = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
 
 
-@pytest.fixture(params=fattn.available_isas())
+@pytest.fixture(params=fattn.available_isas(include_emulated=True))
 def isa(request):
     saved = fattn.build_info()["isa"]
     fattn.set_isa(request.param)

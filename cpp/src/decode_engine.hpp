@@ -28,11 +28,17 @@ struct Decode {
 // The vector paths for groups [g_begin, g_end) of one (batch, KV head): the
 // scalar model's decode_group for each of them, walking the cache once in
 // memory order. One source (simd/decode_simd.inl), compiled per instruction
-// set in simd/decode_avx512.cpp and simd/decode_avx2.cpp.
+// set in simd/decode_avx512.cpp and simd/decode_avx2.cpp (and the AVX-512
+// code emulated on AVX2, for tests, in simd/decode_avx512_emulated.cpp).
 template <class T>
 void decode_groups_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
                           const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
                           std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end, std::vector<float>& work);
+template <class T>
+void decode_groups_avx512_emulated(const TensorView& q, const TensorView& k, const TensorView& v,
+                                   const TensorView& o_part, const TensorView& s_part, const TensorView& m_part,
+                                   const Decode& p, std::int64_t b, std::int64_t kv_head, std::int64_t g_begin,
+                                   std::int64_t g_end, std::vector<float>& work);
 template <class T>
 void decode_groups_avx2(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
                         const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,

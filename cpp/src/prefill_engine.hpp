@@ -121,12 +121,17 @@ inline constexpr std::int64_t kSimdRows = 32;
 
 // The SIMD paths: up to kSimdRows query rows from row0 of (b, h). One
 // source (simd/prefill_simd.inl) compiled per instruction set, in
-// simd/prefill_avx512.cpp and simd/prefill_avx2.cpp, for T in {float,
-// float16, bfloat16}.
+// simd/prefill_avx512.cpp and simd/prefill_avx2.cpp (and, for tests on
+// machines without AVX-512, the AVX-512 code emulated on AVX2 in
+// simd/prefill_avx512_emulated.cpp), for T in {float, float16, bfloat16}.
 template <class T, class Arith>
 void prefill_rows_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                          const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
                          std::vector<float>& workspace);
+template <class T, class Arith>
+void prefill_rows_avx512_emulated(const TensorView& q, const TensorView& k, const TensorView& v,
+                                  const TensorView& out, const Problem& p, std::int64_t b, std::int64_t h,
+                                  std::int64_t row0, std::vector<float>& workspace);
 template <class T, class Arith>
 void prefill_rows_avx2(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                        const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,

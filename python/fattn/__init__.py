@@ -49,16 +49,21 @@ def build_info() -> Dict[str, Any]:
     return dict(_core.build_info())
 
 
-def available_isas() -> List[str]:
+def available_isas(include_emulated: bool = False) -> List[str]:
     """The kernel paths this CPU can run: "scalar" (the readable model every other path
-    reproduces bit for bit) and, where supported, "avx2" and "avx512" (docs/numerics.md §7)."""
-    return list(_core.available_isas())
+    reproduces bit for bit) and, where supported, "avx2" and "avx512" (docs/numerics.md §7).
+    With ``include_emulated``, also "avx512_emulated" where the CPU has AVX2: the AVX-512
+    path's code with its 16 lanes emulated on AVX2, slow, for testing that code on machines
+    without AVX-512."""
+    if not isinstance(include_emulated, bool):
+        raise TypeError(f"include_emulated: expected a bool, got {type(include_emulated).__name__}")
+    return list(_core.available_isas(include_emulated))
 
 
 def set_isa(name: str) -> None:
-    """Selects the kernel path ("scalar", "avx2" or "avx512"; default: the best available). Results do
-    not depend on it, bit for bit (docs/numerics.md §7); it exists to check exactly that, and to
-    time the paths. Process-wide."""
+    """Selects the kernel path ("scalar", "avx2", "avx512" or "avx512_emulated"; default: the best
+    available; see :func:`available_isas`). Results do not depend on it, bit for bit
+    (docs/numerics.md §7); it exists to check exactly that, and to time the paths. Process-wide."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     _core.set_isa(name)

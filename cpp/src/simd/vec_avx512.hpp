@@ -6,22 +6,14 @@
 #include <cstdint>
 
 #include "fattn/dtype.hpp"
+#include "simd/avx512_choices.hpp"
 
 namespace fattn::simd {
 
-struct Vec512 {
+struct Vec512 : Avx512Choices {
   using F = __m512;
   using I = __m512i;
   using M = __mmask16;
-  static constexpr std::int64_t W = 16;
-  static constexpr int kScoreKeys = 8;  // keys per pass of the score kernel (x R/W row vectors in registers)
-  static constexpr int kPvVectors = 4;  // D vectors per row held by the P·V kernel
-  static constexpr bool kPvRowsInLanes = false;  // rows as lanes would give only 2 FMAs per broadcast
-  static constexpr bool kBf16PairsInPlace = false;  // measured on Zen 1 only (see Vec256)
-  // Decode scores from K planes (simd/decode_simd.inl), the form measured on
-  // Zen 4; the position-lane form is AVX2's.
-  static constexpr bool kDecodePositionLanes = false;
-  static constexpr int decode_pv_vectors(int) { return kPvVectors; }
 
   static M first(std::int64_t n) { return n >= W ? M(0xffff) : M((1u << n) - 1u); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
