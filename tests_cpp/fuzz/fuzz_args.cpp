@@ -18,6 +18,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "fattn/fattn.hpp"
@@ -498,10 +499,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t op = r.byte();
   const std::uint8_t env = r.byte();
   Filler fill{0x9e3779b97f4a7c15ull ^ (std::uint64_t(r.byte()) << 32 | r.byte())};
-  // Thread count (1 or 2) and instruction set (any this CPU has) vary too.
+  // Thread count (1 or 2) and instruction set (any this CPU has, the
+  // emulated AVX-512 code included) vary too.
   set_num_threads(1 + (env & 1));
-  const int isas = int(simd::best_isa()) + 1;
-  simd::set_active_isa(simd::Isa((env >> 1) % isas));
+  static const std::vector<std::string> isas = simd::available_isas(true);
+  simd::set_active_isa(simd::isa_from_name(isas[(env >> 1) % isas.size()]));
   try {
     switch (op % 8) {
       case 0: fuzz_sdpa_or_prefill(r, fill, false); break;
