@@ -38,6 +38,15 @@ double run_threads(int threads, F work) {
 }
 
 FATTN_TARGET_BEGIN_("avx512f,avx512bf16")
+// The lanes' sum (GCC 12's _mm512_reduce_add_ps trips -Wuninitialized in its own header).
+float sum_lanes(__m512 x) {
+  alignas(64) float lane[16];
+  _mm512_store_ps(lane, x);
+  float s = 0.0f;
+  for (float v : lane) s += v;
+  return s;
+}
+
 // 16 independent chains hide the FMA latency; returns a value so the loop stays.
 float fma_loop(std::int64_t iterations) {
   __m512 acc[16];
@@ -48,7 +57,7 @@ float fma_loop(std::int64_t iterations) {
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
   __m512 s = acc[0];
   for (int i = 1; i < 16; ++i) s = _mm512_add_ps(s, acc[i]);
-  return _mm512_reduce_add_ps(s);
+  return sum_lanes(s);
 }
 
 float bf16_loop(std::int64_t iterations) {
@@ -60,14 +69,14 @@ float bf16_loop(std::int64_t iterations) {
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
   __m512 s = acc[0];
   for (int i = 1; i < 16; ++i) s = _mm512_add_ps(s, acc[i]);
-  return _mm512_reduce_add_ps(s);
+  return sum_lanes(s);
 }
 
 float read_loop(const float* p, std::int64_t n) {
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   for (std::int64_t i = 0; i + 64 <= n; i += 64)
     for (int u = 0; u < 4; ++u) acc[u] = _mm512_add_ps(acc[u], _mm512_loadu_ps(p + i + 16 * u));
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  return sum_lanes(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 FATTN_TARGET_END
 

@@ -17,7 +17,6 @@ struct Vec256 {
   using M = __m256;
   static constexpr std::int64_t W = 8;
   static constexpr int kScoreKeys = 2;  // 16 ymm registers: 2 keys x 4 row vectors in flight
-  static constexpr int kPvVectors = 2;
   // Prefill P·V with the query rows in the lanes (simd/prefill_simd.inl):
   // the row form's broadcasts per FMA cost FMA-pipe slots here (Zen 1).
   static constexpr bool kPvRowsInLanes = true;
