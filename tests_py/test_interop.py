@@ -172,8 +172,10 @@ def test_torch_out_is_written_in_place(rng):
     expect = fattn.flash_attn_prefill(q, k, v)
     out = torch.empty(q.shape, dtype=torch.bfloat16)
     got = fattn.flash_attn_prefill(to_torch(q), to_torch(k), to_torch(v), out=out)
-    assert got.ctypes.data == out.data_ptr()
+    assert got is out  # the caller's own tensor comes back, as with a numpy out
     assert same_bits(out.view(torch.int16).numpy(), expect)
+    got, lse = fattn.flash_attn_prefill(to_torch(q), to_torch(k), to_torch(v), out=out, return_lse=True)
+    assert got is out and isinstance(lse, np.ndarray)
 
 
 # --- out= -------------------------------------------------------------------------------------
@@ -210,6 +212,17 @@ def test_out_is_written_and_returned(rng, name, dtype):
     got = call(out=out)
     assert got is out
     assert same_bits(out, expect)
+
+
+@pytest.mark.parametrize("name", OUT_KERNELS)
+def test_torch_out_comes_back_as_itself(rng, name):
+    torch = torch_mod()
+    call = out_cases(rng, F32)[name]
+    expect = call()
+    out = torch.full(expect.shape, float("nan"), dtype=torch.float32)
+    got = call(out=out)
+    assert got is out
+    assert same_bits(out.numpy(), expect)
 
 
 @pytest.mark.parametrize("name", OUT_KERNELS)

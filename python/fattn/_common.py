@@ -10,7 +10,7 @@ invalid call never asks for memory.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Tuple, Union, cast
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -156,10 +156,13 @@ def prepare_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Seque
     return a, head_dim_contiguous(a)
 
 
-def finish_out(out: np.ndarray, target: np.ndarray) -> np.ndarray:
-    if target is not out:
-        np.copyto(out, target)
-    return out
+def finish_out(out: Any, result: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Copies ``target`` into ``result`` when the core wrote a temporary; returns the caller's
+    ``out`` object itself (a numpy array, a torch tensor, ...), or ``result`` without one. (Typed
+    as an ndarray, the common case: the kernels' signatures keep one return type.)"""
+    if target is not result:
+        np.copyto(result, target)
+    return result if out is None else cast(np.ndarray, out)
 
 
 def to_bhld(a: np.ndarray, layout: str) -> np.ndarray:

@@ -117,7 +117,7 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
         result, dest = prepare_out(out, q_arr.shape, FLOAT32, (("q", q_arr), ("k_cache", k4), ("v_cache", v4)))
     out4 = dest[None, :, None, :] if q_arr.ndim == 2 else dest[:, :, None, :]
     _core.flash_attn_vec(q4, k4, v4, out4, *params)
-    return finish_out(result, dest)
+    return finish_out(out, result, dest)
 
 
 def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -182,7 +182,7 @@ def flash_attn_vec_reduce(o: ArrayLike, s: ArrayLike, m: ArrayLike, *, out: Opti
     o4, s4, m4, out4 = (x.reshape(lead4 + x.shape) for x in (o_arr, s_arr, m_arr, dest))
     _core.flash_attn_vec_reduce(head_dim_contiguous(o4), head_dim_contiguous(s4[..., None]),
                                 head_dim_contiguous(m4[..., None]), out4[..., None, :])
-    return finish_out(result, dest)
+    return finish_out(out, result, dest)
 
 
 def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, return_lse: bool = False,
@@ -238,6 +238,5 @@ def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, 
     dest = result.reshape(rows, d) if direct else np.empty((rows, d), dtype=np.float32)
     lse = np.empty(rows, dtype=np.float32)
     _core.merge_attention(flat_o, flat_l, dest, lse)
-    if not direct:
-        np.copyto(result, dest.reshape(shape))
-    return (result, lse.reshape(shape[:-1])) if return_lse else result
+    returned = finish_out(out, result, result if direct else dest.reshape(shape))
+    return (returned, lse.reshape(shape[:-1])) if return_lse else returned

@@ -149,8 +149,8 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     _core.flash_attn_prefill(qh, kh, vh, to_bhld(dest, layout), mask4, blk_arr,
                              None if lse is None else lse[..., None], causal, scale, kernel, nsg, q_tile, k_tile,
                              verify_blk)
-    finish_out(result, dest)
-    return (result, lse) if lse is not None else result
+    returned = finish_out(out, result, dest)
+    return (returned, lse) if lse is not None else returned
 
 
 def prefill_geometry(head_dim: int, *, kernel: str = "auto", q_tile: Optional[int] = None,

@@ -63,4 +63,4 @@ def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = True, scale
     else:
         result, target = prepare_out(out, q.shape, q.dtype, (("q", q), ("k", k), ("v", v)))
     _core.sdpa(head_dim_contiguous(q), head_dim_contiguous(k), head_dim_contiguous(v), target, causal, scale, kv_len)
-    return finish_out(result, target)
+    return finish_out(out, result, target)
