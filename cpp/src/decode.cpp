@@ -115,33 +115,45 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
 // The reduce for one (batch, head): M* = max M_g, w_g = exp(M_g - M*),
 // S* = tree(S_g w_g), out = tree(O_g w_g) * (S* == 0 ? 0 : 1/S*). The trees
 // run over blocks of D at once (bottom-up pairs, the same sums as tree_sum),
-// which the compiler turns into vector adds.
+// which the compiler turns into vector adds. Groups from `live` on hold the
+// untouched state (O = 0, S = 0, M = the initial max), whose terms are +0:
+// they are not read, and a pair with a subtree wholly of them is `x + 0`
+// (which, like the full tree, still turns a -0 into +0).
 void reduce_row(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out,
-                std::int64_t b, std::int64_t h, std::vector<float>& work) {
+                std::int64_t b, std::int64_t h, std::int64_t live, std::vector<float>& work) {
   constexpr std::int64_t kBlock = 16;
   const std::int64_t nwg = o.length(), D = o.head_dim(), lanes = reduce_lanes(nwg);
-  work.assign(std::size_t(lanes * (kBlock + 2)), 0.0f);
+  work.assign(std::size_t(lanes * 2), 0.0f);  // weights, terms (zero past `live`)
+  work.resize(std::size_t(lanes * (kBlock + 2)));
   float* weight = work.data();
   float* terms = weight + lanes;
   float* block = terms + lanes;  // lanes x kBlock
-  float global_max = kInitialMax;  // idle lanes hold the initial max
-  for (std::int64_t g = 0; g < nwg; ++g) global_max = std::max(global_max, *m.row<const float>(b, h, g));
-  for (std::int64_t g = 0; g < nwg; ++g) weight[g] = simd::exp_f32(*m.row<const float>(b, h, g) - global_max);
-  for (std::int64_t g = 0; g < nwg; ++g) terms[g] = *s.row<const float>(b, h, g) * weight[g];
+  float global_max = kInitialMax;  // idle groups hold the initial max
+  for (std::int64_t g = 0; g < live; ++g) global_max = std::max(global_max, *m.row<const float>(b, h, g));
+  for (std::int64_t g = 0; g < live; ++g) weight[g] = simd::exp_f32(*m.row<const float>(b, h, g) - global_max);
+  for (std::int64_t g = 0; g < live; ++g) terms[g] = *s.row<const float>(b, h, g) * weight[g];
   const float total = tree_sum(terms, lanes);
   const float inv = total == 0.0f ? 0.0f : 1.0f / total;
   float* dst = out.row<float>(b, h, 0);
   for (std::int64_t d0 = 0; d0 < D; d0 += kBlock) {
     const std::int64_t n = std::min(kBlock, D - d0);
-    std::fill(block, block + lanes * kBlock, 0.0f);  // idle lanes and columns past D add zeros
-    for (std::int64_t g = 0; g < nwg; ++g) {
+    for (std::int64_t g = 0; g < live; ++g) {
       const float* src = o.row<const float>(b, h, g) + d0;
       for (std::int64_t i = 0; i < n; ++i) block[g * kBlock + i] = src[i] * weight[g];
     }
-    for (std::int64_t width = lanes / 2; width >= 1; width /= 2)
-      for (std::int64_t g = 0; g < width; ++g)
-        for (std::int64_t i = 0; i < kBlock; ++i)
-          block[g * kBlock + i] = block[2 * g * kBlock + i] + block[(2 * g + 1) * kBlock + i];
+    for (std::int64_t width = lanes / 2, count = live; width >= 1; width /= 2) {  // count: leading non-zero sums
+      const std::int64_t next = (count + 1) / 2;
+      for (std::int64_t g = 0; g < next; ++g) {
+        float* sum = block + g * kBlock;
+        const float* left = block + 2 * g * kBlock;
+        const float* right = left + kBlock;
+        if (2 * g + 1 < count)
+          for (std::int64_t i = 0; i < n; ++i) sum[i] = left[i] + right[i];
+        else
+          for (std::int64_t i = 0; i < n; ++i) sum[i] = left[i] + 0.0f;
+      }
+      count = next;
+    }
     for (std::int64_t i = 0; i < n; ++i) dst[d0 + i] = block[i] * inv;
   }
 }
@@ -206,7 +218,9 @@ class ReduceWhenDone {
   void item_done(std::int64_t b, std::int64_t kv_head, std::vector<float>& work) {
     if (!out_ || left_[std::size_t(b * p_.kv_heads + kv_head)].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     const std::int64_t group = p_.heads / p_.kv_heads;
-    for (std::int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h) reduce_row(o_, s_, m_, *out_, b, h, work);
+    const std::int64_t live = p_.write_idle ? p_.nwg : live_groups(p_);
+    for (std::int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h)
+      reduce_row(o_, s_, m_, *out_, b, h, live, work);
   }
 
  private:
@@ -253,9 +267,10 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
     std::vector<float> work, reduce_work;
     for (std::int64_t item = begin; item < end; ++item) {
       const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
-      detail::dispatch_dtype(k.dtype, [&](auto tag) {
-        decode_group<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g, work);
-      });
+      if (p.write_idle || g < live_groups(p))
+        detail::dispatch_dtype(k.dtype, [&](auto tag) {
+          decode_group<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g, work);
+        });
       reduce.item_done(b, kv_head, reduce_work);
     }
   });
@@ -265,7 +280,7 @@ void run_reduce(const TensorView& o, const TensorView& s, const TensorView& m, c
   const std::int64_t heads = o.heads();
   parallel_for(o.batch() * heads, 4, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> work;
-    for (std::int64_t r = begin; r < end; ++r) reduce_row(o, s, m, out, r / heads, r % heads, work);
+    for (std::int64_t r = begin; r < end; ++r) reduce_row(o, s, m, out, r / heads, r % heads, o.length(), work);
   });
 }
 
@@ -293,7 +308,8 @@ void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const Tenso
 
 void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const DecodeParams& params) {
-  const Decode p = validate_decode(q, k, v, params);
+  Decode p = validate_decode(q, k, v, params);
+  p.write_idle = false;  // the workspace below is read only by this call's reduce
   validate_view(out, "out");
   require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", dtype_name(out.dtype));
   detail::require_same_shape(out, "out", q, "q");

@@ -22,7 +22,17 @@ constexpr std::int64_t kLanes = 32;  // one simdgroup: lane t owns float4 groups
 struct Decode {
   std::int64_t batch, heads, kv_heads, head_dim, kv_len, window_start, nwg;
   float scale, softcap, scale_over_cap;
+  // Whether groups with no chunk (g >= live_groups) get their untouched state
+  // written to the partials. flash_attn_vec's own workspace skips it: its
+  // reduce knows those terms are +0 and never reads them.
+  bool write_idle = true;
 };
+
+// Groups that get at least one chunk: chunk c goes to group c mod nwg.
+inline std::int64_t live_groups(const Decode& p) {
+  const std::int64_t chunks = (p.kv_len + kDecodeChunk - 1) / kDecodeChunk;
+  return chunks < p.nwg ? chunks : p.nwg;
+}
 
 
 // The vector paths for groups [g_begin, g_end) of one (batch, KV head): the

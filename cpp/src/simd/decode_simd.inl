@@ -262,7 +262,7 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
   // Groups past the cache's end (g * C >= kv_seq_len) take no chunk: they
   // get no state, only the empty partials (a short cache would otherwise
   // fill and copy nwg states per KV head for a few positions).
-  const std::int64_t g_live = std::clamp((p.kv_len + C - 1) / C, g_begin, g_end);
+  const std::int64_t g_live = std::clamp(live_groups(p), g_begin, g_end);
   const std::int64_t n_groups = g_live - g_begin;
   constexpr int S = int(32 / W);  // lane vectors per position
   const std::int64_t segments = (D + 4 * W - 1) / (4 * W), P = 4 * segments;  // plane vectors per row
@@ -412,6 +412,7 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
       const std::int64_t h = kv_head * group + r;
       float* o_row = o_part.row<float>(b, h, g);
       if (g >= g_live) {  // no chunk: the scalar model's untouched state
+        if (!p.write_idle) continue;
         std::fill(o_row, o_row + D, 0.0f);
         *s_part.row<float>(b, h, g) = 0.0f;
         *m_part.row<float>(b, h, g) = kInitialMax;
