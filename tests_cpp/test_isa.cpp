@@ -65,6 +65,31 @@ TEST(IsaPaths, PrefillMatchesTheScalarModel) {
   }
 }
 
+TEST(IsaPaths, SdpaMatchesTheScalarModel) {
+  RestoreIsa restore;
+  // 45 rows: a full block of 32 and a ragged one; causal rows start 2 keys in.
+  const std::int64_t B = 1, H = 4, Hkv = 2, Lq = 45, cap = 50, D = 40;
+  auto q = random_bf16(std::size_t(B * H * Lq * D), 8), k = random_bf16(std::size_t(B * Hkv * cap * D), 9),
+       v = random_bf16(std::size_t(B * Hkv * cap * D), 10);
+  for (bool causal : {false, true}) {
+    SdpaParams p;
+    p.causal = causal;
+    p.kv_seq_len = 47;
+    std::vector<std::vector<std::uint16_t>> outs;
+    for (const std::string& name : simd::available_isas(true)) {
+      simd::set_active_isa(simd::isa_from_name(name));
+      std::vector<std::uint16_t> out(q.size());
+      sdpa(contiguous_view(q.data(), DType::bf16, {B, H, Lq, D}, false),
+           contiguous_view(k.data(), DType::bf16, {B, Hkv, cap, D}, false),
+           contiguous_view(v.data(), DType::bf16, {B, Hkv, cap, D}, false),
+           contiguous_view(out.data(), DType::bf16, {B, H, Lq, D}, true), p);
+      outs.push_back(out);
+    }
+    for (std::size_t i = 1; i < outs.size(); ++i)
+      EXPECT_EQ(outs[i], outs[0]) << simd::available_isas(true)[i] << " causal=" << causal;
+  }
+}
+
 TEST(IsaPaths, DecodeMatchesTheScalarModel) {
   RestoreIsa restore;
   const std::int64_t B = 1, H = 8, Hkv = 2, cap = 300, D = 96;

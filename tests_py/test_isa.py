@@ -90,6 +90,25 @@ def test_prefill_paths_match_on_seq_major_strided_views(rng, restore_isa, dtype,
         assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa
 
 
+# (B, H, H_kv, Lq, kv_seq_len, capacity, D): row blocks of 32 with a ragged
+# tail, Lq > kv_seq_len (rows that see no key), GQA, odd D.
+SDPA_SHAPES = [(1, 1, 1, 1, 1, 1, 8), (1, 2, 1, 1, 37, 64, 16), (2, 4, 2, 7, 7, 7, 64), (1, 8, 2, 33, 100, 128, 128),
+               (1, 2, 2, 10, 4, 6, 24), (1, 4, 1, 70, 300, 301, 40), (1, 2, 1, 45, 45, 45, 33),
+               (1, 2, 2, 9, 50, 50, 512)]
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("shape", SDPA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_paths_match_the_scalar_model(rng, restore_isa, dtype, shape, causal):
+    b, h, h_kv, lq, kv_len, cap, d = shape
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((b, h, lq, d), (b, h_kv, cap, d), (b, h_kv, cap, d)))
+    results = run_all_paths(lambda: fattn.sdpa(q, k, v, causal=causal, kv_seq_len=kv_len))
+    for isa in PATHS:
+        assert (bits(results[isa]) == bits(results["scalar"])).all(), isa
+
+
 def test_set_isa_rejects_unknown_names(restore_isa):
     with pytest.raises(ValueError, match="isa: must be 'scalar', 'avx2', 'avx512' or 'avx512_emulated'"):
         fattn.set_isa("neon")

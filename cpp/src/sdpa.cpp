@@ -7,20 +7,20 @@
 
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
+#include "sdpa_engine.hpp"
+#include "simd/exp.hpp"
+#include "simd/isa.hpp"
 #include "validate.hpp"
 
 namespace fattn {
 namespace {
 
-struct SdpaShape {
-  std::int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
-  float scale;
-  bool causal;
-};
+using sdpa_detail::SdpaShape;
 
 // One query row, the seed's arithmetic (docs/numerics.md, "Naive SDPA"):
 // f32 dot, score = dot * scale, running max from -inf, a rescale of the sum
-// and the accumulator at every key, and a final multiply by 1/sum.
+// and the accumulator at every key, and a final multiply by 1/sum. The
+// scalar model; the SIMD paths (simd/sdpa_simd.inl) repeat it lane by lane.
 template <class T>
 void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int64_t b, std::int64_t kv_head,
               std::int64_t visible, const SdpaShape& s, float* acc, T* out) {
@@ -35,8 +35,8 @@ void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int
     const float score = dot * s.scale;
     const float previous_max = running_max;
     running_max = std::max(running_max, score);
-    const float correction = std::exp(previous_max - running_max);  // exp(-inf) = 0 at the first key
-    const float weight = std::exp(score - running_max);
+    const float correction = simd::exp_f32(previous_max - running_max);  // exp(-inf) = 0 at the first key
+    const float weight = simd::exp_f32(score - running_max);
     running_sum = running_sum * correction + weight;
     const T* v_row = v.row<const T>(b, kv_head, key);
     if (correction == 1.0f) {  // x * 1 == x: skipping the rescale changes no bit
@@ -54,6 +54,21 @@ void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int
 template <class T>
 void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                  const SdpaShape& s) {
+  const simd::Isa isa = simd::active_isa();
+  if (isa != simd::Isa::scalar) {  // kSdpaRows rows of one head per item, one per vector lane
+    const auto rows_fn = isa == simd::Isa::avx512            ? &sdpa_detail::sdpa_rows_avx512<T>
+                         : isa == simd::Isa::avx512_emulated ? &sdpa_detail::sdpa_rows_avx512_emulated<T>
+                                                             : &sdpa_detail::sdpa_rows_avx2<T>;
+    const std::int64_t blocks = (s.q_len + sdpa_detail::kSdpaRows - 1) / sdpa_detail::kSdpaRows;
+    parallel_for(s.batch * s.heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<float> work;
+      for (std::int64_t item = begin; item < end; ++item) {
+        const std::int64_t block = item % blocks, h = (item / blocks) % s.heads, b = item / (blocks * s.heads);
+        rows_fn(q, k, v, out, s, b, h, block * sdpa_detail::kSdpaRows, work);
+      }
+    });
+    return;
+  }
   const std::int64_t rows = s.batch * s.heads * s.q_len;
   const std::int64_t group = s.heads / s.kv_heads;
   parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
@@ -64,9 +79,8 @@ void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, 
       const std::int64_t b = r / (s.q_len * s.heads);
       const T* q_src = q.row<const T>(b, h, i);
       for (std::int64_t d = 0; d < s.head_dim; ++d) q_row[std::size_t(d)] = widen(q_src[d]);
-      std::int64_t visible = s.kv_len;
-      if (s.causal) visible = std::clamp<std::int64_t>(s.kv_len - s.q_len + i + 1, 0, s.kv_len);
-      sdpa_row<T>(q_row.data(), k, v, b, h / group, visible, s, acc.data(), out.row<T>(b, h, i));
+      sdpa_row<T>(q_row.data(), k, v, b, h / group, sdpa_detail::visible_keys(s, i), s, acc.data(),
+                  out.row<T>(b, h, i));
     }
   });
 }

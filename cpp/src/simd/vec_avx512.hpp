@@ -32,6 +32,7 @@ struct Vec512 : Avx512Choices {
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }   // a*b + c, one rounding
   static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); } // c - a*b, one rounding
   static F max(F a, F b) { return _mm512_max_ps(a, b); }               // a > b ? a : b (b on ties, NaN)

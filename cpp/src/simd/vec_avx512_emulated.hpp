@@ -42,6 +42,7 @@ struct Vec512Emulated : Avx512Choices {
   static F add(F a, F b) { return {H::add(a.lo, b.lo), H::add(a.hi, b.hi)}; }
   static F sub(F a, F b) { return {H::sub(a.lo, b.lo), H::sub(a.hi, b.hi)}; }
   static F mul(F a, F b) { return {H::mul(a.lo, b.lo), H::mul(a.hi, b.hi)}; }
+  static F div(F a, F b) { return {H::div(a.lo, b.lo), H::div(a.hi, b.hi)}; }
   static F fmadd(F a, F b, F c) { return {H::fmadd(a.lo, b.lo, c.lo), H::fmadd(a.hi, b.hi, c.hi)}; }
   static F fnmadd(F a, F b, F c) { return {H::fnmadd(a.lo, b.lo, c.lo), H::fnmadd(a.hi, b.hi, c.hi)}; }
   static F max(F a, F b) { return {H::max(a.lo, b.lo), H::max(a.hi, b.hi)}; }
