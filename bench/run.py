@@ -131,7 +131,7 @@ def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--section", choices=["all", "prefill", "decode", "blk"], default="all")
+    ap.add_argument("--section", choices=["all", "prefill", "decode", "blk", "sdpa"], default="all")
     ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
     if args.plot_from:
@@ -219,10 +219,8 @@ def main(argv):
 
     if args.section in ("all", "blk"):
         blk_case(rng, repeats, records, peaks)
-    if args.section == "all":
-        q, k, v = (rng.standard_normal((1, 16, 512, 128), dtype=np.float32) for _ in range(3))
-        med, spread = timed(lambda: fattn.sdpa(q, k, v), repeats)
-        print(f"\nsdpa (naive, seed 003) f32 L=512 D=128 H=16 causal: {med * 1e3:.1f} ms (spread {spread * 1e3:.1f})")
+    if args.section in ("all", "sdpa"):
+        sdpa_case(rng, repeats, records, peaks)
     targets(records)
 
     path = os.path.join(RESULTS, "bench.csv" if args.section == "all" else f"bench-{args.section}.csv")
@@ -235,6 +233,32 @@ def main(argv):
     print(f"\nwrote {path}")
     if args.section == "all":
         plot(records, os.path.join(RESULTS, "prefill.png"))
+
+
+def sdpa_case(rng, repeats, records, peaks):
+    """The naive SDPA (seed 003) for the record: f32, L=512, D=128, H=16, causal, 2 threads,
+    against torch's SDPA (a flash kernel, not naive) and NumPy, in GFLOP/s of the causal pairs."""
+    h, length, d = 16, 512, 128
+    q, k, v = (rng.standard_normal((1, h, length, d), dtype=np.float32) for _ in range(3))
+    flops = 4.0 * h * d * length * (length + 1) / 2
+    rows = {"fattn": timed(lambda: fattn.sdpa(q, k, v), repeats)}
+    if torch is not None:
+        tq, tk, tv = to_torch(q), to_torch(k), to_torch(v)
+        with torch.inference_mode():
+            rows["torch"] = timed(lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True),
+                                  repeats)
+    rows["numpy"] = timed(lambda: numpy_attention(q, k, v, True), repeats)
+    name = f"sdpa (naive, seed 003) f32 L={length} D={d} H={h} causal t=2"
+    print(f"\n{'case':58s} {'system':6s} {'median ms':>10s} {'spread':>8s} {'GFLOP/s':>8s} {'%peak':>7s} {'x torch':>8s}")
+    torch_time = rows.get("torch", (None,))[0]
+    for system, (med, spread) in rows.items():
+        gflops = flops / med / 1e9
+        frac = gflops / peaks[2]["f32_fma_gflops"]
+        vs = torch_time / med if torch_time else float("nan")
+        print(f"{name:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gflops:8.1f} {frac * 100:6.1f}% {vs:8.2f}")
+        records.append(dict(kind="sdpa", case=name, system=system, dtype="float32", head_dim=d, h_kv=h, length=length,
+                            causal=True, kernel="naive", threads=2, median_s=med, spread_s=spread, gflops=gflops,
+                            fraction_of_peak=frac))
 
 
 def blk_case(rng, repeats, records, peaks):
