@@ -82,6 +82,8 @@ def main() -> None:
     threads: int = fattn.get_num_threads()
     fattn.set_num_threads(max(1, threads))
     isas: List[str] = fattn.available_isas()
+    with_emulated: List[str] = fattn.available_isas(include_emulated=True)
+    assert with_emulated[:len(isas)] == isas
     best = str(fattn.build_info()["isa"])
     fattn.set_isa(isas[0])
     fattn.set_isa(best)
