@@ -252,10 +252,8 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
         if (g0 < g1)
           detail::dispatch_dtype(k.dtype, [&](auto tag) {
             using T = decltype(tag);
-            if (isa == simd::Isa::avx512) decode_groups_avx512<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
-            else if (isa == simd::Isa::avx512_emulated)
-              decode_groups_avx512_emulated<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
-            else decode_groups_avx2<T>(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
+            simd::vector_path(isa, &decode_groups_avx512<T>, &decode_groups_avx512_emulated<T>,
+                              &decode_groups_avx2<T>)(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
           });
         reduce.item_done(b, kv_head, reduce_work);
       }

@@ -111,9 +111,8 @@ void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& 
   if (isa != simd::Isa::scalar) {
     // 32 rows per item, one per vector lane; each row keeps its own block's
     // tile range, so the result is the scalar model's to the bit.
-    const auto rows_fn = isa == simd::Isa::avx512            ? &prefill_rows_avx512<T, Arith>
-                         : isa == simd::Isa::avx512_emulated ? &prefill_rows_avx512_emulated<T, Arith>
-                                                             : &prefill_rows_avx2<T, Arith>;
+    const auto rows_fn = simd::vector_path(isa, &prefill_rows_avx512<T, Arith>,
+                                           &prefill_rows_avx512_emulated<T, Arith>, &prefill_rows_avx2<T, Arith>);
     const std::int64_t groups = (p.q_len + kSimdRows - 1) / kSimdRows;
     parallel_for(p.batch * p.heads * groups, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float> workspace;

@@ -56,9 +56,8 @@ void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, 
                  const SdpaShape& s) {
   const simd::Isa isa = simd::active_isa();
   if (isa != simd::Isa::scalar) {  // kSdpaRows rows of one head per item, one per vector lane
-    const auto rows_fn = isa == simd::Isa::avx512            ? &sdpa_detail::sdpa_rows_avx512<T>
-                         : isa == simd::Isa::avx512_emulated ? &sdpa_detail::sdpa_rows_avx512_emulated<T>
-                                                             : &sdpa_detail::sdpa_rows_avx2<T>;
+    const auto rows_fn = simd::vector_path(isa, &sdpa_detail::sdpa_rows_avx512<T>,
+                                           &sdpa_detail::sdpa_rows_avx512_emulated<T>, &sdpa_detail::sdpa_rows_avx2<T>);
     const std::int64_t blocks = (s.q_len + sdpa_detail::kSdpaRows - 1) / sdpa_detail::kSdpaRows;
     parallel_for(s.batch * s.heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float> work;

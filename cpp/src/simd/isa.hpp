@@ -21,6 +21,16 @@ bool can_run(Isa isa);
 // Selects a path; InvalidArgument if the CPU cannot run it.
 void set_active_isa(Isa isa);
 std::string isa_name(Isa isa);
+// Of one kernel's vector paths, the one for `isa` (not scalar: the caller runs
+// its model itself); one choice for every kernel family.
+template <class Fn>
+Fn vector_path(Isa isa, Fn avx512, Fn avx512_emulated, Fn avx2) {
+  switch (isa) {
+    case Isa::avx512: return avx512;
+    case Isa::avx512_emulated: return avx512_emulated;
+    default: return avx2;
+  }
+}
 Isa isa_from_name(const std::string& name);
 // The paths this CPU can run, best last; with include_emulated, also
 // avx512_emulated (after them) where the CPU can run it.
