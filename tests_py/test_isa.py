@@ -65,6 +65,26 @@ def test_prefill_paths_match_the_scalar_model(rng, restore_isa, dtype, config, m
 
 
 @pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("lq", [1, 5, 8, 9, 16, 17, 24, 25, 32 + 3, 32 + 20])
+@pytest.mark.parametrize("d", [64, 33])
+def test_prefill_paths_match_on_short_row_blocks(rng, restore_isa, dtype, lq, d):
+    # A block of fewer than 32 rows computes only the vectors that hold a row
+    # (1 to 4 of 8 lanes on AVX2, 1 or 2 of 16 on AVX-512), with more keys
+    # per score pass and more D elements per P·V pass: every count, each
+    # with a partial last vector, an odd D (a single element after the pairs)
+    # and a mask with rows that see no key.
+    lk = 70
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((1, 2, lq, d), (1, 1, lk, d), (1, 1, lk, d)))
+    mask = rng.random((lq, lk)) < 0.7
+    mask[0] = False
+    results = run_all_paths(lambda: fattn.flash_attn_prefill(q, k, v, mask, causal=True, return_lse=True))
+    for isa in PATHS:
+        assert (bits(results[isa][0]) == bits(results["scalar"][0])).all(), isa
+        assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa
+
+
+@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
 def test_prefill_paths_match_on_non_finite_inputs(rng, restore_isa):
     q, k, v = (rng.standard_normal(s).astype(F32) for s in ((1, 2, 40, 64), (1, 2, 50, 64), (1, 2, 50, 64)))
     q[0, 0, 3, 5] = np.nan

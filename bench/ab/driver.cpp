@@ -1,6 +1,7 @@
 // Times one kernel case through the C++ API, for bench/ab.py (which builds
 // this file against two revisions of the core and alternates them).
 //   driver prefill <f32|bf16> <D> <L> <repeats>      B=1, H=16, non-causal
+//                   (L may be Lq:Lk, e.g. 8:4096 for a short query block)
 //   driver prefill-causal <f32|bf16> <D> <L> <repeats>   the same, causal
 //   driver decode  <f32|f16> <kv_len> <H_kv> <repeats>  H = 2 H_kv, D = 256
 // Prints "median_ms <x>" (prefill also "min_ms") and, for decode, "paired_read <fraction>": each call
@@ -60,7 +61,8 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> normal;
   std::vector<double> times, ratios;
   if (kind == "prefill" || kind == "prefill-causal") {
-    const std::int64_t H = 16, D = a, L = b, n = H * L * D;
+    const char* colon = std::strchr(argv[4], ':');
+    const std::int64_t H = 16, D = a, Lq = b, L = colon ? std::atoll(colon + 1) : b, n = H * L * D;
     const bool bf16 = dtype == "bf16";
     std::vector<float> f(3 * n), out(n);
     for (auto& x : f) x = normal(rng);
@@ -73,9 +75,11 @@ int main(int argc, char** argv) {
     }
     const std::size_t esize = bf16 ? 2 : 4;
     const DType dt = bf16 ? DType::bf16 : DType::f32;
-    auto view = [&](int i) { return contiguous_view(static_cast<char*>(base) + i * n * esize, dt, {1, H, L, D}, false); };
+    auto view = [&](int i) {
+      return contiguous_view(static_cast<char*>(base) + i * n * esize, dt, {1, H, i == 0 ? Lq : L, D}, false);
+    };
     std::vector<std::uint16_t> out16(bf16 ? n : 0);
-    const TensorView ov = contiguous_view(bf16 ? static_cast<void*>(out16.data()) : out.data(), dt, {1, H, L, D}, true);
+    const TensorView ov = contiguous_view(bf16 ? static_cast<void*>(out16.data()) : out.data(), dt, {1, H, Lq, D}, true);
     PrefillParams params;
     params.causal = kind == "prefill-causal";
     for (int r = 0; r <= repeats; ++r) {
@@ -87,7 +91,7 @@ int main(int argc, char** argv) {
     // The fastest call too: on a shared host noise only ever adds time, so
     // for a compute-bound kernel the minimum is the steadier comparison.
     std::printf("median_ms %.3f\nmin_ms %.3f\ngflops %.1f\n", t * 1e3, *std::min_element(times.begin(), times.end()) * 1e3,
-                4.0 * H * D * (params.causal ? double(L) * double(L + 1) / 2 : double(L) * double(L)) / t / 1e9);
+                4.0 * H * D * (params.causal ? double(L) * double(L + 1) / 2 : double(Lq) * double(L)) / t / 1e9);
   } else if (kind == "decode") {
     const std::int64_t kv_len = a, H_kv = b, H = 2 * H_kv, D = 256, n = H_kv * kv_len * D;
     const bool f16 = dtype == "f16";

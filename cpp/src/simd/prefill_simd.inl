@@ -81,25 +81,98 @@ inline void score_pass(const float* qT, const float* const* kb, std::int64_t D, 
 template <class V, int KP, std::int64_t NV>
 inline void score_pass(const float* qT, const bfloat16* const* kb, std::int64_t D, typename V::F (&acc)[KP][NV]) {
   using Pairs = RowPairs<V, bfloat16>;
+  using F = typename V::F;
   const bfloat16* rows[KP];  // local copies: the barrier below does not reload them
   for (int jj = 0; jj < KP; ++jj) rows[jj] = kb[jj];
   std::int64_t d = 0;
-  for (; d + 2 <= D; d += 2) {
-    typename V::F pair[KP], kd[KP];
-    for (int jj = 0; jj < KP; ++jj) pair[jj] = Pairs::load(rows[jj] + d);
-    for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::first(pair[jj]);
-    score_step<V>(qT + d * kSimdRows, kd, acc);
-    // Keeps element d + 1's Q loads after element d's FMAs: hoisted, they
-    // took 4 more of AVX2's 16 registers and an accumulator went to the stack.
-    asm volatile("" ::: "memory");
-    for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::second(pair[jj]);
-    score_step<V>(qT + (d + 1) * kSimdRows, kd, acc);
+  if constexpr (2 * NV + KP * NV <= 12) {
+    // Few row vectors: both elements' Q columns stay in registers and each
+    // key's pair is used at once (a key's chain still takes d, then d + 1).
+    for (; d + 2 <= D; d += 2) {
+      F q0[NV], q1[NV];
+      for (std::int64_t u = 0; u < NV; ++u) {
+        q0[u] = V::in_register(V::load(qT + d * kSimdRows + u * V::W));
+        q1[u] = V::in_register(V::load(qT + (d + 1) * kSimdRows + u * V::W));
+      }
+      for (int jj = 0; jj < KP; ++jj) {
+        const auto pair = Pairs::load(rows[jj] + d);
+        const F lo = Pairs::first(pair), hi = Pairs::second(pair);
+        for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(q0[u], lo, acc[jj][u]);
+        for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(q1[u], hi, acc[jj][u]);
+      }
+    }
+  } else {
+    for (; d + 2 <= D; d += 2) {
+      F pair[KP], kd[KP];
+      for (int jj = 0; jj < KP; ++jj) pair[jj] = Pairs::load(rows[jj] + d);
+      for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::first(pair[jj]);
+      score_step<V>(qT + d * kSimdRows, kd, acc);
+      // Keeps element d + 1's Q loads after element d's FMAs: hoisted, they
+      // took 4 more of AVX2's 16 registers and an accumulator went to the stack.
+      asm volatile("" ::: "memory");
+      for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::second(pair[jj]);
+      score_step<V>(qT + (d + 1) * kSimdRows, kd, acc);
+    }
   }
   if (d < D) {
-    typename V::F kd[KP];
+    F kd[KP];
     for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::one(rows[jj] + d);
     score_step<V>(qT + d * kSimdRows, kd, acc);
   }
+}
+
+// Row vectors of a block that hold at least one row: a block of fewer than
+// kSimdRows rows (a short query, the last block of any) computes only those.
+// fn gets the count as a compile-time constant from 1 to NV.
+template <std::int64_t NV, class Fn>
+inline void with_row_vectors(std::int64_t n, Fn&& fn) {
+  if constexpr (NV > 1)
+    if (n < NV) return with_row_vectors<NV - 1>(n, fn);
+  fn(std::integral_constant<std::int64_t, NV>{});
+}
+
+// Keys per score pass for NV row vectors: the target's choice for a full
+// block, more keys as fewer row vectors leave registers free (at most 8,
+// the smallest k_tile).
+template <class V, std::int64_t NV>
+constexpr int score_keys() {
+  const std::int64_t keys = V::kScoreKeys * ((kSimdRows / V::W) / NV);
+  return int(keys < 8 ? keys : 8);
+}
+
+// The scores of one key tile for the first NV row vectors: sT[j * R + row],
+// each the fma chain over D in order; keys past `keys` get -inf.
+template <class V, class Arith, std::int64_t NV, class E>
+inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK, std::int64_t keys, std::int64_t D,
+                       float* sT, float scale) {
+  using F = typename V::F;
+  constexpr int KP = score_keys<V, NV>();
+  for (std::int64_t jb = 0; jb < BK; jb += KP) {
+    F acc[KP][NV];
+    for (int jj = 0; jj < KP; ++jj)
+      for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::zero();
+    const E* kb[KP];  // local copies: the compiler keeps them in registers
+    for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
+    score_pass<V, KP, NV>(qT, kb, D, acc);
+    for (int jj = 0; jj < KP; ++jj) {
+      float* s = sT + (jb + jj) * kSimdRows;
+      for (std::int64_t u = 0; u < NV; ++u) {
+        F sv = acc[jj][u];
+        if (jb + jj >= keys) sv = V::set1(-kInf);                   // past Lk
+        else if (Arith::kNaturalExp) sv = V::mul(sv, V::set1(scale));  // llama.cpp: Arith::score
+        V::store(s + u * V::W, sv);
+      }
+    }
+  }
+}
+
+// The same for a short block, out of line: inlined next to the full
+// block's, it changed how the compiler allocated the full block's registers
+// (an accumulator went to the stack).
+template <class V, class Arith, std::int64_t NV, class E>
+__attribute__((noinline)) void score_tile_short(const float* qT, const E* const* k_rows, std::int64_t BK,
+                                                std::int64_t keys, std::int64_t D, float* sT, float scale) {
+  score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, scale);
 }
 
 // A batch of `tiles` consecutive key tiles (their P·V deferred so the
@@ -160,19 +233,21 @@ void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float
 
 // The same P·V with the rows in the lanes, for targets whose 16 registers
 // let the row form above share each V load over only two FMAs: O is kept
-// transposed ([D][kSimdRows]), a key's weights for all rows sit in NV
-// vectors, and each V element is one broadcast for NV FMAs. kD elements of D
-// per pass. Per element the sequence is the row form's (rescale by the
-// tile's factor, then fma(p_j, v_j, O) over the keys in order); rows outside
-// `active` skip the batch in the scalar model, so they keep their old O.
-// rescaled[t]: some active row's factor for tile t is not 1.
-template <class V, int kD, class E>
+// transposed ([D][kSimdRows]), a key's weights for the block's NV row
+// vectors sit in NV vectors, and each V element is one broadcast for NV
+// FMAs. kD elements of D per pass (1, or pairs: more as fewer row vectors
+// leave registers free, so enough FMA chains overlap). Per element the
+// sequence is the row form's (rescale by the tile's factor, then fma(p_j,
+// v_j, O) over the keys in order); rows outside `active` skip the batch in
+// the scalar model, so they keep their old O. rescaled[t]: some active
+// row's factor for tile t is not 1.
+template <class V, int kD, std::int64_t NV, class E>
 inline void pv_lanes_block(float* oT, const float* p, const float* rescale, const bool* rescaled,
                            const PvBatch<E>& batch, const typename V::M* active, std::int64_t d0) {
-  static_assert(kD == 1 || kD == 2, "a pass takes one element of D or a pair");
+  static_assert(kD == 1 || kD % 2 == 0, "a pass takes one element of D or pairs");
   using F = typename V::F;
   using Pairs = RowPairs<V, E>;
-  constexpr std::int64_t R = kSimdRows, NV = R / V::W;
+  constexpr std::int64_t R = kSimdRows;
   F acc[kD][NV];
   for (int dd = 0; dd < kD; ++dd)
     for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::load(oT + (d0 + dd) * R + u * V::W);
@@ -189,16 +264,17 @@ inline void pv_lanes_block(float* oT, const float* p, const float* rescale, cons
       F pj[NV];
       for (std::int64_t u = 0; u < NV; ++u) pj[u] = V::in_register(V::load(pt + j * R + u * V::W));
       const E* v_row = v_rows[j] + d0;
-      F vd[kD];
-      if constexpr (kD == 2) {
-        const auto pair = Pairs::load(v_row);
-        vd[0] = Pairs::first(pair);
-        vd[1] = Pairs::second(pair);
+      if constexpr (kD == 1) {
+        const F vd = Pairs::one(v_row);
+        for (std::int64_t u = 0; u < NV; ++u) acc[0][u] = V::fmadd(pj[u], vd, acc[0][u]);
       } else {
-        vd[0] = Pairs::one(v_row);
+        for (int dd = 0; dd < kD; dd += 2) {
+          const auto pair = Pairs::load(v_row + dd);
+          const F lo = Pairs::first(pair), hi = Pairs::second(pair);
+          for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::fmadd(pj[u], lo, acc[dd][u]);
+          for (std::int64_t u = 0; u < NV; ++u) acc[dd + 1][u] = V::fmadd(pj[u], hi, acc[dd + 1][u]);
+        }
       }
-      for (int dd = 0; dd < kD; ++dd)
-        for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::fmadd(pj[u], vd[dd], acc[dd][u]);
     }
   }
   for (int dd = 0; dd < kD; ++dd)
@@ -206,6 +282,23 @@ inline void pv_lanes_block(float* oT, const float* p, const float* rescale, cons
       float* o = oT + (d0 + dd) * R + u * V::W;
       V::store(o, V::blend(active[u], V::load(o), acc[dd][u]));
     }
+}
+
+// All of D for the block's NV row vectors.
+template <class V, std::int64_t NV, class E>
+inline void pv_lanes(float* oT, const float* p, const float* rescale, const bool* rescaled, const PvBatch<E>& batch,
+                     const typename V::M* active, std::int64_t D) {
+  constexpr int kD = int(2 * ((kSimdRows / V::W) / NV));  // 2 for a full block
+  std::int64_t d0 = 0;
+  for (; d0 + kD <= D; d0 += kD) pv_lanes_block<V, kD, NV>(oT, p, rescale, rescaled, batch, active, d0);
+  for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2, NV>(oT, p, rescale, rescaled, batch, active, d0);
+  if (d0 < D) pv_lanes_block<V, 1, NV>(oT, p, rescale, rescaled, batch, active, d0);
+}
+
+template <class V, std::int64_t NV, class E>
+__attribute__((noinline)) void pv_lanes_short(float* oT, const float* p, const float* rescale, const bool* rescaled,
+                                              const PvBatch<E>& batch, const typename V::M* active, std::int64_t D) {
+  pv_lanes<V, NV>(oT, p, rescale, rescaled, batch, active, D);  // out of line: see score_tile_short
 }
 
 // Keys whose P·V a batch defers at most (whole tiles; a larger tile is one batch).
@@ -218,9 +311,9 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   using I = typename V::I;
   constexpr std::int64_t R = kSimdRows;
   constexpr std::int64_t NV = R / V::W;  // row vectors
-  constexpr int KP = V::kScoreKeys;
   const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
   const std::int64_t rows = std::min(R, p.q_len - row0);
+  const std::int64_t row_vectors = (rows + V::W - 1) / V::W;  // the rest hold no row: not computed
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
   const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
 
@@ -268,7 +361,6 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   I row_index[NV];
   for (std::int64_t u = 0; u < NV; ++u) row_index[u] = V::iota(std::int32_t(row0 + u * V::W));
   const F neg_inf = V::set1(-kInf);
-  const F scale = V::set1(p.scale);
 
   // P·V of the pending tiles for their active rows: all rows at once in the
   // lanes form, else four rows at a time so they share the V loads.
@@ -282,9 +374,12 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       for (std::int64_t t = 0; t < pending; ++t)
         for (std::int64_t r = 0; r < rows; ++r)
           rescaled[t] = rescaled[t] || ((pending_active >> r & 1u) && rescale_batch[t * R + r] != 1.0f);
-      std::int64_t d0 = 0;
-      for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2>(o, sT_batch, rescale_batch, rescaled, batch, active, d0);
-      if (d0 < D) pv_lanes_block<V, 1>(o, sT_batch, rescale_batch, rescaled, batch, active, d0);
+      if (row_vectors == NV)
+        pv_lanes<V, NV>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+      else
+        with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
+          pv_lanes_short<V, decltype(nv)::value>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+        });
     } else {
       static_assert(std::is_same_v<E, float>, "the row form reads f32 V rows");
       std::int64_t rows_in[4];
@@ -348,29 +443,18 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     for (std::int64_t j = keys; j < BK; ++j) k_rows[j] = tile_v_rows[j] = reinterpret_cast<const E*>(zero_row);
 
     // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
-    for (std::int64_t jb = 0; jb < BK; jb += KP) {
-      F acc[KP][NV];
-      for (int jj = 0; jj < KP; ++jj)
-        for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::zero();
-      const E* kb[KP];  // local copies: the compiler keeps them in registers
-      for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
-      score_pass<V, KP, NV>(qT, kb, D, acc);
-      for (int jj = 0; jj < KP; ++jj) {
-        float* s = sT + (jb + jj) * R;
-        for (std::int64_t u = 0; u < NV; ++u) {
-          F sv = acc[jj][u];
-          if (jb + jj >= keys) sv = neg_inf;                         // past Lk
-          else if (Arith::kNaturalExp) sv = V::mul(sv, scale);       // llama.cpp: Arith::score
-          V::store(s + u * V::W, sv);
-        }
-      }
-    }
+    if (row_vectors == NV)
+      score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, p.scale);
+    else
+      with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
+        score_tile_short<V, Arith, decltype(nv)::value>(qT, k_rows, BK, keys, D, sT, p.scale);
+      });
     // Masks in the seed's order.
     auto apply_causal = [&] {
       if (!p.causal || key0 + keys - 1 <= row0) return;  // no key past the group's first row: nothing to mask
       for (std::int64_t j = 0; j < keys; ++j) {
         const I key = V::iset1(std::int32_t(key0 + j));
-        for (std::int64_t u = 0; u < NV; ++u) {
+        for (std::int64_t u = 0; u < row_vectors; ++u) {
           float* s = sT + j * R + u * V::W;
           V::store(s, V::blend(V::int_gt(key, row_index[u]), V::load(s), neg_inf));
         }
