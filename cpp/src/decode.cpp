@@ -14,6 +14,7 @@
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
 #include "decode_engine.hpp"
+#include "scratch.hpp"
 #include "simd/isa.hpp"
 #include "validate.hpp"
 
@@ -245,7 +246,8 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
     const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
     ReduceWhenDone reduce(out, o, s, m, p, blocks);
     parallel_for(heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<float> work, reduce_work;
+      std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
+      std::vector<float>& reduce_work = detail::thread_scratch(detail::ScratchSlot::reduce);
       for (std::int64_t item = begin; item < end; ++item) {
         const std::int64_t blk = item % blocks, kv_head = (item / blocks) % p.kv_heads, b = item / (blocks * p.kv_heads);
         const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
@@ -262,7 +264,8 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
   }
   ReduceWhenDone reduce(out, o, s, m, p, p.nwg);
   parallel_for(p.batch * p.kv_heads * p.nwg, 1, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> work, reduce_work;
+    std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
+    std::vector<float>& reduce_work = detail::thread_scratch(detail::ScratchSlot::reduce);
     for (std::int64_t item = begin; item < end; ++item) {
       const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
       if (p.write_idle || g < live_groups(p))
@@ -277,7 +280,7 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
 void run_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out) {
   const std::int64_t heads = o.heads();
   parallel_for(o.batch() * heads, 4, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> work;
+    std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::reduce);
     for (std::int64_t r = begin; r < end; ++r) reduce_row(o, s, m, out, r / heads, r % heads, o.length(), work);
   });
 }

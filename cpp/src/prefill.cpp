@@ -13,6 +13,7 @@
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
 #include "prefill_engine.hpp"
+#include "scratch.hpp"
 #include "simd/isa.hpp"
 #include "validate.hpp"
 
@@ -115,7 +116,7 @@ void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& 
                                            &prefill_rows_avx512_emulated<T, Arith>, &prefill_rows_avx2<T, Arith>);
     const std::int64_t groups = (p.q_len + kSimdRows - 1) / kSimdRows;
     parallel_for(p.batch * p.heads * groups, 1, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<float> workspace;
+      std::vector<float>& workspace = detail::thread_scratch(detail::ScratchSlot::work);
       for (std::int64_t item = begin; item < end; ++item) {
         const std::int64_t group = item % groups, h = (item / groups) % p.heads, b = item / (groups * p.heads);
         rows_fn(q, k, v, out, p, b, h, group * kSimdRows, workspace);

@@ -8,6 +8,7 @@
 #include "dispatch.hpp"
 #include "fattn/parallel.hpp"
 #include "sdpa_engine.hpp"
+#include "scratch.hpp"
 #include "simd/exp.hpp"
 #include "simd/isa.hpp"
 #include "validate.hpp"
@@ -60,7 +61,7 @@ void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, 
                                            &sdpa_detail::sdpa_rows_avx512_emulated<T>, &sdpa_detail::sdpa_rows_avx2<T>);
     const std::int64_t blocks = (s.q_len + sdpa_detail::kSdpaRows - 1) / sdpa_detail::kSdpaRows;
     parallel_for(s.batch * s.heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<float> work;
+      std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
       for (std::int64_t item = begin; item < end; ++item) {
         const std::int64_t block = item % blocks, h = (item / blocks) % s.heads, b = item / (blocks * s.heads);
         rows_fn(q, k, v, out, s, b, h, block * sdpa_detail::kSdpaRows, work);
