@@ -3,6 +3,7 @@ in one process, with this machine's measured peaks.
 
     make bench                      # everything (several minutes)
     .venv/bin/python bench/run.py --quick
+    .venv/bin/python bench/run.py --section prefill|decode|blk|sdpa|short
 
 Prints a table, writes bench/results/bench.csv and bench/results/prefill.png.
 FLOP counts: prefill 4*B*H*D*(visible query-key pairs) (two matmuls, 2 flops per multiply-add);
@@ -131,7 +132,7 @@ def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--section", choices=["all", "prefill", "decode", "blk", "sdpa"], default="all")
+    ap.add_argument("--section", choices=["all", "prefill", "decode", "blk", "sdpa", "short"], default="all")
     ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
     if args.plot_from:
@@ -175,7 +176,8 @@ def main(argv):
         prefill = []
     header = (f"{'case':58s} {'system':6s} {'median ms':>10s} {'spread':>8s} {'GFLOP/s':>8s} {'% peak':>7s} "
               f"{'x torch':>8s}")
-    print("\nprefill (B=1, H=16)\n" + header)
+    if prefill:
+        print("\nprefill (B=1, H=16)\n" + header)
     for threads, h, h_kv, length, d, causal, dtype, kernel in prefill:
         fattn.set_num_threads(threads)
         if torch is not None:
@@ -195,11 +197,12 @@ def main(argv):
                                 h_kv=h_kv, length=length, causal=causal, kernel=kernel, threads=threads,
                                 median_s=med, spread_s=spread, gflops=gflops, fraction_of_peak=frac))
 
-    print("\ndecode (H=16, H_kv=8, D=256, nwg=32)\n" + header.replace("GFLOP/s", "  GB/s "))
     fattn.set_num_threads(2)
     if torch is not None:
         torch.set_num_threads(2)
     decode_dtypes = (np.float32, np.float16) if args.section in ("all", "decode") else ()
+    if decode_dtypes:
+        print("\ndecode (H=16, H_kv=8, D=256, nwg=32)\n" + header.replace("GFLOP/s", "  GB/s "))
     for dtype in decode_dtypes:
         for kv_len in ([1024, 8192] if args.quick else [1024, 8192, 32768]):
             nbytes, rows = decode_case(rng, 2, kv_len, dtype, repeats * 4)
@@ -221,6 +224,8 @@ def main(argv):
         blk_case(rng, repeats, records, peaks)
     if args.section in ("all", "sdpa"):
         sdpa_case(rng, repeats, records, peaks)
+    if args.section in ("all", "short"):
+        short_query_cases(rng, repeats, records, peaks, [1, 8, 33] if args.quick else [1, 4, 8, 16, 33])
     targets(records)
 
     path = os.path.join(RESULTS, "bench.csv" if args.section == "all" else f"bench-{args.section}.csv")
@@ -259,6 +264,42 @@ def sdpa_case(rng, repeats, records, peaks):
         records.append(dict(kind="sdpa", case=name, system=system, dtype="float32", head_dim=d, h_kv=h, length=length,
                             causal=True, kernel="naive", threads=2, median_s=med, spread_s=spread, gflops=gflops,
                             fraction_of_peak=frac))
+
+
+def short_query_cases(rng, repeats, records, peaks, lengths):
+    """A few query rows against a long key set (speculative-decoding checks, the tail of a chunked
+    prefill): B=1, H=16, D=128, Lk=4096, non-causal, 2 threads. A block of fewer than 32 rows
+    computes only the row vectors that hold a row."""
+    fattn.set_num_threads(2)
+    if torch is not None:
+        torch.set_num_threads(2)
+    h, d, lk = 16, 128, 4096
+    print(f"\nshort query blocks (B=1, H={h}, D={d}, Lk={lk}, non-causal, t=2)\n"
+          f"{'case':58s} {'system':6s} {'median ms':>10s} {'spread':>8s} {'GFLOP/s':>8s} {'%peak':>7s} {'x torch':>8s}")
+    for dtype in (ml_dtypes.bfloat16, np.float32):
+        k, v = (rng.standard_normal((1, h, lk, d), dtype=np.float32).astype(dtype) for _ in range(2))
+        tk, tv = (to_torch(x) for x in (k, v)) if torch is not None else (None, None)
+        for lq in lengths:
+            q = rng.standard_normal((1, h, lq, d), dtype=np.float32).astype(dtype)
+            rows = {"fattn": timed(lambda: fattn.flash_attn_prefill(q, k, v), repeats * 2)}
+            if torch is not None:
+                tq = to_torch(q)
+                with torch.inference_mode():
+                    rows["torch"] = timed(lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv),
+                                          repeats * 2)
+            rows["numpy"] = timed(lambda: numpy_attention(q, k, v, False), repeats)
+            flops = 4.0 * h * d * lq * lk
+            name = f"{np.dtype(dtype).name} Lq={lq} Lk={lk} D={d} t=2"
+            torch_time = rows.get("torch", (None,))[0]
+            for system, (med, spread) in rows.items():
+                gflops = flops / med / 1e9
+                frac = gflops / peaks[2]["f32_fma_gflops"]
+                vs = torch_time / med if torch_time else float("nan")
+                print(f"{name:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gflops:8.1f} {frac * 100:6.1f}% "
+                      f"{vs:8.2f}")
+                records.append(dict(kind="short", case=name, system=system, dtype=np.dtype(dtype).name, head_dim=d,
+                                    h_kv=h, length=lq, causal=False, kernel="auto", threads=2, median_s=med,
+                                    spread_s=spread, gflops=gflops, fraction_of_peak=frac))
 
 
 def blk_case(rng, repeats, records, peaks):
