@@ -66,19 +66,22 @@ def test_prefill_paths_match_the_scalar_model(rng, restore_isa, dtype, config, m
 
 @pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
-@pytest.mark.parametrize("lq", [1, 5, 8, 9, 16, 17, 24, 25, 32 + 3, 32 + 20])
-@pytest.mark.parametrize("d", [64, 33])
-def test_prefill_paths_match_on_short_row_blocks(rng, restore_isa, dtype, lq, d):
+@pytest.mark.parametrize("lq", [1, 2, 4, 5, 8, 9, 16, 17, 24, 25, 32 + 3, 32 + 20])
+@pytest.mark.parametrize("d", [64, 33, 200])
+@pytest.mark.parametrize("causal", [False, True])
+def test_prefill_paths_match_on_short_row_blocks(rng, restore_isa, dtype, lq, d, causal):
     # A block of fewer than 32 rows computes only the vectors that hold a row
     # (1 to 4 of 8 lanes on AVX2, 1 or 2 of 16 on AVX-512), with more keys
-    # per score pass and more D elements per P·V pass: every count, each
-    # with a partial last vector, an odd D (a single element after the pairs)
-    # and a mask with rows that see no key.
+    # per score pass and more D elements per P·V pass; on AVX2 a block of at
+    # most 4 rows takes the row-form P·V, with more D vectors per row the
+    # fewer rows there are. Every count, each with a partial last vector, D
+    # with a single element after the pairs or a partial last D vector, and
+    # a mask with rows that see no key.
     lk = 70
     q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((1, 2, lq, d), (1, 1, lk, d), (1, 1, lk, d)))
     mask = rng.random((lq, lk)) < 0.7
     mask[0] = False
-    results = run_all_paths(lambda: fattn.flash_attn_prefill(q, k, v, mask, causal=True, return_lse=True))
+    results = run_all_paths(lambda: fattn.flash_attn_prefill(q, k, v, mask, causal=causal, return_lse=True))
     for isa in PATHS:
         assert (bits(results[isa][0]) == bits(results["scalar"][0])).all(), isa
         assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa

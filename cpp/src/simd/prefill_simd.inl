@@ -191,8 +191,8 @@ struct PvBatch {
   std::int64_t tiles, bk, tile_stride;
 };
 
-template <class V, int kRows, int kVec>
-inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch<>& batch,
+template <class V, int kRows, int kVec, class E>
+inline void pv_block(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch<E>& batch,
                      std::int64_t D, std::int64_t d0) {
   using F = typename V::F;
   F acc[kRows][kVec];
@@ -205,14 +205,14 @@ inline void pv_block(float* const* o_rows, const float* const* p_cols, const flo
     if (!all_one)  // x * 1 is x to the bit, so the rows whose factor is 1 may take it too
       for (int r = 0; r < kRows; ++r)
         for (int u = 0; u < kVec; ++u) acc[r][u] = V::mul(acc[r][u], V::set1(f[r]));
-    const float* const* v_rows = batch.v_rows + t * batch.bk;
+    const E* const* v_rows = batch.v_rows + t * batch.bk;
     const std::int64_t offset = t * batch.tile_stride, keys = batch.keys[t];
     for (std::int64_t j = 0; j < keys; ++j) {
-      const float* v_row = v_rows[j] + d0;
+      const E* v_row = v_rows[j] + d0;
       F pj[kRows];
       for (int r = 0; r < kRows; ++r) pj[r] = V::set1(p_cols[r][offset + j * kSimdRows]);
       for (int u = 0; u < kVec; ++u) {
-        const F vv = V::load_n(v_row + u * V::W, D - d0 - u * V::W);
+        const F vv = V::widen_n(v_row + u * V::W, D - d0 - u * V::W);
         for (int r = 0; r < kRows; ++r) acc[r][u] = V::fmadd(pj[r], vv, acc[r][u]);
       }
     }
@@ -222,10 +222,10 @@ inline void pv_block(float* const* o_rows, const float* const* p_cols, const flo
 }
 
 // rescale[t * kSimdRows + r]: row r's factor for tile t (gathered by the caller).
-template <class V, int kRows>
-void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch<>& batch,
+template <class V, int kRows, class E>
+void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch<E>& batch,
                    std::int64_t D) {
-  constexpr int kVec = V::kPvVectors;
+  constexpr int kVec = V::pv_row_vectors(kRows);
   std::int64_t d0 = 0;
   for (; d0 + kVec * V::W <= D; d0 += kVec * V::W) pv_block<V, kRows, kVec>(o_rows, p_cols, rescale, batch, D, d0);
   for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, batch, D, d0);
@@ -301,6 +301,46 @@ __attribute__((noinline)) void pv_lanes_short(float* oT, const float* p, const f
   pv_lanes<V, NV>(oT, p, rescale, rescaled, batch, active, D);  // out of line: see score_tile_short
 }
 
+// The row form over a batch for the active rows (bit r of `active`, r <
+// rows), four at a time so they share the V loads. O is [kSimdRows][D];
+// `factors` is scratch for the gathered rescale factors.
+template <class V, class E>
+inline void pv_rows(float* o, const float* p, const float* rescale, float* factors, const PvBatch<E>& batch,
+                    std::uint32_t active, std::int64_t rows, std::int64_t D) {
+  std::int64_t rows_in[4];
+  int n = 0;
+  auto run = [&] {
+    float* o_rows[4];
+    const float* p_cols[4];
+    for (int i = 0; i < n; ++i) {
+      o_rows[i] = o + rows_in[i] * D;
+      p_cols[i] = p + rows_in[i];
+      for (std::int64_t t = 0; t < batch.tiles; ++t) factors[t * kSimdRows + i] = rescale[t * kSimdRows + rows_in[i]];
+    }
+    switch (n) {
+      case 4: accumulate_pv<V, 4>(o_rows, p_cols, factors, batch, D); break;
+      case 3: accumulate_pv<V, 3>(o_rows, p_cols, factors, batch, D); break;
+      case 2: accumulate_pv<V, 2>(o_rows, p_cols, factors, batch, D); break;
+      case 1: accumulate_pv<V, 1>(o_rows, p_cols, factors, batch, D); break;
+      default: break;
+    }
+    n = 0;
+  };
+  for (std::int64_t r = 0; r < rows; ++r) {
+    if (!(active >> r & 1u)) continue;
+    rows_in[n++] = r;
+    if (n == 4) run();
+  }
+  run();
+}
+// Out of line, for the lanes-form targets' short blocks (see score_tile_short).
+template <class V, class E>
+__attribute__((noinline)) void pv_rows_short(float* o, const float* p, const float* rescale, float* factors,
+                                             const PvBatch<E>& batch, std::uint32_t active, std::int64_t rows,
+                                             std::int64_t D) {
+  pv_rows<V>(o, p, rescale, factors, batch, active, rows, D);
+}
+
 // Keys whose P·V a batch defers at most (whole tiles; a larger tile is one batch).
 constexpr std::int64_t kPvBatchKeys = 64;
 
@@ -314,6 +354,11 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
   const std::int64_t rows = std::min(R, p.q_len - row0);
   const std::int64_t row_vectors = (rows + V::W - 1) / V::W;  // the rest hold no row: not computed
+  // P·V and O with the rows in the lanes ([D][R]) or in the row form ([R][D]):
+  // the target's choice, except that a block of at most 4 rows takes the row
+  // form everywhere (one pass over V for all of them, instead of a vector
+  // of 8 lanes that holds at most 4 rows).
+  const bool o_in_lanes = V::kPvRowsInLanes && rows > 4;
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
   const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
 
@@ -367,7 +412,12 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   auto flush_pv = [&] {
     if (pending == 0) return;
     const PvBatch<E> batch{v_rows, batch_keys, pending, BK, BK * R};
-    if constexpr (V::kPvRowsInLanes) {
+    if (!o_in_lanes) {
+      if constexpr (V::kPvRowsInLanes)
+        pv_rows_short<V>(o, sT_batch, rescale_batch, factors, batch, pending_active, rows, D);
+      else
+        pv_rows<V>(o, sT_batch, rescale_batch, factors, batch, pending_active, rows, D);
+    } else if constexpr (V::kPvRowsInLanes) {
       typename V::M active[NV];
       for (std::int64_t u = 0; u < NV; ++u) active[u] = V::from_bits((pending_active >> (u * V::W)) & ((1u << V::W) - 1u));
       bool rescaled[kPvBatchKeys / 8] = {};
@@ -380,33 +430,6 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
         with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
           pv_lanes_short<V, decltype(nv)::value>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
         });
-    } else {
-      static_assert(std::is_same_v<E, float>, "the row form reads f32 V rows");
-      std::int64_t rows_in[4];
-      int n = 0;
-      auto run = [&] {
-        float* o_rows[4];
-        const float* p_cols[4];
-        for (int i = 0; i < n; ++i) {
-          o_rows[i] = o + rows_in[i] * D;
-          p_cols[i] = sT_batch + rows_in[i];
-          for (std::int64_t t = 0; t < pending; ++t) factors[t * kSimdRows + i] = rescale_batch[t * R + rows_in[i]];
-        }
-        switch (n) {
-          case 4: accumulate_pv<V, 4>(o_rows, p_cols, factors, batch, D); break;
-          case 3: accumulate_pv<V, 3>(o_rows, p_cols, factors, batch, D); break;
-          case 2: accumulate_pv<V, 2>(o_rows, p_cols, factors, batch, D); break;
-          case 1: accumulate_pv<V, 1>(o_rows, p_cols, factors, batch, D); break;
-          default: break;
-        }
-        n = 0;
-      };
-      for (std::int64_t r = 0; r < rows; ++r) {
-        if (!(pending_active >> r & 1u)) continue;
-        rows_in[n++] = r;
-        if (n == 4) run();
-      }
-      run();
     }
     pending = 0;
   };
@@ -508,7 +531,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   }
   flush_pv();
   // Element d of row r's output accumulator.
-  const std::int64_t o_row_step = V::kPvRowsInLanes ? 1 : D, o_d_step = V::kPvRowsInLanes ? R : 1;
+  const std::int64_t o_row_step = o_in_lanes ? 1 : D, o_d_step = o_in_lanes ? R : 1;
   for (std::int64_t r = 0; r < rows; ++r) {
     const float l = row_sum[r];
     const float* o_row = o + r * o_row_step;

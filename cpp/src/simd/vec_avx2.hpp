@@ -20,6 +20,10 @@ struct Vec256 {
   // Prefill P·V with the query rows in the lanes (simd/prefill_simd.inl):
   // the row form's broadcasts per FMA cost FMA-pipe slots here (Zen 1).
   static constexpr bool kPvRowsInLanes = true;
+  // The row form still serves blocks of at most 4 rows: D vectors per row
+  // held in registers, at least 8 accumulators in all so the 5-cycle FMA
+  // chains overlap.
+  static constexpr int pv_row_vectors(int rows) { return rows >= 4 ? 2 : 8 / rows; }
   // Prefill reads bf16 K and V rows in place, two elements per broadcast
   // (simd/prefill_simd.inl, RowPairs), instead of widening each tile: the
   // widening's stores cost ~10% of a bf16 call here; the pair's shift and
@@ -48,8 +52,7 @@ struct Vec256 {
   static __m128i load16_n(const void* p, std::int64_t n) {  // 8 x 16 bits, zeros past n
     if (n >= W) return _mm_loadu_si128(static_cast<const __m128i*>(p));
     alignas(16) std::uint16_t tmp[8] = {};
-    const auto* src = static_cast<const std::uint16_t*>(p);
-    for (std::int64_t i = 0; i < n; ++i) tmp[i] = src[i];
+    std::memcpy(tmp, p, std::size_t(n > 0 ? n : 0) * 2);  // bytes: the past-Lk row is float storage
     return _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
   }
   // The float4 groups at lo (low 128 bits) and hi (high), widened.
