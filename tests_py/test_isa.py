@@ -69,19 +69,22 @@ def test_prefill_paths_match_the_scalar_model(rng, restore_isa, dtype, config, m
 @pytest.mark.parametrize("lq", [1, 2, 4, 5, 8, 9, 16, 17, 24, 25, 32 + 3, 32 + 20])
 @pytest.mark.parametrize("d", [64, 33, 200])
 @pytest.mark.parametrize("causal", [False, True])
-def test_prefill_paths_match_on_short_row_blocks(rng, restore_isa, dtype, lq, d, causal):
+@pytest.mark.parametrize("k_tile", [None, 8])
+def test_prefill_paths_match_on_short_row_blocks(rng, restore_isa, dtype, lq, d, causal, k_tile):
     # A block of fewer than 32 rows computes only the vectors that hold a row
     # (1 to 4 of 8 lanes on AVX2, 1 or 2 of 16 on AVX-512), with more keys
     # per score pass and more D elements per P·V pass; on AVX2 a block of at
     # most 4 rows takes the row-form P·V, with more D vectors per row the
     # fewer rows there are. Every count, each with a partial last vector, D
     # with a single element after the pairs or a partial last D vector, and
-    # a mask with rows that see no key.
+    # a mask with rows that see no key; k_tile=8 caps the keys per score
+    # pass at the tile (a P·V batch then holds 8 tiles).
     lk = 70
     q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((1, 2, lq, d), (1, 1, lk, d), (1, 1, lk, d)))
     mask = rng.random((lq, lk)) < 0.7
     mask[0] = False
-    results = run_all_paths(lambda: fattn.flash_attn_prefill(q, k, v, mask, causal=causal, return_lse=True))
+    results = run_all_paths(lambda: fattn.flash_attn_prefill(q, k, v, mask, causal=causal, return_lse=True,
+                                                             k_tile=k_tile))
     for isa in PATHS:
         assert (bits(results[isa][0]) == bits(results["scalar"][0])).all(), isa
         assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa
