@@ -9,14 +9,13 @@ namespace fattn::simd {
 struct Avx512Choices {
   static constexpr std::int64_t W = 16;
   static constexpr int kScoreKeys = 8;  // keys per pass of the score kernel (x R/W row vectors in registers)
-  static constexpr int kPvVectors = 4;  // D vectors per row held by the row-form P·V kernel
-  static constexpr int pv_row_vectors(int) { return kPvVectors; }
+  // D vectors per row held in registers by the P·V kernels (prefill row form, decode), any row count.
+  static constexpr int pv_vectors(int) { return 4; }
   static constexpr bool kPvRowsInLanes = false;  // rows as lanes would give only 2 FMAs per broadcast
   static constexpr bool kBf16PairsInPlace = false;  // measured on Zen 1 only (see Vec256)
   // Decode scores from K planes (simd/decode_simd.inl), the form measured on
   // Zen 4; the position-lane form is AVX2's.
   static constexpr bool kDecodePositionLanes = false;
-  static constexpr int decode_pv_vectors(int) { return kPvVectors; }
 };
 
 }  // namespace fattn::simd

@@ -217,7 +217,7 @@ inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_
 template <class V, int kHeads, class T>
 void chunk_pv(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0, std::int64_t valid,
               const float* const* w, const float* rescale, float* const* o, std::int64_t D) {
-  constexpr int kVec = V::decode_pv_vectors(kHeads);
+  constexpr int kVec = V::pv_vectors(kHeads);
   std::int64_t d0 = 0;
   for (; d0 + kVec * V::W <= D; d0 += kVec * V::W)
     chunk_pv_block<V, kHeads, kVec, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);

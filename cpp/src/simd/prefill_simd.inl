@@ -225,7 +225,7 @@ inline void pv_block(float* const* o_rows, const float* const* p_cols, const flo
 template <class V, int kRows, class E>
 void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float* rescale, const PvBatch<E>& batch,
                    std::int64_t D) {
-  constexpr int kVec = V::pv_row_vectors(kRows);
+  constexpr int kVec = V::pv_vectors(kRows);
   std::int64_t d0 = 0;
   for (; d0 + kVec * V::W <= D; d0 += kVec * V::W) pv_block<V, kRows, kVec>(o_rows, p_cols, rescale, batch, D, d0);
   for (; d0 < D; d0 += V::W) pv_block<V, kRows, 1>(o_rows, p_cols, rescale, batch, D, d0);

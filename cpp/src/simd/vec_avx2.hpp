@@ -20,10 +20,11 @@ struct Vec256 {
   // Prefill P·V with the query rows in the lanes (simd/prefill_simd.inl):
   // the row form's broadcasts per FMA cost FMA-pipe slots here (Zen 1).
   static constexpr bool kPvRowsInLanes = true;
-  // The row form still serves blocks of at most 4 rows: D vectors per row
-  // held in registers, at least 8 accumulators in all so the 5-cycle FMA
-  // chains overlap.
-  static constexpr int pv_row_vectors(int rows) { return rows >= 4 ? 2 : 8 / rows; }
+  // D vectors per row held in registers when `rows` rows share each V load
+  // (the prefill row form, which still serves blocks of at most 4 rows, and
+  // the decode P·V over a KV head's query heads): at least 8 accumulators in
+  // all, so the 5-cycle FMA chains overlap.
+  static constexpr int pv_vectors(int rows) { return rows >= 4 ? 2 : 8 / rows; }
   // Prefill reads bf16 K and V rows in place, two elements per broadcast
   // (simd/prefill_simd.inl, RowPairs), instead of widening each tile: the
   // widening's stores cost ~10% of a bf16 call here; the pair's shift and
@@ -32,9 +33,6 @@ struct Vec256 {
   // Decode scores with positions in the lanes (simd/decode_simd.inl): on
   // this target the K-planes form was bound by loads and stores.
   static constexpr bool kDecodePositionLanes = true;
-  // D vectors per pass of the decode P·V for `heads` heads sharing V: at
-  // least 8 accumulators, so the 5-cycle FMA chains overlap.
-  static constexpr int decode_pv_vectors(int heads) { return heads >= 4 ? 2 : 8 / heads; }
 
   static I lanes() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
   static I first_int(std::int64_t n) {
