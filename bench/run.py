@@ -98,6 +98,20 @@ def prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeat
     return flops, rows
 
 
+def report_flops(records, rows, flops, peak, **fields):
+    """One table line and one CSV record per system of a flop-counted case (rows: system ->
+    (median s, spread s)), against the f32 FMA peak and torch's time."""
+    torch_time = rows.get("torch", (None,))[0]
+    for system, (med, spread) in rows.items():
+        gflops = flops / med / 1e9
+        frac = gflops / peak["f32_fma_gflops"]
+        vs = torch_time / med if torch_time else float("nan")
+        print(f"{fields['case']:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gflops:8.1f} "
+              f"{frac * 100:6.1f}% {vs:8.2f}")
+        records.append(dict(fields, system=system, median_s=med, spread_s=spread, gflops=gflops,
+                            fraction_of_peak=frac))
+
+
 def decode_case(rng, threads, kv_len, dtype, repeats):
     h, h_kv, d = 16, 8, 256
     q = rng.standard_normal((h, d), dtype=np.float32)
@@ -186,16 +200,8 @@ def main(argv):
         flops, rows = prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeats, with_numpy)
         name = (f"{np.dtype(dtype).name} D={d} H_kv={h_kv} L={length} {'causal' if causal else 'full'} "
                 f"{kernel} t={threads}")
-        torch_time = rows.get("torch", (None,))[0]
-        for system, (med, spread) in rows.items():
-            gflops = flops / med / 1e9
-            frac = gflops / peaks[threads]["f32_fma_gflops"]
-            vs = torch_time / med if torch_time else float("nan")
-            print(f"{name:58s} {system:6s} {med * 1e3:10.2f} {spread * 1e3:8.2f} {gflops:8.1f} {frac * 100:6.1f}% "
-                  f"{vs:8.2f}")
-            records.append(dict(kind="prefill", case=name, system=system, dtype=np.dtype(dtype).name, head_dim=d,
-                                h_kv=h_kv, length=length, causal=causal, kernel=kernel, threads=threads,
-                                median_s=med, spread_s=spread, gflops=gflops, fraction_of_peak=frac))
+        report_flops(records, rows, flops, peaks[threads], kind="prefill", case=name, dtype=np.dtype(dtype).name,
+                     head_dim=d, h_kv=h_kv, length=length, causal=causal, kernel=kernel, threads=threads)
 
     fattn.set_num_threads(2)
     if torch is not None:
@@ -255,15 +261,8 @@ def sdpa_case(rng, repeats, records, peaks):
     rows["numpy"] = timed(lambda: numpy_attention(q, k, v, True), repeats)
     name = f"sdpa (naive, seed 003) f32 L={length} D={d} H={h} causal t=2"
     print(f"\n{'case':58s} {'system':6s} {'median ms':>10s} {'spread':>8s} {'GFLOP/s':>8s} {'%peak':>7s} {'x torch':>8s}")
-    torch_time = rows.get("torch", (None,))[0]
-    for system, (med, spread) in rows.items():
-        gflops = flops / med / 1e9
-        frac = gflops / peaks[2]["f32_fma_gflops"]
-        vs = torch_time / med if torch_time else float("nan")
-        print(f"{name:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gflops:8.1f} {frac * 100:6.1f}% {vs:8.2f}")
-        records.append(dict(kind="sdpa", case=name, system=system, dtype="float32", head_dim=d, h_kv=h, length=length,
-                            causal=True, kernel="naive", threads=2, median_s=med, spread_s=spread, gflops=gflops,
-                            fraction_of_peak=frac))
+    report_flops(records, rows, flops, peaks[2], kind="sdpa", case=name, dtype="float32", head_dim=d, h_kv=h,
+                 length=length, causal=True, kernel="naive", threads=2)
 
 
 def short_query_cases(rng, repeats, records, peaks, lengths):
@@ -290,16 +289,8 @@ def short_query_cases(rng, repeats, records, peaks, lengths):
             rows["numpy"] = timed(lambda: numpy_attention(q, k, v, False), repeats)
             flops = 4.0 * h * d * lq * lk
             name = f"{np.dtype(dtype).name} Lq={lq} Lk={lk} D={d} t=2"
-            torch_time = rows.get("torch", (None,))[0]
-            for system, (med, spread) in rows.items():
-                gflops = flops / med / 1e9
-                frac = gflops / peaks[2]["f32_fma_gflops"]
-                vs = torch_time / med if torch_time else float("nan")
-                print(f"{name:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gflops:8.1f} {frac * 100:6.1f}% "
-                      f"{vs:8.2f}")
-                records.append(dict(kind="short", case=name, system=system, dtype=np.dtype(dtype).name, head_dim=d,
-                                    h_kv=h, length=lq, causal=False, kernel="auto", threads=2, median_s=med,
-                                    spread_s=spread, gflops=gflops, fraction_of_peak=frac))
+            report_flops(records, rows, flops, peaks[2], kind="short", case=name, dtype=np.dtype(dtype).name,
+                         head_dim=d, h_kv=h, length=lq, causal=False, kernel="auto", threads=2)
 
 
 def blk_case(rng, repeats, records, peaks):
