@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "fattn/error.hpp"
-#include "simd/isa.hpp"
+#include "runtime/isa.hpp"
 #include "simd/target.hpp"
 
 namespace fattn {

@@ -13,7 +13,7 @@ struct Avx512Choices {
   static constexpr int pv_vectors(int) { return 4; }
   static constexpr bool kPvRowsInLanes = false;  // rows as lanes would give only 2 FMAs per broadcast
   static constexpr bool kBf16PairsInPlace = false;  // measured on Zen 1 only (see Vec256)
-  // Decode scores from K planes (simd/decode_simd.inl), the form measured on
+  // Decode scores from K planes (decode/vector_kernel.inl), the form measured on
   // Zen 4; the position-lane form is AVX2's.
   static constexpr bool kDecodePositionLanes = false;
 };

@@ -1,4 +1,4 @@
-// The vec decode (simd/decode_simd.inl) compiled for AVX2 + FMA + F16C. Only the code
+// The vec decode (decode/vector_kernel.inl) compiled for AVX2 + FMA + F16C. Only the code
 // inside the target region (simd/target.hpp) is compiled for it, so no inline function shared
 // with the portable code is ever emitted with its instructions.
 #include <immintrin.h>
@@ -8,13 +8,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "decode_engine.hpp"
-#include "simd/exp.hpp"
+#include "decode/engine.hpp"
+#include "numerics/exp.hpp"
 #include "simd/target.hpp"
 
 FATTN_TARGET_AVX2_BEGIN
 #include "simd/vec_avx2.hpp"
 #define FATTN_DECODE_GROUPS decode_groups_avx2
 #define FATTN_VEC simd::Vec256
-#include "simd/decode_entry.inl"
+#include "decode/vector_entry.inl"
 FATTN_TARGET_END

@@ -1,4 +1,4 @@
-// The prefill engine (simd/prefill_simd.inl) with the AVX-512 path's
+// The prefill engine (prefill/vector_kernel.inl) with the AVX-512 path's
 // traits emulated on AVX2 (simd/vec_avx512_emulated.hpp): the AVX-512 code,
 // run and tested on machines without AVX-512. Compiled for AVX2 + FMA + F16C
 // inside a target region (simd/target.hpp), like simd/prefill_avx2.cpp.
@@ -9,13 +9,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "prefill_engine.hpp"
-#include "simd/exp.hpp"
+#include "prefill/engine.hpp"
+#include "numerics/exp.hpp"
 #include "simd/target.hpp"
 
 FATTN_TARGET_AVX2_BEGIN
 #include "simd/vec_avx512_emulated.hpp"
 #define FATTN_PREFILL_ROWS prefill_rows_avx512_emulated
 #define FATTN_VEC simd::Vec512Emulated
-#include "simd/prefill_entry.inl"
+#include "prefill/vector_entry.inl"
 FATTN_TARGET_END

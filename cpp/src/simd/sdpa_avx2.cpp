@@ -1,4 +1,4 @@
-// The naive SDPA (simd/sdpa_simd.inl) compiled for AVX2 + FMA + F16C. Only the code
+// The naive SDPA (sdpa/vector_kernel.inl) compiled for AVX2 + FMA + F16C. Only the code
 // inside the target region (simd/target.hpp) is compiled for it, so no inline function shared
 // with the portable code is ever emitted with its instructions.
 #include <immintrin.h>
@@ -8,13 +8,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "sdpa_engine.hpp"
-#include "simd/exp.hpp"
+#include "sdpa/engine.hpp"
+#include "numerics/exp.hpp"
 #include "simd/target.hpp"
 
 FATTN_TARGET_AVX2_BEGIN
 #include "simd/vec_avx2.hpp"
 #define FATTN_SDPA_ROWS sdpa_rows_avx2
 #define FATTN_VEC simd::Vec256
-#include "simd/sdpa_entry.inl"
+#include "sdpa/vector_entry.inl"
 FATTN_TARGET_END

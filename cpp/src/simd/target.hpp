@@ -10,7 +10,7 @@
 // region through `#pragma clang attribute`. Either way only the functions
 // written inside the region get the instructions, so nothing shared with
 // the portable code (inline functions, standard-library templates) is ever
-// emitted with them, and the runtime dispatch (simd/isa.cpp, CPUID) decides
+// emitted with them, and the runtime dispatch (runtime/isa.cpp, CPUID) decides
 // whether they run. Include system headers before the region: a header first
 // seen inside it would have its functions retargeted too.
 #define FATTN_ISA_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"

@@ -17,7 +17,7 @@ struct Vec256 {
   using M = __m256;
   static constexpr std::int64_t W = 8;
   static constexpr int kScoreKeys = 2;  // 16 ymm registers: 2 keys x 4 row vectors in flight
-  // Prefill P·V with the query rows in the lanes (simd/prefill_simd.inl):
+  // Prefill P·V with the query rows in the lanes (prefill/vector_kernel.inl):
   // the row form's broadcasts per FMA cost FMA-pipe slots here (Zen 1).
   static constexpr bool kPvRowsInLanes = true;
   // D vectors per row held in registers when `rows` rows share each V load
@@ -26,11 +26,11 @@ struct Vec256 {
   // all, so the 5-cycle FMA chains overlap.
   static constexpr int pv_vectors(int rows) { return rows >= 4 ? 2 : 8 / rows; }
   // Prefill reads bf16 K and V rows in place, two elements per broadcast
-  // (simd/prefill_simd.inl, RowPairs), instead of widening each tile: the
+  // (prefill/vector_kernel.inl, RowPairs), instead of widening each tile: the
   // widening's stores cost ~10% of a bf16 call here; the pair's shift and
   // mask ~2% of the loops.
   static constexpr bool kBf16PairsInPlace = true;
-  // Decode scores with positions in the lanes (simd/decode_simd.inl): on
+  // Decode scores with positions in the lanes (decode/vector_kernel.inl): on
   // this target the K-planes form was bound by loads and stores.
   static constexpr bool kDecodePositionLanes = true;
 
@@ -122,7 +122,7 @@ struct Vec256 {
   static F fold128(F a, F b) {
     return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
   }
-  // After transpose4 (simd/decode_simd.inl) element 4l + i holds item 2i + l;
+  // After transpose4 (decode/vector_kernel.inl) element 4l + i holds item 2i + l;
   // this puts item g back at element g.
   static F untranspose(F a) { return _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)); }
 };

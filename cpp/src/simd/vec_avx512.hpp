@@ -63,7 +63,7 @@ struct Vec512 : Avx512Choices {
   static F fold128(F a, F b) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
   }
-  // After transpose4 (simd/decode_simd.inl) element 4l + i holds item 4i + l;
+  // After transpose4 (decode/vector_kernel.inl) element 4l + i holds item 4i + l;
   // this puts item g back at element g.
   static F untranspose(F a) {
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), a);

@@ -2,7 +2,7 @@
 // simd/exp.hpp's exp2 and exp, lane by lane, for any vector traits V
 // (Vec512, Vec256): the same operations in the same order, hence the same
 // bits. Include inside the target region of V.
-#include "simd/exp.hpp"
+#include "numerics/exp.hpp"
 
 namespace fattn::simd {
 

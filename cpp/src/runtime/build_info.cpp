@@ -1,7 +1,7 @@
 #include "fattn/build_info.hpp"
 
 #include "fattn/parallel.hpp"
-#include "simd/isa.hpp"
+#include "runtime/isa.hpp"
 
 namespace fattn {
 

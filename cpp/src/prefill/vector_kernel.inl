@@ -15,7 +15,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "prefill_engine.hpp"
+#include "prefill/engine.hpp"
 #include "simd/vexp.hpp"
 
 namespace fattn::prefill_detail {

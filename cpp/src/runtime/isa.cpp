@@ -1,4 +1,4 @@
-#include "simd/isa.hpp"
+#include "runtime/isa.hpp"
 
 #include <atomic>
 

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "fattn/prefill.hpp"
-#include "simd/exp.hpp"
-#include "tree_sum.hpp"
+#include "numerics/exp.hpp"
+#include "numerics/tree_sum.hpp"
 
 namespace fattn::prefill_detail {
 
@@ -120,7 +120,7 @@ inline void apply_mask_row(const MaskView& m, std::int64_t b, std::int64_t h, st
 inline constexpr std::int64_t kSimdRows = 32;
 
 // The SIMD paths: up to kSimdRows query rows from row0 of (b, h). One
-// source (simd/prefill_simd.inl) compiled per instruction set, in
+// source (prefill/vector_kernel.inl) compiled per instruction set, in
 // simd/prefill_avx512.cpp and simd/prefill_avx2.cpp (and, for tests on
 // machines without AVX-512, the AVX-512 code emulated on AVX2 in
 // simd/prefill_avx512_emulated.cpp), for T in {float, float16, bfloat16}.

@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "decode_engine.hpp"
+#include "decode/engine.hpp"
 #include "simd/vexp.hpp"
 
 namespace fattn::decode_detail {

@@ -2,7 +2,7 @@
 // The including file sets the target pragma, includes its vector traits,
 // and defines FATTN_PREFILL_ROWS (the function name) and FATTN_VEC (the
 // traits type).
-#include "simd/prefill_simd.inl"
+#include "prefill/vector_kernel.inl"
 
 namespace fattn::prefill_detail {
 

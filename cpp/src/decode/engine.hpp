@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "fattn/decode.hpp"
-#include "simd/exp.hpp"
-#include "tree_sum.hpp"
+#include "numerics/exp.hpp"
+#include "numerics/tree_sum.hpp"
 
 namespace fattn::decode_detail {
 
@@ -37,7 +37,7 @@ inline std::int64_t live_groups(const Decode& p) {
 
 // The vector paths for groups [g_begin, g_end) of one (batch, KV head): the
 // scalar model's decode_group for each of them, walking the cache once in
-// memory order. One source (simd/decode_simd.inl), compiled per instruction
+// memory order. One source (decode/vector_kernel.inl), compiled per instruction
 // set in simd/decode_avx512.cpp and simd/decode_avx2.cpp (and the AVX-512
 // code emulated on AVX2, for tests, in simd/decode_avx512_emulated.cpp).
 template <class T>

@@ -27,7 +27,7 @@ inline std::int64_t visible_keys(const SdpaShape& s, std::int64_t i) {
 
 // The SIMD paths: up to kSdpaRows query rows from row0 of (b, h), each the
 // scalar model's sdpa_row (sdpa.cpp) lane by lane. One source
-// (simd/sdpa_simd.inl) compiled per instruction set in simd/sdpa_avx512.cpp,
+// (sdpa/vector_kernel.inl) compiled per instruction set in simd/sdpa_avx512.cpp,
 // simd/sdpa_avx2.cpp and, for tests on machines without AVX-512,
 // simd/sdpa_avx512_emulated.cpp; T in {float, float16, bfloat16}.
 #define FATTN_DECLARE_SDPA_ROWS(name)                                                                          \

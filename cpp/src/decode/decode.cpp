@@ -11,12 +11,12 @@
 #include <memory>
 #include <vector>
 
-#include "dispatch.hpp"
+#include "numerics/dtype_dispatch.hpp"
 #include "fattn/parallel.hpp"
-#include "decode_engine.hpp"
-#include "scratch.hpp"
-#include "simd/isa.hpp"
-#include "validate.hpp"
+#include "decode/engine.hpp"
+#include "runtime/scratch.hpp"
+#include "runtime/isa.hpp"
+#include "views/validate.hpp"
 
 namespace fattn {
 namespace {

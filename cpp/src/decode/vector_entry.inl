@@ -1,7 +1,7 @@
 // The per-ISA entry point of the vec decode and its instantiations. The
 // including file sets the target pragma, includes its vector traits, and
 // defines FATTN_DECODE_GROUPS (the function name) and FATTN_VEC (the traits).
-#include "simd/decode_simd.inl"
+#include "decode/vector_kernel.inl"
 
 namespace fattn::decode_detail {
 

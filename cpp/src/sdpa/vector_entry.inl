@@ -1,7 +1,7 @@
 // The per-ISA entry point of the naive SDPA and its instantiations. The
 // including file sets the target pragma, includes its vector traits, and
 // defines FATTN_SDPA_ROWS (the function name) and FATTN_VEC (the traits).
-#include "simd/sdpa_simd.inl"
+#include "sdpa/vector_kernel.inl"
 
 namespace fattn::sdpa_detail {
 

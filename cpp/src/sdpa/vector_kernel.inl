@@ -10,11 +10,11 @@
 #include <cstdint>
 #include <vector>
 
-#include "sdpa_engine.hpp"
+#include "sdpa/engine.hpp"
 #include "simd/vexp.hpp"
 
 namespace fattn::sdpa_detail {
-// Internal linkage: every ISA's file compiles its own copy (see prefill_simd.inl).
+// Internal linkage: every ISA's file compiles its own copy (see prefill/vector_kernel.inl).
 namespace {
 
 template <class V, int R, class T>

@@ -5,13 +5,13 @@
 #include <limits>
 #include <vector>
 
-#include "dispatch.hpp"
+#include "numerics/dtype_dispatch.hpp"
 #include "fattn/parallel.hpp"
-#include "sdpa_engine.hpp"
-#include "scratch.hpp"
-#include "simd/exp.hpp"
-#include "simd/isa.hpp"
-#include "validate.hpp"
+#include "sdpa/engine.hpp"
+#include "runtime/scratch.hpp"
+#include "numerics/exp.hpp"
+#include "runtime/isa.hpp"
+#include "views/validate.hpp"
 
 namespace fattn {
 namespace {
@@ -21,7 +21,7 @@ using sdpa_detail::SdpaShape;
 // One query row, the seed's arithmetic (docs/numerics.md, "Naive SDPA"):
 // f32 dot, score = dot * scale, running max from -inf, a rescale of the sum
 // and the accumulator at every key, and a final multiply by 1/sum. The
-// scalar model; the SIMD paths (simd/sdpa_simd.inl) repeat it lane by lane.
+// scalar model; the SIMD paths (sdpa/vector_kernel.inl) repeat it lane by lane.
 template <class T>
 void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int64_t b, std::int64_t kv_head,
               std::int64_t visible, const SdpaShape& s, float* acc, T* out) {
