@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dlpack.hpp"
+#include "kernels.hpp"
 #include "fattn/fattn.hpp"
 #include "runtime/isa.hpp"
 #include "views.hpp"
@@ -19,6 +20,15 @@ using namespace fattn;
 using namespace fattn::bindings;
 
 namespace {
+
+// A contiguous f32 array's data, checked (merge_attention's parts, which
+// Python has already converted to contiguous float32).
+const float* f32_data(const py::array& a, const char* name, std::int64_t count) {
+  require_dtype(a.dtype().kind() == 'f' && a.itemsize() == 4, name, ": must be float32");
+  require((a.flags() & py::array::c_style) && a.size() == count, name, ": must be C-contiguous with ", count,
+          " elements");
+  return static_cast<const float*>(a.data());
+}
 
 py::dict build_info_dict() {
   const BuildInfo info = build_info();
@@ -109,95 +119,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("convert", &convert, py::arg("src"), py::arg("dst"));
   m.def("dlpack_view", &dlpack_view, py::arg("capsule"), py::arg("name"));
 
-  m.def(
-      "sdpa",
-      [](const py::array& q, const py::array& k, const py::array& v, py::array& out, bool causal,
-         std::optional<float> scale, std::int64_t kv_seq_len) {
-        SdpaParams p;
-        p.causal = causal;
-        p.scale = scale;
-        p.kv_seq_len = kv_seq_len;
-        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k", false), vv = view_of(v, "v", false),
-                         ov = view_of(out, "out", true);
-        py::gil_scoped_release nogil;
-        sdpa(qv, kv, vv, ov, p);
-      },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("causal"),
-      py::arg("scale"), py::arg("kv_seq_len"));
-
-  m.def(
-      "flash_attn_prefill",
-      [](const py::array& q, const py::array& k, const py::array& v, py::array& out, const std::optional<py::array>& mask,
-         const std::optional<py::array>& blk, const std::optional<py::array>& lse, bool causal,
-         std::optional<float> scale, const std::string& kernel, int nsg, std::optional<std::int64_t> q_tile,
-         std::optional<std::int64_t> k_tile, bool verify_blk) {
-        PrefillParams p;
-        p.verify_blk = verify_blk;
-        p.causal = causal;
-        p.scale = scale;
-        p.kernel = kernel_of(kernel);
-        p.nsg = nsg;
-        p.q_tile = q_tile;
-        p.k_tile = k_tile;
-        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k", false), vv = view_of(v, "v", false),
-                         ov = view_of(out, "out", true);
-        MaskView mv;
-        BlkView bv;
-        TensorView lv;
-        if (mask) mv = mask_of(*mask);
-        if (blk) bv = blk_of(*blk);
-        if (lse) lv = view_of(*lse, "lse", true);
-        py::gil_scoped_release nogil;
-        flash_attn_prefill(qv, kv, vv, ov, mask ? &mv : nullptr, blk ? &bv : nullptr, lse ? &lv : nullptr, p);
-      },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("mask"), py::arg("blk"), py::arg("lse"),
-      py::arg("causal"), py::arg("scale"), py::arg("kernel"), py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"),
-      py::arg("verify_blk") = true);
-
-  m.def("prefill_geometry",
-        [](const std::string& kernel, std::int64_t head_dim, std::optional<std::int64_t> q_tile,
-           std::optional<std::int64_t> k_tile) {
-          const PrefillGeometry g = prefill_geometry(kernel_of(kernel), head_dim, q_tile, k_tile);
-          return py::make_tuple(g.q_tile, g.k_tile);
-        },
-        py::arg("kernel"), py::arg("head_dim"), py::arg("q_tile"), py::arg("k_tile"));
-
-  m.def(
-      "flash_attn_vec",
-      [](const py::array& q, const py::array& k, const py::array& v, py::array& out, std::int64_t kv_seq_len,
-         std::optional<float> scale, int mask, std::int64_t window, float softcap, int nwg) {
-        const DecodeParams p = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
-        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k_cache", false),
-                         vv = view_of(v, "v_cache", false), ov = view_of(out, "out", true);
-        py::gil_scoped_release nogil;
-        flash_attn_vec(qv, kv, vv, ov, p);
-      },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("kv_seq_len"), py::arg("scale"),
-      py::arg("mask"), py::arg("window"), py::arg("softcap"), py::arg("nwg"));
-
-  m.def(
-      "flash_attn_vec_partials",
-      [](const py::array& q, const py::array& k, const py::array& v, py::array& o, py::array& s, py::array& mx,
-         std::int64_t kv_seq_len, std::optional<float> scale, int mask, std::int64_t window, float softcap, int nwg) {
-        const DecodeParams p = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
-        const TensorView qv = view_of(q, "q", false), kv = view_of(k, "k_cache", false),
-                         vv = view_of(v, "v_cache", false), ov = view_of(o, "o", true), sv = view_of(s, "s", true),
-                         mv = view_of(mx, "m", true);
-        py::gil_scoped_release nogil;
-        flash_attn_vec_partials(qv, kv, vv, ov, sv, mv, p);
-      },
-      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("s"), py::arg("m"), py::arg("kv_seq_len"),
-      py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"), py::arg("nwg"));
-
-  m.def(
-      "flash_attn_vec_reduce",
-      [](const py::array& o, const py::array& s, const py::array& mx, py::array& out) {
-        const TensorView ov = view_of(o, "o", false), sv = view_of(s, "s", false), mv = view_of(mx, "m", false),
-                         outv = view_of(out, "out", true);
-        py::gil_scoped_release nogil;
-        flash_attn_vec_reduce(ov, sv, mv, outv);
-      },
-      py::arg("o"), py::arg("s"), py::arg("m"), py::arg("out"));
+  register_kernels(m);
 
   m.def(
       "merge_attention",
@@ -224,17 +146,4 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("outputs"), py::arg("lses"), py::arg("out"), py::arg("out_lse"));
 
-  m.def(
-      "flash_attn_prefill_blk",
-      [](const py::array& mask, const std::string& kernel, std::int64_t q_tile, std::int64_t k_tile, py::array& out) {
-        const MaskView mv = mask_of(mask);
-        require(out.ndim() == 2 && out.dtype().kind() == 'u' && out.itemsize() == 1 && out.writeable() &&
-                    out.strides(1) == 1 && out.strides(0) == out.shape(1),
-                "blk: output must be a writable C-contiguous 2-D uint8 array");
-        std::uint8_t* dst = static_cast<std::uint8_t*>(out.mutable_data());
-        const std::int64_t rows = out.shape(0), cols = out.shape(1);
-        py::gil_scoped_release nogil;
-        flash_attn_prefill_blk(mv, kernel_of(kernel), PrefillGeometry{q_tile, k_tile}, dst, rows, cols);
-      },
-      py::arg("mask"), py::arg("kernel"), py::arg("q_tile"), py::arg("k_tile"), py::arg("out"));
 }

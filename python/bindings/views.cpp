@@ -1,14 +1,83 @@
-// NumPy arrays -> the core's views. Nothing is copied; the views borrow the
-// arrays' memory for the duration of one call.
+// NumPy arrays -> the core's views; outputs -> NumPy arrays. Nothing is
+// copied unless the kernel cannot read an array in place (see Input).
 #include "views.hpp"
 
-#include <string>
-
-namespace py = pybind11;
+#include <algorithm>
+#include <cstring>
 
 namespace fattn::bindings {
+namespace {
 
-// float32, float16 (numpy) or bfloat16 (ml_dtypes, a user-defined numpy type).
+bool aligned(const py::array& a) { return (reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize()) == 0; }
+
+// Dense strides (elements) for `shape` in the order given; InvalidArgument
+// when the element count does not fit in 64 bits.
+std::array<std::int64_t, 4> dense_strides(const std::array<std::int64_t, 4>& shape, const char* name) {
+  std::array<std::int64_t, 4> stride{};
+  std::int64_t n = 1;
+  for (int i = 3; i >= 0; --i) {
+    stride[std::size_t(i)] = n;
+    require(!__builtin_mul_overflow(n, std::max<std::int64_t>(shape[std::size_t(i)], 1), &n), name,
+            ": element count overflows 64 bits");
+  }
+  return stride;
+}
+
+// Whether the kernel can read `a` in place along the mapped axes: aligned,
+// every stride a whole number of elements, the last axis contiguous.
+bool readable_in_place(const py::array& a) {
+  if (!aligned(a)) return false;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i)
+    if (a.strides(i) % a.itemsize() != 0) return false;
+  const py::ssize_t last = a.ndim() - 1;
+  return last < 0 || a.shape(last) <= 1 || a.strides(last) == a.itemsize();
+}
+
+// The [B, H, L, D] view of `a` (any rank) through `axes_of_4d`: for each of
+// the four axes, the array axis it reads or -1 for an inserted extent 1.
+TensorView map_view(const py::array& a, DType dt, const std::vector<int>& axes_of_4d, bool dense, const char* name,
+                    bool writable) {
+  TensorView t;
+  t.data = const_cast<void*>(a.data());
+  t.dtype = dt;
+  t.writable = writable;
+  for (int i = 0; i < 4; ++i) {
+    const int src = axes_of_4d[std::size_t(i)];
+    t.shape[std::size_t(i)] = src < 0 ? 1 : std::int64_t(a.shape(src));
+    t.stride[std::size_t(i)] = src < 0 ? 0 : std::int64_t(a.strides(src)) / std::int64_t(a.itemsize());
+  }
+  if (dense) {  // strides of the C-contiguous copy stage() will make, mapped the same way
+    std::array<std::int64_t, 4> src_shape{1, 1, 1, 1};
+    const int rank = int(a.ndim());
+    for (int i = 0; i < rank; ++i) src_shape[std::size_t(4 - rank + i)] = a.shape(i);
+    const auto src_stride = dense_strides(src_shape, name);
+    for (int i = 0; i < 4; ++i) {
+      const int src = axes_of_4d[std::size_t(i)];
+      t.stride[std::size_t(i)] = src < 0 ? 0 : src_stride[std::size_t(4 - rank + src)];
+    }
+  }
+  return t;
+}
+
+std::vector<int> identity_or_blhd(bool blhd) { return blhd ? std::vector<int>{0, 2, 1, 3} : std::vector<int>{0, 1, 2, 3}; }
+
+py::array contiguous_copy(const py::array& a, const py::dtype& dt) {
+  return py::module_::import("numpy").attr("ascontiguousarray")(a, dt);
+}
+
+// The byte range [lo, hi) an array's elements span (NumPy's may_share_memory bounds).
+std::pair<std::intptr_t, std::intptr_t> byte_bounds(const py::array& a) {
+  std::intptr_t lo = reinterpret_cast<std::intptr_t>(a.data()), hi = lo;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (a.shape(i) == 0) return {0, 0};
+    const std::intptr_t span = std::intptr_t(a.strides(i)) * std::intptr_t(a.shape(i) - 1);
+    (span < 0 ? lo : hi) += span;
+  }
+  return {lo, hi + std::intptr_t(a.itemsize())};
+}
+
+}  // namespace
+
 DType dtype_of(const py::array& a, const char* name) {
   const py::dtype dt = a.dtype();
   const char kind = dt.kind();
@@ -16,81 +85,154 @@ DType dtype_of(const py::array& a, const char* name) {
   if (kind == 'f' && dt.itemsize() == 2) return DType::f16;
   const std::string type_name = py::str(dt.attr("name"));
   if (type_name == "bfloat16" && dt.itemsize() == 2) return DType::bf16;
-  throw InvalidDType(detail::concat(name, ": dtype must be float32, float16 or bfloat16, got ", type_name));
+  throw InvalidDType(detail::concat(name, ": dtype must be one of float32, float16, bfloat16, got ", type_name));
 }
 
-// A 4-D array read as [B, H, L, D]; Python has already put the axes in that
-// order (seq-major arrays arrive as transposed views) and made D contiguous.
-TensorView view_of(const py::array& a, const char* name, bool writable) {
-  require(a.ndim() == 4, name, ": expected a 4-D array, got ", a.ndim(), " dimensions");
+py::dtype numpy_dtype(DType dt) {
+  switch (dt) {
+    case DType::f16: return py::dtype("float16");
+    case DType::bf16: {
+      static const py::object bf16 = py::module_::import("ml_dtypes").attr("bfloat16");
+      return py::dtype::from_args(bf16);
+    }
+    case DType::f32: break;
+  }
+  return py::dtype("float32");
+}
+
+std::string py_shape(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string choice(const py::handle& value, const char* name, std::initializer_list<const char*> choices) {
+  if (py::isinstance<py::str>(value)) {
+    const std::string s = value.cast<std::string>();
+    for (const char* c : choices)
+      if (s == c) return s;
+  }
+  std::string listed = "(";
+  std::size_t i = 0;
+  for (const char* c : choices) listed += std::string(i++ ? ", " : "") + "'" + c + "'";
+  throw InvalidArgument(detail::concat(name, ": must be one of ", listed, "), got ",
+                                       std::string(py::repr(value))));
+}
+
+void Input::stage() {
+  if (!staged) return;
+  array = contiguous_copy(array, numpy_dtype(want));
+  const TensorView planned = view;
+  view.data = const_cast<void*>(array.data());
+  view.dtype = want;
+  (void)planned;
+}
+
+Input input4(const py::array& a, const char* name, const char* axes, bool blhd) {
+  require(a.ndim() == 4, name, ": expected a 4-D array ", axes, ", got shape ", py_shape(a));
   const DType dt = dtype_of(a, name);
-  TensorView t;
-  t.data = const_cast<void*>(a.data());
-  t.dtype = dt;
-  t.writable = writable && a.writeable();
-  for (int i = 0; i < 4; ++i) {
-    t.shape[std::size_t(i)] = std::int64_t(a.shape(i));
-    const std::int64_t bytes = std::int64_t(a.strides(i));
-    require(bytes % a.itemsize() == 0, name, ": byte stride ", bytes, " on axis ", i,
-            " is not a multiple of the element size");
-    t.stride[std::size_t(i)] = bytes / a.itemsize();
-  }
-  return t;
+  Input in{a, {}, name, blhd, dt, !readable_in_place(a)};
+  in.view = map_view(a, dt, identity_or_blhd(blhd), in.staged, name, false);
+  return in;
 }
 
-// A mask array already broadcast to 4-D by Python (stride 0 on broadcast axes).
-MaskView mask_of(const py::array& a) {
-  require(a.ndim() == 4, "mask: expected a 4-D (broadcast) array, got ", a.ndim(), " dimensions");
-  MaskView m;
-  m.data = a.data();
-  if (a.dtype().kind() == 'b') {
+Input input_as4(const py::array& a, const char* name, std::vector<int> axes_of_4d, DType want) {
+  const DType dt = dtype_of(a, name);
+  Input in{a, {}, name, false, want, dt != want || !readable_in_place(a)};
+  // The plan checks the view in the element type the kernel reads.
+  in.view = map_view(a, want, axes_of_4d, in.staged, name, false);
+  return in;
+}
+
+void MaskInput::stage() {
+  if (!staged) return;
+  array = contiguous_copy(array, array.dtype());
+  view.data = array.data();
+}
+
+MaskInput mask_input(const py::array& a, const std::array<std::int64_t, 4>& target) {
+  MaskInput in{a, {}, false};
+  MaskView& m = in.view;
+  const py::dtype dt = a.dtype();
+  if (dt.kind() == 'b' && dt.itemsize() == 1) {
     m.kind = MaskKind::boolean;
-    require_dtype(a.itemsize() == 1, "mask: bool mask must be 1 byte per element");
   } else {
-    m.kind = MaskKind::additive;
-    m.dtype = dtype_of(a, "mask");
+    try {
+      m.dtype = dtype_of(a, "mask");
+    } catch (const InvalidDType&) {
+      throw InvalidDType(detail::concat("mask: dtype must be bool (True = attend) or an additive float32, float16 or "
+                                        "bfloat16, got ", std::string(py::str(dt.attr("name")))));
+    }
   }
-  for (int i = 0; i < 4; ++i) {
-    m.shape[std::size_t(i)] = std::int64_t(a.shape(i));
-    require(m.shape[std::size_t(i)] > 0, "mask: every extent must be > 0, got shape extent ", a.shape(i));
-    const std::int64_t bytes = std::int64_t(a.strides(i));
-    require(bytes % a.itemsize() == 0, "mask: byte stride ", bytes, " is not a multiple of the element size");
-    m.stride[std::size_t(i)] = bytes / a.itemsize();
+  require(a.ndim() >= 2 && a.ndim() <= 4, "mask: expected [Lq, Lk], [B, H, Lq, Lk] or a shape that broadcasts to [",
+          target[0], ", ", target[1], ", ", target[2], ", ", target[3], "], got shape ", py_shape(a));
+  const int rank = int(a.ndim());
+  std::vector<int> axes_of_4d(4, -1);
+  for (int i = 0; i < rank; ++i) axes_of_4d[std::size_t(4 - rank + i)] = i;
+  in.staged = !aligned(a) || std::any_of(a.strides(), a.strides() + rank, [&](py::ssize_t s) { return s % a.itemsize(); });
+  const TensorView t = map_view(a, DType::f32, axes_of_4d, in.staged, "mask", false);
+  m.data = a.data();
+  m.shape = t.shape;
+  m.stride = t.stride;
+  m.rank = rank;
+  return in;
+}
+
+BlkView blk_input(const py::array& a, py::array& keep_alive) {
+  require_dtype(a.dtype().kind() == 'u' && a.itemsize() == 1, "blk: dtype must be uint8, got ",
+                std::string(py::str(a.dtype().attr("name"))));
+  require(a.ndim() == 2, "blk: expected a 2-D array [ceil(Lq/BQ), ceil(Lk/BK)], got shape ", py_shape(a));
+  keep_alive = a;
+  // Read in place when each row's entries are adjacent (any row stride, 0 included).
+  if (a.shape(1) > 1 && a.strides(1) != 1) keep_alive = contiguous_copy(a, a.dtype());
+  const py::ssize_t row_stride = keep_alive.shape(0) > 1 ? keep_alive.strides(0) : keep_alive.shape(1);
+  return BlkView{static_cast<const std::uint8_t*>(keep_alive.data()), std::int64_t(a.shape(0)),
+                 std::int64_t(a.shape(1)), std::int64_t(row_stride)};
+}
+
+void Output::finish() const {
+  if (!target.is(array)) py::module_::import("numpy").attr("copyto")(array, target);
+}
+
+Output output(const py::object& out, const std::vector<py::ssize_t>& shape, const py::dtype& dtype,
+              std::initializer_list<std::pair<const char*, const py::array*>> inputs) {
+  if (out.is_none()) {
+    py::array a(dtype, shape);
+    return Output{a, a};
   }
-  return m;
+  const py::array a = py::reinterpret_borrow<py::array>(out);
+  require_dtype(a.dtype().is(dtype) || a.dtype().equal(dtype), "out: dtype must be ",
+                std::string(py::str(dtype.attr("name"))), ", got ", std::string(py::str(a.dtype().attr("name"))));
+  const bool same_shape = a.ndim() == py::ssize_t(shape.size()) && std::equal(shape.begin(), shape.end(), a.shape());
+  if (!same_shape) {
+    std::string want = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    want += shape.size() == 1 ? ",)" : ")";
+    throw InvalidArgument("out: shape must be " + want + ", got " + py_shape(a));
+  }
+  require(a.writeable(), "out: must be writable, got a read-only array");
+  for (py::ssize_t i = 0; i < a.ndim(); ++i)
+    if (a.strides(i) == 0 && a.shape(i) > 1) {
+      std::string strides = "(";
+      for (py::ssize_t j = 0; j < a.ndim(); ++j) strides += (j ? ", " : "") + std::to_string(a.strides(j));
+      throw InvalidArgument("out: must not overlap itself (a stride is 0), got strides " + strides +
+                            (a.ndim() == 1 ? ",)" : ")"));
+    }
+  const auto [lo, hi] = byte_bounds(a);
+  for (const auto& [name, input] : inputs) {
+    const auto [ilo, ihi] = byte_bounds(*input);
+    require(!(lo < ihi && ilo < hi), "out: must not overlap the input ", name);
+  }
+  if (readable_in_place(a)) return Output{a, a};
+  return Output{a, py::array(dtype, shape)};
 }
 
-BlkView blk_of(const py::array& a) {
-  require(a.ndim() == 2, "blk: expected a 2-D uint8 array, got ", a.ndim(), " dimensions");
-  require_dtype(a.dtype().kind() == 'u' && a.itemsize() == 1, "blk: dtype must be uint8");
-  require(a.strides(1) == 1 && a.strides(0) == a.shape(1), "blk: must be C-contiguous");
-  return BlkView{static_cast<const std::uint8_t*>(a.data()), std::int64_t(a.shape(0)), std::int64_t(a.shape(1))};
+TensorView output_view(const py::array& target, DType dt, bool blhd) {
+  return map_view(target, dt, identity_or_blhd(blhd), false, "out", true);
 }
 
-PrefillKernel kernel_of(const std::string& name) {
-  if (name == "candle") return PrefillKernel::candle;
-  if (name == "llamacpp") return PrefillKernel::llamacpp;
-  throw InvalidArgument("kernel: must be 'auto', 'candle' or 'llamacpp', got '" + name + "'");
+TensorView output_view_as4(const py::array& target, DType dt, std::vector<int> axes_of_4d) {
+  return map_view(target, dt, axes_of_4d, false, "out", true);
 }
 
-DecodeParams decode_params(std::int64_t kv_seq_len, std::optional<float> scale, int mask, std::int64_t window,
-                           float softcap, int nwg) {
-  require(mask >= 0 && mask <= 2, "mask: unknown mode ", mask);
-  DecodeParams p;
-  p.kv_seq_len = kv_seq_len;
-  p.scale = scale;
-  p.mask = static_cast<DecodeMask>(mask);
-  p.window = window;
-  p.softcap = softcap;
-  p.nwg = nwg;
-  return p;
-}
-
-// A contiguous f32 array's data, checked.
-const float* f32_data(const py::array& a, const char* name, std::int64_t count) {
-  require_dtype(a.dtype().kind() == 'f' && a.itemsize() == 4, name, ": must be float32");
-  require((a.flags() & py::array::c_style) && a.size() == count, name, ": must be C-contiguous with ", count,
-          " elements");
-  return static_cast<const float*>(a.data());
-}
 }  // namespace fattn::bindings

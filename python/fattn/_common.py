@@ -1,11 +1,11 @@
-"""Argument handling shared by the public kernels: what needs Python to check.
+"""Argument handling shared by the public functions: only what is Python's.
 
-The compiled core validates shapes, sizes and values itself (and names the
-argument in its messages); this module turns what a caller hands us (NumPy
-arrays, DLPack and buffer-protocol objects) into arrays the core can view
-without copying, rejects what is not an array, checks ``out=``, and repeats the
-core's shape rules (same messages) before any output is allocated, so that an
-invalid call never asks for memory.
+Turning what a caller hands us (NumPy arrays, DLPack and buffer-protocol
+objects) into arrays over the same memory, and Python-typed scalar arguments
+(a bool, an integer, a real number) into Python values, each with a TypeError
+naming the argument. Every rule about shapes, sizes and values is the
+compiled core's: its plan checks a call once, before any output is
+allocated, and names the argument in its messages (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     ArrayLike = Union[np.ndarray, SupportsDLPack, memoryview, bytes, bytearray, "array.array[Any]"]
 else:
     ArrayLike = Any
-LAYOUTS = ("bhld", "blhd")
 
 
 def dtype_names(dtypes: Iterable[np.dtype]) -> str:
@@ -84,16 +83,6 @@ def require_dtype(a: np.ndarray, name: str, allowed: Tuple[np.dtype, ...] = KERN
     return a.dtype
 
 
-def require_same_dtype(a: np.ndarray, name: str, ref: np.ndarray, ref_name: str) -> None:
-    if a.dtype != ref.dtype:
-        raise TypeError(f"{name}: dtype must match {ref_name} ({ref.dtype}), got {a.dtype}")
-
-
-def require_ndim(a: np.ndarray, name: str, ndim: int, axes: str) -> None:
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array {axes}, got shape {a.shape}")
-
-
 def head_dim_contiguous(a: np.ndarray) -> np.ndarray:
     """The core needs the last axis contiguous, every stride a whole number of
     elements and the data aligned to the element size; anything else is copied
@@ -102,37 +91,6 @@ def head_dim_contiguous(a: np.ndarray) -> np.ndarray:
     if (a.shape[-1] > 1 and a.strides[-1] != item) or any(s % item for s in a.strides) or not a.flags.aligned:
         return np.array(a, order="C", copy=True)
     return a
-
-
-_AXES = ("B", "H", "L", "D")
-
-
-def require_positive_extents(a: np.ndarray, name: str) -> None:
-    """The core's extent check (same message), made before any output is allocated."""
-    for axis, n in zip(_AXES, a.shape):
-        if n <= 0:
-            raise ValueError(f"{name}: every extent must be > 0, got {axis} = {n}")
-
-
-def check_attention_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray, names: Tuple[str, str, str],
-                           of_q: str) -> None:
-    """[B, H, L, D] views: the core's shape rules (same messages), checked in Python before an
-    output is allocated, so an invalid call never asks for memory (huge zero-stride views
-    included). ``of_q`` words the reference to q's extents ("q.shape[0]" or "q's")."""
-    qn, kn, vn = names
-    for a, n in ((q, qn), (k, kn), (v, vn)):
-        require_positive_extents(a, n)
-    if k.shape[0] != q.shape[0]:
-        ref = "q.shape[0]" if of_q == "index" else "q's"
-        raise ValueError(f"{kn}: batch size B ({ref}) must be {q.shape[0]}, got {k.shape[0]}")
-    if k.shape[3] != q.shape[3]:
-        ref = "q.shape[3]" if of_q == "index" else "q's"
-        raise ValueError(f"{kn}: head dim D ({ref}) must be {q.shape[3]}, got {k.shape[3]}")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"{qn}/{kn}: the number of query heads H ({q.shape[1]}) must be divisible by the number of "
-                         f"K/V heads H_kv ({k.shape[1]})")
-    if v.shape != k.shape:
-        raise ValueError(f"{vn}: shape must equal {kn}'s {list(k.shape)}, got {list(v.shape)}")
 
 
 def prepare_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Sequence[Tuple[str, np.ndarray]]
@@ -165,26 +123,12 @@ def finish_out(out: Any, result: np.ndarray, target: np.ndarray) -> np.ndarray:
     return result if out is None else cast(np.ndarray, out)
 
 
-def to_bhld(a: np.ndarray, layout: str) -> np.ndarray:
-    """A [B, L, H, D] array viewed (not copied) as [B, H, L, D]."""
-    return a.transpose(0, 2, 1, 3) if layout == "blhd" else a
-
-
-def check_layout(layout: Any) -> str:
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(f"layout: must be one of {LAYOUTS}, got {layout!r}")
-    return layout
-
-
 def optional_scale(scale: Any) -> Optional[float]:
     if scale is None:
         return None
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"scale: expected a real number or None, got {type(scale).__name__}")
-    value = float(scale)
-    if not np.isfinite(value):
-        raise ValueError(f"scale: must be finite, got {value}")
-    return value
+    return float(scale)  # finite: the core's rule
 
 
 _INT64 = 2 ** 63
@@ -199,13 +143,6 @@ def integer(x: Any, name: str) -> int:
         raise TypeError(f"{name}: expected an integer, got {type(x).__name__}") from None
     if not -_INT64 <= value < _INT64:
         raise ValueError(f"{name}: {value} is out of the 64-bit range")
-    return value
-
-
-def in_range(value: int, name: str, lo: int, hi: int) -> int:
-    """The core's range message, checked before the value is narrowed to a C int."""
-    if not lo <= value <= hi:
-        raise ValueError(f"{name}: must be from {lo} to {hi}, got {value}")
     return value
 
 

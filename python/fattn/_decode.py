@@ -1,64 +1,25 @@
 from __future__ import annotations
 
-from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, cast, overload
 
 import numpy as np
 
 from . import _core
-from ._common import (BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array, boolean, check_attention_shapes, finish_out, head_dim_contiguous,
-                      in_range, integer, optional_scale, prepare_out, require_dtype, require_same_dtype)
+from ._common import (FLOAT32, ArrayLike, as_array, boolean, finish_out, integer, optional_scale, prepare_out,
+                      require_dtype)
 
-_MASKS = {"none": 0, "causal": 1, "sliding_window": 2}
+def _float(x: Any, name: str) -> float:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
+    return float(x)
 
-# (q's rank-2/3 array, then q, k, v as [B, H, L, D] views, then the core's decode parameters)
-_DecodeArgs = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                    Tuple[int, Optional[float], int, int, float, int]]
 
-
-def _decode_args(q_in: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any, mask: Any, window: Any,
-                 softcap: Any, nwg: Any) -> _DecodeArgs:
-    q, k, v = as_array(q_in, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache")
-    if q.ndim not in (2, 3):
-        raise ValueError(f"q: expected [H, D] or [B, H, D], got shape {q.shape}")
-    for name, a in (("k_cache", k), ("v_cache", v)):
-        if a.ndim != q.ndim + 1:
-            want = "[H_kv, capacity, D]" if q.ndim == 2 else "[B, H_kv, capacity, D]"
-            raise ValueError(f"{name}: expected {want} to go with q of shape {q.shape}, got shape {a.shape}")
-    if q.dtype not in (FLOAT32, FLOAT16, BFLOAT16):
-        raise TypeError(f"q: dtype must be float32, float16 or bfloat16 (the seed stages it to float16 itself), "
-                        f"got {q.dtype}")
-    require_dtype(k, "k_cache")
-    require_same_dtype(v, "v_cache", k, "k_cache")
-    if mask not in _MASKS:
-        raise ValueError(f"mask: must be one of {tuple(_MASKS)}, got {mask!r}")
-    kv_len = integer(kv_seq_len, "kv_seq_len")
-    if kv_len < 1:
-        raise ValueError(f"kv_seq_len: must be >= 1, got {kv_len}")
-    window = integer(window, "window")
-    if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, (int, float, np.integer, np.floating)):
-        raise TypeError(f"softcap: expected a real number, got {type(softcap).__name__}")
-    softcap = float(softcap)
-    if not np.isfinite(softcap) or softcap < 0:
-        raise ValueError(f"softcap: must be finite and >= 0 (0 = off), got {softcap}")
-    nwg = in_range(integer(nwg, "nwg"), "nwg", 1, 64)
-    if window < 0:
-        raise ValueError(f"window: must be >= 0, got {window}")
-    scale_value = optional_scale(scale)
-    if q.ndim == 2:
-        q4, k4, v4 = q[None, :, None, :], k[None], v[None]
-    else:
-        q4, k4, v4 = q[:, :, None, :], k, v
-    # Everything is checked before any output is allocated (an invalid call never asks for memory).
-    d = q4.shape[3]
-    if d > 0 and (d % 32 or d > 512):
-        raise ValueError(f"q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got {d}")
-    check_attention_shapes(q4, k4, v4, ("q", "k_cache", "v_cache"), "q's")
-    if kv_len > k4.shape[2]:
-        raise ValueError(f"kv_seq_len: must be <= the cache capacity ({k4.shape[2]}), got {kv_len}")
-    params = (kv_len, scale_value, _MASKS[mask], window, softcap, nwg)
-    if q4.dtype != FLOAT32:  # widened exactly (after every check: never a copy of an invalid q)
-        q4 = q4.astype(FLOAT32)
-    return q, head_dim_contiguous(q4), head_dim_contiguous(k4), head_dim_contiguous(v4), params
+def _decode_args(q: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any, mask: Any, window: Any,
+                 softcap: Any, nwg: Any) -> Tuple[Any, ...]:
+    """The arrays and Python-typed arguments of a decode call, in the core's order (it checks the rest)."""
+    return (as_array(q, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache"),
+            integer(kv_seq_len, "kv_seq_len"), optional_scale(scale), mask, integer(window, "window"),
+            _float(softcap, "softcap"), integer(nwg, "nwg"))
 
 
 @overload
@@ -110,14 +71,9 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
         parts = flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale, mask=mask,
                                         window=window, softcap=softcap, nwg=nwg)
         return flash_attn_vec_reduce(*parts, out=out), _lse_from_partials(parts[1], parts[2])
-    q_arr, q4, k4, v4, params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
-    if out is None:
-        result = dest = np.empty(q_arr.shape, dtype=np.float32)
-    else:
-        result, dest = prepare_out(out, q_arr.shape, FLOAT32, (("q", q_arr), ("k_cache", k4), ("v_cache", v4)))
-    out4 = dest[None, :, None, :] if q_arr.ndim == 2 else dest[:, :, None, :]
-    _core.flash_attn_vec(q4, k4, v4, out4, *params)
-    return finish_out(out, result, dest)
+    q_arr, k_arr, v_arr, *params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
+    result = _core.flash_attn_vec(q_arr, k_arr, v_arr, None if out is None else as_array(out, "out"), *params)
+    return result if out is None else cast(np.ndarray, out)
 
 
 def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -139,14 +95,8 @@ def flash_attn_vec_partials(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike
     (running max, natural-log units; ``-FLT_MAX/2`` for a group that saw no position) float32
     ``[..., H, nwg]``. Same arguments and defaults as :func:`flash_attn_vec` (no ``out``).
     Numerics: docs/numerics.md, "Vec decode" steps 1-6."""
-    q_arr, q4, k4, v4, params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
-    lead, g = q_arr.shape[:-1], params[-1]
-    o = np.empty(lead + (g, q_arr.shape[-1]), dtype=np.float32)
-    s = np.empty(lead + (g,), dtype=np.float32)
-    m = np.empty(lead + (g,), dtype=np.float32)
-    lead4: Tuple[int, ...] = (1,) if q_arr.ndim == 2 else ()
-    o4, s4, m4 = o.reshape(lead4 + o.shape), s.reshape(lead4 + s.shape + (1,)), m.reshape(lead4 + m.shape + (1,))
-    _core.flash_attn_vec_partials(q4, k4, v4, o4, s4, m4, *params)
+    o, s, m = _core.flash_attn_vec_partials(*_decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window,
+                                                          softcap, nwg))
     return o, s, m
 
 
@@ -159,30 +109,9 @@ def flash_attn_vec_reduce(o: ArrayLike, s: ArrayLike, m: ArrayLike, *, out: Opti
     multiply). Numerics: docs/numerics.md, "Vec decode" step 7. ``out``: a float32 array of
     that shape to write into (as for :func:`flash_attn_vec`); it is returned. Arrays may be
     any array object (numpy, CPU torch tensor, DLPack or buffer protocol), read in place."""
-    o_arr, s_arr, m_arr = as_array(o, "o"), as_array(s, "s"), as_array(m, "m")
-    for name, a in (("o", o_arr), ("s", s_arr), ("m", m_arr)):
-        if a.dtype != FLOAT32:
-            raise TypeError(f"{name}: dtype must be float32, got {a.dtype}")
-    if o_arr.ndim not in (3, 4):
-        raise ValueError(f"o: expected [H, nwg, D] or [B, H, nwg, D], got shape {o_arr.shape}")
-    for name, a in (("s", s_arr), ("m", m_arr)):
-        if a.shape != o_arr.shape[:-1]:
-            raise ValueError(f"{name}: shape must be o's without D, {o_arr.shape[:-1]}, got {a.shape}")
-    for axis, n in zip(("B", "H", "L", "D")[4 - o_arr.ndim:], o_arr.shape):
-        if n <= 0:
-            raise ValueError(f"o: every extent must be > 0, got {axis} = {n}")
-    if o_arr.shape[-2] > 64:
-        raise ValueError(f"o: nwg (the group axis) must be from 1 to 64, got {o_arr.shape[-2]}")
-    shape = o_arr.shape[:-2] + (o_arr.shape[-1],)
-    if out is None:
-        result = dest = np.empty(shape, dtype=np.float32)
-    else:
-        result, dest = prepare_out(out, shape, FLOAT32, (("o", o_arr), ("s", s_arr), ("m", m_arr)))
-    lead4: Tuple[int, ...] = (1,) if o_arr.ndim == 3 else ()
-    o4, s4, m4, out4 = (x.reshape(lead4 + x.shape) for x in (o_arr, s_arr, m_arr, dest))
-    _core.flash_attn_vec_reduce(head_dim_contiguous(o4), head_dim_contiguous(s4[..., None]),
-                                head_dim_contiguous(m4[..., None]), out4[..., None, :])
-    return finish_out(out, result, dest)
+    result = _core.flash_attn_vec_reduce(as_array(o, "o"), as_array(s, "s"), as_array(m, "m"),
+                                         None if out is None else as_array(out, "out"))
+    return result if out is None else cast(np.ndarray, out)
 
 
 def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, return_lse: bool = False,

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 
 from . import _core
-from ._common import (ArrayLike, as_array, boolean, check_attention_shapes, finish_out, head_dim_contiguous, integer,
-                      optional_scale, prepare_out, require_dtype, require_ndim, require_same_dtype)
+from ._common import ArrayLike, as_array, boolean, integer, optional_scale
 
 
 def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = True, scale: Optional[float] = None,
@@ -40,27 +39,7 @@ def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = True, scale
     ``out``: an array of q's dtype and shape to write into (any strides that do not overlap;
     misaligned or non-contiguous-D arrays are written through a temporary); it is returned.
     """
-    q, k, v = as_array(q, "q"), as_array(k, "k"), as_array(v, "v")
-    require_ndim(q, "q", 4, "[B, H, Lq, D]")
-    require_ndim(k, "k", 4, "[B, H_kv, capacity, D]")
-    require_ndim(v, "v", 4, "[B, H_kv, capacity, D]")
-    require_dtype(q, "q")
-    require_same_dtype(k, "k", q, "q")
-    require_same_dtype(v, "v", q, "q")
-    causal = boolean(causal, "causal")
-    scale = optional_scale(scale)
-    if kv_seq_len is None:
-        kv_len = -1
-    else:
-        kv_len = integer(kv_seq_len, "kv_seq_len")
-        if kv_len < 1:
-            raise ValueError(f"kv_seq_len: must be >= 1, got {kv_len}")
-    check_attention_shapes(q, k, v, ("q", "k", "v"), "index")
-    if kv_len > k.shape[2]:
-        raise ValueError(f"kv_seq_len: must be <= the K/V capacity (k.shape[2] = {k.shape[2]}), got {kv_len}")
-    if out is None:
-        result = target = np.empty(q.shape, dtype=q.dtype)
-    else:
-        result, target = prepare_out(out, q.shape, q.dtype, (("q", q), ("k", k), ("v", v)))
-    _core.sdpa(head_dim_contiguous(q), head_dim_contiguous(k), head_dim_contiguous(v), target, causal, scale, kv_len)
-    return finish_out(out, result, target)
+    result = _core.sdpa(as_array(q, "q"), as_array(k, "k"), as_array(v, "v"),
+                        None if out is None else as_array(out, "out"), boolean(causal, "causal"),
+                        optional_scale(scale), None if kv_seq_len is None else integer(kv_seq_len, "kv_seq_len"))
+    return result if out is None else cast(np.ndarray, out)

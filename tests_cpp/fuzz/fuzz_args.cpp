@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "fattn/fattn.hpp"
-#include "simd/isa.hpp"
+#include "runtime/isa.hpp"
 
 using namespace fattn;
 
@@ -276,7 +276,8 @@ void fuzz_sdpa_or_prefill(Reader& r, Filler& fill, bool prefill) {
     p.causal = r.flag();
     p.scale = r.scale();
     const std::uint8_t kvl = r.byte();
-    p.kv_seq_len = kvl < 100 ? -1 : kvl < 150 ? d.Lk : kvl < 180 ? d.Lk - 1 : kvl < 200 ? d.Lk + 1 : r.wild();
+    if (kvl >= 100)  // below: unset, all of k's positions
+      p.kv_seq_len = kvl < 150 ? d.Lk : kvl < 180 ? d.Lk - 1 : kvl < 200 ? d.Lk + 1 : r.wild();
     if (!safe) out.t.writable = false;
     expect(!safe, [&] { sdpa(q.t, k.t, v.t, out.t, p); });
     return;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <vector>
 
+#include "fattn/plan.hpp"
 #include "fattn/tensor.hpp"
 
 namespace fattn {
@@ -19,13 +20,50 @@ struct DecodeParams {
   DecodeMask mask = DecodeMask::none;
   std::int64_t window = 0;      // sliding_window: keep the last `window` positions (0 = all)
   float softcap = 0.0f;         // > 0: score = softcap * tanh(score / softcap) (fattn's extension)
-  int nwg = 32;                 // groups the KV positions are dealt to, 1..64
+  std::int64_t nwg = 32;        // groups the KV positions are dealt to, 1..64
 };
 
 // Positions per chunk: the unit the groups are dealt and the softmax rescales by.
 inline constexpr std::int64_t kDecodeChunk = 32;
 
+// A checked decode call (fattn/plan.hpp): the inputs, the parameters as
+// given, and what they resolve to (q_len = 1; kv_len = params.kv_seq_len).
+struct DecodePlan : AttentionShape {
+  DecodeParams params;
+  TensorView q, k, v;
+  std::int64_t window_start = 0;  // first position a sliding window keeps
+  std::int64_t nwg = 0;
+  float scale = 0.0f, softcap = 0.0f, scale_over_cap = 0.0f;
+  // Whether groups with no chunk get their untouched state written to the
+  // partials. flash_attn_vec's own workspace skips it: its reduce knows
+  // those terms are +0 and never reads them.
+  bool write_idle = true;
+
+  // flash_attn_vec's output: f32 [B, H, 1, D]; the partials: o f32
+  // [B, H, nwg, D], s and m f32 [B, H, nwg, 1].
+  std::array<std::int64_t, 4> out_shape() const { return {batch, heads, 1, head_dim}; }
+  std::array<std::int64_t, 4> partials_o_shape() const { return {batch, heads, nwg, head_dim}; }
+  std::array<std::int64_t, 4> partials_sm_shape() const { return {batch, heads, nwg, 1}; }
+};
+
 // q: f32 [B, H, 1, D]; k, v: [B, H_kv, capacity, D] in f32, f16 or bf16.
+// Throws InvalidArgument / InvalidDType; allocates nothing.
+DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v,
+                               const DecodeParams& params);
+// flash_attn_vec: partials in a workspace of its own, then the reduce into
+// out (f32, out_shape()). out may be q itself; it must not overlap k or v.
+void run(const DecodePlan& plan, const TensorView& out);
+// flash_attn_vec_partials: the partials into o, s, m (their shapes above).
+void run_partials(const DecodePlan& plan, const TensorView& o, const TensorView& s, const TensorView& m);
+
+// A checked reduce: the partials and the output's shape, f32 [B, H, 1, D].
+struct ReducePlan {
+  TensorView o, s, m;
+  std::array<std::int64_t, 4> out_shape() const { return {o.shape[0], o.shape[1], 1, o.shape[3]}; }
+};
+ReducePlan plan_flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m);
+void run(const ReducePlan& plan, const TensorView& out);
+
 // Partials: o f32 [B, H, nwg, D] (unnormalised), s and m f32 [B, H, nwg, 1].
 void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                              const TensorView& s, const TensorView& m, const DecodeParams& params);

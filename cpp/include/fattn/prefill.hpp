@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "fattn/plan.hpp"
 #include "fattn/tensor.hpp"
 
 namespace fattn {
@@ -35,7 +36,7 @@ struct PrefillParams {
   std::optional<float> scale;  // default 1/sqrt(D) in f32
   bool causal = false;         // top-left aligned: query i sees keys 0..i
   PrefillKernel kernel = PrefillKernel::candle;
-  int nsg = 8;                 // llamacpp: simdgroups per threadgroup, 4 or 8 (same results)
+  std::int64_t nsg = 8;        // llamacpp: simdgroups per threadgroup, 4 or 8 (same results)
   std::optional<std::int64_t> q_tile, k_tile;  // geometry overrides
   // With a blk: check it against the map this mask, kernel and geometry give
   // (one pass over the mask) and throw on a difference, so a stale map cannot
@@ -48,13 +49,43 @@ struct PrefillParams {
 struct BlkView {
   const std::uint8_t* data = nullptr;
   std::int64_t rows = 0, cols = 0;
+  std::int64_t row_stride = -1;  // bytes from one row to the next; -1 = cols (C-contiguous)
+  std::uint8_t at(std::int64_t r, std::int64_t c) const { return data[r * (row_stride < 0 ? cols : row_stride) + c]; }
 };
 
-// q [B, H, Lq, D]; k, v [B, H_kv, Lk, D]; out like q (writable); all one
-// dtype. mask (optional) covers [B, H, Lq, Lk] with broadcasting; blk
-// (optional, needs a mask) is [ceil(Lq/BQ), ceil(Lk/BK)]; lse (optional) is
-// an f32 [B, H, Lq, 1] view that receives the natural-log log-sum-exp of
-// each row (-inf for a row that sees no key).
+// A checked prefill call (fattn/plan.hpp): the inputs, the parameters as
+// given, and what they resolve to. kv_len is k's length (every key is read).
+struct PrefillPlan : AttentionShape {
+  PrefillParams params;
+  TensorView q, k, v;
+  std::optional<MaskView> mask;  // broadcast axes have stride 0
+  std::optional<BlkView> blk;
+  PrefillGeometry geometry;
+  float scale = 0.0f;  // params.scale, or 1/sqrt(D) in f32
+  bool causal = false;
+  // Set by run() on its own copy: where the LSE goes, if asked for.
+  std::optional<TensorView> lse;
+
+  // The outputs: out has q's shape and dtype; the optional LSE is f32 [B, H, Lq, 1].
+  std::array<std::int64_t, 4> out_shape() const { return q.shape; }
+  DType out_dtype() const { return q.dtype; }
+  std::array<std::int64_t, 4> lse_shape() const { return {batch, heads, q_len, 1}; }
+};
+
+// q [B, H, Lq, D]; k, v [B, H_kv, Lk, D]; all one dtype. mask (optional)
+// covers [B, H, Lq, Lk]: each extent equal to the target's, or 1 or stride 0
+// to broadcast; blk (optional, needs a mask) is [ceil(Lq/BQ), ceil(Lk/BK)]
+// and is checked against the mask (params.verify_blk). Allocates nothing
+// but the verification's map. Throws InvalidArgument / InvalidDType.
+PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v,
+                                    const MaskView* mask = nullptr, const BlkView* blk = nullptr,
+                                    const PrefillParams& params = {});
+// out: the plan's out_shape()/out_dtype(); lse (optional): an f32 view of
+// lse_shape() that receives the natural-log log-sum-exp of each row (-inf
+// for a row that sees no key). Both writable, one address per element.
+void run(const PrefillPlan& plan, const TensorView& out, const TensorView* lse = nullptr);
+
+// plan_flash_attn_prefill + run.
 void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const MaskView* mask, const BlkView* blk, const TensorView* lse,
                         const PrefillParams& params = {});
@@ -67,5 +98,17 @@ void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorVi
 // using the map never changes a bit of the output.
 void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const PrefillGeometry& geometry,
                             std::uint8_t* out, std::int64_t rows, std::int64_t cols);
+
+// The same in two steps (fattn/plan.hpp): the checked mask, kernel and
+// geometry with the map's extents; then the map into out[rows * cols].
+struct PrefillBlkPlan {
+  MaskView mask;
+  PrefillKernel kernel = PrefillKernel::candle;
+  PrefillGeometry geometry;
+  std::int64_t rows = 0, cols = 0;
+};
+PrefillBlkPlan plan_flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel,
+                                          const PrefillGeometry& geometry);
+void run(const PrefillBlkPlan& plan, std::uint8_t* out);
 
 }  // namespace fattn

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "fattn/plan.hpp"
 #include "fattn/tensor.hpp"
 
 namespace fattn {
@@ -14,13 +15,30 @@ struct SdpaParams {
   bool causal = true;
   // Score scale; unset means 1/sqrt(D) computed in f32.
   std::optional<float> scale;
-  // Valid key positions (1..capacity); -1 means all of k's positions.
-  std::int64_t kv_seq_len = -1;
+  // Valid key positions (1..capacity); unset means all of k's positions.
+  std::optional<std::int64_t> kv_seq_len;
 };
 
-// q [B, H, Lq, D]; k, v [B, H_kv, capacity, D] with H % H_kv == 0; out like
-// q and writable. q, k, v and out share one dtype (f32, f16 or bf16).
-// Throws InvalidArgument / InvalidDType before touching any data.
+// A checked sdpa call (fattn/plan.hpp): the inputs, the parameters as given,
+// and what they resolve to.
+struct SdpaPlan : AttentionShape {
+  SdpaParams params;
+  TensorView q, k, v;
+  float scale = 0.0f;  // params.scale, or 1/sqrt(D) in f32
+  bool causal = true;
+  // The output the plan writes: q's shape and dtype.
+  std::array<std::int64_t, 4> out_shape() const { return q.shape; }
+  DType out_dtype() const { return q.dtype; }
+};
+
+// q [B, H, Lq, D]; k, v [B, H_kv, capacity, D] with H % H_kv == 0; one
+// dtype (f32, f16 or bf16). Throws InvalidArgument / InvalidDType.
+SdpaPlan plan_sdpa(const TensorView& q, const TensorView& k, const TensorView& v, const SdpaParams& params = {});
+// out: the plan's out_shape() and out_dtype(), writable, one address per
+// element. Throws before writing anything if it is not.
+void run(const SdpaPlan& plan, const TensorView& out);
+
+// plan_sdpa + run.
 void sdpa(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
           const SdpaParams& params = {});
 

@@ -84,6 +84,9 @@ struct MaskView {
   DType dtype = DType::f32;  // element type of an additive mask
   std::array<std::int64_t, 4> shape{};
   std::array<std::int64_t, 4> stride{};
+  // The caller's rank (2 to 4; shape is right-aligned, leading extents 1):
+  // only for messages, which print the shape as the caller wrote it.
+  int rank = 4;
 
   std::int64_t offset(std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) const {
     return b * stride[0] + h * stride[1] + i * stride[2] + j * stride[3];
@@ -98,6 +101,10 @@ struct MaskView {
 // dtype, if additive), each extent equal to the target's or broadcast
 // (stride 0, extent >= 1), strides whose offsets fit in 64 bits.
 void validate_mask(const MaskView& m, const std::array<std::int64_t, 4>& target, const char* name);
+// validate_mask after NumPy's broadcasting rule (an extent of 1 broadcasts,
+// whatever its stride); returns the mask with every broadcast axis at the
+// target's extent and stride 0.
+MaskView broadcast_mask(MaskView m, const std::array<std::int64_t, 4>& target, const char* name);
 // Only the kind and (additive) dtype of a mask.
 void validate_mask_kind(const MaskView& m, const char* name);
 

@@ -159,35 +159,13 @@ void reduce_row(const TensorView& o, const TensorView& s, const TensorView& m, c
   }
 }
 
-Decode validate_decode(const TensorView& q, const TensorView& k, const TensorView& v, const DecodeParams& p) {
-  using namespace detail;
-  validate_view(q, "q");
-  validate_view(k, "k_cache");
-  validate_view(v, "v_cache");
-  require_dtype(q.dtype == DType::f32, "q: dtype must be float32, got ", dtype_name(q.dtype));
-  require_same_dtype(v, "v_cache", k, "k_cache");
-  require(q.length() == 1, "q: one query per head (L = 1), got ", q.length());
-  const std::int64_t D = q.head_dim();
-  require(D % 32 == 0 && D <= 512, "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got ",
-          D);
-  require_extent(k, "k_cache", Axis::batch, q.batch(), "batch size B (q's)");
-  require_extent(k, "k_cache", Axis::dim, D, "head dim D (q's)");
-  require_gqa(q.heads(), k.heads());
-  require_same_shape(v, "v_cache", k, "k_cache");
-  require(p.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", p.kv_seq_len);
-  require(p.kv_seq_len <= k.length(), "kv_seq_len: must be <= the cache capacity (", k.length(), "), got ",
-          p.kv_seq_len);
+void validate_decode_params(const DecodeParams& p) {
   require(p.nwg >= 1 && p.nwg <= 64, "nwg: must be from 1 to 64, got ", p.nwg);
   require(p.mask == DecodeMask::none || p.mask == DecodeMask::causal || p.mask == DecodeMask::sliding_window,
           "mask: unknown decode mask code ", int(p.mask), " (expected none, causal or sliding_window)");
   require(p.window >= 0, "window: must be >= 0, got ", p.window);
   require(std::isfinite(p.softcap) && p.softcap >= 0.0f, "softcap: must be finite and >= 0 (0 = off), got ",
           p.softcap);
-  const float scale = resolve_scale(p.scale, D);
-  std::int64_t window_start = 0;
-  if (p.mask == DecodeMask::sliding_window && p.window > 0) window_start = std::max<std::int64_t>(0, p.kv_seq_len - p.window);
-  return Decode{q.batch(), q.heads(), k.heads(), D, p.kv_seq_len, window_start, p.nwg, scale, p.softcap,
-                p.softcap > 0.0f ? scale / p.softcap : 0.0f};
 }
 
 void validate_partials(const TensorView& o, const TensorView& s, const TensorView& m, const char* who) {
@@ -233,7 +211,7 @@ class ReduceWhenDone {
 
 // The partials of every (batch, head) into o, s, m; with `out`, also their
 // reduce into out.
-void run_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+void compute_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                   const TensorView& s, const TensorView& m, const Decode& p, const TensorView* out = nullptr) {
   const simd::Isa isa = simd::active_isa();
   if (isa != simd::Isa::scalar) {
@@ -287,45 +265,93 @@ void run_reduce(const TensorView& o, const TensorView& s, const TensorView& m, c
 
 }  // namespace
 
-void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                             const TensorView& s, const TensorView& m, const DecodeParams& params) {
-  const Decode p = validate_decode(q, k, v, params);
+DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v,
+                               const DecodeParams& params) {
+  using namespace detail;
+  validate_view(q, "q");
+  validate_view(k, "k_cache");
+  validate_view(v, "v_cache");
+  require_dtype(q.dtype == DType::f32, "q: dtype must be float32, got ", dtype_name(q.dtype));
+  require(q.length() == 1, "q: one query per head (L = 1), got ", q.length());
+  const std::int64_t D = q.head_dim();
+  require(D % 32 == 0 && D <= 512, "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got ",
+          D);
+  require_same_dtype(v, "v_cache", k, "k_cache");
+  require_extent(k, "k_cache", Axis::batch, q.batch(), "batch size B (q's)");
+  require_extent(k, "k_cache", Axis::dim, D, "head dim D (q's)");
+  require_gqa(q.heads(), k.heads(), "k_cache");
+  require_same_shape(v, "v_cache", k, "k_cache");
+  require(params.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", params.kv_seq_len);
+  require(params.kv_seq_len <= k.length(), "kv_seq_len: must be <= the cache capacity (", k.length(), "), got ",
+          params.kv_seq_len);
+  validate_decode_params(params);
+  DecodePlan plan;
+  static_cast<AttentionShape&>(plan) = {q.batch(), q.heads(), k.heads(), 1, params.kv_seq_len, D};
+  plan.params = params;
+  plan.q = q;
+  plan.k = k;
+  plan.v = v;
+  plan.nwg = params.nwg;
+  plan.scale = resolve_scale(params.scale, D);
+  plan.softcap = params.softcap;
+  plan.scale_over_cap = params.softcap > 0.0f ? plan.scale / params.softcap : 0.0f;
+  if (params.mask == DecodeMask::sliding_window && params.window > 0)
+    plan.window_start = std::max<std::int64_t>(0, params.kv_seq_len - params.window);
+  return plan;
+}
+
+void run_partials(const DecodePlan& plan, const TensorView& o, const TensorView& s, const TensorView& m) {
   validate_partials(o, s, m, "flash_attn_vec_partials");
-  require(o.shape[0] == q.batch() && o.shape[1] == q.heads() && o.shape[2] == params.nwg && o.shape[3] == q.head_dim(),
-          "o: shape must be [B, H, nwg, D] = [", q.batch(), ", ", q.heads(), ", ", params.nwg, ", ", q.head_dim(), "]");
+  require(o.shape == plan.partials_o_shape(), "o: shape must be [B, H, nwg, D] = [", plan.batch, ", ", plan.heads,
+          ", ", plan.nwg, ", ", plan.head_dim, "]");
   for (const auto* t : {&o, &s, &m}) detail::require_writable(*t, "partials");
-  run_partials(q, k, v, o, s, m, p);
+  DecodePlan p = plan;
+  p.write_idle = true;  // the caller may read every group's partials
+  compute_partials(p.q, p.k, p.v, o, s, m, p);
 }
 
-void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out) {
-  validate_partials(o, s, m, "flash_attn_vec_reduce");
-  validate_view(out, "out");
-  require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", dtype_name(out.dtype));
-  require(out.shape[0] == o.shape[0] && out.shape[1] == o.shape[1] && out.shape[2] == 1 && out.shape[3] == o.shape[3],
-          "out: shape must be [B, H, 1, D] matching o");
-  detail::require_writable(out, "out");
-  run_reduce(o, s, m, out);
-}
-
-void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                    const DecodeParams& params) {
-  Decode p = validate_decode(q, k, v, params);
+void run(const DecodePlan& plan, const TensorView& out) {
+  detail::validate_output(out, "out", plan.out_shape(), DType::f32, false);
+  DecodePlan p = plan;
   p.write_idle = false;  // the workspace below is read only by this call's reduce
-  validate_view(out, "out");
-  require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", dtype_name(out.dtype));
-  detail::require_same_shape(out, "out", q, "q");
-  detail::require_writable(out, "out");
   // The seed's temp buffer: H * NWG * (D + 2) floats per batch, allocated once per call.
-  const std::int64_t B = q.batch(), H = q.heads(), G = p.nwg, D = p.head_dim;
+  const std::int64_t B = p.batch, H = p.heads, G = p.nwg, D = p.head_dim;
   std::int64_t floats = 0;  // q may broadcast (stride 0) over far more rows than memory holds
   require(!__builtin_mul_overflow(B * H, G * (D + 2), &floats), "q: B * H = ", B * H,
           " query rows need a partials workspace larger than 64 bits can count");
   // Not zeroed: the partials write every element before the reduce reads it.
-  const std::unique_ptr<float[]> workspace(new float[std::size_t(B * H * G * (D + 2))]);
+  const std::unique_ptr<float[]> workspace(new float[std::size_t(floats)]);
   const TensorView o = contiguous_view(workspace.get(), DType::f32, {B, H, G, D}, true);
   const TensorView s = contiguous_view(workspace.get() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
   const TensorView m = contiguous_view(workspace.get() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
-  run_partials(q, k, v, o, s, m, p, &out);
+  compute_partials(p.q, p.k, p.v, o, s, m, p, &out);
+}
+
+ReducePlan plan_flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m) {
+  validate_partials(o, s, m, "flash_attn_vec_reduce");
+  return ReducePlan{o, s, m};
+}
+
+void run(const ReducePlan& plan, const TensorView& out) {
+  validate_view(out, "out");
+  require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", dtype_name(out.dtype));
+  require(out.shape == plan.out_shape(), "out: shape must be [B, H, 1, D] matching o");
+  detail::require_writable(out, "out");
+  run_reduce(plan.o, plan.s, plan.m, out);
+}
+
+void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                             const TensorView& s, const TensorView& m, const DecodeParams& params) {
+  run_partials(plan_flash_attn_vec(q, k, v, params), o, s, m);
+}
+
+void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out) {
+  run(plan_flash_attn_vec_reduce(o, s, m), out);
+}
+
+void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                    const DecodeParams& params) {
+  run(plan_flash_attn_vec(q, k, v, params), out);
 }
 
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,

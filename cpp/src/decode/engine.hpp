@@ -19,14 +19,8 @@ constexpr float kMaskedScore = -65504.0f;
 constexpr std::int64_t kLanes = 32;  // one simdgroup: lane t owns float4 groups t, t+32, ...
 
 
-struct Decode {
-  std::int64_t batch, heads, kv_heads, head_dim, kv_len, window_start, nwg;
-  float scale, softcap, scale_over_cap;
-  // Whether groups with no chunk (g >= live_groups) get their untouched state
-  // written to the partials. flash_attn_vec's own workspace skips it: its
-  // reduce knows those terms are +0 and never reads them.
-  bool write_idle = true;
-};
+// The kernels read the plan itself (fattn/decode.hpp).
+using Decode = DecodePlan;
 
 // Groups that get at least one chunk: chunk c goes to group c mod nwg.
 inline std::int64_t live_groups(const Decode& p) {

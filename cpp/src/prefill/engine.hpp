@@ -63,15 +63,8 @@ struct LlamaCppArithmetic {
 };
 
 
-struct Problem {
-  std::int64_t batch, heads, kv_heads, q_len, k_len, head_dim;
-  PrefillGeometry geometry;
-  float scale;
-  bool causal;
-  const MaskView* mask;
-  const BlkView* blk;
-  const TensorView* lse;
-};
+// The kernels read the plan itself (fattn/prefill.hpp).
+using Problem = PrefillPlan;
 
 // Per-thread scratch: one Q block and one K/V tile, all f32.
 struct Scratch {

@@ -28,7 +28,7 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
   const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
   const std::int64_t row0 = q_block * BQ, rows = std::min(BQ, p.q_len - row0);
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
-  const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
+  const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
   // Causal: a block stops at the tile holding its last row's diagonal.
   const std::int64_t tile_limit = p.causal ? std::min(n_tiles, (row0 + rows + BK - 1) / BK) : n_tiles;
 
@@ -42,9 +42,9 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
   std::fill(w.row_sum.begin(), w.row_sum.begin() + rows, 0.0f);
 
   for (std::int64_t tile = 0; tile < tile_limit; ++tile) {
-    const std::uint8_t action = p.blk ? p.blk->data[q_block * p.blk->cols + tile] : 1;
+    const std::uint8_t action = p.blk ? p.blk->at(q_block, tile) : 1;
     if (action == 0) continue;  // every cell blocked: the tile would add exact zeros and rescale by 1
-    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
+    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.kv_len - key0);
     for (std::int64_t j = 0; j < keys; ++j) {
       const T* k_src = k.row<const T>(b, kv_head, key0 + j);
       const T* v_src = v.row<const T>(b, kv_head, key0 + j);
@@ -207,75 +207,114 @@ PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim, st
   return g;
 }
 
-void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                        const MaskView* mask, const BlkView* blk, const TensorView* lse, const PrefillParams& params) {
+PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v,
+                                    const MaskView* mask, const BlkView* blk, const PrefillParams& params) {
   using namespace detail;
-  validate_attention_operands(q, k, v, out);
+  validate_attention_inputs(q, k, v);
   require_kernel(params.kernel);
   require(params.nsg == 4 || params.nsg == 8, "nsg: must be 4 or 8, got ", params.nsg);
   if (params.kernel == PrefillKernel::llamacpp)
     require(q.head_dim() == 512, "q: head dim D must be 512 for kernel='llamacpp', got ", q.head_dim());
   require(q.head_dim() <= 4096, "q: head dim D must be <= 4096, got ", q.head_dim());
-  const PrefillGeometry geometry = prefill_geometry(params.kernel, q.head_dim(), params.q_tile, params.k_tile);
-  const std::int64_t q_len = q.length(), k_len = k.length();
-  if (mask) {
-    validate_mask(*mask, {q.batch(), q.heads(), q_len, k_len}, "mask");
-  }
+  PrefillPlan plan;
+  static_cast<AttentionShape&>(plan) = {q.batch(), q.heads(), k.heads(), q.length(), k.length(), q.head_dim()};
+  plan.params = params;
+  plan.q = q;
+  plan.k = k;
+  plan.v = v;
+  plan.geometry = prefill_geometry(params.kernel, q.head_dim(), params.q_tile, params.k_tile);
+  plan.scale = resolve_scale(params.scale, q.head_dim());
+  plan.causal = params.causal;
+  const PrefillGeometry& geometry = plan.geometry;
+  const std::int64_t q_len = plan.q_len, kv_len = plan.kv_len;
+  if (mask) plan.mask = broadcast_mask(*mask, {q.batch(), q.heads(), q_len, kv_len}, "mask");
   if (blk) {
     require(mask != nullptr, "blk: a tile-skip map needs the mask it was built from (mask is None)");
-    const std::int64_t rows = ceil_div(q_len, geometry.q_tile), cols = ceil_div(k_len, geometry.k_tile);
+    const std::int64_t rows = ceil_div(q_len, geometry.q_tile), cols = ceil_div(kv_len, geometry.k_tile);
     require(blk->rows == rows && blk->cols == cols, "blk: shape must be [ceil(Lq/", geometry.q_tile, "), ceil(Lk/",
             geometry.k_tile, ")] = [", rows, ", ", cols, "] for kernel='", kernel_name(params.kernel), "', got [",
             blk->rows, ", ", blk->cols, "]");
     require(blk->data != nullptr, "blk: data pointer is null");
+    std::int64_t last_row = 0;
+    require(blk->row_stride >= -1 && !__builtin_mul_overflow(rows - 1, blk->row_stride, &last_row),
+            "blk: row stride must be -1 (C-contiguous) or >= 0 with rows * row stride in 64 bits, got ",
+            blk->row_stride);
     std::int64_t cells = 0;
     require(!__builtin_mul_overflow(rows, cols, &cells), "blk: [", rows, ", ", cols, "] overflows 64 bits");
     for (std::int64_t t = 0; t < cells; ++t)
-      require(blk->data[t] <= 2, "blk: entries must be 0, 1 or 2, got ", int(blk->data[t]), " at flat index ", t);
+      require(blk->at(t / cols, t % cols) <= 2, "blk: entries must be 0, 1 or 2, got ", int(blk->at(t / cols, t % cols)),
+              " at flat index ", t);
     if (params.verify_blk) {
       const std::unique_ptr<std::uint8_t[]> expected(new std::uint8_t[std::size_t(cells)]);
-      flash_attn_prefill_blk(*mask, params.kernel, geometry, expected.get(), rows, cols);
+      flash_attn_prefill_blk(*plan.mask, params.kernel, geometry, expected.get(), rows, cols);
       for (std::int64_t t = 0; t < cells; ++t)
-        require(blk->data[t] == expected[std::size_t(t)], "blk: tile [", t / cols, ", ", t % cols, "] is ",
-                int(blk->data[t]), " but this mask gives ", int(expected[std::size_t(t)]),
+        require(blk->at(t / cols, t % cols) == expected[std::size_t(t)], "blk: tile [", t / cols, ", ", t % cols,
+                "] is ", int(blk->at(t / cols, t % cols)), " but this mask gives ", int(expected[std::size_t(t)]),
                 " (a map from another mask, kernel or tile geometry; verify_blk=False skips this check)");
     }
+    plan.blk = *blk;
   }
+  return plan;
+}
+
+void run(const PrefillPlan& plan, const TensorView& out, const TensorView* lse) {
+  using namespace detail;
+  validate_output(out, "out", plan.out_shape(), plan.out_dtype(), true);
+  PrefillPlan p = plan;  // the kernels read the LSE target from the plan
   if (lse) {
     validate_view(*lse, "lse");
     require_dtype(lse->dtype == DType::f32, "lse: dtype must be float32, got ", dtype_name(lse->dtype));
-    require(lse->shape[0] == q.batch() && lse->shape[1] == q.heads() && lse->shape[2] == q_len && lse->shape[3] == 1,
-            "lse: shape must be [B, H, Lq] = [", q.batch(), ", ", q.heads(), ", ", q_len, "]");
+    require(lse->shape == plan.lse_shape(), "lse: shape must be [B, H, Lq] = [", plan.batch, ", ", plan.heads, ", ",
+            plan.q_len, "]");
     require_writable(*lse, "lse");
+    p.lse = *lse;
+  } else {
+    p.lse.reset();
   }
-
-  const Problem problem{q.batch(), q.heads(), k.heads(), q_len, k_len, q.head_dim(), geometry,
-                        resolve_scale(params.scale, q.head_dim()), params.causal, mask, blk, lse};
-  dispatch_dtype(q.dtype, [&](auto tag) {
+  dispatch_dtype(p.q.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (params.kernel == PrefillKernel::llamacpp)
-      prefill_kernel<T, LlamaCppArithmetic>(q, k, v, out, problem);
+    if (p.params.kernel == PrefillKernel::llamacpp)
+      prefill_kernel<T, LlamaCppArithmetic>(p.q, p.k, p.v, out, p);
     else
-      prefill_kernel<T, CandleArithmetic>(q, k, v, out, problem);
+      prefill_kernel<T, CandleArithmetic>(p.q, p.k, p.v, out, p);
   });
 }
 
-void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const PrefillGeometry& geometry,
-                            std::uint8_t* out, std::int64_t rows, std::int64_t cols) {
+void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                        const MaskView* mask, const BlkView* blk, const TensorView* lse, const PrefillParams& params) {
+  run(plan_flash_attn_prefill(q, k, v, mask, blk, params), out, lse);
+}
+
+PrefillBlkPlan plan_flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel,
+                                          const PrefillGeometry& geometry) {
   require_kernel(kernel);
   require(geometry.q_tile >= 1 && geometry.k_tile >= 1, "geometry: tiles must be >= 1, got q_tile = ",
           geometry.q_tile, ", k_tile = ", geometry.k_tile);
   for (int a = 0; a < 4; ++a) require(mask.shape[a] >= 1, "mask: every extent must be > 0, got ", mask.shape[a]);
   // The mask covers its own shape: validate it as a mask over exactly that.
   validate_mask(mask, mask.shape, "mask");
-  const std::int64_t batch = mask.shape[0], heads = mask.shape[1], q_len = mask.shape[2], k_len = mask.shape[3];
-  const std::int64_t want_rows = ceil_div(q_len, geometry.q_tile), want_cols = ceil_div(k_len, geometry.k_tile);
-  require(rows == want_rows && cols == want_cols, "blk: output must be [", want_rows, ", ", want_cols, "], got [",
-          rows, ", ", cols, "]");
+  const std::int64_t rows = ceil_div(mask.shape[2], geometry.q_tile), cols = ceil_div(mask.shape[3], geometry.k_tile);
   std::int64_t cells = 0;
   require(!__builtin_mul_overflow(rows, cols, &cells), "blk: output size [", rows, ", ", cols,
           "] overflows 64 bits");
+  return PrefillBlkPlan{mask, kernel, geometry, rows, cols};
+}
+
+void flash_attn_prefill_blk(const MaskView& mask, PrefillKernel kernel, const PrefillGeometry& geometry,
+                            std::uint8_t* out, std::int64_t rows, std::int64_t cols) {
+  const PrefillBlkPlan plan = plan_flash_attn_prefill_blk(mask, kernel, geometry);
+  require(rows == plan.rows && cols == plan.cols, "blk: output must be [", plan.rows, ", ", plan.cols, "], got [",
+          rows, ", ", cols, "]");
+  run(plan, out);
+}
+
+void run(const PrefillBlkPlan& plan, std::uint8_t* out) {
   require(out != nullptr, "blk: output pointer is null");
+  const MaskView& mask = plan.mask;
+  const PrefillKernel kernel = plan.kernel;
+  const PrefillGeometry& geometry = plan.geometry;
+  const std::int64_t cols = plan.cols, cells = plan.rows * plan.cols;
+  const std::int64_t batch = mask.shape[0], heads = mask.shape[1], q_len = mask.shape[2], k_len = mask.shape[3];
   // Broadcast axes (stride 0) need visiting once only.
   const std::int64_t b_count = mask.stride[0] == 0 ? 1 : batch, h_count = mask.stride[1] == 0 ? 1 : heads;
   parallel_for(cells, 16, [&](std::int64_t begin, std::int64_t end) {

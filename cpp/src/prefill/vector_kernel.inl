@@ -360,7 +360,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   // of 8 lanes that holds at most 4 rows).
   const bool o_in_lanes = V::kPvRowsInLanes && rows > 4;
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
-  const std::int64_t n_tiles = (p.k_len + BK - 1) / BK;
+  const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
 
   const std::int64_t batch_tiles = std::max<std::int64_t>(1, kPvBatchKeys / BK);  // tiles per P·V batch
   workspace.resize(std::size_t(D * R + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + R * D + 2 * R + D));
@@ -437,7 +437,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   for (std::int64_t tile = 0; tile < max_limit; ++tile) {
     std::uint32_t active = 0, add_mask = 0;
     for (std::int64_t r = 0; r < rows; ++r) {
-      const std::uint8_t action = p.blk ? p.blk->data[block_of[r] * p.blk->cols + tile] : 1;
+      const std::uint8_t action = p.blk ? p.blk->at(block_of[r], tile) : 1;
       if (tile < limit[r] && action != 0) {
         active |= 1u << r;
         if (action != 2) add_mask |= 1u << r;
@@ -450,7 +450,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     float* rescale = rescale_batch + pending * R;
     const E** tile_v_rows = v_rows + pending * BK;
     float* tile_vw = vw + pending * BK * D;
-    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.k_len - key0);
+    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.kv_len - key0);
     for (std::int64_t j = 0; j < keys; ++j) {
       if constexpr (kInPlace) {
         k_rows[j] = k.row<const T>(b, kv_head, key0 + j);

@@ -4,15 +4,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "fattn/sdpa.hpp"
 #include "fattn/tensor.hpp"
 
 namespace fattn::sdpa_detail {
 
-struct SdpaShape {
-  std::int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
-  float scale;
-  bool causal;
-};
+// The kernels read the plan itself (fattn/sdpa.hpp).
+using SdpaShape = SdpaPlan;
 
 // Query rows per item of the SIMD paths (one per vector lane).
 inline constexpr std::int64_t kSdpaRows = 32;

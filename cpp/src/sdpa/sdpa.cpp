@@ -17,6 +17,7 @@ namespace fattn {
 namespace {
 
 using sdpa_detail::SdpaShape;
+using detail::dispatch_dtype;
 
 // One query row, the seed's arithmetic (docs/numerics.md, "Naive SDPA"):
 // f32 dot, score = dot * scale, running max from -inf, a rescale of the sum
@@ -87,18 +88,32 @@ void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, 
 
 }  // namespace
 
+SdpaPlan plan_sdpa(const TensorView& q, const TensorView& k, const TensorView& v, const SdpaParams& params) {
+  using namespace detail;
+  validate_attention_inputs(q, k, v);
+  const std::int64_t capacity = k.length();
+  const std::int64_t kv_len = params.kv_seq_len.value_or(capacity);
+  require(kv_len >= 1, "kv_seq_len: must be >= 1, got ", kv_len);
+  require(kv_len <= capacity, "kv_seq_len: must be <= the K/V capacity (k.shape[2] = ", capacity, "), got ", kv_len);
+  SdpaPlan plan;
+  static_cast<AttentionShape&>(plan) = {q.batch(), q.heads(), k.heads(), q.length(), kv_len, q.head_dim()};
+  plan.params = params;
+  plan.q = q;
+  plan.k = k;
+  plan.v = v;
+  plan.scale = resolve_scale(params.scale, q.head_dim());
+  plan.causal = params.causal;
+  return plan;
+}
+
+void run(const SdpaPlan& plan, const TensorView& out) {
+  detail::validate_output(out, "out", plan.out_shape(), plan.out_dtype(), true);
+  dispatch_dtype(plan.q.dtype, [&](auto tag) { sdpa_kernel<decltype(tag)>(plan.q, plan.k, plan.v, out, plan); });
+}
+
 void sdpa(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
           const SdpaParams& params) {
-  using namespace detail;
-  validate_attention_operands(q, k, v, out);
-  const std::int64_t capacity = k.length();
-  const std::int64_t kv_len = params.kv_seq_len < 0 ? capacity : params.kv_seq_len;
-  require(params.kv_seq_len == -1 || params.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", params.kv_seq_len);
-  require(kv_len <= capacity, "kv_seq_len: must be <= the K/V capacity (k.shape[2] = ", capacity, "), got ", kv_len);
-
-  const SdpaShape shape{q.batch(), q.heads(), k.heads(), q.length(), kv_len, q.head_dim(),
-                        resolve_scale(params.scale, q.head_dim()), params.causal};
-  dispatch_dtype(q.dtype, [&](auto tag) { sdpa_kernel<decltype(tag)>(q, k, v, out, shape); });
+  run(plan_sdpa(q, k, v, params), out);
 }
 
 }  // namespace fattn

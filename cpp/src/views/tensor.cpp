@@ -114,10 +114,26 @@ void validate_mask(const MaskView& m, const std::array<std::int64_t, 4>& target,
   validate_mask_kind(m, name);
   for (int a = 0; a < 4; ++a) {
     const bool broadcast = m.stride[a] == 0;
-    require(m.shape[a] >= 1 && (m.shape[a] == target[a] || broadcast), name, ": extent ", axes[a], " must be ",
-            target[a], " (or broadcast with stride 0), got ", m.shape[a]);
+    if (m.shape[a] >= 1 && (m.shape[a] == target[a] || broadcast)) continue;
+    // The shape as the caller wrote it (rank 2 to 4, right-aligned), then the axis at fault.
+    const int rank = m.rank >= 2 && m.rank <= 4 ? m.rank : 4;
+    std::string shape = "(";
+    for (int i = 4 - rank; i < 4; ++i) shape += std::to_string(m.shape[i]) + (i < 3 ? ", " : ")");
+    throw InvalidArgument(detail::concat(name, ": shape ", shape, " does not broadcast to [B, H, Lq, Lk] = [",
+                                         target[0], ", ", target[1], ", ", target[2], ", ", target[3],
+                                         "]; ", name, ": extent ", axes[a], " must be ", target[a],
+                                         " (or 1, or broadcast with stride 0), got ", m.shape[a]));
   }
   require_addressable(m.shape, m.stride, name);
+}
+
+MaskView broadcast_mask(MaskView m, const std::array<std::int64_t, 4>& target, const char* name) {
+  for (int a = 0; a < 4; ++a)
+    if (m.shape[a] == 1 && target[a] != 1) m.stride[a] = 0;  // NumPy's rule: an extent of 1 broadcasts
+  validate_mask(m, target, name);
+  for (int a = 0; a < 4; ++a)
+    if (m.stride[a] == 0) m.shape[a] = target[a];
+  return m;
 }
 
 void validate_mask_kind(const MaskView& m, const char* name) {

@@ -19,8 +19,8 @@ inline void require_extent(const TensorView& t, const char* name, Axis axis, std
 }
 
 // q's heads must be a whole multiple of k's (grouped-query attention).
-inline void require_gqa(std::int64_t h, std::int64_t h_kv) {
-  require(h % h_kv == 0, "q/k: the number of query heads H (", h, ") must be divisible by the number of K/V heads H_kv (",
+inline void require_gqa(std::int64_t h, std::int64_t h_kv, const char* k_name = "k") {
+  require(h % h_kv == 0, "q/", k_name, ": the number of query heads H (", h, ") must be divisible by the number of K/V heads H_kv (",
           h_kv, ")");
 }
 
@@ -40,23 +40,35 @@ inline void require_writable(const TensorView& t, const char* name) {
           t.shape[2], ", ", t.shape[3], "]); an output needs a distinct address per element");
 }
 
-// q [B, H, Lq, D]; k, v [B, H_kv, Lk, D] with H % H_kv == 0; out like q,
-// writable; one dtype for all four.
-inline void validate_attention_operands(const TensorView& q, const TensorView& k, const TensorView& v,
-                                        const TensorView& out) {
+// q [B, H, Lq, D]; k, v [B, H_kv, Lk, D] with H % H_kv == 0; one dtype for
+// all three. `k_name`/`v_name` name K and V in messages, `of_q` words the
+// reference to q's extents ("q.shape[0]"-style indices, or "q's").
+inline void validate_attention_inputs(const TensorView& q, const TensorView& k, const TensorView& v,
+                                      const char* k_name = "k", const char* v_name = "v", bool q_index = true) {
   validate_view(q, "q");
-  validate_view(k, "k");
-  validate_view(v, "v");
-  validate_view(out, "out");
-  require_same_dtype(k, "k", q, "q");
-  require_same_dtype(v, "v", q, "q");
-  require_same_dtype(out, "out", q, "q");
-  require_extent(k, "k", Axis::batch, q.batch(), "batch size B (q.shape[0])");
-  require_extent(k, "k", Axis::dim, q.head_dim(), "head dim D (q.shape[3])");
-  require_gqa(q.heads(), k.heads());
-  require_same_shape(v, "v", k, "k");
-  require_same_shape(out, "out", q, "q");
-  require_writable(out, "out");
+  validate_view(k, k_name);
+  validate_view(v, v_name);
+  require_same_dtype(k, k_name, q, "q");
+  require_same_dtype(v, v_name, q, "q");
+  require_extent(k, k_name, Axis::batch, q.batch(), q_index ? "batch size B (q.shape[0])" : "batch size B (q's)");
+  require_extent(k, k_name, Axis::dim, q.head_dim(), q_index ? "head dim D (q.shape[3])" : "head dim D (q's)");
+  require_gqa(q.heads(), k.heads(), k_name);
+  require_same_shape(v, v_name, k, k_name);
+}
+
+// An output the plan asks for: `shape` and `dtype`, writable, one address
+// per element. `of` says whose shape (and, with dtype_of_q, dtype) it must
+// have: "q's" for an output shaped like q.
+inline void validate_output(const TensorView& t, const char* name, const std::array<std::int64_t, 4>& shape,
+                            DType dtype, bool dtype_of_q, const char* of = "q's") {
+  validate_view(t, name);
+  if (dtype_of_q)
+    require_dtype(t.dtype == dtype, name, ": dtype must match q (", dtype_name(dtype), "), got ", dtype_name(t.dtype));
+  else
+    require_dtype(t.dtype == dtype, name, ": dtype must be ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
+  require(t.shape == shape, name, ": shape must equal ", of, " [", shape[0], ", ", shape[1], ", ", shape[2], ", ",
+          shape[3], "], got [", t.shape[0], ", ", t.shape[1], ", ", t.shape[2], ", ", t.shape[3], "]");
+  require_writable(t, name);
 }
 
 inline float resolve_scale(const std::optional<float>& scale, std::int64_t head_dim) {

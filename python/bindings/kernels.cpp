@@ -1,0 +1,285 @@
+// The kernels' bindings. Each one: arrays -> views, plan (every check, no
+// allocation), outputs allocated from the plan (or the caller's out=
+// checked against it), copies the kernel cannot do without (stage), then
+// the plan runs with the GIL released.
+#include "kernels.hpp"
+
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "views.hpp"
+
+namespace fattn::bindings {
+namespace {
+
+std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
+
+PrefillKernel kernel_of(const py::handle& name) {
+  return choice(name, "kernel", {"auto", "candle", "llamacpp"}) == "llamacpp" ? PrefillKernel::llamacpp
+                                                                              : PrefillKernel::candle;
+}
+
+py::object sdpa(const py::array& q, const py::array& k, const py::array& v, const py::object& out, bool causal,
+                std::optional<float> scale, std::optional<std::int64_t> kv_seq_len) {
+  Input qi = input4(q, "q", "[B, H, Lq, D]", false), ki = input4(k, "k", "[B, H_kv, capacity, D]", false),
+        vi = input4(v, "v", "[B, H_kv, capacity, D]", false);
+  SdpaParams params;
+  params.causal = causal;
+  params.scale = scale;
+  params.kv_seq_len = kv_seq_len;
+  SdpaPlan plan = plan_sdpa(qi.view, ki.view, vi.view, params);
+  const Output o = output(out, shape_of(q), q.dtype(), {{"q", &q}, {"k", &k}, {"v", &v}});
+  for (Input* in : {&qi, &ki, &vi}) in->stage();
+  plan.q = qi.view, plan.k = ki.view, plan.v = vi.view;
+  const TensorView ov = output_view(o.target, plan.out_dtype(), false);
+  {
+    py::gil_scoped_release nogil;
+    run(plan, ov);
+  }
+  o.finish();
+  return o.array;
+}
+
+py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::array& v,
+                              const std::optional<py::array>& mask, const std::optional<py::array>& blk,
+                              const py::object& out, bool causal, std::optional<float> scale,
+                              const py::object& layout, const py::object& kernel, std::int64_t nsg,
+                              std::optional<std::int64_t> q_tile, std::optional<std::int64_t> k_tile,
+                              bool return_lse, bool verify_blk) {
+  const bool blhd = choice(layout, "layout", {"bhld", "blhd"}) == "blhd";
+  const char* axes = blhd ? "[B, L, H, D]" : "[B, H, L, D]";
+  Input qi = input4(q, "q", axes, blhd), ki = input4(k, "k", axes, blhd), vi = input4(v, "v", axes, blhd);
+  PrefillParams params;
+  params.causal = causal;
+  params.scale = scale;
+  params.kernel = kernel_of(kernel);
+  params.nsg = nsg;
+  params.q_tile = q_tile;
+  params.k_tile = k_tile;
+  params.verify_blk = verify_blk;
+  std::optional<MaskInput> mi;
+  if (mask) {
+    const auto& qs = qi.view.shape;
+    mi = mask_input(*mask, {qs[0], qs[1], qs[2], ki.view.shape[2]});
+  }
+  py::array blk_storage;
+  std::optional<BlkView> bv;
+  if (blk) bv = blk_input(*blk, blk_storage);
+  // A staged mask's values are read by the blk check: stage it first (a copy of an array the caller has).
+  if (mi && bv && mi->staged) mi->stage();
+  PrefillPlan plan = plan_flash_attn_prefill(qi.view, ki.view, vi.view, mi ? &mi->view : nullptr,
+                                             bv ? &*bv : nullptr, params);
+  std::vector<std::pair<const char*, const py::array*>> inputs{{"q", &q}, {"k", &k}, {"v", &v}};
+  const Output o = output(out, shape_of(q), q.dtype(),
+                          mi ? std::initializer_list<std::pair<const char*, const py::array*>>{
+                                   {"q", &q}, {"k", &k}, {"v", &v}, {"mask", &*mask}}
+                             : std::initializer_list<std::pair<const char*, const py::array*>>{
+                                   {"q", &q}, {"k", &k}, {"v", &v}});
+  for (Input* in : {&qi, &ki, &vi}) in->stage();
+  plan.q = qi.view, plan.k = ki.view, plan.v = vi.view;
+  if (mi) {
+    mi->stage();
+    plan.mask->data = mi->view.data;
+  }
+  const TensorView ov = output_view(o.target, plan.out_dtype(), blhd);
+  py::array lse;
+  TensorView lv;
+  if (return_lse) {
+    const auto s = plan.lse_shape();
+    lse = py::array(py::dtype("float32"), std::vector<py::ssize_t>{s[0], s[1], s[2]});
+    lv = contiguous_view(lse.mutable_data(), DType::f32, s, true);
+  }
+  {
+    py::gil_scoped_release nogil;
+    run(plan, ov, return_lse ? &lv : nullptr);
+  }
+  o.finish();
+  if (return_lse) return py::make_tuple(o.array, lse);
+  return o.array;
+}
+
+PrefillGeometry geometry_of(const py::object& kernel, std::optional<std::int64_t> head_dim,
+                            std::optional<std::int64_t> q_tile, std::optional<std::int64_t> k_tile) {
+  const PrefillKernel kern = kernel_of(kernel);
+  if (!head_dim && (!q_tile || !k_tile)) {
+    require(kern == PrefillKernel::llamacpp,
+            "head_dim: needed to choose the tile geometry (or give both q_tile and k_tile)");
+    head_dim = 512;
+  }
+  return prefill_geometry(kern, head_dim.value_or(512), q_tile, k_tile);
+}
+
+py::array flash_attn_prefill_blk(const py::array& mask, const py::object& kernel, std::optional<std::int64_t> head_dim,
+                                 std::optional<std::int64_t> q_tile, std::optional<std::int64_t> k_tile) {
+  const PrefillGeometry geometry = geometry_of(kernel, head_dim, q_tile, k_tile);
+  require(mask.ndim() == 2 || mask.ndim() == 4, "mask: expected [Lq, Lk] or [B, H, Lq, Lk], got shape ",
+          py_shape(mask));
+  std::array<std::int64_t, 4> own{1, 1, 1, 1};
+  for (py::ssize_t i = 0; i < mask.ndim(); ++i) own[std::size_t(4 - mask.ndim() + i)] = mask.shape(i);
+  MaskInput mi = mask_input(mask, own);
+  const PrefillBlkPlan plan = plan_flash_attn_prefill_blk(mi.view, kernel_of(kernel), geometry);
+  mi.stage();
+  PrefillBlkPlan staged = plan;
+  staged.mask.data = mi.view.data;
+  py::array_t<std::uint8_t> out(std::vector<py::ssize_t>{plan.rows, plan.cols});
+  std::uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    run(staged, dst);
+  }
+  return std::move(out);
+}
+
+// Decode arrays: q [H, D] or [B, H, D]; caches one rank more. The map from
+// the caller's axes to [B, H, L, D].
+struct DecodeInputs {
+  Input q, k, v;
+  bool batched;
+};
+
+DecodeInputs decode_inputs(const py::array& q, const py::array& k, const py::array& v) {
+  require(q.ndim() == 2 || q.ndim() == 3, "q: expected [H, D] or [B, H, D], got shape ", py_shape(q));
+  const bool batched = q.ndim() == 3;
+  for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"k_cache", &k}, {"v_cache", &v}})
+    require(a->ndim() == q.ndim() + 1, name, ": expected ",
+            batched ? "[B, H_kv, capacity, D]" : "[H_kv, capacity, D]", " to go with q of shape ", py_shape(q),
+            ", got shape ", py_shape(*a));
+  const py::dtype qt = q.dtype();
+  const std::string q_name = py::str(qt.attr("name"));
+  require_dtype((qt.kind() == 'f' && (qt.itemsize() == 4 || qt.itemsize() == 2)) || q_name == "bfloat16",
+                "q: dtype must be float32, float16 or bfloat16 (the seed stages it to float16 itself), got ", q_name);
+  const std::vector<int> q_axes = batched ? std::vector<int>{0, 1, -1, 2} : std::vector<int>{-1, 0, -1, 1};
+  const std::vector<int> c_axes = batched ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1, 0, 1, 2};
+  // q is widened to f32 (exactly) when staged: only after the plan accepted the call.
+  Input qi = input_as4(q, "q", q_axes, DType::f32);
+  Input ki = input_as4(k, "k_cache", c_axes, dtype_of(k, "k_cache"));
+  Input vi = input_as4(v, "v_cache", c_axes, dtype_of(v, "v_cache"));
+  return {qi, ki, vi, batched};
+}
+
+DecodeParams decode_params(std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
+                           std::int64_t window, float softcap, std::int64_t nwg) {
+  const std::string m = choice(mask, "mask", {"none", "causal", "sliding_window"});
+  DecodeParams p;
+  p.kv_seq_len = kv_seq_len;
+  p.scale = scale;
+  p.mask = m == "causal" ? DecodeMask::causal : m == "sliding_window" ? DecodeMask::sliding_window : DecodeMask::none;
+  p.window = window;
+  p.softcap = softcap;
+  p.nwg = nwg;
+  return p;
+}
+
+void stage(DecodeInputs& in, DecodePlan& plan) {
+  for (Input* x : {&in.q, &in.k, &in.v}) x->stage();
+  plan.q = in.q.view, plan.k = in.k.view, plan.v = in.v.view;
+}
+
+py::object flash_attn_vec(const py::array& q, const py::array& k, const py::array& v, const py::object& out,
+                          std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
+                          std::int64_t window, float softcap, std::int64_t nwg) {
+  const DecodeParams params = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
+  DecodeInputs in = decode_inputs(q, k, v);
+  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view, in.v.view, params);
+  const Output o = output(out, shape_of(q), py::dtype("float32"), {{"q", &q}, {"k_cache", &k}, {"v_cache", &v}});
+  stage(in, plan);
+  const TensorView ov = output_view_as4(o.target, DType::f32,
+                                        in.batched ? std::vector<int>{0, 1, -1, 2} : std::vector<int>{-1, 0, -1, 1});
+  {
+    py::gil_scoped_release nogil;
+    run(plan, ov);
+  }
+  o.finish();
+  return o.array;
+}
+
+py::tuple flash_attn_vec_partials(const py::array& q, const py::array& k, const py::array& v,
+                                  std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
+                                  std::int64_t window, float softcap, std::int64_t nwg) {
+  const DecodeParams params = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
+  DecodeInputs in = decode_inputs(q, k, v);
+  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view, in.v.view, params);
+  std::vector<py::ssize_t> lead(q.shape(), q.shape() + q.ndim() - 1), o_shape = lead, sm_shape = lead;
+  o_shape.insert(o_shape.end(), {py::ssize_t(plan.nwg), py::ssize_t(plan.head_dim)});
+  sm_shape.push_back(py::ssize_t(plan.nwg));
+  const py::dtype f32("float32");
+  py::array o(f32, o_shape), s(f32, sm_shape), m(f32, sm_shape);
+  stage(in, plan);
+  const std::vector<int> o_axes = in.batched ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1, 0, 1, 2};
+  const std::vector<int> sm_axes = in.batched ? std::vector<int>{0, 1, 2, -1} : std::vector<int>{-1, 0, 1, -1};
+  const TensorView ov = output_view_as4(o, DType::f32, o_axes), sv = output_view_as4(s, DType::f32, sm_axes),
+                   mv = output_view_as4(m, DType::f32, sm_axes);
+  {
+    py::gil_scoped_release nogil;
+    run_partials(plan, ov, sv, mv);
+  }
+  return py::make_tuple(o, s, m);
+}
+
+py::object flash_attn_vec_reduce(const py::array& o, const py::array& s, const py::array& m, const py::object& out) {
+  for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"o", &o}, {"s", &s}, {"m", &m}})
+    require_dtype(a->dtype().kind() == 'f' && a->itemsize() == 4, name, ": dtype must be float32, got ",
+                  std::string(py::str(a->dtype().attr("name"))));
+  require(o.ndim() == 3 || o.ndim() == 4, "o: expected [H, nwg, D] or [B, H, nwg, D], got shape ", py_shape(o));
+  const std::vector<py::ssize_t> want(o.shape(), o.shape() + o.ndim() - 1);
+  for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"s", &s}, {"m", &m}}) {
+    const std::vector<py::ssize_t> got = shape_of(*a);
+    if (got != want) {
+      std::string w = "(";
+      for (std::size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
+      throw InvalidArgument(detail::concat(name, ": shape must be o's without D, ", w, want.size() == 1 ? ",)" : ")",
+                                           ", got ", py_shape(*a)));
+    }
+  }
+  const bool batched = o.ndim() == 4;
+  const std::vector<int> o_axes = batched ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1, 0, 1, 2};
+  const std::vector<int> sm_axes = batched ? std::vector<int>{0, 1, 2, -1} : std::vector<int>{-1, 0, 1, -1};
+  Input oi = input_as4(o, "o", o_axes, DType::f32), si = input_as4(s, "s", sm_axes, DType::f32),
+        mi = input_as4(m, "m", sm_axes, DType::f32);
+  ReducePlan plan = plan_flash_attn_vec_reduce(oi.view, si.view, mi.view);
+  std::vector<py::ssize_t> out_shape(o.shape(), o.shape() + o.ndim() - 2);
+  out_shape.push_back(o.shape(o.ndim() - 1));
+  const Output res = output(out, out_shape, py::dtype("float32"), {{"o", &o}, {"s", &s}, {"m", &m}});
+  for (Input* in : {&oi, &si, &mi}) in->stage();
+  plan.o = oi.view, plan.s = si.view, plan.m = mi.view;
+  const TensorView ov = output_view_as4(res.target, DType::f32,
+                                        batched ? std::vector<int>{0, 1, -1, 2} : std::vector<int>{-1, 0, -1, 1});
+  {
+    py::gil_scoped_release nogil;
+    run(plan, ov);
+  }
+  res.finish();
+  return res.array;
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m) {
+  m.def("sdpa", &sdpa, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("causal"),
+        py::arg("scale"), py::arg("kv_seq_len"));
+  m.def("flash_attn_prefill", &flash_attn_prefill, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
+        py::arg("blk"), py::arg("out"), py::arg("causal"), py::arg("scale"), py::arg("layout"), py::arg("kernel"),
+        py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"), py::arg("return_lse"), py::arg("verify_blk"));
+  m.def(
+      "prefill_geometry",
+      [](const py::object& kernel, std::optional<std::int64_t> head_dim, std::optional<std::int64_t> q_tile,
+         std::optional<std::int64_t> k_tile) {
+        const PrefillGeometry g = geometry_of(kernel, head_dim, q_tile, k_tile);
+        return py::make_tuple(g.q_tile, g.k_tile);
+      },
+      py::arg("kernel"), py::arg("head_dim"), py::arg("q_tile"), py::arg("k_tile"));
+  m.def("flash_attn_prefill_blk", &flash_attn_prefill_blk, py::arg("mask"), py::arg("kernel"), py::arg("head_dim"),
+        py::arg("q_tile"), py::arg("k_tile"));
+  m.def("flash_attn_vec", &flash_attn_vec, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("kv_seq_len"), py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"),
+        py::arg("nwg"));
+  m.def("flash_attn_vec_partials", &flash_attn_vec_partials, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("kv_seq_len"), py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"),
+        py::arg("nwg"));
+  m.def("flash_attn_vec_reduce", &flash_attn_vec_reduce, py::arg("o"), py::arg("s"), py::arg("m"), py::arg("out"));
+}
+
+}  // namespace fattn::bindings
