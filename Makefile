@@ -19,7 +19,7 @@ CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp
 help:
 	@echo "make demo   - set up, build, run examples/quickstart.py"
 	@echo "make test   - set up, build, run the GoogleTest suite (ctest) and the pytest suite"
-	@echo "make bench  - side-by-side benchmarks (bench/)"
+	@echo "make bench  - side-by-side benchmarks (bench/); BENCH_ARGS=\"--quick --section sdpa\" for a short run"
 	@echo "make bench-probe - only the bench's peak probes, the module fattn_probe (bench/probe -> build/probe)"
 	@echo "make examples - set up, build, run every examples/*.py (each checks what it shows)"
 	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
@@ -108,8 +108,10 @@ bench-probe: $(VENV)/.py-deps
 	  -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir) >/dev/null
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(PROBE_BUILD) -j2
 
+# BENCH_ARGS: bench/run.py's options, e.g. "--quick --section sdpa" (default: the full run).
+BENCH_ARGS ?=
 bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps bench-probe
-	@$(PY) bench/run.py
+	@$(PY) bench/run.py $(BENCH_ARGS)
 
 # --- examples ---------------------------------------------------------------------------
 # Every examples/*.py except helper modules (_*.py), with matplotlib's file-only backend. All

@@ -2,6 +2,7 @@
 in one process, with this machine's measured peaks.
 
     make bench                      # everything (several minutes)
+    make bench BENCH_ARGS="--quick --section sdpa"
     .venv/bin/python bench/run.py --quick
     .venv/bin/python bench/run.py --section prefill|decode|blk|sdpa|short
 
