@@ -14,12 +14,13 @@ DEB_PACKAGES := libeigen3-dev libgtest-dev g++ make
 PY_PACKAGES := numpy ml_dtypes pytest hypothesis scikit-build-core pybind11 cmake ninja
 CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.inl' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: help demo test test-cpp test-py test-asan bench examples clean deps typecheck test-interop
+.PHONY: help demo test test-cpp test-py test-asan bench bench-probe examples clean deps typecheck test-interop
 
 help:
 	@echo "make demo   - set up, build, run examples/quickstart.py"
 	@echo "make test   - set up, build, run the GoogleTest suite (ctest) and the pytest suite"
-	@echo "make bench  - side-by-side benchmarks (bench/)"
+	@echo "make bench  - side-by-side benchmarks (bench/); BENCH_ARGS=\"--quick --section sdpa\" for a short run"
+	@echo "make bench-probe - only the bench's peak probes, the module fattn_probe (bench/probe -> build/probe)"
 	@echo "make examples - set up, build, run every examples/*.py (each checks what it shows)"
 	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
 	@echo "make test-tsan - the threaded GoogleTests under ThreadSanitizer (build/tsan)"
@@ -98,8 +99,19 @@ test-asan: $(VENV)/.py-deps
 	@UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/asan/tests_cpp/fattn_tests --gtest_brief=1 \
 	  --gtest_filter='-Exp.*Within*:DtypeF16.EveryF32*:DtypeBf16.RoundsToNearestEvenAroundEveryPattern'
 
-bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps
-	@$(PY) bench/run.py
+# The bench's peak probes (bench/probe): a pybind11 module of their own, fattn_probe, configured
+# with the venv's Python, pybind11, cmake and ninja into build/probe; not part of the library.
+PROBE_BUILD := $(BUILD)/probe
+bench-probe: $(VENV)/.py-deps
+	@[ -f $(PROBE_BUILD)/build.ninja ] || PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S bench/probe -B $(PROBE_BUILD) \
+	  -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$(CURDIR)/$(PY) \
+	  -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir) >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(PROBE_BUILD) -j2
+
+# BENCH_ARGS: bench/run.py's options, e.g. "--quick --section sdpa" (default: the full run).
+BENCH_ARGS ?=
+bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps bench-probe
+	@$(PY) bench/run.py $(BENCH_ARGS)
 
 # --- examples ---------------------------------------------------------------------------
 # Every examples/*.py except helper modules (_*.py), with matplotlib's file-only backend. All

@@ -2,6 +2,7 @@
 in one process, with this machine's measured peaks.
 
     make bench                      # everything (several minutes)
+    make bench BENCH_ARGS="--quick --section sdpa"
     .venv/bin/python bench/run.py --quick
     .venv/bin/python bench/run.py --section prefill|decode|blk|sdpa|short
 
@@ -10,7 +11,8 @@ FLOP counts: prefill 4*B*H*D*(visible query-key pairs) (two matmuls, 2 flops per
 fattn computes both Q.K^T and P.V with f32 fused multiply-adds (bf16 dot-product
 instructions would change the seed kernels' rounding), so its attainable peak is the measured
 f32 FMA rate. Decode is counted in bytes of K and V read (the kernel is bandwidth-bound):
-fraction of the measured streaming-read bandwidth.
+fraction of the measured streaming-read bandwidth. The peaks come from bench/probe (the module
+fattn_probe, which `make bench` builds into build/probe).
 """
 import argparse
 import csv
@@ -28,6 +30,15 @@ import ml_dtypes
 import numpy as np
 
 import fattn
+
+# The peak probes: a bench tool, not part of fattn (bench/probe; `make bench` builds it).
+PROBE_BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "probe")
+sys.path.insert(0, PROBE_BUILD)
+try:
+    import fattn_probe
+except ImportError as e:
+    sys.exit(f"bench/run.py: the peak probe module fattn_probe is not built in {PROBE_BUILD} ({e}); "
+             "`make bench-probe` builds it")
 
 try:
     import torch
@@ -128,7 +139,7 @@ def decode_case(rng, threads, kv_len, dtype, repeats):
         t0 = time.perf_counter()
         fattn.flash_attn_vec(q, k, v, kv_seq_len=kv_len)
         t_kernel = time.perf_counter() - t0
-        t_read = fattn._core.time_read(k, threads) + fattn._core.time_read(v, threads)
+        t_read = fattn_probe.time_read(k, threads) + fattn_probe.time_read(v, threads)
         paired.append(t_read / t_kernel)
     rows["fattn"] = rows["fattn"] + (statistics.median(paired), min(paired), max(paired))
     if torch is not None:
@@ -163,7 +174,7 @@ def main(argv):
           f"{torch.__version__ if torch is not None else 'not installed: its column is skipped'}")
     peaks = {}
     for threads in (1, 2):
-        peaks[threads] = fattn._core.measure_peaks(threads, 0.3)
+        peaks[threads] = fattn_probe.measure_peaks(threads, 0.3)
         p = peaks[threads]
         bf16 = f"{p['bf16_dot_gflops']:.0f} GFLOP/s" if p["bf16_dot_gflops"] > 0 else "n/a (no AVX512_BF16)"
         print(f"peaks, {threads} thread(s): f32 FMA {p['f32_fma_gflops']:.0f} GFLOP/s, bf16 dot {bf16}, "

@@ -84,38 +84,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info_dict);
   m.def("set_isa", [](const std::string& name) { simd::set_active_isa(simd::isa_from_name(name)); }, py::arg("name"));
   m.def("available_isas", &simd::available_isas, py::arg("include_emulated") = false);
-  m.def(
-      "measure_peaks",
-      [](int threads, double seconds) {
-        Peaks p;
-        {
-          py::gil_scoped_release nogil;
-          p = measure_peaks(threads, seconds);
-        }
-        py::dict d;
-        d["f32_fma_gflops"] = p.f32_fma_gflops;
-        d["bf16_dot_gflops"] = p.bf16_dot_gflops;
-        d["read_gbytes"] = p.read_gbytes;
-        return d;
-      },
-      py::arg("threads"), py::arg("seconds") = 0.3);
-  m.def(
-      "time_read",
-      [](const py::buffer& data, int threads) {
-        const py::buffer_info info = data.request();
-        require(info.ndim == 0 || [&] {  // contiguous: the probe reads one flat range
-          std::int64_t expect = info.itemsize;
-          for (auto i = info.ndim; i-- > 0;) {
-            if (info.shape[i] > 1 && info.strides[i] != expect) return false;
-            expect *= info.shape[i];
-          }
-          return true;
-        }(), "data: must be a C-contiguous buffer");
-        const std::int64_t bytes = info.size * info.itemsize;
-        py::gil_scoped_release nogil;
-        return time_read(info.ptr, bytes, threads);
-      },
-      py::arg("data"), py::arg("threads"));
   m.def("convert", &convert, py::arg("src"), py::arg("dst"));
   m.def("dlpack_view", &dlpack_view, py::arg("capsule"), py::arg("name"));
 

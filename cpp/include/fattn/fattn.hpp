@@ -6,6 +6,5 @@
 #include "fattn/error.hpp"
 #include "fattn/parallel.hpp"
 #include "fattn/prefill.hpp"
-#include "fattn/probe.hpp"
 #include "fattn/sdpa.hpp"
 #include "fattn/tensor.hpp"

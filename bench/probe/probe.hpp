@@ -1,9 +1,10 @@
 #pragma once
 // Small probes of this machine's attainable peaks, so benchmarks can report
-// every figure as a fraction of what the hardware can do.
+// every figure as a fraction of what the hardware can do. A bench tool, not
+// part of the library: built by `make bench` into the module fattn_probe.
 #include <cstdint>
 
-namespace fattn {
+namespace fattn_probe {
 
 struct Peaks {
   double f32_fma_gflops = 0;   // fused multiply-adds on the widest vectors, 2 flops each
@@ -20,4 +21,4 @@ Peaks measure_peaks(int threads, double seconds = 0.3);
 // the bytes it reads, right next to it.
 double time_read(const void* data, std::int64_t bytes, int threads);
 
-}  // namespace fattn
+}  // namespace fattn_probe

@@ -1,21 +1,47 @@
-#include "fattn/probe.hpp"
+#include "probe.hpp"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
-#include "fattn/error.hpp"
-#include "runtime/isa.hpp"
-#include "simd/target.hpp"
+// Compiles one function for an instruction set (GCC and clang); the CPU check
+// below decides whether it runs.
+#define PROBE_TARGET(isa) __attribute__((target(isa)))
 
-namespace fattn {
+namespace fattn_probe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Python sees ValueError.
+void check(bool cond, const std::string& message) {
+  if (!cond) throw std::invalid_argument(message);
+}
+
+// The widest vectors this CPU runs, by the test the kernels' dispatch used
+// when the probe left the library (AVX-512 F/BW/VL/DQ, or AVX2; either with
+// FMA and F16C), so each peak is that of the path the kernels take. A bench
+// tool of its own: it does not link the library.
+enum class Isa { scalar, avx2, avx512 };
+
+Isa best_isa() {
+  __builtin_cpu_init();
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;  // clang 14 has no "f16c" here
+  if (!f16c || !__builtin_cpu_supports("fma")) return Isa::scalar;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return Isa::avx512;
+  return __builtin_cpu_supports("avx2") ? Isa::avx2 : Isa::scalar;
+}
 
 // Runs work(thread_index) on `threads` threads at once; returns seconds.
 template <class F>
@@ -37,9 +63,8 @@ double run_threads(int threads, F work) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-FATTN_TARGET_BEGIN_("avx512f,avx512bf16")
 // The lanes' sum (GCC 12's _mm512_reduce_add_ps trips -Wuninitialized in its own header).
-float sum_lanes(__m512 x) {
+PROBE_TARGET("avx512f,avx512bf16") float sum_lanes(__m512 x) {
   alignas(64) float lane[16];
   _mm512_store_ps(lane, x);
   float s = 0.0f;
@@ -48,7 +73,7 @@ float sum_lanes(__m512 x) {
 }
 
 // 16 independent chains hide the FMA latency; returns a value so the loop stays.
-float fma_loop(std::int64_t iterations) {
+PROBE_TARGET("avx512f,avx512bf16") float fma_loop(std::int64_t iterations) {
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(float(i));
   const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
@@ -60,7 +85,7 @@ float fma_loop(std::int64_t iterations) {
   return sum_lanes(s);
 }
 
-float bf16_loop(std::int64_t iterations) {
+PROBE_TARGET("avx512f,avx512bf16") float bf16_loop(std::int64_t iterations) {
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3380);
@@ -72,17 +97,15 @@ float bf16_loop(std::int64_t iterations) {
   return sum_lanes(s);
 }
 
-float read_loop(const float* p, std::int64_t n) {
+PROBE_TARGET("avx512f,avx512bf16") float read_loop(const float* p, std::int64_t n) {
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   for (std::int64_t i = 0; i + 64 <= n; i += 64)
     for (int u = 0; u < 4; ++u) acc[u] = _mm512_add_ps(acc[u], _mm512_loadu_ps(p + i + 16 * u));
   return sum_lanes(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
-FATTN_TARGET_END
 
-FATTN_TARGET_BEGIN_("avx2,fma")
 // AVX2 machines (no AVX-512): 12 chains of 8 lanes cover two FMA ports of latency 4-5.
-float fma_loop_avx2(std::int64_t iterations) {
+PROBE_TARGET("avx2,fma") float fma_loop_avx2(std::int64_t iterations) {
   __m256 acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(float(i));
   const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
@@ -96,7 +119,7 @@ float fma_loop_avx2(std::int64_t iterations) {
   return lanes[0] + lanes[7];
 }
 
-float read_loop_avx2(const float* p, std::int64_t n) {
+PROBE_TARGET("avx2,fma") float read_loop_avx2(const float* p, std::int64_t n) {
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   for (std::int64_t i = 0; i + 32 <= n; i += 32)
     for (int u = 0; u < 4; ++u) acc[u] = _mm256_add_ps(acc[u], _mm256_loadu_ps(p + i + 8 * u));
@@ -104,7 +127,6 @@ float read_loop_avx2(const float* p, std::int64_t n) {
   _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
   return lanes[0] + lanes[7];
 }
-FATTN_TARGET_END
 
 float scalar_fma_loop(std::int64_t iterations) {
   float acc[8] = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -122,10 +144,10 @@ float scalar_read_loop(const float* p, std::int64_t n) {
 volatile float sink;
 
 // The widest read loop this CPU runs (the probe must not be slower than the kernels' loads).
-float read_any(simd::Isa isa, const float* p, std::int64_t n) {
+float read_any(Isa isa, const float* p, std::int64_t n) {
   switch (isa) {
-    case simd::Isa::avx512: return read_loop(p, n);
-    case simd::Isa::avx2: return read_loop_avx2(p, n);
+    case Isa::avx512: return read_loop(p, n);
+    case Isa::avx2: return read_loop_avx2(p, n);
     default: return scalar_read_loop(p, n);
   }
 }
@@ -145,15 +167,15 @@ double rate(int threads, double seconds, double flops_per_iteration, F loop) {
 }  // namespace
 
 Peaks measure_peaks(int threads, double seconds) {
-  require(threads >= 1 && threads <= 1024, "threads: must be from 1 to 1024, got ", threads);
+  check(threads >= 1 && threads <= 1024, "threads: must be from 1 to 1024, got " + std::to_string(threads));
   Peaks peaks;
-  const simd::Isa isa = simd::best_isa();
-  const bool avx512 = isa == simd::Isa::avx512;
+  const Isa isa = best_isa();
+  const bool avx512 = isa == Isa::avx512;
   __builtin_cpu_init();
   const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
-  peaks.f32_fma_gflops = avx512               ? rate(threads, seconds, 16 * 16 * 2, fma_loop)
-                         : isa == simd::Isa::avx2 ? rate(threads, seconds, 12 * 8 * 2, fma_loop_avx2)
-                                                  : rate(threads, seconds, 16, scalar_fma_loop);
+  peaks.f32_fma_gflops = avx512             ? rate(threads, seconds, 16 * 16 * 2, fma_loop)
+                         : isa == Isa::avx2 ? rate(threads, seconds, 12 * 8 * 2, fma_loop_avx2)
+                                            : rate(threads, seconds, 16, scalar_fma_loop);
   if (bf16) peaks.bf16_dot_gflops = rate(threads, seconds, 16 * 32 * 2, bf16_loop);
   // 256 MiB per thread: far beyond any last-level cache here.
   const std::int64_t per_thread = std::int64_t(64) << 20;
@@ -171,9 +193,9 @@ Peaks measure_peaks(int threads, double seconds) {
 }
 
 double time_read(const void* data, std::int64_t bytes, int threads) {
-  require(threads >= 1 && threads <= 1024, "threads: must be from 1 to 1024, got ", threads);
-  require(data != nullptr && bytes >= 0, "data: need a buffer");
-  const simd::Isa isa = simd::best_isa();
+  check(threads >= 1 && threads <= 1024, "threads: must be from 1 to 1024, got " + std::to_string(threads));
+  check(data != nullptr && bytes >= 0, "data: need a buffer");
+  const Isa isa = best_isa();
   const std::int64_t floats = bytes / 4, share = (floats / threads) / 64 * 64;
   const auto* base = static_cast<const float*>(data);
   return run_threads(threads, [&](int i) {
@@ -183,4 +205,4 @@ double time_read(const void* data, std::int64_t bytes, int threads) {
   });
 }
 
-}  // namespace fattn
+}  // namespace fattn_probe
