@@ -17,17 +17,24 @@ namespace {
 
 std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
 
+// causal=True keeps the kernel's own alignment (unset); "top_left" or "bottom_right" chooses one.
+void set_causal(bool causal, const std::optional<std::string>& align, bool& flag, CausalAlign& alignment) {
+  flag = causal;
+  if (align) alignment = *align == "bottom_right" ? CausalAlign::bottom_right : CausalAlign::top_left;
+}
+
 PrefillKernel kernel_of(const py::handle& name) {
   return choice(name, "kernel", {"auto", "candle", "llamacpp"}) == "llamacpp" ? PrefillKernel::llamacpp
                                                                               : PrefillKernel::candle;
 }
 
 py::object sdpa(const py::array& q, const py::array& k, const py::array& v, const py::object& out, bool causal,
-                std::optional<float> scale, std::optional<std::int64_t> kv_seq_len) {
+                const std::optional<std::string>& causal_align, std::optional<float> scale,
+                std::optional<std::int64_t> kv_seq_len) {
   Input qi = input4(q, "q", "[B, H, Lq, D]", false), ki = input4(k, "k", "[B, H_kv, capacity, D]", false),
         vi = input4(v, "v", "[B, H_kv, capacity, D]", false);
   SdpaParams params;
-  params.causal = causal;
+  set_causal(causal, causal_align, params.causal, params.causal_align);
   params.scale = scale;
   params.kv_seq_len = kv_seq_len;
   SdpaPlan plan = plan_sdpa(qi.view, ki.view, vi.view, params);
@@ -45,7 +52,8 @@ py::object sdpa(const py::array& q, const py::array& k, const py::array& v, cons
 
 py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::array& v,
                               const std::optional<py::array>& mask, const std::optional<py::array>& blk,
-                              const py::object& out, bool causal, std::optional<float> scale,
+                              const py::object& out, bool causal, const std::optional<std::string>& causal_align,
+                              std::optional<float> scale,
                               const py::object& layout, const py::object& kernel, std::int64_t nsg,
                               std::optional<std::int64_t> q_tile, std::optional<std::int64_t> k_tile,
                               bool return_lse, bool verify_blk) {
@@ -53,7 +61,7 @@ py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::
   const char* axes = blhd ? "[B, L, H, D]" : "[B, H, L, D]";
   Input qi = input4(q, "q", axes, blhd), ki = input4(k, "k", axes, blhd), vi = input4(v, "v", axes, blhd);
   PrefillParams params;
-  params.causal = causal;
+  set_causal(causal, causal_align, params.causal, params.causal_align);
   params.scale = scale;
   params.kernel = kernel_of(kernel);
   params.nsg = nsg;
@@ -259,9 +267,9 @@ py::object flash_attn_vec_reduce(const py::array& o, const py::array& s, const p
 
 void register_kernels(py::module_& m) {
   m.def("sdpa", &sdpa, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("causal"),
-        py::arg("scale"), py::arg("kv_seq_len"));
+        py::arg("causal_align"), py::arg("scale"), py::arg("kv_seq_len"));
   m.def("flash_attn_prefill", &flash_attn_prefill, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
-        py::arg("blk"), py::arg("out"), py::arg("causal"), py::arg("scale"), py::arg("layout"), py::arg("kernel"),
+        py::arg("blk"), py::arg("out"), py::arg("causal"), py::arg("causal_align"), py::arg("scale"), py::arg("layout"), py::arg("kernel"),
         py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"), py::arg("return_lse"), py::arg("verify_blk"));
   m.def(
       "prefill_geometry",

@@ -146,6 +146,19 @@ def integer(x: Any, name: str) -> int:
     return value
 
 
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def causal_arg(x: Any) -> Tuple[bool, Optional[str]]:
+    """``causal`` as (on, alignment): a bool keeps the kernel's own alignment (None), or a named
+    one, "top_left" (query i sees keys 0..i) or "bottom_right" (the last query sees the last key)."""
+    if isinstance(x, str):
+        if x in CAUSAL_ALIGNMENTS:
+            return True, x
+        raise TypeError(f"causal: expected a bool or one of {CAUSAL_ALIGNMENTS}, got {x!r}")
+    return boolean(x, "causal"), None
+
+
 def boolean(x: Any, name: str) -> bool:
     if not isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")

@@ -5,7 +5,7 @@ from typing import Any, Optional, Tuple, Union, cast
 import numpy as np
 
 from . import _core
-from ._common import ArrayLike, as_array, boolean, integer, optional_scale
+from ._common import ArrayLike, as_array, boolean, causal_arg, integer, optional_scale
 
 
 def _optional_tile(x: Any, name: str) -> Optional[int]:
@@ -13,7 +13,7 @@ def _optional_tile(x: Any, name: str) -> Optional[int]:
 
 
 def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[ArrayLike] = None, *,
-                       causal: bool = False, scale: Optional[float] = None, layout: str = "bhld",
+                       causal: Union[bool, str] = False, scale: Optional[float] = None, layout: str = "bhld",
                        blk: Optional[ArrayLike] = None, kernel: str = "auto", nsg: int = 8,
                        return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None,
                        out: Optional[ArrayLike] = None, verify_blk: bool = True
@@ -32,8 +32,11 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     anything that broadcasts to the latter (read through stride-0 views, never copied).
     An additive mask is used at its own precision (the GPU reads it in the I/O type).
 
-    causal: top-left aligned as in the seed (query i sees keys 0..i), combinable with a
-    mask; tiles wholly above a query block's diagonal are not visited.
+    causal: ``True`` is top-left aligned as in the seed (query i sees keys 0..i), also
+    spelled ``"top_left"``; ``"bottom_right"`` puts the last query on the last key (query i
+    sees keys ``0..i + Lk - Lq``; a query before the first key sees none and gives 0, LSE
+    ``-inf``). Combinable with a mask; tiles wholly above a query block's diagonal are not
+    visited.
 
     kernel: ``"auto"`` = ``"candle"`` (candle/MLX-derived arithmetic: Q pre-scaled by
     ``scale*log2(e)`` rounded to the I/O type, exp2, ``log2(e)*mask``, rescale per K tile,
@@ -69,7 +72,7 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     result = _core.flash_attn_prefill(
         as_array(q, "q"), as_array(k, "k"), as_array(v, "v"), None if mask is None else as_array(mask, "mask"),
         None if blk is None else as_array(blk, "blk"), None if out is None else as_array(out, "out"),
-        boolean(causal, "causal"), optional_scale(scale), layout, kernel, integer(nsg, "nsg"),
+        *causal_arg(causal), optional_scale(scale), layout, kernel, integer(nsg, "nsg"),
         _optional_tile(q_tile, "q_tile"), _optional_tile(k_tile, "k_tile"), boolean(return_lse, "return_lse"),
         boolean(verify_blk, "verify_blk"))
     if out is None:

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
-from typing import Optional, cast
+from typing import Optional, Union, cast
 
 import numpy as np
 
 from . import _core
-from ._common import ArrayLike, as_array, boolean, integer, optional_scale
+from ._common import ArrayLike, as_array, causal_arg, integer, optional_scale
 
 
-def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = True, scale: Optional[float] = None,
+def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: Union[bool, str] = True, scale: Optional[float] = None,
          kv_seq_len: Optional[int] = None, out: Optional[ArrayLike] = None) -> np.ndarray:
     """Naive fused scaled dot-product attention (mlx-native's ``sdpa`` kernel, seed 003).
 
@@ -24,6 +24,8 @@ def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = True, scale
     ``causal=True`` is aligned bottom-right, as in the seed: query ``i`` sits
     at absolute position ``kv_seq_len - Lq + i`` and sees keys up to it; a
     query before the first key (``Lq > kv_seq_len``) sees none and gives 0.
+    ``causal="bottom_right"`` says the same explicitly; ``causal="top_left"``
+    lets query ``i`` see keys ``0..i``.
     ``scale`` defaults to ``1/sqrt(D)`` computed in float32;
     ``kv_seq_len`` defaults to the capacity ``k.shape[2]``.
 
@@ -40,6 +42,6 @@ def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = True, scale
     misaligned or non-contiguous-D arrays are written through a temporary); it is returned.
     """
     result = _core.sdpa(as_array(q, "q"), as_array(k, "k"), as_array(v, "v"),
-                        None if out is None else as_array(out, "out"), boolean(causal, "causal"),
+                        None if out is None else as_array(out, "out"), *causal_arg(causal),
                         optional_scale(scale), None if kv_seq_len is None else integer(kv_seq_len, "kv_seq_len"))
     return result if out is None else cast(np.ndarray, out)

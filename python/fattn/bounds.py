@@ -12,7 +12,7 @@ are the bounds fattn's own test suite asserts, so a result outside them is a bug
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import ml_dtypes
 import numpy as np
@@ -69,7 +69,7 @@ def _expand_kv(x: np.ndarray, heads: int) -> np.ndarray:
 
 
 def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None, *,
-                  causal: bool = False, scale: Optional[float] = None, kernel: str = "auto",
+                  causal: Union[bool, str] = False, scale: Optional[float] = None, kernel: str = "auto",
                   layout: str = "bhld") -> Tuple[np.ndarray, np.ndarray]:
     """``(bound, e)`` for ``fattn.flash_attn_prefill`` with the same arguments (numerics §4,
     "Error bounds"): ``bound`` broadcasts against the output (per row, before the store's half
@@ -106,8 +106,9 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
                 mask_err = np.abs(np.where(np.isfinite(half), half, 0.0) - finite) + 2 * _U32 * np.abs(finite)
             else:
                 mask_err = 2 * _U32 * np.abs(finite)
-    if causal:  # top-left: query i sees keys 0..i
-        visible &= np.arange(lk)[None, :] <= np.arange(lq)[:, None]
+    if isinstance(causal, str) or causal:  # query i sees keys 0..i (True, "top_left") or 0..i + Lk - Lq ("bottom_right")
+        offset = lk - lq if causal == "bottom_right" else 0
+        visible &= np.arange(lk)[None, :] <= np.arange(lq)[:, None] + offset
     if kernel == "llamacpp":
         score_err = (d + 2) * _U32 * s * absdot + mask_err
     else:

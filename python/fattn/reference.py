@@ -115,7 +115,19 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Option
     return out, lse
 
 
-def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: bool = True, scale: Optional[float] = None,
+def _causal_offset(causal: Union[bool, str], default: str, q_len: int, k_len: int) -> Optional[int]:
+    """None without causal; else the offset o such that query i sees keys j <= i + o (the
+    kernel's own alignment for ``True``, or "top_left" / "bottom_right")."""
+    if not isinstance(causal, str):
+        if not causal:
+            return None
+        causal = default
+    if causal not in ("top_left", "bottom_right"):
+        raise ValueError(f"causal: must be a bool, 'top_left' or 'bottom_right', got {causal!r}")
+    return k_len - q_len if causal == "bottom_right" else 0
+
+
+def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: Union[bool, str] = True, scale: Optional[float] = None,
          kv_seq_len: Optional[int] = None) -> np.ndarray:
     """mlx-native's naive SDPA kernel, step by step in float32 (same signature as ``fattn.sdpa``).
 
@@ -127,7 +139,8 @@ def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: bool =
        ``acc = acc*c + w*v_j`` (each operation rounded to float32);
     3. ``out = acc * (1/l)`` (0 for a row that sees no key), rounded once to
        q's dtype.
-    Causal is bottom-right aligned (query ``i`` at ``kv_seq_len - Lq + i``).
+    Causal is bottom-right aligned (query ``i`` at ``kv_seq_len - Lq + i``) unless
+    ``causal="top_left"``.
     """
     dtype = np.asarray(q).dtype
     q32, k32, v32 = (np.asarray(x).astype(np.float32) for x in (q, k, v))
@@ -140,8 +153,9 @@ def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: bool =
 
     dots = np.einsum("bhid,bhjd->bhij", q32.astype(np.float64), k32.astype(np.float64)).astype(f32)
     scores = dots * scale32
-    if causal:
-        visible = np.clip(kv_len - q_len + np.arange(q_len) + 1, 0, kv_len)
+    offset = _causal_offset(causal, "bottom_right", q_len, kv_len)
+    if offset is not None:
+        visible = np.clip(offset + np.arange(q_len) + 1, 0, kv_len)
     else:
         visible = np.full(q_len, kv_len)
 
@@ -189,7 +203,7 @@ def _tree_sum(p: np.ndarray) -> np.ndarray:
 
 
 def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None,
-                       *, causal: bool = False, scale: Optional[float] = None, layout: str = "bhld",
+                       *, causal: Union[bool, str] = False, scale: Optional[float] = None, layout: str = "bhld",
                        blk: Optional[npt.ArrayLike] = None, kernel: str = "auto", nsg: int = 8,
                        return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None
                        ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
@@ -254,7 +268,10 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
     n_tiles = -(-k_len // bk)
     block_of_row = np.arange(q_len) // bq
     row_end = np.minimum((block_of_row + 1) * bq, q_len)
-    tile_limit = np.minimum(n_tiles, -(-row_end // bk)) if causal else np.full(q_len, n_tiles)
+    offset = _causal_offset(causal, "top_left", q_len, k_len)
+    is_causal = offset is not None
+    diag = 0 if offset is None else offset  # query i sees keys j <= i + diag
+    tile_limit = np.clip(-(-(row_end + diag) // bk), 0, n_tiles) if is_causal else np.full(q_len, n_tiles)
     rows = np.arange(q_len)[:, None]
 
     row_max = np.full((batch, heads, q_len), _INITIAL_MAX, dtype=f32)
@@ -273,7 +290,7 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
             s[..., :j1 - j0] = dots.astype(f32)
             if llama:
                 s = s * scale32
-            future = (keys > rows) if causal else np.zeros((q_len, bk), dtype=bool)
+            future = (keys > rows + diag) if is_causal else np.zeros((q_len, bk), dtype=bool)
             if not llama:
                 s = np.where(future, f32(-np.inf), s)
             add = (action != 2)[:, None]

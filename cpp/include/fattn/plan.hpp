@@ -21,4 +21,15 @@ struct AttentionShape {
   std::int64_t batch = 0, heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0;
 };
 
+// Where a causal mask puts the diagonal. top_left: query i sees keys 0..i
+// (the prefill seeds); bottom_right: the last query sees the last key, i.e.
+// query i sees keys 0..i + kv_len - q_len (the naive SDPA seed). Each
+// kernel's params default to its seed's alignment.
+enum class CausalAlign : std::uint8_t { top_left = 0, bottom_right = 1 };
+
+// Query row i sees keys j <= i + causal_offset(...).
+inline std::int64_t causal_offset(CausalAlign align, std::int64_t q_len, std::int64_t kv_len) {
+  return align == CausalAlign::bottom_right ? kv_len - q_len : 0;
+}
+
 }  // namespace fattn

@@ -34,7 +34,8 @@ PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim,
 
 struct PrefillParams {
   std::optional<float> scale;  // default 1/sqrt(D) in f32
-  bool causal = false;         // top-left aligned: query i sees keys 0..i
+  bool causal = false;         // top-left aligned by default: query i sees keys 0..i
+  CausalAlign causal_align = CausalAlign::top_left;
   PrefillKernel kernel = PrefillKernel::candle;
   std::int64_t nsg = 8;        // llamacpp: simdgroups per threadgroup, 4 or 8 (same results)
   std::optional<std::int64_t> q_tile, k_tile;  // geometry overrides
@@ -63,6 +64,7 @@ struct PrefillPlan : AttentionShape {
   PrefillGeometry geometry;
   float scale = 0.0f;  // params.scale, or 1/sqrt(D) in f32
   bool causal = false;
+  std::int64_t causal_offset = 0;  // with causal, row i sees keys j <= i + causal_offset
   // Set by run() on its own copy: where the LSE goes, if asked for.
   std::optional<TensorView> lse;
 

@@ -10,9 +10,10 @@
 namespace fattn {
 
 struct SdpaParams {
-  // Bottom-right aligned: query i sits at absolute position
-  // kv_seq_len - Lq + i and sees keys 0..that position.
+  // Bottom-right aligned by default: query i sits at absolute position
+  // kv_seq_len - Lq + i and sees keys 0..that position (causal_align).
   bool causal = true;
+  CausalAlign causal_align = CausalAlign::bottom_right;
   // Score scale; unset means 1/sqrt(D) computed in f32.
   std::optional<float> scale;
   // Valid key positions (1..capacity); unset means all of k's positions.
@@ -26,6 +27,7 @@ struct SdpaPlan : AttentionShape {
   TensorView q, k, v;
   float scale = 0.0f;  // params.scale, or 1/sqrt(D) in f32
   bool causal = true;
+  std::int64_t causal_offset = 0;  // with causal, row i sees keys j <= i + causal_offset
   // The output the plan writes: q's shape and dtype.
   std::array<std::int64_t, 4> out_shape() const { return q.shape; }
   DType out_dtype() const { return q.dtype; }

@@ -7,15 +7,15 @@
 #include <vector>
 
 #include "fattn/decode.hpp"
+#include "numerics/constants.hpp"
 #include "numerics/exp.hpp"
 #include "numerics/tree_sum.hpp"
 
 namespace fattn::decode_detail {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr float kInitialMax = -FLT_MAX / 2;
-// The seed masks with -max(half), not -inf: a masked score is finite.
-constexpr float kMaskedScore = -65504.0f;
+using numerics::kInf;
+using numerics::kInitialMax;
+using numerics::kMaskedScore;
 constexpr std::int64_t kLanes = 32;  // one simdgroup: lane t owns float4 groups t, t+32, ...
 
 

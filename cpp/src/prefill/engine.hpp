@@ -10,15 +10,15 @@
 #include <vector>
 
 #include "fattn/prefill.hpp"
+#include "numerics/constants.hpp"
 #include "numerics/exp.hpp"
 #include "numerics/tree_sum.hpp"
 
 namespace fattn::prefill_detail {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr float kLog2e = 1.44269504089f;  // the f32 the Metal source's literal becomes
-// The running max starts finite, so exp(-inf - max) is exactly 0, never NaN.
-constexpr float kInitialMax = -FLT_MAX / 2;
+using numerics::kInf;
+using numerics::kInitialMax;
+using numerics::kLog2e;
 
 // --- arithmetic policies: what distinguishes the two seed families ------------
 
@@ -65,6 +65,15 @@ struct LlamaCppArithmetic {
 
 // The kernels read the plan itself (fattn/prefill.hpp).
 using Problem = PrefillPlan;
+
+// Causal: the tiles a block whose rows end before row `row_end` visits: up to
+// the one holding its last row's diagonal (none when every row precedes key 0).
+inline std::int64_t causal_tile_limit(std::int64_t row_end, std::int64_t causal_offset, std::int64_t k_tile,
+                                      std::int64_t n_tiles) {
+  const std::int64_t keys_seen = row_end + causal_offset;  // keys 0..keys_seen-1 are seen by the last row
+  if (keys_seen <= 0) return 0;
+  return std::min(n_tiles, (keys_seen + k_tile - 1) / k_tile);
+}
 
 // Per-thread scratch: one Q block and one K/V tile, all f32.
 struct Scratch {

@@ -30,7 +30,7 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
   const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
   // Causal: a block stops at the tile holding its last row's diagonal.
-  const std::int64_t tile_limit = p.causal ? std::min(n_tiles, (row0 + rows + BK - 1) / BK) : n_tiles;
+  const std::int64_t tile_limit = p.causal ? causal_tile_limit(row0 + rows, p.causal_offset, BK, n_tiles) : n_tiles;
 
   const float factor = Arith::template q_factor<T>(p.scale);
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -68,11 +68,11 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
       for (std::int64_t j = keys; j < BK; ++j) s[j] = -kInf;  // past Lk
       if (p.causal && !Arith::kCausalOverridesMask)
         for (std::int64_t j = 0; j < keys; ++j)
-          if (key0 + j > i) s[j] = -kInf;
+          if (key0 + j > i + p.causal_offset) s[j] = -kInf;
       if (p.mask && action != 2) apply_mask_row<Arith>(*p.mask, b, h, i, key0, keys, s, 1);
       if (p.causal && Arith::kCausalOverridesMask)
         for (std::int64_t j = 0; j < keys; ++j)
-          if (key0 + j > i) s[j] = -kInf;
+          if (key0 + j > i + p.causal_offset) s[j] = -kInf;
       // Online softmax, one rescale per tile.
       float tile_max = -kInf;
       for (std::int64_t j = 0; j < BK; ++j) tile_max = std::max(tile_max, s[j]);
@@ -225,6 +225,9 @@ PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, co
   plan.geometry = prefill_geometry(params.kernel, q.head_dim(), params.q_tile, params.k_tile);
   plan.scale = resolve_scale(params.scale, q.head_dim());
   plan.causal = params.causal;
+  require(params.causal_align == CausalAlign::top_left || params.causal_align == CausalAlign::bottom_right,
+          "causal: unknown alignment code ", int(params.causal_align), " (expected top_left or bottom_right)");
+  plan.causal_offset = causal_offset(params.causal_align, plan.q_len, plan.kv_len);
   const PrefillGeometry& geometry = plan.geometry;
   const std::int64_t q_len = plan.q_len, kv_len = plan.kv_len;
   if (mask) plan.mask = broadcast_mask(*mask, {q.batch(), q.heads(), q_len, kv_len}, "mask");

@@ -400,11 +400,12 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   for (std::int64_t r = 0; r < rows; ++r) {
     block_of[r] = (row0 + r) / BQ;
     const std::int64_t block_end = std::min(block_of[r] * BQ + BQ, p.q_len);
-    limit[r] = p.causal ? std::min(n_tiles, (block_end + BK - 1) / BK) : n_tiles;
+    limit[r] = p.causal ? causal_tile_limit(block_end, p.causal_offset, BK, n_tiles) : n_tiles;
     max_limit = std::max(max_limit, limit[r]);
   }
-  I row_index[NV];
-  for (std::int64_t u = 0; u < NV; ++u) row_index[u] = V::iota(std::int32_t(row0 + u * V::W));
+  // Causal: lane r masks keys past row0 + r + causal_offset.
+  I diag_index[NV];
+  for (std::int64_t u = 0; u < NV; ++u) diag_index[u] = V::iota(std::int32_t(row0 + p.causal_offset + u * V::W));
   const F neg_inf = V::set1(-kInf);
 
   // P·V of the pending tiles for their active rows: all rows at once in the
@@ -474,12 +475,13 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       });
     // Masks in the seed's order.
     auto apply_causal = [&] {
-      if (!p.causal || key0 + keys - 1 <= row0) return;  // no key past the group's first row: nothing to mask
+      // No key past the group's first row's diagonal: nothing to mask.
+      if (!p.causal || key0 + keys - 1 <= row0 + p.causal_offset) return;
       for (std::int64_t j = 0; j < keys; ++j) {
         const I key = V::iset1(std::int32_t(key0 + j));
         for (std::int64_t u = 0; u < row_vectors; ++u) {
           float* s = sT + j * R + u * V::W;
-          V::store(s, V::blend(V::int_gt(key, row_index[u]), V::load(s), neg_inf));
+          V::store(s, V::blend(V::int_gt(key, diag_index[u]), V::load(s), neg_inf));
         }
       }
     };

@@ -19,7 +19,7 @@ inline constexpr std::int64_t kSdpaRows = 32;
 // up to its position kv_len - q_len + i.
 inline std::int64_t visible_keys(const SdpaShape& s, std::int64_t i) {
   if (!s.causal) return s.kv_len;
-  const std::int64_t n = s.kv_len - s.q_len + i + 1;
+  const std::int64_t n = i + s.causal_offset + 1;
   return n < 0 ? 0 : (n > s.kv_len ? s.kv_len : n);
 }
 

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "numerics/constants.hpp"
 #include "numerics/dtype_dispatch.hpp"
 #include "fattn/parallel.hpp"
 #include "sdpa/engine.hpp"
@@ -28,7 +29,7 @@ void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int
               std::int64_t visible, const SdpaShape& s, float* acc, T* out) {
   const std::int64_t d_len = s.head_dim;
   std::fill(acc, acc + d_len, 0.0f);
-  float running_max = -std::numeric_limits<float>::infinity();
+  float running_max = -numerics::kInf;
   float running_sum = 0.0f;
   for (std::int64_t key = 0; key < visible; ++key) {
     const T* k_row = k.row<const T>(b, kv_head, key);
@@ -103,6 +104,9 @@ SdpaPlan plan_sdpa(const TensorView& q, const TensorView& k, const TensorView& v
   plan.v = v;
   plan.scale = resolve_scale(params.scale, q.head_dim());
   plan.causal = params.causal;
+  require(params.causal_align == CausalAlign::top_left || params.causal_align == CausalAlign::bottom_right,
+          "causal: unknown alignment code ", int(params.causal_align), " (expected top_left or bottom_right)");
+  plan.causal_offset = causal_offset(params.causal_align, plan.q_len, plan.kv_len);
   return plan;
 }
 

@@ -42,7 +42,7 @@ void sdpa_rows_r(const TensorView& q, const TensorView& k, const TensorView& v, 
   }
   const F scale = V::set1(s.scale), one = V::set1(1.0f);
   // Keys below all_see are seen by every row of the block; from there on
-  // (causal) row i sees key j once i >= j + q_len - kv_len.
+  // (causal) row i sees key j once i >= j - causal_offset.
   const std::int64_t all_see = visible_keys(s, row0), any_sees = visible_keys(s, row0 + rows - 1);
   for (std::int64_t key = 0; key < any_sees; ++key) {
     const T* k_row = k.row<const T>(b, kv_head, key);
@@ -55,7 +55,7 @@ void sdpa_rows_r(const TensorView& q, const TensorView& k, const TensorView& v, 
     const bool partial = key >= all_see;
     typename V::M seen[R];
     if (partial) {  // lanes from `blind` on see the key
-      const std::int64_t blind = std::clamp<std::int64_t>(key + s.q_len - s.kv_len - row0, 0, R * W);
+      const std::int64_t blind = std::clamp<std::int64_t>(key - s.causal_offset - row0, 0, R * W);
       for (int u = 0; u < R; ++u) seen[u] = V::int_gt(V::iota(std::int32_t(u * W)), V::iset1(std::int32_t(blind - 1)));
     }
     F c[R], w[R];
