@@ -135,6 +135,8 @@ _INT64 = 2 ** 63
 
 
 def integer(x: Any, name: str) -> int:
+    if type(x) is int and -_INT64 <= x < _INT64:  # the common case, first (small calls pay for every check)
+        return x
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name}: expected an integer, got bool")
     try:
@@ -152,6 +154,8 @@ CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
 def causal_arg(x: Any) -> Tuple[bool, Optional[str]]:
     """``causal`` as (on, alignment): a bool keeps the kernel's own alignment (None), or a named
     one, "top_left" (query i sees keys 0..i) or "bottom_right" (the last query sees the last key)."""
+    if x is True or x is False:
+        return x, None
     if isinstance(x, str):
         if x in CAUSAL_ALIGNMENTS:
             return True, x
@@ -160,6 +164,8 @@ def causal_arg(x: Any) -> Tuple[bool, Optional[str]]:
 
 
 def boolean(x: Any, name: str) -> bool:
+    if x is True or x is False:
+        return x
     if not isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
     return bool(x)

@@ -41,7 +41,8 @@ def sdpa(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: Union[bool, str] =
     ``out``: an array of q's dtype and shape to write into (any strides that do not overlap;
     misaligned or non-contiguous-D arrays are written through a temporary); it is returned.
     """
+    on, align = causal_arg(causal)
     result = _core.sdpa(as_array(q, "q"), as_array(k, "k"), as_array(v, "v"),
-                        None if out is None else as_array(out, "out"), *causal_arg(causal),
+                        None if out is None else as_array(out, "out"), on, align,
                         optional_scale(scale), None if kv_seq_len is None else integer(kv_seq_len, "kv_seq_len"))
     return result if out is None else cast(np.ndarray, out)
