@@ -3,6 +3,7 @@
 #include <limits>
 #include <vector>
 
+#include "fattn/eigen.hpp"
 #include "fattn/tensor.hpp"
 
 using namespace fattn;
@@ -15,7 +16,7 @@ TEST(TensorView, ContiguousStridesAndRows) {
   EXPECT_EQ(t.stride[1], 20);
   EXPECT_EQ(t.stride[2], 5);
   EXPECT_EQ(t.row<const float>(1, 2, 3)[4], float(60 + 40 + 15 + 4));
-  auto s = t.slice<float>(1, 2);
+  auto s = slice<float>(t, 1, 2);
   EXPECT_EQ(s.rows(), 4);
   EXPECT_EQ(s.cols(), 5);
   EXPECT_EQ(s(3, 4), float(60 + 40 + 15 + 4));
@@ -31,7 +32,7 @@ TEST(TensorView, SeqMajorIsTheSameMemoryWithSwappedAxes) {
   EXPECT_EQ(t.length(), 3);
   // Element (b=0, l=2, h=1, d=3) is at 2*8 + 1*4 + 3 = 23.
   EXPECT_EQ(t.row<const float>(0, 1, 2)[3], 23.0f);
-  auto s = t.slice<float>(0, 1);  // head 1: rows are positions, outer stride H*D
+  auto s = slice<float>(t, 0, 1);  // head 1: rows are positions, outer stride H*D
   EXPECT_EQ(s(2, 3), 23.0f);
   EXPECT_EQ(s.outerStride(), 8);
 }

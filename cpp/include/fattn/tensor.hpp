@@ -1,12 +1,12 @@
 #pragma once
-// Views over caller-owned memory. Nothing here owns or copies data.
+// Views over caller-owned memory. Nothing here owns or copies data (and no
+// Eigen: fattn/eigen.hpp maps a view's slices as Eigen matrices).
 //
 // A TensorView is always read as [B, H, L, D] (batch, head, position, head
 // dim); a seq-major array [B, L, H, D] is the same view with the two middle
 // strides swapped, so kernels never see layouts. Strides are in elements and
 // may be any value (0 and negative included) except along D, which must be
 // contiguous (stride 1). All index arithmetic is 64-bit.
-#include <Eigen/Core>
 #include <array>
 #include <cstdint>
 #include <string>
@@ -17,13 +17,6 @@
 namespace fattn {
 
 enum class Axis : int { batch = 0, head = 1, seq = 2, dim = 3 };
-
-template <class T>
-using RowMajorMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using ConstSliceMap = Eigen::Map<const RowMajorMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <class T>
-using SliceMap = Eigen::Map<RowMajorMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 struct TensorView {
   void* data = nullptr;
@@ -44,15 +37,6 @@ struct TensorView {
   template <class T>
   T* row(std::int64_t b, std::int64_t h, std::int64_t l) const {
     return static_cast<T*>(data) + offset(b, h, l);
-  }
-  // One (batch, head) slice as an L x D matrix with an outer stride.
-  template <class T>
-  ConstSliceMap<T> slice(std::int64_t b, std::int64_t h) const {
-    return ConstSliceMap<T>(row<const T>(b, h, 0), shape[2], shape[3], Eigen::OuterStride<>(stride[2]));
-  }
-  template <class T>
-  SliceMap<T> mutable_slice(std::int64_t b, std::int64_t h) const {
-    return SliceMap<T>(row<T>(b, h, 0), shape[2], shape[3], Eigen::OuterStride<>(stride[2]));
   }
 };
 
