@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "fattn/fattn.hpp"
-#include "../cpp/src/simd/isa.hpp"
+#include "../cpp/src/runtime/isa.hpp"
 
 using namespace fattn;
 

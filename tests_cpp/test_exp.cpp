@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "../cpp/src/simd/exp.hpp"
+#include "../cpp/src/numerics/exp.hpp"
 
 using namespace fattn::simd;
 

@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "../cpp/src/simd/isa.hpp"
+#include "../cpp/src/runtime/isa.hpp"
 #include "fattn/fattn.hpp"
 
 using namespace fattn;

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "fattn/fattn.hpp"
-#include "simd/isa.hpp"
+#include "runtime/isa.hpp"
 
 using namespace fattn;
 
