@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "fattn/dtype.hpp"
+#include "runtime/cpu_features.hpp"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -122,8 +123,7 @@ __attribute__((target("f16c"))) static float hw_f16_to_f32(std::uint16_t h) { re
 
 // Every one of the 2^32 f32 patterns against the CPU's IEEE conversion.
 TEST(DtypeF16, EveryF32PatternMatchesF16C) {
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "CPU has no F16C";
+  if (!fattn::simd::cpu_features().f16c) GTEST_SKIP() << "CPU has no F16C";
   std::uint64_t mismatches = 0;
   for (std::uint64_t u = 0; u <= 0xffffffffull; ++u) {
     const float x = f32_from_bits(std::uint32_t(u));

@@ -4,10 +4,12 @@
 
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../cpp/src/runtime/isa.hpp"
 #include "fattn/fattn.hpp"
+#include "runtime/cpu_features.hpp"
 
 using namespace fattn;
 
@@ -115,6 +117,22 @@ TEST(IsaPaths, DecodeMatchesTheScalarModel) {
   }
   for (std::size_t i = 1; i < outs.size(); ++i)
     EXPECT_EQ(0, std::memcmp(outs[i].data(), outs[0].data(), outs[0].size() * 4)) << simd::available_isas(true)[i];
+}
+
+TEST(CpuFeatures, BuildInfoReportsTheDetectedOnes) {
+  const simd::CpuFeatures& cpu = simd::cpu_features();
+  std::vector<std::string> expected;
+  for (const char* name : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512bf16"})
+    if (cpu.has(name)) expected.push_back(name);
+  EXPECT_EQ(build_info().cpu_features, expected);
+  EXPECT_EQ(&cpu, &simd::cpu_features());  // detected once
+  EXPECT_FALSE(cpu.has("sse9"));
+  EXPECT_FALSE(simd::CpuFeatures::known("sse9"));
+  EXPECT_EQ(cpu.has_all("avx2,fma"), cpu.avx2 && cpu.fma);
+#if defined(__x86_64__)
+  EXPECT_GT(cpu.family, 0);
+  EXPECT_FALSE(cpu.brand.empty());
+#endif
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fattn/error.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/isa.hpp"
 #include "simd/target.hpp"
 
@@ -149,8 +150,7 @@ Peaks measure_peaks(int threads, double seconds) {
   Peaks peaks;
   const simd::Isa isa = simd::best_isa();
   const bool avx512 = isa == simd::Isa::avx512;
-  __builtin_cpu_init();
-  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  const bool bf16 = avx512 && simd::cpu_features().avx512_bf16;
   peaks.f32_fma_gflops = avx512               ? rate(threads, seconds, 16 * 16 * 2, fma_loop)
                          : isa == simd::Isa::avx2 ? rate(threads, seconds, 12 * 8 * 2, fma_loop_avx2)
                                                   : rate(threads, seconds, 16, scalar_fma_loop);

@@ -2,37 +2,16 @@
 
 #include <atomic>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
-
 #include "fattn/error.hpp"
+#include "runtime/cpu_features.hpp"
 
 namespace fattn::simd {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// F16C from CPUID leaf 1 directly: clang 14's __builtin_cpu_supports does not
-// know "f16c". (It only matters where AVX is usable, which the AVX2 and
-// AVX-512 checks below establish, OS support included.)
-bool has_f16c() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
-}
-#else
-bool has_f16c() { return false; }
-#endif
-
 Isa detect() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  const bool f16c = has_f16c();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
-      f16c)
-    return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return Isa::avx2;
-#endif
+  const CpuFeatures& cpu = cpu_features();
+  if (cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512dq && cpu.fma && cpu.f16c) return Isa::avx512;
+  if (cpu.avx2 && cpu.fma && cpu.f16c) return Isa::avx2;
   return Isa::scalar;
 }
 
@@ -42,11 +21,6 @@ std::atomic<int>& active() {
 }
 
 }  // namespace
-
-bool cpu_has_f16c() {
-  static const bool f16c = has_f16c();
-  return f16c;
-}
 
 Isa best_isa() {
   static const Isa best = detect();

@@ -35,7 +35,5 @@ Isa isa_from_name(const std::string& name);
 // The paths this CPU can run, best last; with include_emulated, also
 // avx512_emulated (after them) where the CPU can run it.
 std::vector<std::string> available_isas(bool include_emulated = false);
-// CPUID's F16C bit (clang 14's __builtin_cpu_supports has no "f16c").
-bool cpu_has_f16c();
 
 }  // namespace fattn::simd

@@ -1,0 +1,37 @@
+#pragma once
+// What this CPU offers, detected once, for every part that asks: which vector
+// targets can run (runtime/isa.cpp), what build_info() reports, which loops
+// the probe times. All false off x86-64.
+#include <string>
+#include <string_view>
+
+namespace fattn::simd {
+
+// X(member, name): each feature, named as GCC and clang name it in target
+// attributes.
+#define FATTN_CPU_FEATURES(X)                                                                              \
+  X(avx2, "avx2") X(fma, "fma") X(f16c, "f16c") X(avx512f, "avx512f") X(avx512bw, "avx512bw")             \
+  X(avx512vl, "avx512vl") X(avx512dq, "avx512dq") X(avx512_bf16, "avx512bf16")
+
+struct CpuFeatures {
+#define FATTN_X(member, name) bool member = false;
+  FATTN_CPU_FEATURES(FATTN_X)
+#undef FATTN_X
+  std::string brand;          // CPUID's brand string ("" where there is none)
+  int family = 0, model = 0;  // CPUID's display family and model
+
+  // Whether the CPU has the feature named `name`; false for a name not listed above.
+  bool has(std::string_view name) const;
+  // Whether it has every feature of a comma-separated list ("avx2,fma,f16c").
+  bool has_all(std::string_view names) const;
+  // Whether `name` is listed above.
+  static bool known(std::string_view name);
+
+ private:
+  const bool* find(std::string_view name) const;
+};
+
+// This CPU's features, detected on first use.
+const CpuFeatures& cpu_features();
+
+}  // namespace fattn::simd
