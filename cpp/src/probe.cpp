@@ -1,7 +1,5 @@
 #include "fattn/probe.hpp"
 
-#include <immintrin.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -11,7 +9,12 @@
 #include "fattn/error.hpp"
 #include "runtime/cpu_features.hpp"
 #include "runtime/isa.hpp"
+
+#if FATTN_SIMD_X86
+#include <immintrin.h>
+
 #include "simd/target.hpp"
+#endif
 
 namespace fattn {
 namespace {
@@ -38,7 +41,8 @@ double run_threads(int threads, F work) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-FATTN_TARGET_BEGIN_("avx512f,avx512bf16")
+#if FATTN_SIMD_X86
+FATTN_TARGET_BEGIN("avx512f,avx512bf16")
 // The lanes' sum (GCC 12's _mm512_reduce_add_ps trips -Wuninitialized in its own header).
 float sum_lanes(__m512 x) {
   alignas(64) float lane[16];
@@ -81,7 +85,7 @@ float read_loop(const float* p, std::int64_t n) {
 }
 FATTN_TARGET_END
 
-FATTN_TARGET_BEGIN_("avx2,fma")
+FATTN_TARGET_BEGIN("avx2,fma")
 // AVX2 machines (no AVX-512): 12 chains of 8 lanes cover two FMA ports of latency 4-5.
 float fma_loop_avx2(std::int64_t iterations) {
   __m256 acc[12];
@@ -106,6 +110,7 @@ float read_loop_avx2(const float* p, std::int64_t n) {
   return lanes[0] + lanes[7];
 }
 FATTN_TARGET_END
+#endif  // FATTN_SIMD_X86
 
 float scalar_fma_loop(std::int64_t iterations) {
   float acc[8] = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -125,8 +130,10 @@ volatile float sink;
 // The widest read loop this CPU runs (the probe must not be slower than the kernels' loads).
 float read_any(simd::Isa isa, const float* p, std::int64_t n) {
   switch (isa) {
+#if FATTN_SIMD_X86
     case simd::Isa::avx512: return read_loop(p, n);
     case simd::Isa::avx2: return read_loop_avx2(p, n);
+#endif
     default: return scalar_read_loop(p, n);
   }
 }
@@ -143,18 +150,28 @@ double rate(int threads, double seconds, double flops_per_iteration, F loop) {
   }
 }
 
+// The FMA rate of the widest loop this CPU runs.
+double fma_rate(simd::Isa isa, int threads, double seconds) {
+  switch (isa) {
+#if FATTN_SIMD_X86
+    case simd::Isa::avx512: return rate(threads, seconds, 16 * 16 * 2, fma_loop);
+    case simd::Isa::avx2: return rate(threads, seconds, 12 * 8 * 2, fma_loop_avx2);
+#endif
+    default: return rate(threads, seconds, 16, scalar_fma_loop);
+  }
+}
+
 }  // namespace
 
 Peaks measure_peaks(int threads, double seconds) {
   require(threads >= 1 && threads <= 1024, "threads: must be from 1 to 1024, got ", threads);
   Peaks peaks;
   const simd::Isa isa = simd::best_isa();
-  const bool avx512 = isa == simd::Isa::avx512;
-  const bool bf16 = avx512 && simd::cpu_features().avx512_bf16;
-  peaks.f32_fma_gflops = avx512               ? rate(threads, seconds, 16 * 16 * 2, fma_loop)
-                         : isa == simd::Isa::avx2 ? rate(threads, seconds, 12 * 8 * 2, fma_loop_avx2)
-                                                  : rate(threads, seconds, 16, scalar_fma_loop);
-  if (bf16) peaks.bf16_dot_gflops = rate(threads, seconds, 16 * 32 * 2, bf16_loop);
+  peaks.f32_fma_gflops = fma_rate(isa, threads, seconds);
+#if FATTN_SIMD_X86
+  if (isa == simd::Isa::avx512 && simd::cpu_features().avx512_bf16)
+    peaks.bf16_dot_gflops = rate(threads, seconds, 16 * 32 * 2, bf16_loop);
+#endif
   // 256 MiB per thread: far beyond any last-level cache here.
   const std::int64_t per_thread = std::int64_t(64) << 20;
   std::vector<float> buffer(std::size_t(per_thread * threads), 1.0f);

@@ -16,6 +16,7 @@
 #include "decode/engine.hpp"
 #include "runtime/scratch.hpp"
 #include "runtime/isa.hpp"
+#include "simd/dispatch.hpp"
 #include "views/validate.hpp"
 
 namespace fattn {
@@ -244,6 +245,7 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
     const std::int64_t want = 2 * std::int64_t(get_num_threads());
     const std::int64_t blocks = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
     const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
+    const auto groups_fn = simd::vector_kernels(isa).decode_groups(k.dtype);
     ReduceWhenDone reduce(out, o, s, m, p, blocks);
     parallel_for(heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
@@ -251,12 +253,7 @@ void run_partials(const TensorView& q, const TensorView& k, const TensorView& v,
       for (std::int64_t item = begin; item < end; ++item) {
         const std::int64_t blk = item % blocks, kv_head = (item / blocks) % p.kv_heads, b = item / (blocks * p.kv_heads);
         const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
-        if (g0 < g1)
-          detail::dispatch_dtype(k.dtype, [&](auto tag) {
-            using T = decltype(tag);
-            simd::vector_path(isa, &decode_groups_avx512<T>, &decode_groups_avx512_emulated<T>,
-                              &decode_groups_avx2<T>)(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
-          });
+        if (g0 < g1) groups_fn(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
         reduce.item_done(b, kv_head, reduce_work);
       }
     });

@@ -15,6 +15,7 @@
 #include "prefill/engine.hpp"
 #include "runtime/scratch.hpp"
 #include "runtime/isa.hpp"
+#include "simd/dispatch.hpp"
 #include "views/validate.hpp"
 
 namespace fattn {
@@ -112,8 +113,7 @@ void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& 
   if (isa != simd::Isa::scalar) {
     // 32 rows per item, one per vector lane; each row keeps its own block's
     // tile range, so the result is the scalar model's to the bit.
-    const auto rows_fn = simd::vector_path(isa, &prefill_rows_avx512<T, Arith>,
-                                           &prefill_rows_avx512_emulated<T, Arith>, &prefill_rows_avx2<T, Arith>);
+    const auto rows_fn = simd::vector_kernels(isa).prefill_rows<T, Arith>();
     const std::int64_t groups = (p.q_len + kSimdRows - 1) / kSimdRows;
     parallel_for(p.batch * p.heads * groups, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float>& workspace = detail::thread_scratch(detail::ScratchSlot::work);

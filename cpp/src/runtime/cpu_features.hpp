@@ -8,7 +8,7 @@
 namespace fattn::simd {
 
 // X(member, name): each feature, named as GCC and clang name it in target
-// attributes.
+// attributes, which is how a target's features (simd/targets.hpp) name it.
 #define FATTN_CPU_FEATURES(X)                                                                              \
   X(avx2, "avx2") X(fma, "fma") X(f16c, "f16c") X(avx512f, "avx512f") X(avx512bw, "avx512bw")             \
   X(avx512vl, "avx512vl") X(avx512dq, "avx512dq") X(avx512_bf16, "avx512bf16")
@@ -22,7 +22,7 @@ struct CpuFeatures {
 
   // Whether the CPU has the feature named `name`; false for a name not listed above.
   bool has(std::string_view name) const;
-  // Whether it has every feature of a comma-separated list ("avx2,fma,f16c").
+  // Whether it has every feature of a comma-separated list (a target's).
   bool has_all(std::string_view names) const;
   // Whether `name` is listed above.
   static bool known(std::string_view name);

@@ -11,6 +11,7 @@
 #include "runtime/scratch.hpp"
 #include "numerics/exp.hpp"
 #include "runtime/isa.hpp"
+#include "simd/dispatch.hpp"
 #include "views/validate.hpp"
 
 namespace fattn {
@@ -57,8 +58,7 @@ void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, 
                  const SdpaShape& s) {
   const simd::Isa isa = simd::active_isa();
   if (isa != simd::Isa::scalar) {  // kSdpaRows rows of one head per item, one per vector lane
-    const auto rows_fn = simd::vector_path(isa, &sdpa_detail::sdpa_rows_avx512<T>,
-                                           &sdpa_detail::sdpa_rows_avx512_emulated<T>, &sdpa_detail::sdpa_rows_avx2<T>);
+    const auto rows_fn = simd::vector_kernels(isa).sdpa_rows<T>();
     const std::int64_t blocks = (s.q_len + sdpa_detail::kSdpaRows - 1) / sdpa_detail::kSdpaRows;
     parallel_for(s.batch * s.heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
