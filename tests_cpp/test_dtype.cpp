@@ -9,7 +9,8 @@
 #include "fattn/dtype.hpp"
 #include "runtime/cpu_features.hpp"
 
-#if defined(__x86_64__)
+// Only with the vector paths (FATTN_SIMD): without them nothing includes <immintrin.h>.
+#if defined(__x86_64__) && defined(FATTN_SIMD)
 #include <immintrin.h>
 #endif
 
@@ -115,7 +116,7 @@ TEST(DtypeBf16, RoundsToNearestEvenAroundEveryPattern) {
   }
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(FATTN_SIMD)
 __attribute__((target("f16c"))) static std::uint16_t hw_f32_to_f16(float x) {
   return std::uint16_t(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
 }

@@ -201,7 +201,7 @@ TEST(Targets, OnlyTheOnesThisBuildAndCpuRunCanBeChosen) {
 TEST(Targets, Avx2IsThereWhereTheCpuHasIt) {
   if (!FATTN_SIMD_X86) {
     EXPECT_EQ(simd::available_isas(true), std::vector<std::string>{"scalar"});
-    GTEST_SKIP() << "built without the vector paths (not x86-64)";
+    GTEST_SKIP() << "built without the vector paths (FATTN_SIMD off or not x86-64)";
   }
   if (!simd::cpu_features().has_all(FATTN_ISA_AVX2)) GTEST_SKIP() << "this CPU has no AVX2 + FMA + F16C";
   EXPECT_TRUE(available("avx2"));

@@ -11,7 +11,7 @@ namespace fattn::simd {
 namespace {
 
 // A target's row of the dispatch table, or null where this build does not
-// compile it (not x86-64).
+// compile it (FATTN_SIMD off, or not x86-64).
 #if FATTN_SIMD_X86
 #define FATTN_KERNELS_OF(id) &id##_kernels
 #else
@@ -71,7 +71,7 @@ void set_active_isa(Isa isa) {
   const Target* t = find(isa);
   require(isa == Isa::scalar || t, "isa: unknown instruction set code ", int(isa));
   if (t) {
-    require(t->kernels, "isa: this build has no '", t->name, "' path (not built for x86-64)");
+    require(t->kernels, "isa: this build has no '", t->name, "' path (built with FATTN_SIMD off, or not for x86-64)");
     require(runs(*t), "isa: this CPU cannot run '", t->name, "' (best: '", isa_name(best_isa()), "')");
   }
   active().store(int(isa));

@@ -36,8 +36,11 @@
   X(avx512, 2, Vec512, FATTN_ISA_AVX512, native)                    \
   X(avx512_emulated, 3, Vec512Emulated, FATTN_ISA_AVX2, emulated)
 
-// Whether this build compiles the targets: every one above is x86-64.
-#if defined(__x86_64__)
+// Whether this build compiles the targets: every one above is x86-64, built
+// from simd/*.cpp when the CMake option FATTN_SIMD is on (its default on
+// x86-64). Otherwise the core has the scalar path only, and no file includes
+// <immintrin.h>.
+#if defined(FATTN_SIMD) && defined(__x86_64__)
 #define FATTN_SIMD_X86 1
 #else
 #define FATTN_SIMD_X86 0
