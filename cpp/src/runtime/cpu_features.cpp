@@ -28,13 +28,13 @@ CpuFeatures detect() {
   // libgcc's (and compiler-rt's) checks, which include the OS's support for
   // the AVX and AVX-512 registers.
   __builtin_cpu_init();
-  f.avx2 = __builtin_cpu_supports("avx2");
-  f.fma = __builtin_cpu_supports("fma");
-  f.avx512f = __builtin_cpu_supports("avx512f");
-  f.avx512bw = __builtin_cpu_supports("avx512bw");
-  f.avx512vl = __builtin_cpu_supports("avx512vl");
-  f.avx512dq = __builtin_cpu_supports("avx512dq");
-  f.avx512_bf16 = __builtin_cpu_supports("avx512bf16");
+#define FATTN_DETECT_builtin(member, name) f.member = __builtin_cpu_supports(name);
+#define FATTN_DETECT_cpuid(member, name)
+#define FATTN_X(member, name, source) FATTN_DETECT_##source(member, name)
+  FATTN_CPU_FEATURES(FATTN_X)
+#undef FATTN_X
+#undef FATTN_DETECT_cpuid
+#undef FATTN_DETECT_builtin
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid(1, &a, &b, &c, &d)) {
     // F16C from CPUID leaf 1 directly: clang 14's __builtin_cpu_supports does
@@ -55,7 +55,7 @@ CpuFeatures detect() { return {}; }
 }  // namespace
 
 const bool* CpuFeatures::find(std::string_view name) const {
-#define FATTN_X(member, spelling) \
+#define FATTN_X(member, spelling, source) \
   if (name == spelling) return &member;
   FATTN_CPU_FEATURES(FATTN_X)
 #undef FATTN_X

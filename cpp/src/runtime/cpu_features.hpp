@@ -7,14 +7,18 @@
 
 namespace fattn::simd {
 
-// X(member, name): each feature, named as GCC and clang name it in target
-// attributes, which is how a target's features (simd/targets.hpp) name it.
-#define FATTN_CPU_FEATURES(X)                                                                              \
-  X(avx2, "avx2") X(fma, "fma") X(f16c, "f16c") X(avx512f, "avx512f") X(avx512bw, "avx512bw")             \
-  X(avx512vl, "avx512vl") X(avx512dq, "avx512dq") X(avx512_bf16, "avx512bf16")
+// X(member, name, source): each feature, named as GCC and clang name it in
+// target attributes, which is how a target's features (simd/targets.hpp) name
+// it; source says how it is detected: builtin, by __builtin_cpu_supports(name)
+// (which checks the OS's support for the registers too), or cpuid, read in
+// cpu_features.cpp (F16C: clang 14's __builtin_cpu_supports does not know it).
+#define FATTN_CPU_FEATURES(X)                                                                    \
+  X(avx2, "avx2", builtin) X(fma, "fma", builtin) X(f16c, "f16c", cpuid)                        \
+  X(avx512f, "avx512f", builtin) X(avx512bw, "avx512bw", builtin) X(avx512vl, "avx512vl", builtin) \
+  X(avx512dq, "avx512dq", builtin) X(avx512_bf16, "avx512bf16", builtin)
 
 struct CpuFeatures {
-#define FATTN_X(member, name) bool member = false;
+#define FATTN_X(member, name, source) bool member = false;
   FATTN_CPU_FEATURES(FATTN_X)
 #undef FATTN_X
   std::string brand;          // CPUID's brand string ("" where there is none)

@@ -8,9 +8,11 @@
 //
 // Adding a target: its line below (with a FATTN_ISA_* string if its features
 // are new), its file simd/<id>.cpp (simd/avx2.cpp with its id, features and
-// traits header), and a traits header simd/vec_*.hpp if none fits. The
-// tests (tests_cpp/test_isa.cpp, tests_py/test_isa.py) hold every target the
-// CPU runs to the scalar model.
+// traits header), and a traits header simd/vec_*.hpp if none fits. A CPU
+// feature fattn does not detect yet is one more line, in FATTN_CPU_FEATURES
+// (runtime/cpu_features.hpp); tests_cpp/test_isa.cpp fails until it is there.
+// The tests (tests_cpp/test_isa.cpp, tests_py/test_isa.py) hold every target
+// the CPU runs to the scalar model.
 #include <string_view>
 
 // What a target's code is compiled for (its region, simd/target.hpp), which
