@@ -14,7 +14,7 @@ DEB_PACKAGES := libeigen3-dev libgtest-dev g++ make
 PY_PACKAGES := numpy ml_dtypes pytest hypothesis scikit-build-core pybind11 cmake ninja
 CORE_SOURCES := $(shell find cpp python -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.inl' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: help demo test test-cpp test-py test-asan bench bench-probe examples clean deps typecheck test-interop
+.PHONY: help demo test test-cpp test-py test-asan test-scalar bench bench-probe examples clean deps typecheck test-interop
 
 help:
 	@echo "make demo   - set up, build, run examples/quickstart.py"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-probe - only the bench's peak probes, the module fattn_probe (bench/probe -> build/probe)"
 	@echo "make examples - set up, build, run every examples/*.py (each checks what it shows)"
 	@echo "make test-asan - the GoogleTest suite under ASan + UBSan"
+	@echo "make test-scalar - the GoogleTest suite with the core built without the vector paths (-DFATTN_SIMD=OFF)"
 	@echo "make test-tsan - the threaded GoogleTests under ThreadSanitizer (build/tsan)"
 	@echo "make example-cpp - install the C++ core into build/install, build and run examples/cpp against it"
 	@echo "make fuzz   - libFuzzer (clang, ASan + UBSan) on the C++ API for FUZZ_SECONDS (default 60)"
@@ -98,6 +99,19 @@ test-asan: $(VENV)/.py-deps
 	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(BUILD)/asan -j2
 	@UBSAN_OPTIONS=halt_on_error=1 $(BUILD)/asan/tests_cpp/fattn_tests --gtest_brief=1 \
 	  --gtest_filter='-Exp.*Within*:DtypeF16.EveryF32*:DtypeBf16.RoundsToNearestEvenAroundEveryPattern'
+
+# The core as it builds off x86-64: -DFATTN_SIMD=OFF compiles no simd/*.cpp, so
+# only the scalar path exists, and no file may include <immintrin.h> (checked
+# in the compilers' dependency lists). The GoogleTest suite then runs on it.
+SCALAR_BUILD := $(BUILD)/scalar
+test-scalar: $(VENV)/.py-deps
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake -S . -B $(SCALAR_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DFATTN_BUILD_TESTS=ON -DFATTN_BUILD_PYTHON=OFF -DFATTN_SIMD=OFF >/dev/null
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH cmake --build $(SCALAR_BUILD) -j2
+	@found=$$(PATH=$(CURDIR)/$(VENV)/bin:$$PATH ninja -C $(SCALAR_BUILD) -t deps | awk '/^[^ ]/ {obj = $$1} /immintrin\.h/ {print obj}'); \
+	if [ -n "$$found" ]; then echo "== <immintrin.h> included with FATTN_SIMD=OFF by: $$found"; exit 1; fi
+	@echo "== GoogleTest (ctest), scalar path only"
+	@PATH=$(CURDIR)/$(VENV)/bin:$$PATH ctest --test-dir $(SCALAR_BUILD) --output-on-failure -j2
 
 # The bench's peak probes (bench/probe): a pybind11 module of their own, fattn_probe, configured
 # with the venv's Python, pybind11, cmake and ninja into build/probe; not part of the library.

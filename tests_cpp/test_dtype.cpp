@@ -7,8 +7,10 @@
 #include <limits>
 
 #include "fattn/dtype.hpp"
+#include "runtime/cpu_features.hpp"
 
-#if defined(__x86_64__)
+// Only with the vector paths (FATTN_SIMD): without them nothing includes <immintrin.h>.
+#if defined(__x86_64__) && defined(FATTN_SIMD)
 #include <immintrin.h>
 #endif
 
@@ -114,7 +116,7 @@ TEST(DtypeBf16, RoundsToNearestEvenAroundEveryPattern) {
   }
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(FATTN_SIMD)
 __attribute__((target("f16c"))) static std::uint16_t hw_f32_to_f16(float x) {
   return std::uint16_t(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
 }
@@ -122,8 +124,7 @@ __attribute__((target("f16c"))) static float hw_f16_to_f32(std::uint16_t h) { re
 
 // Every one of the 2^32 f32 patterns against the CPU's IEEE conversion.
 TEST(DtypeF16, EveryF32PatternMatchesF16C) {
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "CPU has no F16C";
+  if (!fattn::simd::cpu_features().f16c) GTEST_SKIP() << "CPU has no F16C";
   std::uint64_t mismatches = 0;
   for (std::uint64_t u = 0; u <= 0xffffffffull; ++u) {
     const float x = f32_from_bits(std::uint32_t(u));

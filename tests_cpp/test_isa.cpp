@@ -1,13 +1,18 @@
 // Every instruction-set path this CPU has against the scalar model, bit for
-// bit, through the C++ API (and so under the sanitizer builds too).
+// bit, through the C++ API (and so under the sanitizer builds too); the list
+// of targets, the dispatch table and the CPU features they are chosen by.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../cpp/src/runtime/isa.hpp"
 #include "fattn/fattn.hpp"
+#include "runtime/cpu_features.hpp"
+#include "simd/dispatch.hpp"
 
 using namespace fattn;
 
@@ -115,6 +120,109 @@ TEST(IsaPaths, DecodeMatchesTheScalarModel) {
   }
   for (std::size_t i = 1; i < outs.size(); ++i)
     EXPECT_EQ(0, std::memcmp(outs[i].data(), outs[0].data(), outs[0].size() * 4)) << simd::available_isas(true)[i];
+}
+
+struct TargetEntry {
+  simd::Isa isa;
+  std::string name, features;
+  bool emulated;
+};
+
+const std::vector<TargetEntry>& targets() {
+  static const std::vector<TargetEntry> list = {
+#define FATTN_X(id, code, traits, features, kind) \
+  {simd::Isa::id, #id, features, simd::TargetKind::kind == simd::TargetKind::emulated},
+      FATTN_VECTOR_TARGETS(FATTN_X)
+#undef FATTN_X
+  };
+  return list;
+}
+
+bool available(const std::string& name) {
+  const auto names = simd::available_isas(true);
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// A typo in a target's features would make it never run, silently.
+TEST(Targets, NameOnlyFeaturesTheCpuCheckKnows) {
+  for (const TargetEntry& t : targets()) {
+    std::string rest = t.features;
+    for (std::size_t comma; (comma = rest.find(',')) != std::string::npos; rest.erase(0, comma + 1))
+      EXPECT_TRUE(simd::CpuFeatures::known(rest.substr(0, comma))) << t.name << ": " << rest.substr(0, comma);
+    EXPECT_TRUE(simd::CpuFeatures::known(rest)) << t.name << ": " << rest;
+  }
+}
+
+TEST(Targets, NamesAndCodesRoundTrip) {
+  EXPECT_EQ(simd::isa_from_name("scalar"), simd::Isa::scalar);
+  for (const TargetEntry& t : targets()) {
+    EXPECT_EQ(simd::isa_name(t.isa), t.name);
+    EXPECT_EQ(simd::isa_from_name(t.name), t.isa);
+    EXPECT_NE(int(t.isa), int(simd::Isa::scalar));
+  }
+}
+
+// A target is available exactly where this build has it and the CPU has its
+// features; one that is not can never be selected, and the refusal leaves the
+// active path alone.
+TEST(Targets, OnlyTheOnesThisBuildAndCpuRunCanBeChosen) {
+  RestoreIsa restore;
+  for (const TargetEntry& t : targets()) {
+    const bool runs = FATTN_SIMD_X86 && simd::cpu_features().has_all(t.features);
+    EXPECT_EQ(available(t.name), runs) << t.name;
+    EXPECT_EQ(simd::can_run(t.isa), runs) << t.name;
+    simd::set_active_isa(simd::Isa::scalar);
+    if (!runs) {
+      EXPECT_THROW(simd::set_active_isa(t.isa), InvalidArgument) << t.name;
+      EXPECT_EQ(simd::active_isa(), simd::Isa::scalar);
+      continue;
+    }
+    simd::set_active_isa(t.isa);
+    EXPECT_EQ(build_info().isa, t.name);
+    const simd::VectorKernels& row = simd::vector_kernels(t.isa);
+    for (int d = 0; d < simd::VectorKernels::kDTypes; ++d) {
+      EXPECT_NE(row.prefill[d][0], nullptr) << t.name;
+      EXPECT_NE(row.prefill[d][1], nullptr) << t.name;
+      EXPECT_NE(row.decode[d], nullptr) << t.name;
+      EXPECT_NE(row.sdpa[d], nullptr) << t.name;
+    }
+  }
+  const auto native = simd::available_isas(), all = simd::available_isas(true);
+  ASSERT_FALSE(native.empty());
+  EXPECT_EQ(native.front(), "scalar");
+  EXPECT_EQ(native.back(), simd::isa_name(simd::best_isa()));
+  EXPECT_TRUE(std::equal(native.begin(), native.end(), all.begin()));
+  for (const TargetEntry& t : targets())
+    if (t.emulated) EXPECT_EQ(std::count(native.begin(), native.end(), t.name), 0) << t.name;
+}
+
+// The build that compiles the vector paths has them where the CPU can run
+// them: a build that lost its simd/ files fails here, not only on speed.
+TEST(Targets, Avx2IsThereWhereTheCpuHasIt) {
+  if (!FATTN_SIMD_X86) {
+    EXPECT_EQ(simd::available_isas(true), std::vector<std::string>{"scalar"});
+    GTEST_SKIP() << "built without the vector paths (FATTN_SIMD off or not x86-64)";
+  }
+  if (!simd::cpu_features().has_all(FATTN_ISA_AVX2)) GTEST_SKIP() << "this CPU has no AVX2 + FMA + F16C";
+  EXPECT_TRUE(available("avx2"));
+  EXPECT_TRUE(available("avx512_emulated"));
+  EXPECT_NE(simd::best_isa(), simd::Isa::scalar);
+}
+
+TEST(CpuFeatures, BuildInfoReportsTheDetectedOnes) {
+  const simd::CpuFeatures& cpu = simd::cpu_features();
+  std::vector<std::string> expected;
+  for (const char* name : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512bf16"})
+    if (cpu.has(name)) expected.push_back(name);
+  EXPECT_EQ(build_info().cpu_features, expected);
+  EXPECT_EQ(&cpu, &simd::cpu_features());  // detected once
+  EXPECT_FALSE(cpu.has("sse9"));
+  EXPECT_FALSE(simd::CpuFeatures::known("sse9"));
+  EXPECT_EQ(cpu.has_all("avx2,fma"), cpu.avx2 && cpu.fma);
+#if defined(__x86_64__)
+  EXPECT_GT(cpu.family, 0);
+  EXPECT_FALSE(cpu.brand.empty());
+#endif
 }
 
 }  // namespace

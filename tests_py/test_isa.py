@@ -39,7 +39,7 @@ PREFILL_CASES = list(itertools.product(
     [False, True]))
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("dtype, config, mask_kind, causal", PREFILL_CASES,
                          ids=[f"{np.dtype(c[0]).name}-D{c[1][0]}-{c[1][1]}-{c[1][2]}-{c[2]}-{c[3]}"
                               for c in PREFILL_CASES])
@@ -64,7 +64,7 @@ def test_prefill_paths_match_the_scalar_model(rng, restore_isa, dtype, config, m
         assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("lq", [1, 2, 4, 5, 8, 9, 16, 17, 24, 25, 32 + 3, 32 + 20])
 @pytest.mark.parametrize("d", [64, 33, 200])
@@ -90,7 +90,7 @@ def test_prefill_paths_match_on_short_row_blocks(rng, restore_isa, dtype, lq, d,
         assert (bits(results[isa][1]) == bits(results["scalar"][1])).all(), isa
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 def test_prefill_paths_match_on_non_finite_inputs(rng, restore_isa):
     q, k, v = (rng.standard_normal(s).astype(F32) for s in ((1, 2, 40, 64), (1, 2, 50, 64), (1, 2, 50, 64)))
     q[0, 0, 3, 5] = np.nan
@@ -101,7 +101,7 @@ def test_prefill_paths_match_on_non_finite_inputs(rng, restore_isa):
         assert (bits(results[isa][0]) == bits(results["scalar"][0])).all()
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("d", [64, 33])
 def test_prefill_paths_match_on_seq_major_strided_views(rng, restore_isa, dtype, d):
@@ -123,7 +123,7 @@ SDPA_SHAPES = [(1, 1, 1, 1, 1, 1, 8), (1, 2, 1, 1, 37, 64, 16), (2, 4, 2, 7, 7, 
                (1, 2, 2, 9, 50, 50, 512)]
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("shape", SDPA_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("causal", [False, True])
@@ -144,6 +144,20 @@ def test_set_isa_rejects_unknown_names(restore_isa):
         fattn.available_isas(include_emulated=1)
 
 
+def test_set_isa_refuses_paths_this_build_or_cpu_cannot_run(restore_isa):
+    # No silent fallback: a path not compiled in (FATTN_SIMD off) or beyond the CPU is an error.
+    runnable = fattn.available_isas(include_emulated=True)
+    for name in ["avx2", "avx512", "avx512_emulated"]:
+        if name not in runnable:
+            fattn.set_isa("scalar")
+            with pytest.raises(ValueError, match=f"isa: this (build has no|CPU cannot run) '{name}'"):
+                fattn.set_isa(name)
+            assert fattn.build_info()["isa"] == "scalar"
+    for name in runnable:
+        fattn.set_isa(name)
+        assert fattn.build_info()["isa"] == name
+
+
 def test_emulated_path_is_listed_only_on_request():
     assert "avx512_emulated" not in fattn.available_isas()
     with_emulated = fattn.available_isas(include_emulated=True)
@@ -157,7 +171,7 @@ DECODE_CASES = list(itertools.product(DTYPES, [32, 96, 256, 512], [1, 3, 32, 64]
                                       [dict(), dict(mask="sliding_window", window=100), dict(softcap=3.0)]))
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("dtype, d, nwg, kw", DECODE_CASES,
                          ids=[f"{np.dtype(c[0]).name}-D{c[1]}-nwg{c[2]}-{sorted(c[3])}" for c in DECODE_CASES])
 def test_decode_paths_match_the_scalar_model(rng, restore_isa, dtype, d, nwg, kw):
@@ -169,7 +183,7 @@ def test_decode_paths_match_the_scalar_model(rng, restore_isa, dtype, d, nwg, kw
             assert (bits(got) == bits(want)).all(), isa
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("heads, kv_heads, d", [(1, 1, 64), (3, 1, 160), (6, 2, 32), (16, 1, 128)])
 def test_decode_paths_match_for_any_group_size_and_non_finite_inputs(rng, restore_isa, heads, kv_heads, d):
     # Group sizes that do not fill the paths' head tiles, D that leaves a part
@@ -186,7 +200,7 @@ def test_decode_paths_match_for_any_group_size_and_non_finite_inputs(rng, restor
             assert (bits(got) == bits(want)).all(), isa
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("kv_len, nwg", [(1, 1), (1, 32), (40, 8), (95, 64), (200, 7)])
 @pytest.mark.parametrize("window", [0, 40])
 def test_decode_paths_match_on_short_caches(rng, restore_isa, kv_len, nwg, window):
@@ -202,7 +216,7 @@ def test_decode_paths_match_on_short_caches(rng, restore_isa, kv_len, nwg, windo
             assert (bits(got) == bits(want)).all(), isa
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 def test_decode_paths_match_when_every_score_ties(rng, restore_isa, dtype):
     # A zero query gives every position the score +0 (and a zero K row
@@ -221,7 +235,7 @@ def test_decode_paths_match_when_every_score_ties(rng, restore_isa, dtype):
                 assert (bits(got) == bits(want)).all(), isa
 
 
-@pytest.mark.skipif(not PATHS, reason="this CPU has only the scalar path")
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("layout", ["seq_major", "every_third_position", "negative_position_step"])
 def test_decode_paths_match_on_strided_caches(rng, restore_isa, dtype, layout):

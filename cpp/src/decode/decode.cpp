@@ -16,6 +16,7 @@
 #include "decode/engine.hpp"
 #include "runtime/scratch.hpp"
 #include "runtime/isa.hpp"
+#include "simd/dispatch.hpp"
 #include "views/validate.hpp"
 
 namespace fattn {
@@ -49,7 +50,7 @@ std::int64_t reduce_lanes(std::int64_t nwg) {  // the reduce's lanes: a power of
 // chunk of K/V is widened once for all of them.
 template <class T>
 void decode_group(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
-                  const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
+                  const TensorView& s_part, const TensorView& m_part, const DecodePlan& p, std::int64_t b,
                   std::int64_t kv_head, std::int64_t g, std::vector<float>& work) {
   const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, C = kDecodeChunk;
   // work: staged Q (group x D), K and V chunks (C x D each), O (group x D), chunk sum lo (D)
@@ -188,7 +189,7 @@ void validate_partials(const TensorView& o, const TensorView& s, const TensorVie
 class ReduceWhenDone {
  public:
   ReduceWhenDone(const TensorView* out, const TensorView& o, const TensorView& s, const TensorView& m,
-                 const Decode& p, std::int64_t items_per_head)
+                 const DecodePlan& p, std::int64_t items_per_head)
       : out_(out), o_(o), s_(s), m_(m), p_(p) {
     if (!out_) return;
     left_ = std::make_unique<std::atomic<std::int64_t>[]>(std::size_t(p.batch * p.kv_heads));
@@ -205,14 +206,14 @@ class ReduceWhenDone {
  private:
   const TensorView* out_;
   const TensorView &o_, &s_, &m_;
-  const Decode& p_;
+  const DecodePlan& p_;
   std::unique_ptr<std::atomic<std::int64_t>[]> left_;
 };
 
 // The partials of every (batch, head) into o, s, m; with `out`, also their
 // reduce into out.
 void compute_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                  const TensorView& s, const TensorView& m, const Decode& p, const TensorView* out = nullptr) {
+                  const TensorView& s, const TensorView& m, const DecodePlan& p, const TensorView* out = nullptr) {
   const simd::Isa isa = simd::active_isa();
   if (isa != simd::Isa::scalar) {
     // Each item walks its KV head's cache once, in memory order, for a block
@@ -222,6 +223,7 @@ void compute_partials(const TensorView& q, const TensorView& k, const TensorView
     const std::int64_t want = 2 * std::int64_t(get_num_threads());
     const std::int64_t blocks = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
     const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
+    const auto groups_fn = simd::vector_kernels(isa).decode_groups(k.dtype);
     ReduceWhenDone reduce(out, o, s, m, p, blocks);
     parallel_for(heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
@@ -229,12 +231,7 @@ void compute_partials(const TensorView& q, const TensorView& k, const TensorView
       for (std::int64_t item = begin; item < end; ++item) {
         const std::int64_t blk = item % blocks, kv_head = (item / blocks) % p.kv_heads, b = item / (blocks * p.kv_heads);
         const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
-        if (g0 < g1)
-          detail::dispatch_dtype(k.dtype, [&](auto tag) {
-            using T = decltype(tag);
-            simd::vector_path(isa, &decode_groups_avx512<T>, &decode_groups_avx512_emulated<T>,
-                              &decode_groups_avx2<T>)(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
-          });
+        if (g0 < g1) groups_fn(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
         reduce.item_done(b, kv_head, reduce_work);
       }
     });

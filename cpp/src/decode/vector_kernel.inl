@@ -252,7 +252,7 @@ inline void prefetch_rows(const TensorView& t, std::int64_t b, std::int64_t kv_h
 
 template <class V, class T>
 void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
-                          const TensorView& s_part, const TensorView& m_part, const Decode& p, std::int64_t b,
+                          const TensorView& s_part, const TensorView& m_part, const DecodePlan& p, std::int64_t b,
                           std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end,
                           std::vector<float>& work) {
   using F = typename V::F;

@@ -1,7 +1,7 @@
 #pragma once
 // What the prefill engine's paths share: the arithmetic policies of the two
 // seed families, the problem description, and small helpers. The scalar
-// model (prefill.cpp) and every SIMD path (simd/prefill_*.cpp) use these, so
+// model (prefill.cpp) and the SIMD paths (vector_kernel.inl) use these, so
 // the per-element arithmetic is written once.
 #include <cfloat>
 #include <cmath>
@@ -63,8 +63,6 @@ struct LlamaCppArithmetic {
 };
 
 
-// The kernels read the plan itself (fattn/prefill.hpp).
-using Problem = PrefillPlan;
 
 // Causal: the tiles a block whose rows end before row `row_end` visits: up to
 // the one holding its last row's diagonal (none when every row precedes key 0).
@@ -78,7 +76,7 @@ inline std::int64_t causal_tile_limit(std::int64_t row_end, std::int64_t causal_
 // Per-thread scratch: one Q block and one K/V tile, all f32.
 struct Scratch {
   std::vector<float> q, k, v, s, o, row_max, row_sum;
-  explicit Scratch(const Problem& p) {
+  explicit Scratch(const PrefillPlan& p) {
     const auto bq = std::size_t(p.geometry.q_tile), bk = std::size_t(p.geometry.k_tile),
                d = std::size_t(p.head_dim);
     q.resize(bq * d);
@@ -118,25 +116,9 @@ inline void apply_mask_row(const MaskView& m, std::int64_t b, std::int64_t h, st
   }
 }
 
-// Rows of Q a SIMD path handles together (one lane per row).
+// Rows of Q a SIMD path handles together (one lane per row). The SIMD paths
+// (prefill/vector_kernel.inl, compiled once per target by simd/<target>.cpp)
+// are reached through the dispatch table (simd/dispatch.hpp).
 inline constexpr std::int64_t kSimdRows = 32;
-
-// The SIMD paths: up to kSimdRows query rows from row0 of (b, h). One
-// source (prefill/vector_kernel.inl) compiled per instruction set, in
-// simd/prefill_avx512.cpp and simd/prefill_avx2.cpp (and, for tests on
-// machines without AVX-512, the AVX-512 code emulated on AVX2 in
-// simd/prefill_avx512_emulated.cpp), for T in {float, float16, bfloat16}.
-template <class T, class Arith>
-void prefill_rows_avx512(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                         const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
-                         std::vector<float>& workspace);
-template <class T, class Arith>
-void prefill_rows_avx512_emulated(const TensorView& q, const TensorView& k, const TensorView& v,
-                                  const TensorView& out, const Problem& p, std::int64_t b, std::int64_t h,
-                                  std::int64_t row0, std::vector<float>& workspace);
-template <class T, class Arith>
-void prefill_rows_avx2(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                       const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0,
-                       std::vector<float>& workspace);
 
 }  // namespace fattn::prefill_detail

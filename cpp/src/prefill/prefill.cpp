@@ -15,6 +15,7 @@
 #include "prefill/engine.hpp"
 #include "runtime/scratch.hpp"
 #include "runtime/isa.hpp"
+#include "simd/dispatch.hpp"
 #include "views/validate.hpp"
 
 namespace fattn {
@@ -24,7 +25,7 @@ using namespace prefill_detail;
 
 template <class T, class Arith>
 void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                   const Problem& p, std::int64_t b, std::int64_t h, std::int64_t q_block, Scratch& w) {
+                   const PrefillPlan& p, std::int64_t b, std::int64_t h, std::int64_t q_block, Scratch& w) {
   const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
   const std::int64_t row0 = q_block * BQ, rows = std::min(BQ, p.q_len - row0);
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
@@ -107,13 +108,12 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
 
 template <class T, class Arith>
 void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                    const Problem& p) {
+                    const PrefillPlan& p) {
   const simd::Isa isa = simd::active_isa();
   if (isa != simd::Isa::scalar) {
     // 32 rows per item, one per vector lane; each row keeps its own block's
     // tile range, so the result is the scalar model's to the bit.
-    const auto rows_fn = simd::vector_path(isa, &prefill_rows_avx512<T, Arith>,
-                                           &prefill_rows_avx512_emulated<T, Arith>, &prefill_rows_avx2<T, Arith>);
+    const auto rows_fn = simd::vector_kernels(isa).prefill_rows<T, Arith>();
     const std::int64_t groups = (p.q_len + kSimdRows - 1) / kSimdRows;
     parallel_for(p.batch * p.heads * groups, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float>& workspace = detail::thread_scratch(detail::ScratchSlot::work);

@@ -346,7 +346,7 @@ constexpr std::int64_t kPvBatchKeys = 64;
 
 template <class V, class T, class Arith>
 void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                  const Problem& p, std::int64_t b, std::int64_t h, std::int64_t row0, std::vector<float>& workspace) {
+                  const PrefillPlan& p, std::int64_t b, std::int64_t h, std::int64_t row0, std::vector<float>& workspace) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr std::int64_t R = kSimdRows;

@@ -1,6 +1,7 @@
 #include "fattn/build_info.hpp"
 
 #include "fattn/parallel.hpp"
+#include "runtime/cpu_features.hpp"
 #include "runtime/isa.hpp"
 
 namespace fattn {
@@ -20,16 +21,9 @@ BuildInfo build_info() {
 #else
   info.build_type = "debug";
 #endif
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) info.cpu_features.push_back("avx2");
-  if (__builtin_cpu_supports("fma")) info.cpu_features.push_back("fma");
-  if (simd::cpu_has_f16c()) info.cpu_features.push_back("f16c");
-  if (__builtin_cpu_supports("avx512f")) info.cpu_features.push_back("avx512f");
-  if (__builtin_cpu_supports("avx512bw")) info.cpu_features.push_back("avx512bw");
-  if (__builtin_cpu_supports("avx512vl")) info.cpu_features.push_back("avx512vl");
-  if (__builtin_cpu_supports("avx512bf16")) info.cpu_features.push_back("avx512bf16");
-#endif
+  // The names and order build_info() has always reported.
+  for (const char* name : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512bf16"})
+    if (simd::cpu_features().has(name)) info.cpu_features.push_back(name);
   info.isa = simd::isa_name(simd::active_isa());
   info.num_threads = get_num_threads();
   return info;

@@ -1,39 +1,51 @@
 #include "runtime/isa.hpp"
 
 #include <atomic>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
+#include <iterator>
 
 #include "fattn/error.hpp"
+#include "runtime/cpu_features.hpp"
+#include "simd/dispatch.hpp"
 
 namespace fattn::simd {
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// F16C from CPUID leaf 1 directly: clang 14's __builtin_cpu_supports does not
-// know "f16c". (It only matters where AVX is usable, which the AVX2 and
-// AVX-512 checks below establish, OS support included.)
-bool has_f16c() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
-}
+// A target's row of the dispatch table, or null where this build does not
+// compile it (FATTN_SIMD off, or not x86-64).
+#if FATTN_SIMD_X86
+#define FATTN_KERNELS_OF(id) &id##_kernels
 #else
-bool has_f16c() { return false; }
+#define FATTN_KERNELS_OF(id) nullptr
 #endif
 
+struct Target {
+  Isa isa;
+  const char* name;
+  const char* features;
+  bool emulated;
+  const VectorKernels* kernels;
+};
+
+constexpr Target kTargets[] = {
+#define FATTN_X(id, code, traits, features, kind) \
+  {Isa::id, #id, features, TargetKind::kind == TargetKind::emulated, FATTN_KERNELS_OF(id)},
+    FATTN_VECTOR_TARGETS(FATTN_X)
+#undef FATTN_X
+};
+
+const Target* find(Isa isa) {
+  for (const Target& t : kTargets)
+    if (t.isa == isa) return &t;
+  return nullptr;
+}
+
+bool runs(const Target& t) { return t.kernels && cpu_features().has_all(t.features); }
+
 Isa detect() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  const bool f16c = has_f16c();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") &&
-      f16c)
-    return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return Isa::avx2;
-#endif
-  return Isa::scalar;
+  Isa best = Isa::scalar;
+  for (const Target& t : kTargets)
+    if (!t.emulated && runs(t)) best = t.isa;
+  return best;
 }
 
 std::atomic<int>& active() {
@@ -43,11 +55,6 @@ std::atomic<int>& active() {
 
 }  // namespace
 
-bool cpu_has_f16c() {
-  static const bool f16c = has_f16c();
-  return f16c;
-}
-
 Isa best_isa() {
   static const Isa best = detect();
   return best;
@@ -56,39 +63,44 @@ Isa best_isa() {
 Isa active_isa() { return Isa(active().load(std::memory_order_relaxed)); }
 
 bool can_run(Isa isa) {
-  if (isa == Isa::avx512_emulated) return int(best_isa()) >= int(Isa::avx2);
-  return int(isa) <= int(best_isa());
+  const Target* t = find(isa);
+  return isa == Isa::scalar || (t && runs(*t));
 }
 
 void set_active_isa(Isa isa) {
-  require(int(isa) >= 0 && int(isa) <= 3, "isa: unknown instruction set code ", int(isa));
-  require(can_run(isa), "isa: this CPU cannot run '", isa_name(isa), "' (best: '", isa_name(best_isa()), "')");
+  const Target* t = find(isa);
+  require(isa == Isa::scalar || t, "isa: unknown instruction set code ", int(isa));
+  if (t) {
+    require(t->kernels, "isa: this build has no '", t->name, "' path (built with FATTN_SIMD off, or not for x86-64)");
+    require(runs(*t), "isa: this CPU cannot run '", t->name, "' (best: '", isa_name(best_isa()), "')");
+  }
   active().store(int(isa));
 }
 
 std::string isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
-    case Isa::avx512_emulated: return "avx512_emulated";
-    case Isa::scalar: break;
-  }
-  return "scalar";
+  const Target* t = find(isa);
+  return t ? t->name : "scalar";
 }
 
 Isa isa_from_name(const std::string& name) {
   if (name == "scalar") return Isa::scalar;
-  if (name == "avx2") return Isa::avx2;
-  if (name == "avx512") return Isa::avx512;
-  if (name == "avx512_emulated") return Isa::avx512_emulated;
-  throw InvalidArgument("isa: must be 'scalar', 'avx2', 'avx512' or 'avx512_emulated', got '" + name + "'");
+  std::string names = "'scalar'";
+  const std::size_t n = std::size(kTargets);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (name == kTargets[i].name) return kTargets[i].isa;
+    names += std::string(i + 1 < n ? ", '" : " or '") + kTargets[i].name + "'";
+  }
+  throw InvalidArgument("isa: must be " + names + ", got '" + name + "'");
 }
 
 std::vector<std::string> available_isas(bool include_emulated) {
-  std::vector<std::string> names;
-  for (int i = 0; i <= int(best_isa()); ++i) names.push_back(isa_name(Isa(i)));
-  if (include_emulated && can_run(Isa::avx512_emulated)) names.push_back(isa_name(Isa::avx512_emulated));
+  std::vector<std::string> names{"scalar"};
+  for (bool emulated : {false, true})
+    for (const Target& t : kTargets)
+      if (t.emulated == emulated && (include_emulated || !emulated) && runs(t)) names.push_back(t.name);
   return names;
 }
+
+const VectorKernels& vector_kernels(Isa isa) { return *find(isa)->kernels; }
 
 }  // namespace fattn::simd

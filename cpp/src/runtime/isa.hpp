@@ -1,41 +1,34 @@
 #pragma once
 // Which instruction set the kernels run with: detected once, lowered on
 // request (tests run every path the machine has against the scalar model).
+// The vector targets and their names come from simd/targets.hpp.
 #include <string>
 #include <vector>
 
+#include "simd/targets.hpp"
+
 namespace fattn::simd {
 
-// avx512_emulated runs the AVX-512 path's code with its 16 lanes emulated on
-// AVX2 (simd/vec_avx512_emulated.hpp): slow, for testing that code on machines
-// without AVX-512; any CPU with the AVX2 path can run it.
-enum class Isa { scalar = 0, avx2 = 1, avx512 = 2, avx512_emulated = 3 };
+enum class Isa {
+  scalar = 0,
+#define FATTN_X(id, code, traits, features, kind) id = code,
+  FATTN_VECTOR_TARGETS(FATTN_X)
+#undef FATTN_X
+};
 
-// The best path this CPU supports: AVX-512 (F/BW/VL/DQ with FMA and F16C),
-// AVX2 (with FMA and F16C), or scalar.
+// The best path this build and CPU can run: the last native target of
+// simd/targets.hpp that it can run, or scalar.
 Isa best_isa();
 // The path kernels use now (default: best_isa()).
 Isa active_isa();
-// Whether this CPU can run the path.
+// Whether this build has the path compiled in and this CPU can run it.
 bool can_run(Isa isa);
-// Selects a path; InvalidArgument if the CPU cannot run it.
+// Selects a path; InvalidArgument if this build or CPU cannot run it.
 void set_active_isa(Isa isa);
 std::string isa_name(Isa isa);
-// Of one kernel's vector paths, the one for `isa` (not scalar: the caller runs
-// its model itself); one choice for every kernel family.
-template <class Fn>
-Fn vector_path(Isa isa, Fn avx512, Fn avx512_emulated, Fn avx2) {
-  switch (isa) {
-    case Isa::avx512: return avx512;
-    case Isa::avx512_emulated: return avx512_emulated;
-    default: return avx2;
-  }
-}
 Isa isa_from_name(const std::string& name);
-// The paths this CPU can run, best last; with include_emulated, also
-// avx512_emulated (after them) where the CPU can run it.
+// The paths this build and CPU can run: scalar, then the native targets, best
+// last; with include_emulated, also the emulated ones (after them).
 std::vector<std::string> available_isas(bool include_emulated = false);
-// CPUID's F16C bit (clang 14's __builtin_cpu_supports has no "f16c").
-bool cpu_has_f16c();
 
 }  // namespace fattn::simd

@@ -12,12 +12,12 @@
 #include "runtime/scratch.hpp"
 #include "numerics/exp.hpp"
 #include "runtime/isa.hpp"
+#include "simd/dispatch.hpp"
 #include "views/validate.hpp"
 
 namespace fattn {
 namespace {
 
-using sdpa_detail::SdpaShape;
 using detail::dispatch_dtype;
 
 // One query row, the seed's arithmetic (docs/numerics.md, "Naive SDPA"):
@@ -26,7 +26,7 @@ using detail::dispatch_dtype;
 // scalar model; the SIMD paths (sdpa/vector_kernel.inl) repeat it lane by lane.
 template <class T>
 void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int64_t b, std::int64_t kv_head,
-              std::int64_t visible, const SdpaShape& s, float* acc, T* out) {
+              std::int64_t visible, const SdpaPlan& s, float* acc, T* out) {
   const std::int64_t d_len = s.head_dim;
   std::fill(acc, acc + d_len, 0.0f);
   float running_max = -numerics::kInf;
@@ -56,11 +56,10 @@ void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int
 
 template <class T>
 void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                 const SdpaShape& s) {
+                 const SdpaPlan& s) {
   const simd::Isa isa = simd::active_isa();
   if (isa != simd::Isa::scalar) {  // kSdpaRows rows of one head per item, one per vector lane
-    const auto rows_fn = simd::vector_path(isa, &sdpa_detail::sdpa_rows_avx512<T>,
-                                           &sdpa_detail::sdpa_rows_avx512_emulated<T>, &sdpa_detail::sdpa_rows_avx2<T>);
+    const auto rows_fn = simd::vector_kernels(isa).sdpa_rows<T>();
     const std::int64_t blocks = (s.q_len + sdpa_detail::kSdpaRows - 1) / sdpa_detail::kSdpaRows;
     parallel_for(s.batch * s.heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);

@@ -19,7 +19,7 @@ namespace {
 
 template <class V, int R, class T>
 void sdpa_rows_r(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                 const SdpaShape& s, std::int64_t b, std::int64_t h, std::int64_t row0, std::int64_t rows,
+                 const SdpaPlan& s, std::int64_t b, std::int64_t h, std::int64_t row0, std::int64_t rows,
                  std::vector<float>& work) {
   using F = typename V::F;
   constexpr std::int64_t W = V::W;
@@ -94,7 +94,7 @@ void sdpa_rows_r(const TensorView& q, const TensorView& k, const TensorView& v, 
 
 template <class V, class T>
 void sdpa_rows(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-               const SdpaShape& s, std::int64_t b, std::int64_t h, std::int64_t row0, std::vector<float>& work) {
+               const SdpaPlan& s, std::int64_t b, std::int64_t h, std::int64_t row0, std::vector<float>& work) {
   constexpr std::int64_t W = V::W;
   static_assert(kSdpaRows % W == 0 && kSdpaRows / W <= 4, "up to four row vectors");
   const std::int64_t rows = std::min(kSdpaRows, s.q_len - row0);
