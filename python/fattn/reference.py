@@ -13,7 +13,7 @@ All functions take the same array types as the kernels (float32, float16,
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -195,6 +195,46 @@ def prefill_geometry(head_dim: int, kernel: str = "auto", q_tile: Optional[int] 
     return (bq if q_tile is None else int(q_tile)), bk
 
 
+class _PrefillPolicy:
+    """The steps in which the two prefill seed families differ, by the names of the C++ policies
+    (cpp/src/prefill/engine.hpp: CandleArithmetic, LlamaCppArithmetic), in float32."""
+
+    def __init__(self, natural_exp: bool, scale_after_dot: bool, sum_group: int, causal_overrides_mask: bool):
+        self.natural_exp = natural_exp                        # exp on natural-unit scores, else exp2 on log2 units
+        self.scale_after_dot = scale_after_dot                # score = dot * scale, else the scale went into Q
+        self.sum_group = sum_group                            # row sums: one tree per this many keys
+        self.causal_overrides_mask = causal_overrides_mask    # mask first, then causal -inf; else the reverse
+
+    def q_factor(self, scale: np.float32, round_io: Callable[[np.ndarray], np.ndarray]) -> Optional[np.ndarray]:
+        """The factor Q is staged with (None: Q as it came)."""
+        return None if self.scale_after_dot else round_io(np.asarray(scale * _LOG2E32, dtype=np.float32))
+
+    def mask_term(self, mask: np.ndarray) -> np.ndarray:
+        """What an additive mask value adds to a score."""
+        if self.natural_exp:  # through half, in natural units
+            return mask.astype(np.float32).astype(np.float16).astype(np.float32)
+        with np.errstate(over="ignore"):
+            return _LOG2E32 * mask.astype(np.float32)
+
+    def exp(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(np.exp(x) if self.natural_exp else np.exp2(x))
+
+    def normalise(self, acc: np.ndarray, row_sum: np.ndarray) -> np.ndarray:
+        f32 = np.float32
+        if self.natural_exp:  # a reciprocal, then a multiply
+            inv = np.where(row_sum == 0, f32(0), f32(1) / np.where(row_sum == 0, f32(1), row_sum))
+            return acc * inv[..., None]
+        return np.where(row_sum[..., None] == 0, f32(0), acc / np.where(row_sum == 0, f32(1), row_sum)[..., None])
+
+    def lse(self, m64: np.ndarray, l64: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.asarray(m64 + np.log(l64) if self.natural_exp else (m64 + np.log2(l64)) * np.log(2.0))
+
+
+_CANDLE = _PrefillPolicy(natural_exp=False, scale_after_dot=False, sum_group=8, causal_overrides_mask=False)
+_LLAMACPP = _PrefillPolicy(natural_exp=True, scale_after_dot=True, sum_group=64, causal_overrides_mask=True)
+
+
 def _tree_sum(p: np.ndarray) -> np.ndarray:
     """Sum over the last axis (a power of two) as pairs, pairs of pairs, ... in float32."""
     while p.shape[-1] > 1:
@@ -229,7 +269,7 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
     """
     if kernel not in ("auto", "candle", "llamacpp"):
         raise ValueError(f"kernel: must be 'auto', 'candle' or 'llamacpp', got {kernel!r}")
-    llama = kernel == "llamacpp"
+    policy = _LLAMACPP if kernel == "llamacpp" else _CANDLE
     dtype = np.asarray(q).dtype
     f32 = np.float32
     def to_bhld(x: npt.ArrayLike) -> np.ndarray:
@@ -246,24 +286,17 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
     def round_io(x: np.ndarray) -> np.ndarray:
         return x.astype(dtype).astype(f32)
 
-    if llama:
-        q_staged = q32
-    else:
-        factor = round_io(np.asarray(scale32 * _LOG2E32, dtype=f32))
-        q_staged = round_io(q32 * factor)
+    factor = policy.q_factor(scale32, round_io)
+    q_staged = q32 if factor is None else round_io(q32 * factor)
 
     mask_bool = mask_term = None
     if mask is not None:
         mask = np.broadcast_to(np.asarray(mask), (batch, heads, q_len, k_len))
         if mask.dtype == bool:
             mask_bool = mask
-        elif llama:
-            mask_term = mask.astype(f32).astype(np.float16).astype(f32)
         else:
-            with np.errstate(over="ignore"):
-                mask_term = _LOG2E32 * mask.astype(f32)
-    exp = np.exp if llama else np.exp2
-    group = 64 if llama else 8
+            mask_term = policy.mask_term(mask)
+    group = policy.sum_group
 
     n_tiles = -(-k_len // bk)
     block_of_row = np.arange(q_len) // bq
@@ -288,10 +321,10 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
             dots = np.einsum("bhid,bhjd->bhij", q_staged.astype(np.float64), k32[:, :, j0:j1].astype(np.float64))
             s = np.full((batch, heads, q_len, bk), -np.inf, dtype=f32)
             s[..., :j1 - j0] = dots.astype(f32)
-            if llama:
+            if policy.scale_after_dot:
                 s = s * scale32
             future = (keys > rows + diag) if is_causal else np.zeros((q_len, bk), dtype=bool)
-            if not llama:
+            if not policy.causal_overrides_mask:
                 s = np.where(future, f32(-np.inf), s)
             add = (action != 2)[:, None]
             if mask_bool is not None:
@@ -302,11 +335,11 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
                 term = np.zeros((batch, heads, q_len, bk), dtype=f32)
                 term[..., :j1 - j0] = mask_term[..., j0:j1]
                 s = np.where(add, s + term, s)
-            if llama:
+            if policy.causal_overrides_mask:
                 s = np.where(future, f32(-np.inf), s)
             new_max = np.maximum(row_max, s.max(axis=-1))
-            p = exp(s - new_max[..., None]).astype(f32)
-            rescale = exp(row_max - new_max).astype(f32)
+            p = policy.exp(s - new_max[..., None]).astype(f32)
+            rescale = policy.exp(row_max - new_max).astype(f32)
             tile_sum = np.zeros_like(row_sum)
             for g in range(0, bk, group):
                 tile_sum = tile_sum + _tree_sum(p[..., g:g + group])
@@ -318,19 +351,13 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
             row_sum = np.where(act, new_sum, row_sum)
             acc = np.where(act[..., None], new_acc, acc)
             row_max = np.where(act, new_max, row_max)
-        if llama:
-            inv = np.where(row_sum == 0, f32(0), f32(1) / np.where(row_sum == 0, f32(1), row_sum))
-            out = acc * inv[..., None]
-        else:
-            out = np.where(row_sum[..., None] == 0, f32(0), acc / np.where(row_sum == 0, f32(1), row_sum)[..., None])
+        out = policy.normalise(acc, row_sum)
     out = out.astype(dtype)
     if layout == "blhd":
         out = out.transpose(0, 2, 1, 3)
     if not return_lse:
         return out
-    m64, l64 = row_max.astype(np.float64), row_sum.astype(np.float64)
-    with np.errstate(divide="ignore"):
-        lse = m64 + np.log(l64) if llama else (m64 + np.log2(l64)) * np.log(2.0)
+    lse = policy.lse(row_max.astype(np.float64), row_sum.astype(np.float64))
     lse = np.where(row_sum == 0, -np.inf, lse).astype(f32)
     return out, lse
 

@@ -21,6 +21,12 @@ using numerics::kInitialMax;
 using numerics::kLog2e;
 
 // --- arithmetic policies: what distinguishes the two seed families ------------
+//
+// Each policy declares its steps once: the scalar model calls the functions,
+// the vector paths (vector_kernel.inl) read the same named properties for the
+// steps they vectorise (where the scale goes, which exp, the sum grouping,
+// the order of the causal and mask steps), and fattn.reference's
+// _PrefillPolicy mirrors the names.
 
 // candle/MLX flash_attn_prefill.metal: Q pre-scaled by scale*log2(e) in the
 // I/O type, scores in log2 units, exp2, mask times log2(e), a true divide.
@@ -28,13 +34,14 @@ struct CandleArithmetic {
   static constexpr std::int64_t kSumGroup = 8;          // row sums: a tree per 8 keys, groups in order
   static constexpr bool kCausalOverridesMask = false;   // causal -inf is set before the mask add
   static constexpr bool kNaturalExp = false;            // exp2 on log2-unit scores
+  static constexpr bool kScaleAfterDot = false;         // the scale went into Q (stage_q)
   template <class T>
   static float q_factor(float scale) { return round_to<T>(scale * kLog2e); }
   template <class T>
   static float stage_q(float q, float factor) { return round_to<T>(q * factor); }
-  static float score(float dot, float /*scale*/) { return dot; }
+  static float score(float dot, float scale) { return kScaleAfterDot ? dot * scale : dot; }
   static float mask_term(float m) { return kLog2e * m; }
-  static float exp(float x) { return simd::exp2_f32(x); }
+  static float exp(float x) { return kNaturalExp ? simd::exp_f32(x) : simd::exp2_f32(x); }
   static float normalise(float o, float l) { return l == 0.0f ? 0.0f : o / l; }
   static float lse(float m, float l) {
     if (l == 0.0f) return -kInf;
@@ -47,14 +54,15 @@ struct CandleArithmetic {
 struct LlamaCppArithmetic {
   static constexpr std::int64_t kSumGroup = 64;         // pair sums then a 32-lane tree: a tree per 64 keys
   static constexpr bool kCausalOverridesMask = true;    // mask added first, causal -inf after
-  static constexpr bool kNaturalExp = true;
+  static constexpr bool kNaturalExp = true;             // exp on natural-unit scores
+  static constexpr bool kScaleAfterDot = true;          // f32 score * scale, Q as it came
   template <class T>
   static float q_factor(float) { return 1.0f; }
   template <class T>
   static float stage_q(float q, float) { return q; }
-  static float score(float dot, float scale) { return dot * scale; }
+  static float score(float dot, float scale) { return kScaleAfterDot ? dot * scale : dot; }
   static float mask_term(float m) { return f16_to_f32(f32_to_f16(m)); }
-  static float exp(float x) { return simd::exp_f32(x); }
+  static float exp(float x) { return kNaturalExp ? simd::exp_f32(x) : simd::exp2_f32(x); }
   static float normalise(float o, float l) { return o * (l == 0.0f ? 0.0f : 1.0f / l); }
   static float lse(float m, float l) {
     if (l == 0.0f) return -kInf;

@@ -24,6 +24,7 @@ namespace fattn::prefill_detail {
 // another (templates here that do not depend on V would otherwise be shared).
 namespace {
 
+// Arith::exp on a vector.
 template <class V, class Arith>
 inline typename V::F exp_policy(typename V::F x) {
   return Arith::kNaturalExp ? simd::exp_v<V>(x) : simd::exp2_v<V>(x);
@@ -159,7 +160,7 @@ inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK,
       for (std::int64_t u = 0; u < NV; ++u) {
         F sv = acc[jj][u];
         if (jb + jj >= keys) sv = V::set1(-kInf);                   // past Lk
-        else if (Arith::kNaturalExp) sv = V::mul(sv, V::set1(scale));  // llama.cpp: Arith::score
+        else if (Arith::kScaleAfterDot) sv = V::mul(sv, V::set1(scale));  // Arith::score
         V::store(s + u * V::W, sv);
       }
     }
