@@ -8,8 +8,8 @@ bench/ab/driver.cpp (from the current tree) linked against it. Then, for each ca
 drivers run alternately `--rounds` times; the table gives each side's median of the rounds'
 medians, the spread, and B/A. On a shared machine whose speed drifts over minutes this
 compares like with like, where two separate `make bench` runs may not. Cases are the
-driver's arguments (see bench/ab/driver.cpp): "prefill <f32|bf16> <D> <L> <repeats>" or
-"decode <f32|f16> <kv_len> <H_kv> <repeats>".
+driver's arguments (see bench/ab/driver.cpp): "prefill <f32|bf16> <D> <L> <repeats>",
+"sdpa <f32|bf16> <D> <L> <repeats>" or "decode <f32|f16> <kv_len> <H_kv> <repeats>".
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 //   driver prefill <f32|bf16> <D> <L> <repeats>      B=1, H=16, non-causal
 //                   (L may be Lq:Lk, e.g. 8:4096 for a short query block)
 //   driver prefill-causal <f32|bf16> <D> <L> <repeats>   the same, causal
+//   driver sdpa <f32|bf16> <D> <L> <repeats>     the naive SDPA, B=1, H=16, non-causal
 //   driver decode  <f32|f16> <kv_len> <H_kv> <repeats>  H = 2 H_kv, D = 256
 // Prints "median_ms <x>" (prefill also "min_ms") and, for decode, "paired_read <fraction>": each call
 // is followed by a two-thread streaming read of the same K and V bytes, and
@@ -60,7 +61,7 @@ int main(int argc, char** argv) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
   std::vector<double> times, ratios;
-  if (kind == "prefill" || kind == "prefill-causal") {
+  if (kind == "prefill" || kind == "prefill-causal" || kind == "sdpa") {
     const char* colon = std::strchr(argv[4], ':');
     const std::int64_t H = 16, D = a, Lq = b, L = colon ? std::atoll(colon + 1) : b, n = H * L * D;
     const bool bf16 = dtype == "bf16";
@@ -82,9 +83,14 @@ int main(int argc, char** argv) {
     const TensorView ov = contiguous_view(bf16 ? static_cast<void*>(out16.data()) : out.data(), dt, {1, H, Lq, D}, true);
     PrefillParams params;
     params.causal = kind == "prefill-causal";
+    SdpaParams sdpa_params;
+    sdpa_params.causal = false;
     for (int r = 0; r <= repeats; ++r) {
       const auto t0 = Clock::now();
-      flash_attn_prefill(view(0), view(1), view(2), ov, nullptr, nullptr, nullptr, params);
+      if (kind == "sdpa")
+        sdpa(view(0), view(1), view(2), ov, sdpa_params);
+      else
+        flash_attn_prefill(view(0), view(1), view(2), ov, nullptr, nullptr, nullptr, params);
       if (r > 0) times.push_back(seconds_since(t0));  // the first call warms up
     }
     const double t = median(times);
