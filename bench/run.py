@@ -170,8 +170,14 @@ def main(argv):
     os.makedirs(RESULTS, exist_ok=True)
     rng = np.random.default_rng(0)
     repeats = 3 if args.quick else args.repeats
-    print(f"fattn {fattn.__version__} isa={fattn.build_info()['isa']}; torch "
+    info = fattn.build_info()
+    # Where it ran: on every table (this header) and every CSV row.
+    machine = dict(cpu=info["cpu"] or "unknown", cpu_family_model=f"{info['cpu_family']}/{info['cpu_model']}",
+                   cpu_features=" ".join(info["cpu_features"]))
+    print(f"CPU: {machine['cpu']} (family/model {machine['cpu_family_model']}; {machine['cpu_features'] or 'no AVX2'})")
+    print(f"fattn {fattn.__version__} isa={info['isa']} paths {info['isa_paths']}; torch "
           f"{torch.__version__ if torch is not None else 'not installed: its column is skipped'}")
+    print(f"  ({info['isa_reason']})")
     peaks = {}
     for threads in (1, 2):
         peaks[threads] = fattn_probe.measure_peaks(threads, 0.3)
@@ -249,9 +255,12 @@ def main(argv):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["kind", "case", "system", "dtype", "head_dim", "h_kv", "length", "causal",
                                                "kernel", "threads", "median_s", "spread_s", "gflops",
-                                               "fraction_of_peak", "paired_read_fraction"], restval="")
+                                               "fraction_of_peak", "paired_read_fraction", "cpu", "cpu_family_model",
+                                               "cpu_features", "fattn_path"], restval="")
         writer.writeheader()
-        writer.writerows(records)
+        for r in records:  # the path fattn's kernel family ran with (the other systems have none)
+            family = "decode" if r["kind"] == "decode" else "sdpa" if r["kind"] == "sdpa" else "prefill"
+            writer.writerow(dict(r, **machine, fattn_path=info["isa_paths"][family] if r["system"] == "fattn" else ""))
     print(f"\nwrote {path}")
     if args.section == "all":
         plot(records, os.path.join(RESULTS, "prefill.png"))

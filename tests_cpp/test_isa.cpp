@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <thread>
+
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -223,6 +226,37 @@ TEST(CpuFeatures, BuildInfoReportsTheDetectedOnes) {
   EXPECT_GT(cpu.family, 0);
   EXPECT_FALSE(cpu.brand.empty());
 #endif
+}
+
+// The path a family runs: the fixed setting, or under auto a native path the
+// CPU runs (measured); ForcedIsa overrides it on its own thread only.
+TEST(IsaChoice, FixedAutoAndForced) {
+  RestoreIsa restore;
+  simd::set_active_isa(simd::Isa::scalar);
+  EXPECT_FALSE(simd::isa_is_auto());
+  EXPECT_EQ(simd::isa_setting(), "scalar");
+  for (int f = 0; f < simd::kFamilies; ++f) EXPECT_EQ(simd::isa_for(simd::Family(f)), simd::Isa::scalar);
+  simd::set_isa_auto();
+  EXPECT_TRUE(simd::isa_is_auto());
+  const auto native = simd::available_isas(false);
+  for (int f = 0; f < simd::kFamilies; ++f) {
+    const std::string chosen = simd::isa_name(simd::isa_for(simd::Family(f)));
+    EXPECT_NE(std::find(native.begin(), native.end(), chosen), native.end()) << chosen;
+    if (native.size() > 1) EXPECT_NE(chosen, "scalar");
+  }
+  {
+    const simd::ForcedIsa forced(simd::Isa::scalar);
+    EXPECT_EQ(simd::isa_for(simd::Family::prefill), simd::Isa::scalar);
+    simd::Isa other_thread = simd::Isa::scalar;
+    std::thread([&] { other_thread = simd::isa_for(simd::Family::prefill); }).join();
+    if (native.size() > 1) EXPECT_NE(other_thread, simd::Isa::scalar);
+  }
+  if (native.size() > 1) EXPECT_NE(simd::isa_for(simd::Family::prefill), simd::Isa::scalar);
+  const BuildInfo info = build_info();
+  EXPECT_EQ(info.isa, "auto");
+  ASSERT_EQ(info.isa_paths.size(), std::size_t(simd::kFamilies));
+  EXPECT_EQ(info.isa_paths[0].first, "prefill");
+  EXPECT_NE(info.isa_reason.find("auto"), std::string::npos);
 }
 
 }  // namespace

@@ -38,6 +38,13 @@ py::dict build_info_dict() {
   d["build_type"] = info.build_type;
   d["cpu_features"] = info.cpu_features;
   d["isa"] = info.isa;
+  py::dict paths;
+  for (const auto& [family, path] : info.isa_paths) paths[py::str(family)] = path;
+  d["isa_paths"] = paths;
+  d["isa_reason"] = info.isa_reason;
+  d["cpu"] = info.cpu;
+  d["cpu_family"] = info.cpu_family;
+  d["cpu_model"] = info.cpu_model;
   d["num_threads"] = info.num_threads;
   return d;
 }
@@ -82,7 +89,18 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"), py::call_guard<py::gil_scoped_release>());
   m.def("get_num_threads", &get_num_threads);
   m.def("build_info", &build_info_dict);
-  m.def("set_isa", [](const std::string& name) { simd::set_active_isa(simd::isa_from_name(name)); }, py::arg("name"));
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        if (name == "auto")
+          simd::set_isa_auto();
+        else
+          simd::set_active_isa(simd::isa_from_name(name));
+      },
+      py::arg("name"));
+  m.def("get_isa", &simd::isa_setting);
+  m.def("isa_origin", &simd::isa_origin);
+  m.attr("__version__") = FATTN_VERSION;
   m.def("available_isas", &simd::available_isas, py::arg("include_emulated") = false);
   m.def("convert", &convert, py::arg("src"), py::arg("dst"));
   m.def("dlpack_view", &dlpack_view, py::arg("capsule"), py::arg("name"));

@@ -22,10 +22,14 @@ from ._decode import flash_attn_vec, flash_attn_vec_partials, flash_attn_vec_red
 from ._prefill import flash_attn_prefill, flash_attn_prefill_blk, prefill_geometry
 from ._sdpa import sdpa
 
-__version__: str = _core.build_info()["version"]
+__version__: str = _core.__version__
+
+if "ignored" in _core.isa_origin():  # a FATTN_ISA this build or CPU cannot honour
+    import warnings
+    warnings.warn(f"fattn: {_core.isa_origin()}", RuntimeWarning, stacklevel=2)
 
 __all__ = ["flash_attn_vec", "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention",
-           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "bounds", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "__version__"]
+           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "bounds", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "get_isa", "__version__"]
 
 
 def set_num_threads(n: int) -> None:
@@ -43,9 +47,12 @@ def get_num_threads() -> int:
 
 
 def build_info() -> Dict[str, Any]:
-    """Version, compiler, build type, usable CPU features, the ISA the kernels run with
-    (docs/numerics.md §7), threads: a dict with keys "version", "compiler", "build_type",
-    "cpu_features", "isa", "num_threads"."""
+    """Version, compiler, build type, the CPU and its usable features, the kernel paths, threads:
+    a dict with keys "version", "compiler", "build_type", "cpu_features", "cpu" (CPUID's brand
+    string), "cpu_family", "cpu_model", "isa" (the :func:`set_isa` setting), "isa_paths"
+    (``{"prefill": path, "decode": path, "sdpa": path}``: what each family runs; under
+    ``"auto"`` asking measures the families not yet used), "isa_reason" (why, with the measured
+    times), "num_threads". docs/numerics.md §7."""
     return dict(_core.build_info())
 
 
@@ -61,12 +68,24 @@ def available_isas(include_emulated: bool = False) -> List[str]:
 
 
 def set_isa(name: str) -> None:
-    """Selects the kernel path ("scalar", "avx2", "avx512" or "avx512_emulated"; default: the best
-    available; see :func:`available_isas`). Results do not depend on it, bit for bit
-    (docs/numerics.md §7); it exists to check exactly that, and to time the paths. Process-wide."""
+    """Selects the kernel path: ``"auto"`` (the default), or one of :func:`available_isas`
+    (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"avx512_emulated"``) for every kernel family.
+
+    ``"auto"`` runs each family (prefill, decode, sdpa) on the path measured fastest for it on
+    this CPU: the native paths are timed once per process on small calls of that family (a few
+    milliseconds in all), on its first use. Results do not depend on the path, bit for bit
+    (docs/numerics.md §7), so the choice changes speed only. ``FATTN_ISA`` in the environment
+    (``"auto"`` or a path name) sets the initial value; :func:`build_info` says what runs and
+    why. Process-wide; ValueError for a path this build or CPU cannot run."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     _core.set_isa(name)
+
+
+def get_isa() -> str:
+    """The setting :func:`set_isa` made: ``"auto"`` or a path name (what each family runs under
+    ``"auto"``: ``build_info()["isa_paths"]``)."""
+    return str(_core.get_isa())
 
 
 def round_to(x: ArrayLike, dtype: DTypeLike) -> np.ndarray:

@@ -214,7 +214,7 @@ class ReduceWhenDone {
 // reduce into out.
 void compute_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                   const TensorView& s, const TensorView& m, const DecodePlan& p, const TensorView* out = nullptr) {
-  const simd::Isa isa = simd::active_isa();
+  const simd::Isa isa = simd::isa_for(simd::Family::decode);
   if (isa != simd::Isa::scalar) {
     // Each item walks its KV head's cache once, in memory order, for a block
     // of groups; blocks split the groups only when there are too few heads

@@ -24,7 +24,13 @@ BuildInfo build_info() {
   // The names and order build_info() has always reported.
   for (const char* name : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512bf16"})
     if (simd::cpu_features().has(name)) info.cpu_features.push_back(name);
-  info.isa = simd::isa_name(simd::active_isa());
+  info.isa = simd::isa_setting();
+  for (int f = 0; f < simd::kFamilies; ++f)
+    info.isa_paths.emplace_back(simd::family_name(simd::Family(f)), simd::isa_name(simd::isa_for(simd::Family(f))));
+  info.isa_reason = simd::isa_reason();
+  info.cpu = simd::cpu_features().brand;
+  info.cpu_family = simd::cpu_features().family;
+  info.cpu_model = simd::cpu_features().model;
   info.num_threads = get_num_threads();
   return info;
 }

@@ -1,7 +1,9 @@
 #include "runtime/isa.hpp"
 
 #include <atomic>
+#include <cstdlib>
 #include <iterator>
+#include <mutex>
 
 #include "fattn/error.hpp"
 #include "runtime/cpu_features.hpp"
@@ -48,19 +50,122 @@ Isa detect() {
   return best;
 }
 
-std::atomic<int>& active() {
-  static std::atomic<int> isa{int(best_isa())};
-  return isa;
+constexpr int kAuto = -1;
+
+// The setting: kAuto or a fixed Isa; FATTN_ISA sets its first value.
+struct Setting {
+  std::atomic<int> value{kAuto};
+  std::string origin = "default";  // what set the current value (for isa_reason)
+  std::mutex mutex;                // guards origin
+  Setting() {
+    const char* env = std::getenv("FATTN_ISA");
+    if (!env || !*env) return;
+    const std::string name = env;
+    if (name == "auto") {
+      origin = "FATTN_ISA=auto";
+      return;
+    }
+    try {
+      const Isa isa = isa_from_name(name);
+      require(can_run(isa), "this build or CPU cannot run it");
+      value = int(isa);
+      origin = "FATTN_ISA=" + name;
+    } catch (const std::exception& e) {
+      origin = "FATTN_ISA='" + name + "' ignored (" + e.what() + "), so auto";
+    }
+  }
+};
+
+Setting& setting() {
+  static Setting s;
+  return s;
 }
 
+thread_local int t_forced = kAuto;  // ForcedIsa
+
+// Under auto: each family's measured choice, made once.
+struct Choice {
+  std::once_flag once;
+  Isa isa = Isa::scalar;
+  std::string report;
+};
+Choice g_choice[kFamilies];
+
 }  // namespace
+
+const char* family_name(Family f) {
+  switch (f) {
+    case Family::decode: return "decode";
+    case Family::sdpa: return "sdpa";
+    case Family::prefill: break;
+  }
+  return "prefill";
+}
 
 Isa best_isa() {
   static const Isa best = detect();
   return best;
 }
 
-Isa active_isa() { return Isa(active().load(std::memory_order_relaxed)); }
+Isa isa_for(Family f) {
+  if (t_forced != kAuto) return Isa(t_forced);
+  const int v = setting().value.load(std::memory_order_relaxed);
+  if (v != kAuto) return Isa(v);
+  Choice& c = g_choice[int(f)];
+  std::call_once(c.once, [&] {
+    std::vector<Isa> candidates;
+    for (const Target& t : kTargets)
+      if (!t.emulated && runs(t)) candidates.push_back(t.isa);
+    if (candidates.size() <= 1) {
+      c.isa = candidates.empty() ? Isa::scalar : candidates[0];
+      c.report = std::string(family_name(f)) + " " + isa_name(c.isa) + " (the only vector path)";
+    } else {
+      c.isa = detail::measure_fastest(f, candidates, c.report);
+    }
+  });
+  return c.isa;
+}
+
+bool isa_is_auto() { return setting().value.load() == kAuto; }
+
+std::string isa_setting() { return isa_is_auto() ? "auto" : isa_name(Isa(setting().value.load())); }
+
+void set_isa_auto() {
+  Setting& s = setting();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.value = kAuto;
+  s.origin = "set_isa('auto')";
+}
+
+std::string isa_origin() {
+  Setting& s = setting();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  return s.origin;
+}
+
+std::string isa_reason() {
+  Setting& s = setting();
+  std::string origin;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    origin = s.origin;
+  }
+  if (!isa_is_auto()) return isa_setting() + " for every family (" + origin + ")";
+  std::string out = "auto (" + origin + "): the fastest path per family, measured on this CPU: ";
+  for (int f = 0; f < kFamilies; ++f) {
+    isa_for(Family(f));
+    out += (f ? "; " : "") + g_choice[f].report;
+  }
+  return out;
+}
+
+Isa active_isa() {
+  const int v = setting().value.load(std::memory_order_relaxed);
+  return v == kAuto ? best_isa() : Isa(v);
+}
+
+ForcedIsa::ForcedIsa(Isa isa) : saved_(t_forced) { t_forced = int(isa); }
+ForcedIsa::~ForcedIsa() { t_forced = saved_; }
 
 bool can_run(Isa isa) {
   const Target* t = find(isa);
@@ -74,7 +179,10 @@ void set_active_isa(Isa isa) {
     require(t->kernels, "isa: this build has no '", t->name, "' path (built with FATTN_SIMD off, or not for x86-64)");
     require(runs(*t), "isa: this CPU cannot run '", t->name, "' (best: '", isa_name(best_isa()), "')");
   }
-  active().store(int(isa));
+  Setting& st = setting();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  st.value = int(isa);
+  st.origin = "set_isa('" + isa_name(isa) + "')";
 }
 
 std::string isa_name(Isa isa) {

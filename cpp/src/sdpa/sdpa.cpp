@@ -57,7 +57,7 @@ void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int
 template <class T>
 void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                  const SdpaPlan& s) {
-  const simd::Isa isa = simd::active_isa();
+  const simd::Isa isa = simd::isa_for(simd::Family::sdpa);
   if (isa != simd::Isa::scalar) {  // kSdpaRows rows of one head per item, one per vector lane
     const auto rows_fn = simd::vector_kernels(isa).sdpa_rows<T>();
     const std::int64_t blocks = (s.q_len + sdpa_detail::kSdpaRows - 1) / sdpa_detail::kSdpaRows;
