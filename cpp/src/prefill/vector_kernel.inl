@@ -369,7 +369,10 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
   const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
 
-  const std::int64_t batch_tiles = std::max<std::int64_t>(1, kPvBatchKeys / BK);  // tiles per P·V batch
+  // Tiles per P·V batch: up to kPvBatchKeys keys, fewer for a wide D, so
+  // that the batch's V rows (keys x D floats) stay within L1 (32 KB).
+  const std::int64_t batch_keys_max = std::max<std::int64_t>(8, std::min<std::int64_t>(kPvBatchKeys, 8192 / D));
+  const std::int64_t batch_tiles = std::max<std::int64_t>(1, batch_keys_max / BK);
   workspace.resize(std::size_t(D * R + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + R * D + 2 * R + D));
   float* qT = workspace.data();        // [D][R]: staged Q, transposed so rows are lanes
   float* kw = qT + D * R;              // [BK][D]: the K tile in f32
