@@ -8,9 +8,10 @@
 // multiply-add chains, the same exp, the same trees — so the paths agree to
 // the bit; tests_py/test_isa.py holds them to it. A row whose block would not
 // visit a tile (causal limit, blk 0) is left out of that tile's update.
-// Two choices follow the target's traits, both measured on Zen 1 (AVX2):
-// P·V with the rows in the lanes (kPvRowsInLanes) and bf16 K/V read in place
-// as 32-bit pairs (kBf16PairsInPlace); AVX-512 keeps the row form and widens.
+// Two choices follow the target's traits: P·V with the rows in the lanes
+// (kPvRowsInLanes; AVX2, measured on Zen 1; AVX-512 keeps the row form) and
+// bf16 K/V read in place, K as 32-bit pairs (kBf16PairsInPlace; AVX2 on
+// Zen 1, AVX-512 on an Intel Xeon: no widening pass into an f32 tile).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "fattn/dtype.hpp"
 #include "simd/avx512_choices.hpp"
@@ -28,6 +29,17 @@ struct Vec512 : Avx512Choices {
   }
   static F in_register(F x) { return x; }  // 32 registers: the compiler's choice stands
   static F set1(float x) { return _mm512_set1_ps(x); }
+  // The 32 bits at p (two bf16, the first in the low half) in every lane,
+  // and the f32 each half stands for: low << 16, high with the low cleared.
+  static F bcast_bf16_pair(const bfloat16* p) {
+    std::uint32_t pair;
+    std::memcpy(&pair, p, 4);
+    return _mm512_castsi512_ps(_mm512_set1_epi32(std::int32_t(pair)));
+  }
+  static F bf16_low(F pair) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(pair), 16)); }
+  static F bf16_high(F pair) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(pair), _mm512_set1_epi32(std::int32_t(0xFFFF0000u))));
+  }
   static F zero() { return _mm512_setzero_ps(); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }

@@ -38,6 +38,9 @@ struct Vec512Emulated : Avx512Choices {
   }
   static F in_register(F x) { return x; }  // as Vec512's
   static F set1(float x) { return {H::set1(x), H::set1(x)}; }
+  static F bcast_bf16_pair(const bfloat16* p) { return {H::bcast_bf16_pair(p), H::bcast_bf16_pair(p)}; }
+  static F bf16_low(F pair) { return {H::bf16_low(pair.lo), H::bf16_low(pair.hi)}; }
+  static F bf16_high(F pair) { return {H::bf16_high(pair.lo), H::bf16_high(pair.hi)}; }
   static F zero() { return {H::zero(), H::zero()}; }
   static F add(F a, F b) { return {H::add(a.lo, b.lo), H::add(a.hi, b.hi)}; }
   static F sub(F a, F b) { return {H::sub(a.lo, b.lo), H::sub(a.hi, b.hi)}; }
