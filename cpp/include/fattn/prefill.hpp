@@ -77,8 +77,9 @@ struct PrefillPlan : AttentionShape {
 // q [B, H, Lq, D]; k, v [B, H_kv, Lk, D]; all one dtype. mask (optional)
 // covers [B, H, Lq, Lk]: each extent equal to the target's, or 1 or stride 0
 // to broadcast; blk (optional, needs a mask) is [ceil(Lq/BQ), ceil(Lk/BK)]
-// and is checked against the mask (params.verify_blk). Allocates nothing
-// but the verification's map. Throws InvalidArgument / InvalidDType.
+// and is checked against the mask (params.verify_blk: the one step of a
+// plan that reads data, the mask's and the map's). Allocates nothing but the
+// verification's map. Throws InvalidArgument / InvalidDType.
 PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v,
                                     const MaskView* mask = nullptr, const BlkView* blk = nullptr,
                                     const PrefillParams& params = {});
@@ -87,7 +88,8 @@ PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, co
 // for a row that sees no key). Both writable, one address per element.
 void run(const PrefillPlan& plan, const TensorView& out, const TensorView* lse = nullptr);
 
-// plan_flash_attn_prefill + run.
+// plan_flash_attn_prefill + run, with out's view checked before the plan
+// (whose blk check reads the mask): a call with any bad argument reads no data.
 void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const MaskView* mask, const BlkView* blk, const TensorView* lse,
                         const PrefillParams& params = {});

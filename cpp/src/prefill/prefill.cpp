@@ -285,6 +285,11 @@ void run(const PrefillPlan& plan, const TensorView& out, const TensorView* lse) 
 
 void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                         const MaskView* mask, const BlkView* blk, const TensorView* lse, const PrefillParams& params) {
+  // The plan's blk check reads the mask and the map; this call promises to
+  // touch no data when any argument is bad, out included, so out's view is
+  // checked first (cheaply; run checks it against the plan again).
+  validate_view(q, "q");
+  detail::validate_output(out, "out", q.shape, q.dtype, true);
   run(plan_flash_attn_prefill(q, k, v, mask, blk, params), out, lse);
 }
 
