@@ -80,7 +80,6 @@ py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::
   if (mi && bv && mi->staged) mi->stage();
   PrefillPlan plan = plan_flash_attn_prefill(qi.view, ki.view, vi.view, mi ? &mi->view : nullptr,
                                              bv ? &*bv : nullptr, params);
-  std::vector<std::pair<const char*, const py::array*>> inputs{{"q", &q}, {"k", &k}, {"v", &v}};
   const Output o = output(out, shape_of(q), q.dtype(),
                           mi ? std::initializer_list<std::pair<const char*, const py::array*>>{
                                    {"q", &q}, {"k", &k}, {"v", &v}, {"mask", &*mask}}

@@ -121,11 +121,10 @@ std::string choice(const py::handle& value, const char* name, std::initializer_l
 
 void Input::stage() {
   if (!staged) return;
+  // The copy is C-contiguous in the caller's axes: the dense strides the plan checked.
   array = contiguous_copy(array, numpy_dtype(want));
-  const TensorView planned = view;
   view.data = const_cast<void*>(array.data());
   view.dtype = want;
-  (void)planned;
 }
 
 Input input4(const py::array& a, const char* name, const char* axes, bool blhd) {

@@ -8,6 +8,7 @@
 // the largest finite value round to infinity as IEEE 754 says; subnormals
 // are produced and read exactly.
 #include <cstdint>
+#include <iosfwd>
 #include <cstring>
 #include <string>
 
@@ -19,6 +20,9 @@ struct bfloat16 { std::uint16_t bits; };
 struct float16 { std::uint16_t bits; };
 
 std::string dtype_name(DType dt);   // "float32", "float16", "bfloat16" ("unknown(<code>)" otherwise)
+// The same name, streamed: messages pass the DType itself, so the name is
+// only formatted when a check fails (a std::string per check cost small calls).
+std::ostream& operator<<(std::ostream& os, DType dt);
 std::int64_t dtype_size(DType dt);  // bytes per element (InvalidDType for an unknown code)
 bool is_valid_dtype(DType dt);      // one of the three enumerators
 

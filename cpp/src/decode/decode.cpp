@@ -174,7 +174,7 @@ void validate_partials(const TensorView& o, const TensorView& s, const TensorVie
   validate_view(s, "s");
   validate_view(m, "m");
   for (const auto* t : {&o, &s, &m})
-    require_dtype(t->dtype == DType::f32, who, ": partials must be float32, got ", dtype_name(t->dtype));
+    require_dtype(t->dtype == DType::f32, who, ": partials must be float32, got ", t->dtype);
   require(o.length() <= 64, "o: nwg (the group axis) must be from 1 to 64, got ", o.length());
   for (const auto* t : {&s, &m})
     require(t->shape[0] == o.shape[0] && t->shape[1] == o.shape[1] && t->shape[2] == o.shape[2] && t->shape[3] == 1,
@@ -268,7 +268,7 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const T
   validate_view(q, "q");
   validate_view(k, "k_cache");
   validate_view(v, "v_cache");
-  require_dtype(q.dtype == DType::f32, "q: dtype must be float32, got ", dtype_name(q.dtype));
+  require_dtype(q.dtype == DType::f32, "q: dtype must be float32, got ", q.dtype);
   require(q.length() == 1, "q: one query per head (L = 1), got ", q.length());
   const std::int64_t D = q.head_dim();
   require(D % 32 == 0 && D <= 512, "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got ",
@@ -331,7 +331,7 @@ ReducePlan plan_flash_attn_vec_reduce(const TensorView& o, const TensorView& s, 
 
 void run(const ReducePlan& plan, const TensorView& out) {
   validate_view(out, "out");
-  require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", dtype_name(out.dtype));
+  require_dtype(out.dtype == DType::f32, "out: dtype must be float32, got ", out.dtype);
   require(out.shape == plan.out_shape(), "out: shape must be [B, H, 1, D] matching o");
   detail::require_writable(out, "out");
   run_reduce(plan.o, plan.s, plan.m, out);

@@ -2,6 +2,8 @@
 
 #include "fattn/error.hpp"
 
+#include <ostream>
+
 namespace fattn {
 
 bool is_valid_dtype(DType dt) { return dt == DType::f32 || dt == DType::f16 || dt == DType::bf16; }
@@ -14,6 +16,8 @@ std::string dtype_name(DType dt) {
   }
   return "unknown(" + std::to_string(int(dt)) + ")";
 }
+
+std::ostream& operator<<(std::ostream& os, DType dt) { return os << dtype_name(dt); }
 
 std::int64_t dtype_size(DType dt) {
   require_dtype(is_valid_dtype(dt), "dtype: unknown dtype code ", int(dt));

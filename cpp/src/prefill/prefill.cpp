@@ -244,16 +244,18 @@ PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, co
             blk->row_stride);
     std::int64_t cells = 0;
     require(!__builtin_mul_overflow(rows, cols, &cells), "blk: [", rows, ", ", cols, "] overflows 64 bits");
-    for (std::int64_t t = 0; t < cells; ++t)
-      require(blk->at(t / cols, t % cols) <= 2, "blk: entries must be 0, 1 or 2, got ", int(blk->at(t / cols, t % cols)),
-              " at flat index ", t);
+    for (std::int64_t t = 0; t < cells; ++t) {
+      const int entry = blk->at(t / cols, t % cols);
+      require(entry <= 2, "blk: entries must be 0, 1 or 2, got ", entry, " at flat index ", t);
+    }
     if (params.verify_blk) {
       const std::unique_ptr<std::uint8_t[]> expected(new std::uint8_t[std::size_t(cells)]);
       flash_attn_prefill_blk(*plan.mask, params.kernel, geometry, expected.get(), rows, cols);
-      for (std::int64_t t = 0; t < cells; ++t)
-        require(blk->at(t / cols, t % cols) == expected[std::size_t(t)], "blk: tile [", t / cols, ", ", t % cols,
-                "] is ", int(blk->at(t / cols, t % cols)), " but this mask gives ", int(expected[std::size_t(t)]),
+      for (std::int64_t t = 0; t < cells; ++t) {
+        const int entry = blk->at(t / cols, t % cols), want = expected[std::size_t(t)];
+        require(entry == want, "blk: tile [", t / cols, ", ", t % cols, "] is ", entry, " but this mask gives ", want,
                 " (a map from another mask, kernel or tile geometry; verify_blk=False skips this check)");
+      }
     }
     plan.blk = *blk;
   }
@@ -266,7 +268,7 @@ void run(const PrefillPlan& plan, const TensorView& out, const TensorView* lse) 
   PrefillPlan p = plan;  // the kernels read the LSE target from the plan
   if (lse) {
     validate_view(*lse, "lse");
-    require_dtype(lse->dtype == DType::f32, "lse: dtype must be float32, got ", dtype_name(lse->dtype));
+    require_dtype(lse->dtype == DType::f32, "lse: dtype must be float32, got ", lse->dtype);
     require(lse->shape == plan.lse_shape(), "lse: shape must be [B, H, Lq] = [", plan.batch, ", ", plan.heads, ", ",
             plan.q_len, "]");
     require_writable(*lse, "lse");

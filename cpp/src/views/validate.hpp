@@ -8,8 +8,8 @@
 namespace fattn::detail {
 
 inline void require_same_dtype(const TensorView& t, const char* name, const TensorView& ref, const char* ref_name) {
-  require_dtype(t.dtype == ref.dtype, name, ": dtype must match ", ref_name, " (", dtype_name(ref.dtype), "), got ",
-                dtype_name(t.dtype));
+  require_dtype(t.dtype == ref.dtype, name, ": dtype must match ", ref_name, " (", ref.dtype, "), got ",
+                t.dtype);
 }
 
 inline void require_extent(const TensorView& t, const char* name, Axis axis, std::int64_t expected,
@@ -63,9 +63,9 @@ inline void validate_output(const TensorView& t, const char* name, const std::ar
                             DType dtype, bool dtype_of_q, const char* of = "q's") {
   validate_view(t, name);
   if (dtype_of_q)
-    require_dtype(t.dtype == dtype, name, ": dtype must match q (", dtype_name(dtype), "), got ", dtype_name(t.dtype));
+    require_dtype(t.dtype == dtype, name, ": dtype must match q (", dtype, "), got ", t.dtype);
   else
-    require_dtype(t.dtype == dtype, name, ": dtype must be ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
+    require_dtype(t.dtype == dtype, name, ": dtype must be ", dtype, ", got ", t.dtype);
   require(t.shape == shape, name, ": shape must equal ", of, " [", shape[0], ", ", shape[1], ", ", shape[2], ", ",
           shape[3], "], got [", t.shape[0], ", ", t.shape[1], ", ", t.shape[2], ", ", t.shape[3], "]");
   require_writable(t, name);
