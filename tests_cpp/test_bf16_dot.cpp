@@ -15,6 +15,9 @@
 #include "fattn/dtype.hpp"
 #include "numerics/bf16_dot.hpp"
 #include "runtime/cpu_features.hpp"
+#if defined(FATTN_SIMD) && defined(__x86_64__)
+#include "simd/ftz_scope.hpp"
+#endif
 
 #if defined(FATTN_SIMD) && defined(__x86_64__)
 #include <immintrin.h>
@@ -62,7 +65,33 @@ float random_acc(std::mt19937& rng) {
   }
 }
 
+// A lane whose exact sum lies just below 2^-126: acc = ±2^-126 and one
+// product ∓f·2^e with e around -151, where gradual underflow and x86's
+// tininess rule part ways (see numerics/bf16_dot.hpp).
+void edge_lane(std::mt19937& rng, float& acc, std::uint16_t a[2], std::uint16_t b[2]) {
+  const float sign = (rng() & 1u) ? -1.0f : 1.0f;
+  acc = sign * std::ldexp(1.0f, -126);
+  const int e = -153 + int(rng() % 5);
+  const float f = 1.0f + float(rng() % 128) / 128.0f;
+  const int ea = e / 2, eb = e - ea;
+  a[0] = a[1] = b[0] = b[1] = 0;
+  const int odd = int(rng() & 1u);  // the product in the odd or the even slot
+  a[odd] = f32_to_bf16(-sign * std::ldexp(f, ea));
+  b[odd] = f32_to_bf16(std::ldexp(1.0f, eb));
+}
+
 #if FATTN_TEST_BF16_DOT
+// One step of the FMA paths: the two FMAs under FtzDazScope.
+__attribute__((target("avx2,fma"))) float fma_paths(float acc, const std::uint16_t a[2], const std::uint16_t b[2]) {
+  simd::FtzDazScope scope;
+  __m128 c = _mm_set_ss(acc);
+  asm volatile("" : "+x"(c));
+  c = _mm_fmadd_ss(_mm_set_ss(bf16_to_f32(a[1])), _mm_set_ss(bf16_to_f32(b[1])), c);
+  c = _mm_fmadd_ss(_mm_set_ss(bf16_to_f32(a[0])), _mm_set_ss(bf16_to_f32(b[0])), c);
+  asm volatile("" : "+x"(c));
+  return _mm_cvtss_f32(c);
+}
+
 __attribute__((target("avx512f,avx512bf16"))) void hardware(const float* acc, const std::uint16_t* a,
                                                              const std::uint16_t* b, float* out) {
   const __m512 r = _mm512_dpbf16_ps(_mm512_loadu_ps(acc), (__m512bh)_mm512_loadu_si512(a),
@@ -109,6 +138,8 @@ TEST(Bf16DotModel, MatchesTheInstruction) {
     std::uint16_t a[32], b[32];
     for (int i = 0; i < 16; ++i) acc[i] = random_acc(rng);
     for (int i = 0; i < 32; ++i) a[i] = random_bf16(rng), b[i] = random_bf16(rng);
+    if (round % 4 == 0)
+      for (int i = 0; i < 16; i += 3) edge_lane(rng, acc[i], a + 2 * i, b + 2 * i);
     hardware(acc, a, b, got);
     for (int i = 0; i < 16; ++i, ++lanes) {
       const float want = numerics::bf16_dot_pair(acc[i], a + 2 * i, b + 2 * i);
@@ -123,4 +154,46 @@ TEST(Bf16DotModel, MatchesTheInstruction) {
 #else
   GTEST_SKIP() << "built without the vector paths";
 #endif
+}
+
+// The FMA paths' form of a step (two FMAs under FtzDazScope, the odd pair
+// first) against the model, on the same lanes: on every CPU with AVX2.
+TEST(Bf16DotModel, FmaPathsUnderFtzDazMatchTheModel) {
+#if FATTN_TEST_BF16_DOT
+  if (!simd::cpu_features().has_all("avx2,fma")) GTEST_SKIP() << "this CPU has no AVX2";
+  std::mt19937 rng(20261207);
+  std::int64_t mismatches = 0, lanes = 0, edge_flushed = 0;
+  for (int i = 0; i < 400000; ++i, ++lanes) {
+    float acc;
+    std::uint16_t a[2], b[2];
+    if (i % 4 == 0) {
+      edge_lane(rng, acc, a, b);
+    } else {
+      acc = random_acc(rng);
+      for (int j = 0; j < 2; ++j) a[j] = random_bf16(rng), b[j] = random_bf16(rng);
+    }
+    const float want = numerics::bf16_dot_pair(acc, a, b), got = fma_paths(acc, a, b);
+    if (i % 4 == 0 && want == 0.0f) ++edge_flushed;
+    const bool same = bits_of(got) == bits_of(want) || (std::isnan(got) && std::isnan(want));
+    if (!same && ++mismatches <= 5)
+      ADD_FAILURE() << "acc " << acc << " a " << a[0] << "," << a[1] << " b " << b[0] << "," << b[1] << ": FMAs "
+                    << got << ", model " << want;
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << lanes << " lanes";
+  EXPECT_GT(edge_flushed, 0) << "the edge lanes must reach the flush they are there for";
+#else
+  GTEST_SKIP() << "built without the vector paths";
+#endif
+}
+
+// The tininess rule on its own: 2^-126 − 1.25·2^-151 rounds (gradual
+// underflow) to 2^-126, but to 24 bits with an unbounded exponent it is
+// below 2^-126, so the step flushes it; 2^-126 − 2^-152 stays 2^-126.
+TEST(Bf16DotModel, TininessIsDecidedAfterRoundingWithAnUnboundedExponent) {
+  const std::uint16_t zero = 0;
+  const std::uint16_t a1[2] = {zero, f32_to_bf16(-std::ldexp(1.25f, -75))}, b1[2] = {zero, f32_to_bf16(std::ldexp(1.0f, -76))};
+  EXPECT_EQ(std::fma(-std::ldexp(1.25f, -75), std::ldexp(1.0f, -76), std::ldexp(1.0f, -126)), std::ldexp(1.0f, -126));
+  EXPECT_EQ(bits_of(numerics::bf16_dot_pair(std::ldexp(1.0f, -126), a1, b1)), bits_of(0.0f));
+  const std::uint16_t a2[2] = {zero, f32_to_bf16(-std::ldexp(1.0f, -76))}, b2[2] = {zero, f32_to_bf16(std::ldexp(1.0f, -76))};
+  EXPECT_EQ(numerics::bf16_dot_pair(std::ldexp(1.0f, -126), a2, b2), std::ldexp(1.0f, -126));
 }

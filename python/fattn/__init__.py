@@ -58,10 +58,11 @@ def build_info() -> Dict[str, Any]:
 
 def available_isas(include_emulated: bool = False) -> List[str]:
     """The kernel paths this CPU can run: "scalar" (the readable model every other path
-    reproduces bit for bit) and, where supported, "avx2" and "avx512" (docs/numerics.md §7).
-    With ``include_emulated``, also "avx512_emulated" where the CPU has AVX2: the AVX-512
-    path's code with its 16 lanes emulated on AVX2, slow, for testing that code on machines
-    without AVX-512."""
+    reproduces bit for bit) and, where supported, "avx2", "avx512" and "avx512_bf16" (the
+    AVX-512 path with the prefill's bf16 Q·Kᵀ on AVX512_BF16's dot product; docs/numerics.md
+    §7). With ``include_emulated``, also "avx512_emulated" and "avx512_bf16_emulated" where
+    the CPU has AVX2: those paths' code with its 16 lanes emulated on AVX2, slow, for testing
+    that code on machines without AVX-512 or AVX512_BF16."""
     if not isinstance(include_emulated, bool):
         raise TypeError(f"include_emulated: expected a bool, got {type(include_emulated).__name__}")
     return list(_core.available_isas(include_emulated))
@@ -69,7 +70,8 @@ def available_isas(include_emulated: bool = False) -> List[str]:
 
 def set_isa(name: str) -> None:
     """Selects the kernel path: ``"auto"`` (the default), or one of :func:`available_isas`
-    (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"avx512_emulated"``) for every kernel family.
+    (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"avx512_bf16"``, or an emulated twin) for every
+    kernel family.
 
     ``"auto"`` runs each family (prefill, decode, sdpa) on the path measured fastest for it on
     this CPU: the native paths are timed once per process on small calls of that family (a few

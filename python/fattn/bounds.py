@@ -20,6 +20,8 @@ import numpy.typing as npt
 
 _U32 = 2.0 ** -24  # unit roundoff of float32
 _LOG2E = 1.4426950408889634
+_TINY32 = 2.0 ** -126  # float32's smallest normal
+_BF16 = np.dtype(ml_dtypes.bfloat16)
 # Mantissa bits and smallest normal exponent of each type.
 _FORMAT = {np.dtype(np.float32): (23, -126), np.dtype(np.float16): (10, -14),
            np.dtype(ml_dtypes.bfloat16): (7, -126)}
@@ -113,6 +115,17 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
         score_err = (d + 2) * _U32 * s * absdot + mask_err
     else:
         score_err = (2 * _UNIT_ROUNDOFF[dtype] + (d + 2) * _U32) * s * _LOG2E * absdot * np.log(2) + mask_err
+    if dtype == _BF16:
+        # The bf16 dot product reads denormal factors as zero (a product dropped whole) and
+        # flushes each of its D + 1 partial sums below 2^-126 (numerics §4, step 3). Candle's
+        # factor is the staged q' = bf16(q·c), c ≈ scale·log2e, denormal a little above
+        # |q|·c = 2^-126; both sums are in natural units here.
+        c = 1.0 if kernel == "llamacpp" else s * _LOG2E * (1 + 2.0 ** -7)
+        q_small = np.where(np.abs(q64) * c < _TINY32 * (1 + 2.0 ** -7), np.abs(q64), 0.0)
+        k_small = np.where(np.abs(k64) < _TINY32, np.abs(k64), 0.0)
+        dropped = np.einsum("bhid,bhjd->bhij", q_small, np.abs(k64)) + np.einsum("bhid,bhjd->bhij", np.abs(q64), k_small)
+        flushed = (d + 1) * _TINY32 * (s if kernel == "llamacpp" else np.log(2))  # log2 units for candle
+        score_err = score_err + s * (1 + 2.0 ** -7) * dropped + flushed
     e = np.where(visible, score_err, 0.0).max(axis=-1)
     n = visible.sum(axis=-1)
     vmax = np.abs(v64).max(axis=(2, 3))[..., None]

@@ -254,7 +254,8 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
     1. ``c = rT(f32(scale * log2e))``; ``q' = rT(q * c)`` (rT: round to the I/O type);
     2. per K tile of BK keys (only the tiles a causal query block reaches; none that
        ``blk`` marks 0): scores ``s = q' . k`` (here the correctly rounded float32 of the
-       exact dot; the kernel sums in order, a few float32 ulps away); keys past Lk and,
+       exact dot; the kernel sums in order, or for bf16 as fattn's bf16 dot product, pairs
+       with DAZ/FTZ, docs/numerics.md §4; a few float32 ulps away); keys past Lk and,
        with ``causal``, keys after the query get ``-inf``; a bool mask's False gives
        ``-inf``; an additive mask adds ``f32(log2e * mask)`` (not where ``blk`` is 2);
     3. ``m' = max(m, max s)`` from ``m = -FLT_MAX/2``; ``p = exp2(s - m')`` (kept

@@ -8,8 +8,10 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
+#include "numerics/bf16_dot.hpp"
 #include "numerics/dtype_dispatch.hpp"
 #include "fattn/parallel.hpp"
 #include "prefill/engine.hpp"
@@ -59,11 +61,16 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
       float* s = &w.s[std::size_t(r * BK)];
       const float* q_row = &w.q[std::size_t(r * D)];
       // Scores: an f32 multiply-add chain over D in order (each product of
-      // two 16-bit values is exact in f32, so only the sums round).
+      // two 16-bit values is exact in f32, so only the sums round); bf16
+      // takes fattn's bf16 dot product instead (pairs, the second element
+      // first, DAZ/FTZ: numerics/bf16_dot.hpp).
       for (std::int64_t j = 0; j < keys; ++j) {
         const float* k_row = &w.k[std::size_t(j * D)];
         float dot = 0.0f;
-        for (std::int64_t d = 0; d < D; ++d) dot = std::fma(q_row[d], k_row[d], dot);
+        if constexpr (std::is_same_v<T, bfloat16>)
+          dot = numerics::bf16_dot(q_row, k_row, D);
+        else
+          for (std::int64_t d = 0; d < D; ++d) dot = std::fma(q_row[d], k_row[d], dot);
         s[j] = Arith::score(dot, p.scale);
       }
       for (std::int64_t j = keys; j < BK; ++j) s[j] = -kInf;  // past Lk

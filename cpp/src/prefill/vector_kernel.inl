@@ -10,8 +10,11 @@
 // visit a tile (causal limit, blk 0) is left out of that tile's update.
 // Two choices follow the target's traits: P·V with the rows in the lanes
 // (kPvRowsInLanes; AVX2, measured on Zen 1; AVX-512 keeps the row form) and
-// bf16 K/V read in place, K as 32-bit pairs (kBf16PairsInPlace; AVX2 on
-// Zen 1, AVX-512 on an Intel Xeon: no widening pass into an f32 tile).
+// the bf16 Q·Kᵀ on a dot-product instruction (kBf16Dot; AVX512_BF16) or as
+// two FMAs per pair under FtzDazScope (the others): the same bits either
+// way (numerics/bf16_dot.hpp). bf16 K and V are read in place, K as 32-bit
+// pairs, on every target (the pairs are the dot product's unit; the
+// widening pass into an f32 tile they replaced cost ~10% on Zen 1).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -85,7 +88,11 @@ inline void score_pass(const float* qT, const float* const* kb, std::int64_t D, 
     score_step<V>(qT + d * kSimdRows, kd, acc);
   }
 }
-// bf16 keys read in place, two elements per broadcast (RowPairs).
+// bf16 keys read in place, two elements per broadcast (RowPairs), summed as
+// fattn's bf16 dot product (numerics/bf16_dot.hpp): per pair, element d + 1's
+// FMA then element d's; an odd D ends with a pair whose second element is 0
+// (fma(0, 0, acc), then the last element's). The caller holds FtzDazScope,
+// which makes each FMA the instruction's step (DAZ inputs, FTZ results).
 template <class V, int KP, std::int64_t NV>
 inline void score_pass(const float* qT, const bfloat16* const* kb, std::int64_t D, typename V::F (&acc)[KP][NV]) {
   using Pairs = RowPairs<V, bfloat16>;
@@ -95,7 +102,7 @@ inline void score_pass(const float* qT, const bfloat16* const* kb, std::int64_t 
   std::int64_t d = 0;
   if constexpr (2 * NV + KP * NV <= 12) {
     // Few row vectors: both elements' Q columns stay in registers and each
-    // key's pair is used at once (a key's chain still takes d, then d + 1).
+    // key's pair is used at once.
     for (; d + 2 <= D; d += 2) {
       F q0[NV], q1[NV];
       for (std::int64_t u = 0; u < NV; ++u) {
@@ -105,27 +112,60 @@ inline void score_pass(const float* qT, const bfloat16* const* kb, std::int64_t 
       for (int jj = 0; jj < KP; ++jj) {
         const auto pair = Pairs::load(rows[jj] + d);
         const F lo = Pairs::first(pair), hi = Pairs::second(pair);
-        for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(q0[u], lo, acc[jj][u]);
         for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(q1[u], hi, acc[jj][u]);
+        for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(q0[u], lo, acc[jj][u]);
       }
     }
   } else {
     for (; d + 2 <= D; d += 2) {
       F pair[KP], kd[KP];
       for (int jj = 0; jj < KP; ++jj) pair[jj] = Pairs::load(rows[jj] + d);
-      for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::first(pair[jj]);
-      score_step<V>(qT + d * kSimdRows, kd, acc);
-      // Keeps element d + 1's Q loads after element d's FMAs: hoisted, they
-      // took 4 more of AVX2's 16 registers and an accumulator went to the stack.
-      asm volatile("" ::: "memory");
       for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::second(pair[jj]);
       score_step<V>(qT + (d + 1) * kSimdRows, kd, acc);
+      // Keeps element d's Q loads after element d + 1's FMAs: hoisted, they
+      // took 4 more of AVX2's 16 registers and an accumulator went to the stack.
+      asm volatile("" ::: "memory");
+      for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::first(pair[jj]);
+      score_step<V>(qT + d * kSimdRows, kd, acc);
     }
   }
   if (d < D) {
+    const F zero = V::zero();
     F kd[KP];
-    for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::one(rows[jj] + d);
+    for (int jj = 0; jj < KP; ++jj) {
+      kd[jj] = Pairs::one(rows[jj] + d);
+      for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::fmadd(zero, zero, acc[jj][u]);
+    }
     score_step<V>(qT + d * kSimdRows, kd, acc);
+  }
+}
+
+// The same sum on a dot-product instruction (V::kBf16Dot): Q staged as bf16
+// pairs (qP[p * kSimdRows + row]: elements 2p and 2p + 1 of the row in one
+// 32-bit lane, the second 0 past an odd D), each key's pair broadcast, one
+// V::dot_bf16 per pair, key and row vector.
+template <class V, int KP, std::int64_t NV>
+inline void score_pass_dot(const float* qP, const bfloat16* const* kb, std::int64_t D,
+                           typename V::F (&acc)[KP][NV]) {
+  using F = typename V::F;
+  const bfloat16* rows[KP];
+  for (int jj = 0; jj < KP; ++jj) rows[jj] = kb[jj];
+  std::int64_t d = 0;
+  auto step = [&](const float* q_pairs, const F (&kd)[KP]) {
+    F qv[NV];
+    for (std::int64_t u = 0; u < NV; ++u) qv[u] = V::in_register(V::load(q_pairs + u * V::W));
+    for (int jj = 0; jj < KP; ++jj)
+      for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::dot_bf16(acc[jj][u], qv[u], kd[jj]);
+  };
+  for (; d + 2 <= D; d += 2) {
+    F kd[KP];
+    for (int jj = 0; jj < KP; ++jj) kd[jj] = V::bcast_bf16_pair(rows[jj] + d);
+    step(qP + (d / 2) * kSimdRows, kd);
+  }
+  if (d < D) {
+    F kd[KP];
+    for (int jj = 0; jj < KP; ++jj) kd[jj] = V::bcast_bf16_lone(rows[jj] + d);
+    step(qP + (d / 2) * kSimdRows, kd);
   }
 }
 
@@ -148,30 +188,51 @@ constexpr int score_keys() {
   return int(keys < 8 ? keys : 8);
 }
 
+// No scope: the f32 and f16 score chains keep IEEE denormals.
+struct NoScope {};
+
 // The scores of one key tile for the first NV row vectors: sT[j * R + row],
-// each the fma chain over D in order; keys past `keys` get -inf.
+// each the fma chain over D in order (bf16: fattn's bf16 dot product, inside
+// FtzDazScope); keys past `keys` get -inf. llama.cpp's scale multiply comes
+// after the scope. The scope's MXCSR writes are compiler memory barriers and
+// the sums start from loads (Q, K) and end in stores (sT), so no FMA can move
+// out of the scope and no multiply into it.
 template <class V, class Arith, std::int64_t NV, class E>
 inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK, std::int64_t keys, std::int64_t D,
                        float* sT, float scale) {
   using F = typename V::F;
+  constexpr bool kBf16 = std::is_same_v<E, bfloat16>;
   constexpr int KP = score_keys<V, NV>();
-  for (std::int64_t jb = 0; jb < BK; jb += KP) {
-    F acc[KP][NV];
-    for (int jj = 0; jj < KP; ++jj)
-      for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::zero();
-    const E* kb[KP];  // local copies: the compiler keeps them in registers
-    for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
-    score_pass<V, KP, NV>(qT, kb, D, acc);
-    for (int jj = 0; jj < KP; ++jj) {
-      float* s = sT + (jb + jj) * kSimdRows;
-      for (std::int64_t u = 0; u < NV; ++u) {
-        F sv = acc[jj][u];
-        if (jb + jj >= keys) sv = V::set1(-kInf);                   // past Lk
-        else if (Arith::kScaleAfterDot) sv = V::mul(sv, V::set1(scale));  // Arith::score
-        V::store(s + u * V::W, sv);
+  {
+    [[maybe_unused]] const std::conditional_t<kBf16, simd::FtzDazScope, NoScope> scope;
+    for (std::int64_t jb = 0; jb < BK; jb += KP) {
+      F acc[KP][NV];
+      for (int jj = 0; jj < KP; ++jj)
+        for (std::int64_t u = 0; u < NV; ++u) {
+          acc[jj][u] = V::zero();
+        }
+      const E* kb[KP];  // local copies: the compiler keeps them in registers
+      for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
+      if constexpr (kBf16 && V::kBf16Dot)
+        score_pass_dot<V, KP, NV>(qT, kb, D, acc);
+      else
+        score_pass<V, KP, NV>(qT, kb, D, acc);
+      for (int jj = 0; jj < KP; ++jj) {
+        float* s = sT + (jb + jj) * kSimdRows;
+        for (std::int64_t u = 0; u < NV; ++u) {
+          F sv = acc[jj][u];
+          if (jb + jj >= keys) sv = V::set1(-kInf);  // past Lk
+          V::store(s + u * V::W, sv);
+        }
       }
     }
   }
+  if (Arith::kScaleAfterDot)  // Arith::score, after the scope
+    for (std::int64_t j = 0; j < keys; ++j)
+      for (std::int64_t u = 0; u < NV; ++u) {
+        float* s = sT + j * kSimdRows + u * V::W;
+        V::store(s, V::mul(V::load(s), V::set1(scale)));
+      }
 }
 
 // The same for a short block, out of line: inlined next to the full
@@ -386,9 +447,9 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   float* factors = row_sum + R;        // [batch][R]: one P·V call's rows' factors (first 4 used)
   float* zero_row = factors + batch_tiles * R;  // stands in for keys past Lk
   std::fill(zero_row, zero_row + D, 0.0f);
-  // f32 K/V rows are read in place, and bf16 ones where the target reads
-  // them in pairs (RowPairs); others are widened into kw/vw first.
-  constexpr bool kInPlace = std::is_same_v<T, float> || (std::is_same_v<T, bfloat16> && V::kBf16PairsInPlace);
+  // f32 K/V rows are read in place, bf16 ones too (in pairs, RowPairs); f16
+  // ones are widened into kw/vw first.
+  constexpr bool kInPlace = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
   using E = std::conditional_t<kInPlace, T, float>;  // the element type the kernels read
   const E* k_rows[1024];
   const E* v_rows[1024];  // the batch's tiles, BK apart
@@ -401,6 +462,17 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   for (std::int64_t r = 0; r < rows; ++r) {
     const T* src = q.row<const T>(b, h, row0 + r);
     for (std::int64_t d = 0; d < D; ++d) qT[d * R + r] = Arith::template stage_q<T>(widen(src[d]), factor);
+  }
+  if constexpr (std::is_same_v<T, bfloat16> && V::kBf16Dot) {
+    // As bf16 pairs for score_pass_dot (the staged values are bf16's, so
+    // this rounds nothing), in place: pair p only reads columns 2p, 2p + 1.
+    for (std::int64_t pr = 0; 2 * pr < D; ++pr)
+      for (std::int64_t r = 0; r < R; ++r) {
+        const std::uint32_t lo = f32_to_bf16(qT[2 * pr * R + r]);
+        const std::uint32_t hi = 2 * pr + 1 < D ? f32_to_bf16(qT[(2 * pr + 1) * R + r]) : 0u;
+        const std::uint32_t pair = lo | hi << 16;
+        std::memcpy(qT + pr * R + r, &pair, 4);
+      }
   }
   std::fill(o, o + R * D, 0.0f);
   std::fill(row_max, row_max + R, kInitialMax);

@@ -12,9 +12,8 @@ struct Avx512Choices {
   // D vectors per row held in registers by the P·V kernels (prefill row form, decode), any row count.
   static constexpr int pv_vectors(int) { return 4; }
   static constexpr bool kPvRowsInLanes = false;  // rows as lanes would give only 2 FMAs per broadcast
-  // bf16 K and V read in place, K as 32-bit pairs (the widening pass into an
-  // f32 tile gone): measured on this project's Intel Xeon (AVX-512).
-  static constexpr bool kBf16PairsInPlace = true;
+  // The bf16 Q·Kᵀ as two FMAs per pair (VDPBF16PS in Vec512Bf16).
+  static constexpr bool kBf16Dot = false;
   // Decode scores from K planes (decode/vector_kernel.inl), the form measured on
   // Zen 4; the position-lane form is AVX2's.
   static constexpr bool kDecodePositionLanes = false;

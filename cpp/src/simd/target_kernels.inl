@@ -26,6 +26,7 @@
 #include "prefill/engine.hpp"
 #include "sdpa/engine.hpp"
 #include "simd/dispatch.hpp"
+#include "simd/ftz_scope.hpp"
 #include "simd/target.hpp"
 
 FATTN_TARGET_BEGIN(FATTN_TARGET_FEATURES)

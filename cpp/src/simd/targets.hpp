@@ -21,6 +21,7 @@
 // GCC and clang target names.
 #define FATTN_ISA_AVX2 "avx2,fma,f16c"
 #define FATTN_ISA_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"
+#define FATTN_ISA_AVX512_BF16 "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"
 
 // X(id, code, traits, features, kind), native targets best last:
 //   id        its Isa enumerator, its name ("avx2") and its file simd/<id>.cpp
@@ -32,11 +33,15 @@
 //             only (listed by available_isas(true), never the default).
 //             avx512_emulated runs the AVX-512 path's code with its 16 lanes
 //             on AVX2 (simd/vec_avx512_emulated.hpp), so that code is held to
-//             the scalar model on machines without AVX-512.
-#define FATTN_VECTOR_TARGETS(X)                                     \
-  X(avx2, 1, Vec256, FATTN_ISA_AVX2, native)                        \
-  X(avx512, 2, Vec512, FATTN_ISA_AVX512, native)                    \
-  X(avx512_emulated, 3, Vec512Emulated, FATTN_ISA_AVX2, emulated)
+//             the scalar model on machines without AVX-512, and
+//             avx512_bf16_emulated the avx512_bf16 path's (VDPBF16PS as
+//             two FMAs under FTZ/DAZ) on machines without AVX512_BF16.
+#define FATTN_VECTOR_TARGETS(X)                                                \
+  X(avx2, 1, Vec256, FATTN_ISA_AVX2, native)                                   \
+  X(avx512, 2, Vec512, FATTN_ISA_AVX512, native)                               \
+  X(avx512_bf16, 4, Vec512Bf16, FATTN_ISA_AVX512_BF16, native)                 \
+  X(avx512_emulated, 3, Vec512Emulated, FATTN_ISA_AVX2, emulated)              \
+  X(avx512_bf16_emulated, 5, Vec512Bf16Emulated, FATTN_ISA_AVX2, emulated)
 
 // Whether this build compiles the targets: every one above is x86-64, built
 // from simd/*.cpp when the CMake option FATTN_SIMD is on (its default on

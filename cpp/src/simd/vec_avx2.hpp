@@ -25,11 +25,9 @@ struct Vec256 {
   // the decode P·V over a KV head's query heads): at least 8 accumulators in
   // all, so the 5-cycle FMA chains overlap.
   static constexpr int pv_vectors(int rows) { return rows >= 4 ? 2 : 8 / rows; }
-  // Prefill reads bf16 K and V rows in place, two elements per broadcast
-  // (prefill/vector_kernel.inl, RowPairs), instead of widening each tile: the
-  // widening's stores cost ~10% of a bf16 call here; the pair's shift and
-  // mask ~2% of the loops.
-  static constexpr bool kBf16PairsInPlace = true;
+  // No bf16 dot-product instruction: the prefill's bf16 Q·Kᵀ is two FMAs
+  // per pair under FtzDazScope (prefill/vector_kernel.inl).
+  static constexpr bool kBf16Dot = false;
   // Decode scores with positions in the lanes (decode/vector_kernel.inl): on
   // this target the K-planes form was bound by loads and stores.
   static constexpr bool kDecodePositionLanes = true;
@@ -75,6 +73,9 @@ struct Vec256 {
     asm("" : "+x"(x));
     return x;
   }
+  // x held in a register at this point of the program, in order with the
+  // MXCSR writes of FtzDazScope: arithmetic on x cannot move across it.
+  static void pin(F& x) { asm volatile("" : "+x"(x)); }
   static F set1(float x) { return _mm256_set1_ps(x); }
   // The 32 bits at p (two bf16, the first in the low half) in every lane,
   // and the f32 each half stands for: low << 16, high with the low cleared.
@@ -82,6 +83,12 @@ struct Vec256 {
     std::uint32_t pair;
     std::memcpy(&pair, p, 4);
     return _mm256_castsi256_ps(_mm256_set1_epi32(std::int32_t(pair)));
+  }
+  // One bf16 as a pair whose high half is 0 (the last element of an odd D).
+  static F bcast_bf16_lone(const bfloat16* p) {
+    std::uint16_t x;
+    std::memcpy(&x, p, 2);
+    return _mm256_castsi256_ps(_mm256_set1_epi32(std::int32_t(x)));
   }
   static F bf16_low(F pair) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(pair), 16)); }
   static F bf16_high(F pair) {

@@ -28,6 +28,7 @@ struct Vec512 : Avx512Choices {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first(n), p)), 16));
   }
   static F in_register(F x) { return x; }  // 32 registers: the compiler's choice stands
+  static void pin(F& x) { asm volatile("" : "+v"(x)); }  // see Vec256::pin
   static F set1(float x) { return _mm512_set1_ps(x); }
   // The 32 bits at p (two bf16, the first in the low half) in every lane,
   // and the f32 each half stands for: low << 16, high with the low cleared.
@@ -35,6 +36,11 @@ struct Vec512 : Avx512Choices {
     std::uint32_t pair;
     std::memcpy(&pair, p, 4);
     return _mm512_castsi512_ps(_mm512_set1_epi32(std::int32_t(pair)));
+  }
+  static F bcast_bf16_lone(const bfloat16* p) {  // one bf16, the high half 0
+    std::uint16_t x;
+    std::memcpy(&x, p, 2);
+    return _mm512_castsi512_ps(_mm512_set1_epi32(std::int32_t(x)));
   }
   static F bf16_low(F pair) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(pair), 16)); }
   static F bf16_high(F pair) {

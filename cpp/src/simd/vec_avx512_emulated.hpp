@@ -37,8 +37,13 @@ struct Vec512Emulated : Avx512Choices {
     if (n > kHalf) H::store_n(p + kHalf, v.hi, n - kHalf);
   }
   static F in_register(F x) { return x; }  // as Vec512's
+  static void pin(F& x) {
+    H::pin(x.lo);
+    H::pin(x.hi);
+  }
   static F set1(float x) { return {H::set1(x), H::set1(x)}; }
   static F bcast_bf16_pair(const bfloat16* p) { return {H::bcast_bf16_pair(p), H::bcast_bf16_pair(p)}; }
+  static F bcast_bf16_lone(const bfloat16* p) { return {H::bcast_bf16_lone(p), H::bcast_bf16_lone(p)}; }
   static F bf16_low(F pair) { return {H::bf16_low(pair.lo), H::bf16_low(pair.hi)}; }
   static F bf16_high(F pair) { return {H::bf16_high(pair.lo), H::bf16_high(pair.hi)}; }
   static F zero() { return {H::zero(), H::zero()}; }
@@ -75,6 +80,16 @@ struct Vec512Emulated : Avx512Choices {
     store(in, a);
     for (int i = 0; i < 16; ++i) out[i] = in[4 * (i % 4) + i / 4];
     return load(out);
+  }
+};
+
+// The AVX512_BF16 traits (simd/vec_avx512_bf16.hpp) emulated the same way:
+// VDPBF16PS as two FMAs, the odd halves then the even ones, which give the
+// instruction's bits inside FtzDazScope (where the kernels call it).
+struct Vec512Bf16Emulated : Vec512Emulated {
+  static constexpr bool kBf16Dot = true;
+  static F dot_bf16(F acc, F a, F b) {
+    return fmadd(bf16_low(a), bf16_low(b), fmadd(bf16_high(a), bf16_high(b), acc));
   }
 };
 
