@@ -9,7 +9,7 @@
 // the bit; tests_py/test_isa.py holds them to it. A row whose block would not
 // visit a tile (causal limit, blk 0) is left out of that tile's update.
 // Two choices follow the target's traits: P·V with the rows in the lanes
-// (kPvRowsInLanes; AVX2, measured on Zen 1; AVX-512 keeps the row form) and
+// (kPvRowsInLanes; AVX2, measured on Zen 1, and AVX-512, on an Intel Xeon) and
 // the bf16 Q·Kᵀ on a dot-product instruction (kBf16Dot; AVX512_BF16) or as
 // two FMAs per pair under FtzDazScope (the others): the same bits either
 // way (numerics/bf16_dot.hpp). bf16 K and V are read in place, K as 32-bit
@@ -357,7 +357,7 @@ inline void pv_lanes_block(float* oT, const float* p, const float* rescale, cons
 template <class V, std::int64_t NV, class E>
 inline void pv_lanes(float* oT, const float* p, const float* rescale, const bool* rescaled, const PvBatch<E>& batch,
                      const typename V::M* active, std::int64_t D) {
-  constexpr int kD = int(2 * ((kSimdRows / V::W) / NV));  // 2 for a full block
+  constexpr int kD = int(V::kPvLaneAccumulators / NV);  // accumulators: kD x NV
   std::int64_t d0 = 0;
   for (; d0 + kD <= D; d0 += kD) pv_lanes_block<V, kD, NV>(oT, p, rescale, rescaled, batch, active, d0);
   for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2, NV>(oT, p, rescale, rescaled, batch, active, d0);

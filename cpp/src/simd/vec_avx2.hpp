@@ -20,6 +20,7 @@ struct Vec256 {
   // Prefill P·V with the query rows in the lanes (prefill/vector_kernel.inl):
   // the row form's broadcasts per FMA cost FMA-pipe slots here (Zen 1).
   static constexpr bool kPvRowsInLanes = true;
+  static constexpr int kPvLaneAccumulators = 8;  // the lanes form's: kD elements x NV row vectors
   // D vectors per row held in registers when `rows` rows share each V load
   // (the prefill row form, which still serves blocks of at most 4 rows, and
   // the decode P·V over a KV head's query heads): at least 8 accumulators in
