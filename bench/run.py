@@ -70,6 +70,33 @@ def timed(fn, repeats):
     return statistics.median(times), max(times) - min(times)
 
 
+def timed_paths(fn, repeats):
+    """fattn's default ("auto") and every native path this CPU runs, interleaved call by call
+    (a shared machine's drift hits them alike): ((median s, spread s) of the default,
+    {path: median s})."""
+    names = ["auto"] + [p for p in fattn.available_isas() if p != "scalar"]
+    times = {name: [] for name in names}
+    for name in names:  # each path's own first call (its workspaces) outside the timing
+        fattn.set_isa(name)
+        fn()
+    for r in range(repeats):
+        # The order turns each round: a path called right after another's (AVX-512's clock,
+        # the caches it leaves) would otherwise always pay for the same neighbour.
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fattn.set_isa(name)
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    fattn.set_isa("auto")
+    auto = times.pop("auto")
+    return (statistics.median(auto), max(auto) - min(auto)), {n: statistics.median(t) for n, t in times.items()}
+
+
+def path_note(default_s, paths):
+    """"paths: avx2 1.00 avx512 0.95 ...": each native path's time over the default's."""
+    return "paths (time / default's): " + " ".join(f"{n} {t / default_s:.2f}" for n, t in paths.items())
+
+
 def numpy_attention(q, k, v, causal):
     q, k, v = (x.astype(np.float32) for x in (q, k, v))
     group = q.shape[1] // k.shape[1]
@@ -98,7 +125,9 @@ def prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeat
     pairs = length * (length + 1) / 2 if causal else length * length
     flops = 4.0 * h * d * pairs
     rows = {}
-    rows["fattn"] = timed(lambda: fattn.flash_attn_prefill(q, k, v, causal=causal, kernel=kernel), repeats)
+    call = lambda: fattn.flash_attn_prefill(q, k, v, causal=causal, kernel=kernel)  # noqa: E731
+    timed(call, 1)  # the warm-up
+    rows["fattn"], paths = timed_paths(call, repeats)
     if torch is not None and kernel != "llamacpp":
         tq, tk, tv = to_torch(q), to_torch(k), to_torch(v)
         sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -106,21 +135,26 @@ def prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeat
             rows["torch"] = timed(lambda: sdpa(tq, tk, tv, is_causal=causal, enable_gqa=h != h_kv), repeats)
     if with_numpy:
         rows["numpy"] = timed(lambda: numpy_attention(q, k, v, causal), max(1, repeats // 2))
-    return flops, rows
+    return flops, rows, paths
 
 
-def report_flops(records, rows, flops, peak, **fields):
+def report_flops(records, rows, flops, peak, paths=None, **fields):
     """One table line and one CSV record per system of a flop-counted case (rows: system ->
-    (median s, spread s)), against the f32 FMA peak and torch's time."""
+    (median s, spread s)), against the f32 FMA peak and torch's time; with `paths` (each
+    native path's median, timed_paths), fattn's line also says how the default compares."""
     torch_time = rows.get("torch", (None,))[0]
     for system, (med, spread) in rows.items():
         gflops = flops / med / 1e9
         frac = gflops / peak["f32_fma_gflops"]
         vs = torch_time / med if torch_time else float("nan")
+        note = f"  {path_note(med, paths)}" if paths and system == "fattn" else ""
         print(f"{fields['case']:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gflops:8.1f} "
-              f"{frac * 100:6.1f}% {vs:8.2f}")
+              f"{frac * 100:6.1f}% {vs:8.2f}{note}")
+        extra = {}
+        if paths and system == "fattn":
+            extra = dict(default_over_fastest=med / min(paths.values()))
         records.append(dict(fields, system=system, median_s=med, spread_s=spread, gflops=gflops,
-                            fraction_of_peak=frac))
+                            fraction_of_peak=frac, **extra))
 
 
 def decode_case(rng, threads, kv_len, dtype, repeats):
@@ -142,6 +176,9 @@ def decode_case(rng, threads, kv_len, dtype, repeats):
         t_read = fattn_probe.time_read(k, threads) + fattn_probe.time_read(v, threads)
         paired.append(t_read / t_kernel)
     rows["fattn"] = rows["fattn"] + (statistics.median(paired), min(paired), max(paired))
+    default, paths = timed_paths(lambda: fattn.flash_attn_vec(q, k, v, kv_seq_len=kv_len), repeats)
+    # Each path relative to the default in that interleaved run, on the scale of the default's median above.
+    paths = {n: t / default[0] * rows["fattn"][0] for n, t in paths.items()}
     if torch is not None:
         tq = torch.from_numpy(q)[None, :, None, :]
         tk, tv = (torch.from_numpy(x.astype(np.float32)).to(torch_dtype(dtype))[None] for x in (k, v))
@@ -150,7 +187,7 @@ def decode_case(rng, threads, kv_len, dtype, repeats):
         with torch.inference_mode():
             rows["torch"] = timed(lambda: sdpa(tq, tk, tv, enable_gqa=True), repeats)
     rows["numpy"] = timed(lambda: numpy_attention(q[None, :, None, :], k[None], v[None], False), repeats)
-    return nbytes, rows
+    return nbytes, rows, paths
 
 
 def main(argv):
@@ -214,10 +251,12 @@ def main(argv):
         if torch is not None:
             torch.set_num_threads(threads)
         with_numpy = length <= 2048 and threads == 2
-        flops, rows = prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeats, with_numpy)
+        flops, rows, paths = prefill_case(rng, threads, h, h_kv, length, d, causal, dtype, kernel, repeats,
+                                          with_numpy)
         name = (f"{np.dtype(dtype).name} D={d} H_kv={h_kv} L={length} {'causal' if causal else 'full'} "
                 f"{kernel} t={threads}")
-        report_flops(records, rows, flops, peaks[threads], kind="prefill", case=name, dtype=np.dtype(dtype).name,
+        report_flops(records, rows, flops, peaks[threads], paths, kind="prefill", case=name,
+                     dtype=np.dtype(dtype).name,
                      head_dim=d, h_kv=h_kv, length=length, causal=causal, kernel=kernel, threads=threads)
 
     fattn.set_num_threads(2)
@@ -228,20 +267,22 @@ def main(argv):
         print("\ndecode (H=16, H_kv=8, D=256, nwg=32)\n" + header.replace("GFLOP/s", "  GB/s "))
     for dtype in decode_dtypes:
         for kv_len in ([1024, 8192] if args.quick else [1024, 8192, 32768]):
-            nbytes, rows = decode_case(rng, 2, kv_len, dtype, repeats * 4)
+            nbytes, rows, paths = decode_case(rng, 2, kv_len, dtype, repeats * 4)
             name = f"{np.dtype(dtype).name} kv_seq_len={kv_len} cache {nbytes / 2 ** 20:.0f} MiB t=2"
             torch_time = rows.get("torch", (None,))[0]
             for system, (med, spread, *pair) in rows.items():
                 gbs = nbytes / med / 1e9
                 frac = gbs / peaks[2]["read_gbytes"]
                 vs = torch_time / med if torch_time else float("nan")
-                note = f"  paired read: {pair[0] * 100:.0f}% [{pair[1] * 100:.0f}-{pair[2] * 100:.0f}]" if pair else ""
+                note = (f"  paired read: {pair[0] * 100:.0f}% [{pair[1] * 100:.0f}-{pair[2] * 100:.0f}]"
+                        f"  {path_note(med, paths)}" if pair else "")
                 print(f"{name:58s} {system:6s} {med * 1e3:10.3f} {spread * 1e3:8.3f} {gbs:8.1f} {frac * 100:6.1f}% "
                       f"{vs:8.2f}{note}")
                 records.append(dict(kind="decode", case=name, system=system, dtype=np.dtype(dtype).name,
                                     head_dim=256, h_kv=8, length=kv_len, causal=False, kernel="vec", threads=2,
                                     median_s=med, spread_s=spread, gflops=gbs, fraction_of_peak=frac,
-                                    paired_read_fraction=pair[0] if pair else float("nan")))
+                                    paired_read_fraction=pair[0] if pair else float("nan"),
+                                    **(dict(default_over_fastest=med / min(paths.values())) if pair else {})))
 
     if args.section in ("all", "blk"):
         blk_case(rng, repeats, records, peaks)
@@ -255,7 +296,7 @@ def main(argv):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["kind", "case", "system", "dtype", "head_dim", "h_kv", "length", "causal",
                                                "kernel", "threads", "median_s", "spread_s", "gflops",
-                                               "fraction_of_peak", "paired_read_fraction", "cpu", "cpu_family_model",
+                                               "fraction_of_peak", "paired_read_fraction", "default_over_fastest", "cpu", "cpu_family_model",
                                                "cpu_features", "fattn_path"], restval="")
         writer.writeheader()
         for r in records:  # the path fattn's kernel family ran with (the other systems have none)
@@ -300,7 +341,10 @@ def short_query_cases(rng, repeats, records, peaks, lengths):
         tk, tv = (to_torch(x) for x in (k, v)) if torch is not None else (None, None)
         for lq in lengths:
             q = rng.standard_normal((1, h, lq, d), dtype=np.float32).astype(dtype)
-            rows = {"fattn": timed(lambda: fattn.flash_attn_prefill(q, k, v), repeats * 2)}
+            call = lambda: fattn.flash_attn_prefill(q, k, v)  # noqa: E731
+            timed(call, 1)  # the warm-up
+            default, paths = timed_paths(call, repeats * 2)
+            rows = {"fattn": default}
             if torch is not None:
                 tq = to_torch(q)
                 with torch.inference_mode():
@@ -309,7 +353,7 @@ def short_query_cases(rng, repeats, records, peaks, lengths):
             rows["numpy"] = timed(lambda: numpy_attention(q, k, v, False), repeats)
             flops = 4.0 * h * d * lq * lk
             name = f"{np.dtype(dtype).name} Lq={lq} Lk={lk} D={d} t=2"
-            report_flops(records, rows, flops, peaks[2], kind="short", case=name, dtype=np.dtype(dtype).name,
+            report_flops(records, rows, flops, peaks[2], paths, kind="short", case=name, dtype=np.dtype(dtype).name,
                          head_dim=d, h_kv=h, length=lq, causal=False, kernel="auto", threads=2)
 
 
@@ -367,6 +411,11 @@ def targets(records):
             lines.append(f"{r['case']:48s} {r['fraction_of_peak'] * 100:5.1f}% of the run's read peak, "
                          f"{r['paired_read_fraction'] * 100:5.1f}% of a paired read  "
                          f"{n['median_s'] / r['median_s']:5.1f}x numpy")
+    ratios = [(r["default_over_fastest"], r["case"]) for r in records if "default_over_fastest" in r]
+    if ratios:
+        worst, case = max(ratios)
+        lines.append(f"default path vs the fastest native path, {len(ratios)} prefill and decode cases: worst "
+                     f"{(worst - 1) * 100:+.1f}% ({case}); within 5% in {sum(x <= 1.05 for x, _ in ratios)}")
     if lines:
         print("\ntargets (non-causal prefill at 2 threads; decode)\n" + "\n".join(lines))
 

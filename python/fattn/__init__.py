@@ -73,7 +73,8 @@ def set_isa(name: str) -> None:
     (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"avx512_bf16"``, or an emulated twin) for every
     kernel family.
 
-    ``"auto"`` runs each family (prefill, decode, sdpa) on the path measured fastest for it on
+    ``"auto"`` runs each family (prefill, decode, sdpa; and prefill calls of at most 8 query
+    rows as their own class, "prefill_short") on the path measured fastest for it on
     this CPU: the native paths are timed once per process on small calls of that family (a few
     milliseconds in all), on its first use. Results do not depend on the path, bit for bit
     (docs/numerics.md §7), so the choice changes speed only. ``FATTN_ISA`` in the environment

@@ -41,14 +41,20 @@ std::vector<T> filled(std::size_t n, float scale) {
 }
 
 // One call of the family on a small problem of its common kind: prefill bf16
-// D = 128 (64 queries, 256 keys, 4 heads); decode with an f16 cache, D = 128,
+// D = 128 (64 queries, 256 keys, 4 heads; the short class 8 queries, 1024
+// keys, 8 heads); decode with an f16 cache, D = 128,
 // 2048 positions, GQA 4:1; the naive SDPA f32 D = 64 (32 queries, 256 keys).
 struct Workload {
   std::vector<bfloat16> pq, pk, pv, pout;
   std::vector<float> dq, dout, sq, sk, sv, sout;
   std::vector<float16> dk, dv;
   explicit Workload(Family f) {
-    if (f == Family::prefill) {
+    if (f == Family::prefill_short) {
+      pq = filled<bfloat16>(8 * 8 * 128, 1.0f);
+      pk = filled<bfloat16>(8 * 1024 * 128, 1.0f);
+      pv = filled<bfloat16>(8 * 1024 * 128, 1.0f);
+      pout.resize(pq.size());
+    } else if (f == Family::prefill) {
       pq = filled<bfloat16>(4 * 64 * 128, 1.0f);
       pk = filled<bfloat16>(4 * 256 * 128, 1.0f);
       pv = filled<bfloat16>(4 * 256 * 128, 1.0f);
@@ -66,7 +72,12 @@ struct Workload {
     }
   }
   void run(Family f) {
-    if (f == Family::prefill) {
+    if (f == Family::prefill_short) {
+      flash_attn_prefill(contiguous_view(pq.data(), DType::bf16, {1, 8, 8, 128}, false),
+                         contiguous_view(pk.data(), DType::bf16, {1, 8, 1024, 128}, false),
+                         contiguous_view(pv.data(), DType::bf16, {1, 8, 1024, 128}, false),
+                         contiguous_view(pout.data(), DType::bf16, {1, 8, 8, 128}, true), nullptr, nullptr, nullptr);
+    } else if (f == Family::prefill) {
       flash_attn_prefill(contiguous_view(pq.data(), DType::bf16, {1, 4, 64, 128}, false),
                          contiguous_view(pk.data(), DType::bf16, {1, 4, 256, 128}, false),
                          contiguous_view(pv.data(), DType::bf16, {1, 4, 256, 128}, false),

@@ -97,6 +97,7 @@ const char* family_name(Family f) {
   switch (f) {
     case Family::decode: return "decode";
     case Family::sdpa: return "sdpa";
+    case Family::prefill_short: return "prefill_short";
     case Family::prefill: break;
   }
   return "prefill";
