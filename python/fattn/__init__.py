@@ -58,11 +58,12 @@ def build_info() -> Dict[str, Any]:
 
 def available_isas(include_emulated: bool = False) -> List[str]:
     """The kernel paths this CPU can run: "scalar" (the readable model every other path
-    reproduces bit for bit) and, where supported, "avx2", "avx512" and "avx512_bf16" (the
-    AVX-512 path with the prefill's bf16 Q·Kᵀ on AVX512_BF16's dot product; docs/numerics.md
-    §7). With ``include_emulated``, also "avx512_emulated" and "avx512_bf16_emulated" where
-    the CPU has AVX2: those paths' code with its 16 lanes emulated on AVX2, slow, for testing
-    that code on machines without AVX-512 or AVX512_BF16."""
+    reproduces bit for bit) and, where supported, "avx2", "avx512_256" (AVX-512's 32
+    registers on 256-bit vectors), "avx512" and "avx512_bf16" (the AVX-512 path with the
+    prefill's bf16 Q·Kᵀ on AVX512_BF16's dot product; docs/numerics.md §7). With
+    ``include_emulated``, also "avx512_emulated", "avx512_256_emulated" and
+    "avx512_bf16_emulated" where the CPU has AVX2: those paths' code run on AVX2, slow, for
+    testing that code on machines without AVX-512 or AVX512_BF16."""
     if not isinstance(include_emulated, bool):
         raise TypeError(f"include_emulated: expected a bool, got {type(include_emulated).__name__}")
     return list(_core.available_isas(include_emulated))

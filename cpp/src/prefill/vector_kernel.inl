@@ -357,7 +357,8 @@ inline void pv_lanes_block(float* oT, const float* p, const float* rescale, cons
 template <class V, std::int64_t NV, class E>
 inline void pv_lanes(float* oT, const float* p, const float* rescale, const bool* rescaled, const PvBatch<E>& batch,
                      const typename V::M* active, std::int64_t D) {
-  constexpr int kD = int(V::kPvLaneAccumulators / NV);  // accumulators: kD x NV
+  constexpr int kD = int(V::kPvLaneAccumulators / NV) / 2 * 2;  // accumulators: kD x NV (kD even)
+  static_assert(kD >= 2, "the lanes form takes pairs of D");
   std::int64_t d0 = 0;
   for (; d0 + kD <= D; d0 += kD) pv_lanes_block<V, kD, NV>(oT, p, rescale, rescaled, batch, active, d0);
   for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2, NV>(oT, p, rescale, rescaled, batch, active, d0);

@@ -35,12 +35,16 @@
 //             on AVX2 (simd/vec_avx512_emulated.hpp), so that code is held to
 //             the scalar model on machines without AVX-512, and
 //             avx512_bf16_emulated the avx512_bf16 path's (VDPBF16PS as
-//             two FMAs under FTZ/DAZ) on machines without AVX512_BF16.
+//             two FMAs under FTZ/DAZ) on machines without AVX512_BF16, and
+//             avx512_256_emulated the avx512_256 path's (256-bit vectors,
+//             AVX-512's register count) compiled for AVX2.
 #define FATTN_VECTOR_TARGETS(X)                                                \
   X(avx2, 1, Vec256, FATTN_ISA_AVX2, native)                                   \
+  X(avx512_256, 6, Vec256Wide, FATTN_ISA_AVX512, native)                       \
   X(avx512, 2, Vec512, FATTN_ISA_AVX512, native)                               \
   X(avx512_bf16, 4, Vec512Bf16, FATTN_ISA_AVX512_BF16, native)                 \
   X(avx512_emulated, 3, Vec512Emulated, FATTN_ISA_AVX2, emulated)              \
+  X(avx512_256_emulated, 7, Vec256Wide, FATTN_ISA_AVX2, emulated)              \
   X(avx512_bf16_emulated, 5, Vec512Bf16Emulated, FATTN_ISA_AVX2, emulated)
 
 // Whether this build compiles the targets: every one above is x86-64, built

@@ -74,9 +74,6 @@ struct Vec256 {
     asm("" : "+x"(x));
     return x;
   }
-  // x held in a register at this point of the program, in order with the
-  // MXCSR writes of FtzDazScope: arithmetic on x cannot move across it.
-  static void pin(F& x) { asm volatile("" : "+x"(x)); }
   static F set1(float x) { return _mm256_set1_ps(x); }
   // The 32 bits at p (two bf16, the first in the low half) in every lane,
   // and the f32 each half stands for: low << 16, high with the low cleared.

@@ -28,7 +28,6 @@ struct Vec512 : Avx512Choices {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first(n), p)), 16));
   }
   static F in_register(F x) { return x; }  // 32 registers: the compiler's choice stands
-  static void pin(F& x) { asm volatile("" : "+v"(x)); }  // see Vec256::pin
   static F set1(float x) { return _mm512_set1_ps(x); }
   // The 32 bits at p (two bf16, the first in the low half) in every lane,
   // and the f32 each half stands for: low << 16, high with the low cleared.

@@ -37,10 +37,6 @@ struct Vec512Emulated : Avx512Choices {
     if (n > kHalf) H::store_n(p + kHalf, v.hi, n - kHalf);
   }
   static F in_register(F x) { return x; }  // as Vec512's
-  static void pin(F& x) {
-    H::pin(x.lo);
-    H::pin(x.hi);
-  }
   static F set1(float x) { return {H::set1(x), H::set1(x)}; }
   static F bcast_bf16_pair(const bfloat16* p) { return {H::bcast_bf16_pair(p), H::bcast_bf16_pair(p)}; }
   static F bcast_bf16_lone(const bfloat16* p) { return {H::bcast_bf16_lone(p), H::bcast_bf16_lone(p)}; }
