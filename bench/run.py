@@ -70,6 +70,15 @@ def timed(fn, repeats):
     return statistics.median(times), max(times) - min(times)
 
 
+def path_family(record):
+    """The build_info()["isa_paths"] key of the path a record's fattn call ran with."""
+    if record["kind"] in ("decode", "sdpa"):
+        return record["kind"]
+    if record["kind"] == "short" and int(record["length"]) <= 8:  # the query rows
+        return "prefill_short"
+    return "prefill_f32" if record["dtype"] == "float32" else "prefill"
+
+
 def timed_paths(fn, repeats):
     """fattn's default ("auto") and every native path this CPU runs, interleaved call by call
     (a shared machine's drift hits them alike): ((median s, spread s) of the default,
@@ -300,7 +309,7 @@ def main(argv):
                                                "cpu_features", "fattn_path"], restval="")
         writer.writeheader()
         for r in records:  # the path fattn's kernel family ran with (the other systems have none)
-            family = "decode" if r["kind"] == "decode" else "sdpa" if r["kind"] == "sdpa" else "prefill"
+            family = path_family(r)
             writer.writerow(dict(r, **machine, fattn_path=info["isa_paths"][family] if r["system"] == "fattn" else ""))
     print(f"\nwrote {path}")
     if args.section == "all":

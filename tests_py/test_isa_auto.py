@@ -10,7 +10,7 @@ import pytest
 
 import fattn
 
-FAMILIES = {"prefill", "decode", "sdpa", "prefill_short"}
+FAMILIES = {"prefill", "decode", "sdpa", "prefill_short", "prefill_f32"}
 
 
 def fresh(env_isa=None, code="import fattn, json; bi = fattn.build_info(); "

@@ -50,7 +50,7 @@ def build_info() -> Dict[str, Any]:
     """Version, compiler, build type, the CPU and its usable features, the kernel paths, threads:
     a dict with keys "version", "compiler", "build_type", "cpu_features", "cpu" (CPUID's brand
     string), "cpu_family", "cpu_model", "isa" (the :func:`set_isa` setting), "isa_paths"
-    (``{"prefill": path, "decode": path, "sdpa": path}``: what each family runs; under
+    (``{"prefill": path, "decode": path, ...}``: what each family and class runs; under
     ``"auto"`` asking measures the families not yet used), "isa_reason" (why, with the measured
     times), "num_threads". docs/numerics.md §7."""
     return dict(_core.build_info())
@@ -74,8 +74,9 @@ def set_isa(name: str) -> None:
     (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"avx512_bf16"``, or an emulated twin) for every
     kernel family.
 
-    ``"auto"`` runs each family (prefill, decode, sdpa; and prefill calls of at most 8 query
-    rows as their own class, "prefill_short") on the path measured fastest for it on
+    ``"auto"`` runs each family (prefill, decode, sdpa; and as classes of their own prefill
+    calls of at most 8 query rows, "prefill_short", and f32 prefill calls, "prefill_f32") on
+    the path measured fastest for it on
     this CPU: the native paths are timed once per process on small calls of that family (a few
     milliseconds in all), on its first use. Results do not depend on the path, bit for bit
     (docs/numerics.md §7), so the choice changes speed only. ``FATTN_ISA`` in the environment

@@ -116,8 +116,10 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
 template <class T, class Arith>
 void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const PrefillPlan& p) {
-  const simd::Isa isa =
-      simd::isa_for(p.q_len <= simd::kShortPrefillRows ? simd::Family::prefill_short : simd::Family::prefill);
+  const simd::Family family = p.q_len <= simd::kShortPrefillRows ? simd::Family::prefill_short
+                              : std::is_same_v<T, float>          ? simd::Family::prefill_f32
+                                                                  : simd::Family::prefill;
+  const simd::Isa isa = simd::isa_for(family);
   if (isa != simd::Isa::scalar) {
     // 32 rows per item, one per vector lane; each row keeps its own block's
     // tile range, so the result is the scalar model's to the bit.

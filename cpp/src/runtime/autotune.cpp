@@ -42,11 +42,11 @@ std::vector<T> filled(std::size_t n, float scale) {
 
 // One call of the family on a small problem of its common kind: prefill bf16
 // D = 128 (64 queries, 256 keys, 4 heads; the short class 8 queries, 1024
-// keys, 8 heads); decode with an f16 cache, D = 128,
+// keys, 8 heads; the f32 class the first shape in f32); decode with an f16 cache, D = 128,
 // 2048 positions, GQA 4:1; the naive SDPA f32 D = 64 (32 queries, 256 keys).
 struct Workload {
   std::vector<bfloat16> pq, pk, pv, pout;
-  std::vector<float> dq, dout, sq, sk, sv, sout;
+  std::vector<float> fq, fk, fv, fout, dq, dout, sq, sk, sv, sout;
   std::vector<float16> dk, dv;
   explicit Workload(Family f) {
     if (f == Family::prefill_short) {
@@ -59,6 +59,11 @@ struct Workload {
       pk = filled<bfloat16>(4 * 256 * 128, 1.0f);
       pv = filled<bfloat16>(4 * 256 * 128, 1.0f);
       pout.resize(pq.size());
+    } else if (f == Family::prefill_f32) {
+      fq = filled<float>(4 * 64 * 128, 1.0f);
+      fk = filled<float>(4 * 256 * 128, 1.0f);
+      fv = filled<float>(4 * 256 * 128, 1.0f);
+      fout.resize(fq.size());
     } else if (f == Family::decode) {
       dq = filled<float>(8 * 128, 1.0f);
       dk = filled<float16>(2 * 2048 * 128, 1.0f);
@@ -82,6 +87,11 @@ struct Workload {
                          contiguous_view(pk.data(), DType::bf16, {1, 4, 256, 128}, false),
                          contiguous_view(pv.data(), DType::bf16, {1, 4, 256, 128}, false),
                          contiguous_view(pout.data(), DType::bf16, {1, 4, 64, 128}, true), nullptr, nullptr, nullptr);
+    } else if (f == Family::prefill_f32) {
+      flash_attn_prefill(contiguous_view(fq.data(), DType::f32, {1, 4, 64, 128}, false),
+                         contiguous_view(fk.data(), DType::f32, {1, 4, 256, 128}, false),
+                         contiguous_view(fv.data(), DType::f32, {1, 4, 256, 128}, false),
+                         contiguous_view(fout.data(), DType::f32, {1, 4, 64, 128}, true), nullptr, nullptr, nullptr);
     } else if (f == Family::decode) {
       DecodeParams p;
       p.kv_seq_len = 2048;

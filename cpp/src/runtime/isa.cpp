@@ -98,6 +98,7 @@ const char* family_name(Family f) {
     case Family::decode: return "decode";
     case Family::sdpa: return "sdpa";
     case Family::prefill_short: return "prefill_short";
+    case Family::prefill_f32: return "prefill_f32";
     case Family::prefill: break;
   }
   return "prefill";

@@ -17,12 +17,14 @@ enum class Isa {
 };
 
 // The kernel families, each of which gets its own path under "auto", and
-// the shape classes that get their own too: a prefill of at most
+// the classes of calls that get their own too: a prefill of at most
 // kShortPrefillRows query rows (a speculative-decoding check, a chunk's
 // tail) fills a fraction of a wide vector, and on this project's Intel Xeon
-// ran 6-22% faster on AVX2 than on AVX-512 (bench/run.py --section short).
-enum class Family { prefill = 0, decode = 1, sdpa = 2, prefill_short = 3 };
-inline constexpr int kFamilies = 4;
+// ran 6-22% faster on AVX2 than on AVX-512 (bench/run.py --section short);
+// an f32 prefill of more rows is timed apart from the 16-bit ones, whose
+// bf16 Q·Kᵀ can run on AVX512_BF16 (a path that is AVX-512 for f32).
+enum class Family { prefill = 0, decode = 1, sdpa = 2, prefill_short = 3, prefill_f32 = 4 };
+inline constexpr int kFamilies = 5;
 inline constexpr long kShortPrefillRows = 8;
 const char* family_name(Family f);
 
