@@ -208,9 +208,7 @@ inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK,
     for (std::int64_t jb = 0; jb < BK; jb += KP) {
       F acc[KP][NV];
       for (int jj = 0; jj < KP; ++jj)
-        for (std::int64_t u = 0; u < NV; ++u) {
-          acc[jj][u] = V::zero();
-        }
+        for (std::int64_t u = 0; u < NV; ++u) acc[jj][u] = V::zero();
       const E* kb[KP];  // local copies: the compiler keeps them in registers
       for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
       if constexpr (kBf16 && V::kBf16Dot)

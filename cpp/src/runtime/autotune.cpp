@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,30 +41,40 @@ std::vector<T> filled(std::size_t n, float scale) {
   return v;
 }
 
+// A prefill call of one shape (B = 1, D = 128) in one element type.
+template <class T>
+struct PrefillCall {
+  DType dtype;
+  std::int64_t heads, q_len, kv_len;
+  std::vector<T> q, k, v, out;
+  PrefillCall(DType dt, std::int64_t h, std::int64_t lq, std::int64_t lk)
+      : dtype(dt), heads(h), q_len(lq), kv_len(lk), q(filled<T>(std::size_t(h * lq * 128), 1.0f)),
+        k(filled<T>(std::size_t(h * lk * 128), 1.0f)), v(filled<T>(k.size(), 1.0f)), out(q.size()) {}
+  void run() {
+    flash_attn_prefill(contiguous_view(q.data(), dtype, {1, heads, q_len, 128}, false),
+                       contiguous_view(k.data(), dtype, {1, heads, kv_len, 128}, false),
+                       contiguous_view(v.data(), dtype, {1, heads, kv_len, 128}, false),
+                       contiguous_view(out.data(), dtype, {1, heads, q_len, 128}, true), nullptr, nullptr, nullptr);
+  }
+};
+
 // One call of the family on a small problem of its common kind: prefill bf16
-// D = 128 (64 queries, 256 keys, 4 heads; the short class 8 queries, 1024
-// keys, 8 heads; the f32 class the first shape in f32); decode with an f16 cache, D = 128,
-// 2048 positions, GQA 4:1; the naive SDPA f32 D = 64 (32 queries, 256 keys).
+// D = 128, 64 queries, 256 keys, 4 heads (the f32 class: the same in f32; the
+// short class: 8 queries, 1024 keys, 8 heads); decode with an f16 cache,
+// D = 128, 2048 positions, GQA 4:1; the naive SDPA f32 D = 64 (32 queries,
+// 256 keys).
 struct Workload {
-  std::vector<bfloat16> pq, pk, pv, pout;
-  std::vector<float> fq, fk, fv, fout, dq, dout, sq, sk, sv, sout;
+  std::optional<PrefillCall<bfloat16>> prefill16;
+  std::optional<PrefillCall<float>> prefill32;
+  std::vector<float> dq, dout, sq, sk, sv, sout;
   std::vector<float16> dk, dv;
   explicit Workload(Family f) {
     if (f == Family::prefill_short) {
-      pq = filled<bfloat16>(8 * 8 * 128, 1.0f);
-      pk = filled<bfloat16>(8 * 1024 * 128, 1.0f);
-      pv = filled<bfloat16>(8 * 1024 * 128, 1.0f);
-      pout.resize(pq.size());
+      prefill16.emplace(DType::bf16, 8, 8, 1024);
     } else if (f == Family::prefill) {
-      pq = filled<bfloat16>(4 * 64 * 128, 1.0f);
-      pk = filled<bfloat16>(4 * 256 * 128, 1.0f);
-      pv = filled<bfloat16>(4 * 256 * 128, 1.0f);
-      pout.resize(pq.size());
+      prefill16.emplace(DType::bf16, 4, 64, 256);
     } else if (f == Family::prefill_f32) {
-      fq = filled<float>(4 * 64 * 128, 1.0f);
-      fk = filled<float>(4 * 256 * 128, 1.0f);
-      fv = filled<float>(4 * 256 * 128, 1.0f);
-      fout.resize(fq.size());
+      prefill32.emplace(DType::f32, 4, 64, 256);
     } else if (f == Family::decode) {
       dq = filled<float>(8 * 128, 1.0f);
       dk = filled<float16>(2 * 2048 * 128, 1.0f);
@@ -77,21 +88,10 @@ struct Workload {
     }
   }
   void run(Family f) {
-    if (f == Family::prefill_short) {
-      flash_attn_prefill(contiguous_view(pq.data(), DType::bf16, {1, 8, 8, 128}, false),
-                         contiguous_view(pk.data(), DType::bf16, {1, 8, 1024, 128}, false),
-                         contiguous_view(pv.data(), DType::bf16, {1, 8, 1024, 128}, false),
-                         contiguous_view(pout.data(), DType::bf16, {1, 8, 8, 128}, true), nullptr, nullptr, nullptr);
-    } else if (f == Family::prefill) {
-      flash_attn_prefill(contiguous_view(pq.data(), DType::bf16, {1, 4, 64, 128}, false),
-                         contiguous_view(pk.data(), DType::bf16, {1, 4, 256, 128}, false),
-                         contiguous_view(pv.data(), DType::bf16, {1, 4, 256, 128}, false),
-                         contiguous_view(pout.data(), DType::bf16, {1, 4, 64, 128}, true), nullptr, nullptr, nullptr);
-    } else if (f == Family::prefill_f32) {
-      flash_attn_prefill(contiguous_view(fq.data(), DType::f32, {1, 4, 64, 128}, false),
-                         contiguous_view(fk.data(), DType::f32, {1, 4, 256, 128}, false),
-                         contiguous_view(fv.data(), DType::f32, {1, 4, 256, 128}, false),
-                         contiguous_view(fout.data(), DType::f32, {1, 4, 64, 128}, true), nullptr, nullptr, nullptr);
+    if (prefill16) {
+      prefill16->run();
+    } else if (prefill32) {
+      prefill32->run();
     } else if (f == Family::decode) {
       DecodeParams p;
       p.kv_seq_len = 2048;
