@@ -83,3 +83,27 @@ TEST(Exp, SpecialValues) {
   for (float x = -149.5f; x < -126.0f; x += 0.37f)
     EXPECT_LE(std::fabs(double(exp2_f32(x)) - std::exp2(double(x))), 0x1p-149) << x;
 }
+
+#include "../cpp/src/numerics/tanh.hpp"
+
+// The softcap's tanh: every 17th magnitude and every pattern around the
+// branch point; the result is never subnormal for a normal argument.
+TEST(Tanh, WithinTwoUlpEverywhere) {
+  auto exact = [](double x) { return std::tanh(x); };
+  double worst = std::max(worst_ulps(tanh_f32, exact, 0x1p-126f, 100.0f, 17, -100.0f, 100.0f),
+                          worst_ulps(tanh_f32, exact, 0.5f, 0.75f, 1, -1.0f, 1.0f));
+  EXPECT_LE(worst, 2.0);
+  std::printf("worst error: %.3f ulp\n", worst);
+}
+
+TEST(Tanh, SpecialValues) {
+  EXPECT_EQ(tanh_f32(0.0f), 0.0f);
+  EXPECT_TRUE(std::signbit(tanh_f32(-0.0f)));
+  EXPECT_EQ(tanh_f32(INFINITY), 1.0f);
+  EXPECT_EQ(tanh_f32(-INFINITY), -1.0f);
+  EXPECT_EQ(tanh_f32(50.0f), 1.0f);
+  EXPECT_EQ(tanh_f32(-50.0f), -1.0f);
+  EXPECT_TRUE(std::isnan(tanh_f32(NAN)));
+  EXPECT_EQ(tanh_f32(0x1p-140f), 0x1p-140f);  // tiny arguments come back unchanged
+  for (float x : {0.1f, 0.6f, 0.7f, 3.0f}) EXPECT_EQ(tanh_f32(-x), -tanh_f32(x));  // odd
+}
