@@ -35,6 +35,7 @@ def _expand_kv(x: np.ndarray, heads: int) -> np.ndarray:
 
 def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None, *, causal: Optional[str] = None, scale: Optional[float] = None,
               layout: str = "bhld", softcap: float = 0.0, window: Optional[int] = None,
+              sinks: Optional[npt.ArrayLike] = None, q_offset: Optional[int] = None,
               return_lse: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Exact softmax attention in float64.
 
@@ -51,7 +52,14 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Option
     ``i + Lk - Lq`` (``"bottom_right"``, and also when ``causal`` is None).
     ``causal`` blocks keys after the query's position; ``window=W`` blocks
     keys at or before ``position - W`` (so the query sees at most ``W`` keys
-    ending at its own position).
+    ending at its own position). ``q_offset=o`` puts query ``i`` at ``o + i``
+    instead (with ``causal`` None or ``"top_left"``; ``"bottom_right"`` and an
+    offset together raise ``ValueError``).
+
+    ``sinks`` (``[H]``, one per query head): a logit in the units of the
+    scaled scores that joins each row's softmax denominator only,
+    ``out = sum_j e^{s_j} v_j / (e^{sink} + sum_j e^{s_j})``; the LSE stays
+    the one over the keys.
 
     A row with no visible key gives 0 (and LSE ``-inf``). Returns float64
     ``[B, H, Lq, D]`` (in q's layout), and with ``return_lse=True`` also the
@@ -86,7 +94,12 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Option
             bias = mask.astype(np.float64)
             scores = scores + bias
             visible = visible & (bias != -np.inf)
-    offset = 0 if causal == "top_left" else k_len - q_len
+    if q_offset is not None:
+        if causal == "bottom_right":
+            raise ValueError("q_offset: cannot be combined with causal='bottom_right' (which sets the offset)")
+        offset = int(q_offset)
+    else:
+        offset = 0 if causal == "top_left" else k_len - q_len
     position = np.arange(q_len)[:, None] + offset
     key = np.arange(k_len)[None, :]
     if causal is not None:
@@ -97,9 +110,16 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Option
 
     scores = np.where(visible, scores, -np.inf)
     row_max = scores.max(axis=-1, keepdims=True)
+    sink = None
+    if sinks is not None:
+        sink = np.asarray(sinks, dtype=np.float64).reshape(1, heads, 1, 1)
+        row_max = np.maximum(row_max, sink)  # the sink shares the softmax's shift (only for stability)
     safe_max = np.where(np.isfinite(row_max), row_max, 0.0)
     weights = np.where(visible, np.exp(scores - safe_max), 0.0)
     row_sum = weights.sum(axis=-1, keepdims=True)
+    key_sum = row_sum
+    if sink is not None:
+        row_sum = row_sum + np.exp(sink - safe_max)
     if np.all(np.isfinite(v)):
         out = np.einsum("bhij,bhjd->bhid", weights, v)
     else:  # only keys a row sees reach it (0 * NaN would otherwise leak into every row)
@@ -110,8 +130,8 @@ def attention(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Option
         out = out.transpose(0, 2, 1, 3)
     if not return_lse:
         return out
-    with np.errstate(divide="ignore"):
-        lse = np.where(row_sum[..., 0] != 0, safe_max[..., 0] + np.log(row_sum[..., 0]), -np.inf)
+    with np.errstate(divide="ignore"):  # over the keys only: a sink is not a key
+        lse = np.where(key_sum[..., 0] != 0, safe_max[..., 0] + np.log(key_sum[..., 0]), -np.inf)
     return out, lse
 
 
