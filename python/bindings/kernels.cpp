@@ -56,7 +56,8 @@ py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::
                               std::optional<float> scale,
                               const py::object& layout, const py::object& kernel, std::int64_t nsg,
                               std::optional<std::int64_t> q_tile, std::optional<std::int64_t> k_tile,
-                              bool return_lse, bool verify_blk) {
+                              bool return_lse, bool verify_blk, float softcap, std::optional<std::int64_t> window,
+                              const std::optional<py::array>& sinks, std::int64_t q_offset) {
   const bool blhd = choice(layout, "layout", {"bhld", "blhd"}) == "blhd";
   const char* axes = blhd ? "[B, L, H, D]" : "[B, H, L, D]";
   Input qi = input4(q, "q", axes, blhd), ki = input4(k, "k", axes, blhd), vi = input4(v, "v", axes, blhd);
@@ -68,6 +69,10 @@ py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::
   params.q_tile = q_tile;
   params.k_tile = k_tile;
   params.verify_blk = verify_blk;
+  params.softcap = softcap;
+  params.window = window;
+  params.sinks = sinks_input(sinks);
+  params.q_offset = q_offset;
   std::optional<MaskInput> mi;
   if (mask) {
     const auto& qs = qi.view.shape;
@@ -269,7 +274,8 @@ void register_kernels(py::module_& m) {
         py::arg("causal_align"), py::arg("scale"), py::arg("kv_seq_len"));
   m.def("flash_attn_prefill", &flash_attn_prefill, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
         py::arg("blk"), py::arg("out"), py::arg("causal"), py::arg("causal_align"), py::arg("scale"), py::arg("layout"), py::arg("kernel"),
-        py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"), py::arg("return_lse"), py::arg("verify_blk"));
+        py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"), py::arg("return_lse"), py::arg("verify_blk"),
+        py::arg("softcap"), py::arg("window"), py::arg("sinks"), py::arg("q_offset"));
   m.def(
       "prefill_geometry",
       [](const py::object& kernel, std::optional<std::int64_t> head_dim, std::optional<std::int64_t> q_tile,

@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <string>
 #include <utility>
+#include <optional>
 #include <vector>
 
 #include "fattn/fattn.hpp"
@@ -66,6 +67,10 @@ struct MaskInput {
 MaskInput mask_input(const py::array& a, const std::array<std::int64_t, 4>& target);
 // A 2-D uint8 tile map (any row stride; a column stride other than 1 is copied).
 BlkView blk_input(const py::array& a, py::array& keep_alive);
+
+// A kernel's learned sinks: None, or a 1-D float32 array (any stride), copied.
+// Its length and values are the core's to check.
+std::vector<float> sinks_input(const std::optional<py::array>& a);
 
 // An output: a fresh array of `shape` (the caller's axes) and `dtype`, or the
 // caller's out= checked against them (TypeError for the dtype; ValueError for

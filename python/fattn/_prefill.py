@@ -5,7 +5,7 @@ from typing import Any, Optional, Tuple, Union, cast
 import numpy as np
 
 from . import _core
-from ._common import ArrayLike, as_array, boolean, causal_arg, integer, optional_scale
+from ._common import ArrayLike, as_array, boolean, causal_arg, integer, optional_scale, real
 
 
 _Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
@@ -16,7 +16,9 @@ def _optional_tile(x: Any, name: str) -> Optional[int]:
 
 
 def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[ArrayLike] = None, *,
-                       causal: Union[bool, str] = False, scale: Optional[float] = None, layout: str = "bhld",
+                       causal: Union[bool, str] = False, scale: Optional[float] = None, softcap: float = 0.0,
+                       window: Optional[int] = None, sinks: Optional[ArrayLike] = None, q_offset: int = 0,
+                       layout: str = "bhld",
                        blk: Optional[ArrayLike] = None, kernel: str = "auto", nsg: int = 8,
                        return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None,
                        out: Optional[ArrayLike] = None, verify_blk: bool = True
@@ -49,6 +51,25 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     multiply; ``nsg`` 4 or 8 gives identical results). ``q_tile``/``k_tile`` override the
     candle geometry (k_tile changes the rescale points, hence the rounding).
 
+    q_offset: query row i sits at absolute position ``q_offset + i`` (keys at ``0..Lk-1``), for a
+    chunk of a longer prompt prefilled against the cache so far: with ``causal=True`` key j is seen
+    iff ``j <= q_offset + i`` (``q_offset = Lk - Lq`` is ``"bottom_right"``, which cannot be
+    combined with a non-zero offset). Calls in chunks with the matching offsets give the one-shot
+    call's bits.
+
+    window: ``W >= 1`` (or None): key j is seen iff ``q_offset + i - W < j <= q_offset + i`` (the
+    last W positions, the query's own included; the decode's ``sliding_window`` rule); implies
+    causal. Tiles wholly outside a block's window are not visited, and skipping them changes no bit.
+
+    softcap: ``> 0`` replaces each scaled score s by ``softcap * tanh(s / softcap)`` before the
+    mask (Gemma 2); 0 = off. It uses fattn's own tanh (docs/numerics.md), in the kernel's units.
+
+    sinks: None or a float32 array ``[H]`` (one per query head): a learned logit in the units of
+    the scaled scores that joins the softmax denominator only,
+    ``out = sum_j e^{s_j} v_j / (e^{sink} + sum_j e^{s_j})``; ``-inf`` is no sink. The LSE
+    (``return_lse``) stays the one over the keys, so results over key ranges merge with
+    ``merge_attention(..., sinks=sinks)``. It enters after the last key (as llama.cpp's kernels).
+
     blk: the uint8 tile-skip map from :func:`flash_attn_prefill_blk` for the same mask,
     kernel and geometry; it never changes a bit of the output. ``verify_blk=True`` (the
     default) first checks it against the map the mask gives, one pass over the mask (a few
@@ -78,7 +99,9 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
         None if blk is None else as_array(blk, "blk"), None if out is None else as_array(out, "out"),
         on, align, optional_scale(scale), layout, kernel, integer(nsg, "nsg"),
         _optional_tile(q_tile, "q_tile"), _optional_tile(k_tile, "k_tile"), boolean(return_lse, "return_lse"),
-        boolean(verify_blk, "verify_blk"))
+        boolean(verify_blk, "verify_blk"), real(softcap, "softcap"),
+        None if window is None else integer(window, "window"),
+        None if sinks is None else as_array(sinks, "sinks"), integer(q_offset, "q_offset"))
     if out is None:
         return cast(_Result, result)  # (a type alias: subscripting typing at each call costs a microsecond)
     return (cast(np.ndarray, out), result[1]) if return_lse else cast(np.ndarray, out)

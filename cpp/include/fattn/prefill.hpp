@@ -7,6 +7,7 @@
 // row is normalised). docs/numerics.md, "Tiled prefill", has the steps.
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "fattn/plan.hpp"
 #include "fattn/tensor.hpp"
@@ -43,6 +44,22 @@ struct PrefillParams {
   // (one pass over the mask) and throw on a difference, so a stale map cannot
   // skip tiles that the mask does not block.
   bool verify_blk = true;
+  // Issue 19's variants (docs/numerics.md, "Tiled prefill", variants):
+  // query row i sits at absolute position q_offset + i (keys at 0..Lk-1), so
+  // causal means key j <= q_offset + i (top_left only: bottom_right sets the
+  // offset itself, and the two together are an error).
+  std::int64_t q_offset = 0;
+  // A sliding window of W >= 1 keys: key j is seen iff pos - W < j <= pos
+  // (pos = the query's position); implies causal. Tiles wholly outside a
+  // block's window are not visited.
+  std::optional<std::int64_t> window;
+  // > 0: score <- softcap * tanh(score / softcap) on the scaled score, before
+  // the masks (fattn's own tanh, numerics/tanh.hpp). 0 = off.
+  float softcap = 0.0f;
+  // Empty, or one learned logit per query head, in the units of the scaled
+  // scores: it joins the softmax denominator only, after the last key; -inf
+  // means none for that head. The LSE stays the one over the keys.
+  std::vector<float> sinks;
 };
 
 // The tile-skip map: one byte per (q tile, k tile), row-major.
@@ -65,6 +82,13 @@ struct PrefillPlan : AttentionShape {
   float scale = 0.0f;  // params.scale, or 1/sqrt(D) in f32
   bool causal = false;
   std::int64_t causal_offset = 0;  // with causal, row i sees keys j <= i + causal_offset
+  std::int64_t window = 0;         // > 0 (with causal): row i sees keys j > i + causal_offset - window only
+  // softcap on: score = softcap_out * tanh(dot * softcap_in), in the kernel's
+  // score units (candle: log2 units, from the pre-scaled Q; llamacpp: the scale folded into softcap_in).
+  bool softcap = false;
+  float softcap_in = 0.0f, softcap_out = 0.0f;
+  // params.sinks in the kernel's score units (candle: f32(log2(e) * sink)); empty = none.
+  std::vector<float> sink_terms;
   // Set by run() on its own copy: where the LSE goes, if asked for.
   std::optional<TensorView> lse;
 

@@ -12,6 +12,7 @@
 #include "fattn/prefill.hpp"
 #include "numerics/constants.hpp"
 #include "numerics/exp.hpp"
+#include "numerics/tanh.hpp"
 #include "numerics/tree_sum.hpp"
 
 namespace fattn::prefill_detail {
@@ -41,6 +42,7 @@ struct CandleArithmetic {
   static float stage_q(float q, float factor) { return round_to<T>(q * factor); }
   static float score(float dot, float scale) { return kScaleAfterDot ? dot * scale : dot; }
   static float mask_term(float m) { return kLog2e * m; }
+  static float sink_term(float sink) { return kLog2e * sink; }  // into log2 units, as a mask value
   static float exp(float x) { return kNaturalExp ? simd::exp_f32(x) : simd::exp2_f32(x); }
   static float normalise(float o, float l) { return l == 0.0f ? 0.0f : o / l; }
   static float lse(float m, float l) {
@@ -71,6 +73,34 @@ struct LlamaCppArithmetic {
 };
 
 
+
+// A learned sink (in the policy's score units) joins a finished row's
+// softmax after its last key, as llama.cpp's kernels fold theirs: m' =
+// max(m, sink), f = exp(m - m'), l' = l*f + exp(sink - m'), O' = O*f (the
+// caller's multiply; skipping it when f == 1 changes no bit). A row that saw
+// no key (l = 0, O = 0) stays 0. Returns f. -inf: no sink, nothing changes.
+template <class Arith>
+inline float fold_sink(float sink, float& row_max, float& row_sum) {
+  if (sink == -kInf) return 1.0f;
+  const float new_max = std::max(row_max, sink);
+  const float f = Arith::exp(row_max - new_max);
+  row_sum = row_sum * f + Arith::exp(sink - new_max);
+  row_max = new_max;
+  return f;
+}
+
+// softcap on: the score from the dot product, in the policy's units (the
+// plan's softcap_in carries llama.cpp's scale, candle's is in Q already).
+inline float softcap_score(float dot, float in, float out) { return out * simd::tanh_f32(dot * in); }
+
+// Window: the first tile a block whose first row is `row_begin` visits, the
+// one holding that row's oldest visible key (row_begin + offset - window + 1).
+inline std::int64_t window_tile_start(std::int64_t row_begin, std::int64_t causal_offset, std::int64_t window,
+                                      std::int64_t k_tile) {
+  if (window <= 0) return 0;
+  const std::int64_t oldest = row_begin + causal_offset - window + 1;
+  return oldest <= 0 ? 0 : oldest / k_tile;
+}
 
 // Causal: the tiles a block whose rows end before row `row_end` visits: up to
 // the one holding its last row's diagonal (none when every row precedes key 0).
@@ -122,6 +152,22 @@ inline void apply_mask_row(const MaskView& m, std::int64_t b, std::int64_t h, st
     case DType::f16: add(static_cast<const std::uint16_t*>(row) + base, [](std::uint16_t x) { return f16_to_f32(x); }); break;
     case DType::bf16: add(static_cast<const std::uint16_t*>(row) + base, [](std::uint16_t x) { return bf16_to_f32(x); }); break;
   }
+}
+
+// A finished row: the LSE over its keys, the sink (if any) folded in, then
+// out = normalise(O, l) in the I/O type. O's element d is o[d * o_step];
+// every path ends its rows here, so the bits cannot differ.
+template <class T, class Arith>
+inline void finish_row(const PrefillPlan& p, const TensorView& out, std::int64_t b, std::int64_t h, std::int64_t i, float row_max,
+                       float row_sum, float* o, std::int64_t o_step) {
+  if (p.lse) *p.lse->row<float>(b, h, i) = Arith::lse(row_max, row_sum);
+  if (!p.sink_terms.empty()) {
+    const float f = fold_sink<Arith>(p.sink_terms[std::size_t(h)], row_max, row_sum);
+    if (f != 1.0f)
+      for (std::int64_t d = 0; d < p.head_dim; ++d) o[d * o_step] = o[d * o_step] * f;
+  }
+  T* dst = out.row<T>(b, h, i);
+  for (std::int64_t d = 0; d < p.head_dim; ++d) dst[d] = narrow<T>(Arith::normalise(o[d * o_step], row_sum));
 }
 
 // Rows of Q a SIMD path handles together (one lane per row). The SIMD paths

@@ -34,6 +34,8 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
   const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
   // Causal: a block stops at the tile holding its last row's diagonal.
   const std::int64_t tile_limit = p.causal ? causal_tile_limit(row0 + rows, p.causal_offset, BK, n_tiles) : n_tiles;
+  // Window: it starts at the tile holding its first row's oldest key.
+  const std::int64_t tile_start = window_tile_start(row0, p.causal_offset, p.window, BK);
 
   const float factor = Arith::template q_factor<T>(p.scale);
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -44,7 +46,7 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
   std::fill(w.row_max.begin(), w.row_max.begin() + rows, kInitialMax);
   std::fill(w.row_sum.begin(), w.row_sum.begin() + rows, 0.0f);
 
-  for (std::int64_t tile = 0; tile < tile_limit; ++tile) {
+  for (std::int64_t tile = tile_start; tile < tile_limit; ++tile) {
     const std::uint8_t action = p.blk ? p.blk->at(q_block, tile) : 1;
     if (action == 0) continue;  // every cell blocked: the tile would add exact zeros and rescale by 1
     const std::int64_t key0 = tile * BK, keys = std::min(BK, p.kv_len - key0);
@@ -71,16 +73,20 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
           dot = numerics::bf16_dot(q_row, k_row, D);
         else
           for (std::int64_t d = 0; d < D; ++d) dot = std::fma(q_row[d], k_row[d], dot);
-        s[j] = Arith::score(dot, p.scale);
+        s[j] = p.softcap ? softcap_score(dot, p.softcap_in, p.softcap_out) : Arith::score(dot, p.scale);
       }
       for (std::int64_t j = keys; j < BK; ++j) s[j] = -kInf;  // past Lk
-      if (p.causal && !Arith::kCausalOverridesMask)
+      // Positions: causal (key after the query) and, with a window, keys at
+      // or before position - window; in the family's order with the mask.
+      auto mask_positions = [&] {
+        if (!p.causal) return;
         for (std::int64_t j = 0; j < keys; ++j)
-          if (key0 + j > i + p.causal_offset) s[j] = -kInf;
+          if (key0 + j > i + p.causal_offset || (p.window && key0 + j <= i + p.causal_offset - p.window))
+            s[j] = -kInf;
+      };
+      if (!Arith::kCausalOverridesMask) mask_positions();
       if (p.mask && action != 2) apply_mask_row<Arith>(*p.mask, b, h, i, key0, keys, s, 1);
-      if (p.causal && Arith::kCausalOverridesMask)
-        for (std::int64_t j = 0; j < keys; ++j)
-          if (key0 + j > i + p.causal_offset) s[j] = -kInf;
+      if (Arith::kCausalOverridesMask) mask_positions();
       // Online softmax, one rescale per tile.
       float tile_max = -kInf;
       for (std::int64_t j = 0; j < BK; ++j) tile_max = std::max(tile_max, s[j]);
@@ -104,13 +110,9 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
     }
   }
 
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const float l = w.row_sum[std::size_t(r)];
-    const float* o = &w.o[std::size_t(r * D)];
-    T* dst = out.row<T>(b, h, row0 + r);
-    for (std::int64_t d = 0; d < D; ++d) dst[d] = narrow<T>(Arith::normalise(o[d], l));
-    if (p.lse) *p.lse->row<float>(b, h, row0 + r) = Arith::lse(w.row_max[std::size_t(r)], l);
-  }
+  for (std::int64_t r = 0; r < rows; ++r)
+    finish_row<T, Arith>(p, out, b, h, row0 + r, w.row_max[std::size_t(r)], w.row_sum[std::size_t(r)],
+                         &w.o[std::size_t(r * D)], 1);
 }
 
 template <class T, class Arith>
@@ -217,6 +219,57 @@ PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim, st
   return g;
 }
 
+// Issue 19's variants, checked and put in the kernel's units. Positions
+// (q_offset + q_len, and the keys) stay within 31 bits, as the vector paths
+// hold them in 32-bit lanes.
+void resolve_variants(PrefillPlan& plan, const PrefillParams& params) {
+  constexpr std::int64_t kMaxPosition = std::numeric_limits<std::int32_t>::max() / 2;
+  require(params.q_offset >= 0 && params.q_offset <= kMaxPosition - plan.q_len,
+          "q_offset: must be an int >= 0 with q_offset + Lq <= ", kMaxPosition, ", got ", params.q_offset);
+  require(plan.kv_len <= kMaxPosition, "k: Lk must be <= ", kMaxPosition, ", got ", plan.kv_len);
+  if (params.q_offset != 0) {
+    require(!(params.causal && params.causal_align == CausalAlign::bottom_right),
+            "q_offset: cannot be combined with causal='bottom_right', which sets the offset itself (Lk - Lq); "
+            "got q_offset = ", params.q_offset);
+    plan.causal_offset = params.q_offset;
+  }
+  if (params.window) {
+    require(*params.window >= 1, "window: must be an int >= 1 (the keys a query sees, its own included) or None, got ",
+            *params.window);
+    plan.causal = true;  // a window implies causal
+    // Wider than any query's position + 1: every causal key is inside, which is plain causal.
+    const std::int64_t widest = std::max<std::int64_t>(plan.causal_offset + plan.q_len, 0) + 1;
+    plan.window = std::min(*params.window, widest);
+  }
+  require(std::isfinite(params.softcap) && params.softcap >= 0.0f,
+          "softcap: must be finite and >= 0 (0 = off), got ", params.softcap);
+  if (params.softcap > 0.0f) {
+    plan.softcap = true;
+    if (params.kernel == PrefillKernel::llamacpp) {  // natural units; the scale goes into the tanh's argument
+      plan.softcap_out = params.softcap;
+      plan.softcap_in = plan.scale / params.softcap;
+    } else {  // log2 units: the dot already carries scale * log2(e) (in Q)
+      plan.softcap_out = float(double(params.softcap) * numerics::kLog2e);
+      plan.softcap_in = float(1.0 / (double(params.softcap) * numerics::kLog2e));
+      require(std::isfinite(plan.softcap_out) && plan.softcap_in > 0.0f,
+              "softcap: must be within float32's range in log2 units (softcap * log2(e)), got ", params.softcap);
+    }
+  }
+  if (!params.sinks.empty()) {
+    require(std::int64_t(params.sinks.size()) == plan.heads, "sinks: expected one value per query head (",
+            plan.heads, "), got ", params.sinks.size());
+    plan.sink_terms.resize(params.sinks.size());
+    for (std::size_t h = 0; h < params.sinks.size(); ++h) {
+      const float sink = params.sinks[h];
+      require(!std::isnan(sink) && sink != kInf, "sinks: values must be finite or -inf (no sink), got ", sink,
+              " for head ", h);
+      plan.sink_terms[h] = params.kernel == PrefillKernel::llamacpp ? sink : CandleArithmetic::sink_term(sink);
+      require(plan.sink_terms[h] != kInf && plan.sink_terms[h] != -kInf || sink == -kInf,
+              "sinks: ", sink, " for head ", h, " overflows float32 in log2 units");
+    }
+  }
+}
+
 PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorView& v,
                                     const MaskView* mask, const BlkView* blk, const PrefillParams& params) {
   using namespace detail;
@@ -238,6 +291,7 @@ PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, co
   require(params.causal_align == CausalAlign::top_left || params.causal_align == CausalAlign::bottom_right,
           "causal: unknown alignment code ", int(params.causal_align), " (expected top_left or bottom_right)");
   plan.causal_offset = causal_offset(params.causal_align, plan.q_len, plan.kv_len);
+  resolve_variants(plan, params);
   const PrefillGeometry& geometry = plan.geometry;
   const std::int64_t q_len = plan.q_len, kv_len = plan.kv_len;
   if (mask) plan.mask = broadcast_mask(*mask, {q.batch(), q.heads(), q_len, kv_len}, "mask");

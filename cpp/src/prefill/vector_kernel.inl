@@ -191,15 +191,23 @@ constexpr int score_keys() {
 // No scope: the f32 and f16 score chains keep IEEE denormals.
 struct NoScope {};
 
+// What turns a dot product into a score in the policy's units: llama.cpp's
+// scale multiply, or the softcap (which folds that scale into `in`).
+struct ScoreUnits {
+  float scale;
+  bool softcap;
+  float in, out;
+};
+
 // The scores of one key tile for the first NV row vectors: sT[j * R + row],
 // each the fma chain over D in order (bf16: fattn's bf16 dot product, inside
-// FtzDazScope); keys past `keys` get -inf. llama.cpp's scale multiply comes
-// after the scope. The scope's MXCSR writes are compiler memory barriers and
+// FtzDazScope); keys past `keys` get -inf. llama.cpp's scale multiply or the
+// softcap comes after the scope. The scope's MXCSR writes are compiler memory barriers and
 // the sums start from loads (Q, K) and end in stores (sT), so no FMA can move
 // out of the scope and no multiply into it.
 template <class V, class Arith, std::int64_t NV, class E>
 inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK, std::int64_t keys, std::int64_t D,
-                       float* sT, float scale) {
+                       float* sT, const ScoreUnits& units) {
   using F = typename V::F;
   constexpr bool kBf16 = std::is_same_v<E, bfloat16>;
   constexpr int KP = score_keys<V, NV>();
@@ -225,12 +233,20 @@ inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK,
       }
     }
   }
-  if (Arith::kScaleAfterDot)  // Arith::score, after the scope
+  if (units.softcap) {  // softcap_score, after the scope
+    const F in = V::set1(units.in), out = V::set1(units.out);
     for (std::int64_t j = 0; j < keys; ++j)
       for (std::int64_t u = 0; u < NV; ++u) {
         float* s = sT + j * kSimdRows + u * V::W;
-        V::store(s, V::mul(V::load(s), V::set1(scale)));
+        V::store(s, V::mul(out, simd::tanh_v<V>(V::mul(V::load(s), in))));
       }
+  } else if (Arith::kScaleAfterDot) {  // Arith::score, after the scope
+    for (std::int64_t j = 0; j < keys; ++j)
+      for (std::int64_t u = 0; u < NV; ++u) {
+        float* s = sT + j * kSimdRows + u * V::W;
+        V::store(s, V::mul(V::load(s), V::set1(units.scale)));
+      }
+  }
 }
 
 // The same for a short block, out of line: inlined next to the full
@@ -238,8 +254,9 @@ inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK,
 // (an accumulator went to the stack).
 template <class V, class Arith, std::int64_t NV, class E>
 __attribute__((noinline)) void score_tile_short(const float* qT, const E* const* k_rows, std::int64_t BK,
-                                                std::int64_t keys, std::int64_t D, float* sT, float scale) {
-  score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, scale);
+                                                std::int64_t keys, std::int64_t D, float* sT,
+                                                const ScoreUnits& units) {
+  score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, units);
 }
 
 // A batch of `tiles` consecutive key tiles (their P·V deferred so the
@@ -483,16 +500,24 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   std::fill(row_sum, row_sum + R, 0.0f);
 
   // Each row keeps its own block's tile range and tile-skip bytes.
-  std::int64_t limit[R], block_of[R], max_limit = 0;
+  std::int64_t first[R], limit[R], block_of[R], min_first = n_tiles, max_limit = 0;
   for (std::int64_t r = 0; r < rows; ++r) {
     block_of[r] = (row0 + r) / BQ;
     const std::int64_t block_end = std::min(block_of[r] * BQ + BQ, p.q_len);
+    first[r] = window_tile_start(block_of[r] * BQ, p.causal_offset, p.window, BK);
     limit[r] = p.causal ? causal_tile_limit(block_end, p.causal_offset, BK, n_tiles) : n_tiles;
+    min_first = std::min(min_first, first[r]);
     max_limit = std::max(max_limit, limit[r]);
   }
-  // Causal: lane r masks keys past row0 + r + causal_offset.
-  I diag_index[NV];
-  for (std::int64_t u = 0; u < NV; ++u) diag_index[u] = V::iota(std::int32_t(row0 + p.causal_offset + u * V::W));
+  // Causal: lane r masks keys past row0 + r + causal_offset; with a window,
+  // also keys before row0 + r + causal_offset - window + 1 (the plan keeps
+  // both within 31 bits).
+  I diag_index[NV], oldest_index[NV];
+  for (std::int64_t u = 0; u < NV; ++u) {
+    diag_index[u] = V::iota(std::int32_t(row0 + p.causal_offset + u * V::W));
+    oldest_index[u] = V::iota(std::int32_t(row0 + p.causal_offset - p.window + 1 + u * V::W));
+  }
+  const ScoreUnits units{p.scale, p.softcap, p.softcap_in, p.softcap_out};
   const F neg_inf = V::set1(-kInf);
 
   // P·V of the pending tiles for their active rows: all rows at once in the
@@ -522,11 +547,12 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     pending = 0;
   };
 
-  for (std::int64_t tile = 0; tile < max_limit; ++tile) {
+  for (std::int64_t tile = min_first; tile < max_limit; ++tile) {
     std::uint32_t active = 0, add_mask = 0;
     for (std::int64_t r = 0; r < rows; ++r) {
+      if (tile < first[r] || tile >= limit[r]) continue;
       const std::uint8_t action = p.blk ? p.blk->at(block_of[r], tile) : 1;
-      if (tile < limit[r] && action != 0) {
+      if (action != 0) {
         active |= 1u << r;
         if (action != 2) add_mask |= 1u << r;
       }
@@ -555,20 +581,26 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
 
     // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
     if (row_vectors == NV)
-      score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, p.scale);
+      score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, units);
     else
       with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
-        score_tile_short<V, Arith, decltype(nv)::value>(qT, k_rows, BK, keys, D, sT, p.scale);
+        score_tile_short<V, Arith, decltype(nv)::value>(qT, k_rows, BK, keys, D, sT, units);
       });
     // Masks in the seed's order.
     auto apply_causal = [&] {
-      // No key past the group's first row's diagonal: nothing to mask.
-      if (!p.causal || key0 + keys - 1 <= row0 + p.causal_offset) return;
+      if (!p.causal) return;
+      // No key past the group's first row's diagonal, and none at or before
+      // its last row's window edge: nothing to mask.
+      const bool past_diagonal = key0 + keys - 1 > row0 + p.causal_offset;
+      const bool before_window = p.window > 0 && key0 <= row0 + rows - 1 + p.causal_offset - p.window;
+      if (!past_diagonal && !before_window) return;
       for (std::int64_t j = 0; j < keys; ++j) {
         const I key = V::iset1(std::int32_t(key0 + j));
         for (std::int64_t u = 0; u < row_vectors; ++u) {
           float* s = sT + j * R + u * V::W;
-          V::store(s, V::blend(V::int_gt(key, diag_index[u]), V::load(s), neg_inf));
+          F sv = V::blend(V::int_gt(key, diag_index[u]), V::load(s), neg_inf);
+          if (before_window) sv = V::blend(V::int_gt(oldest_index[u], key), sv, neg_inf);
+          V::store(s, sv);
         }
       }
     };
@@ -621,13 +653,8 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   flush_pv();
   // Element d of row r's output accumulator.
   const std::int64_t o_row_step = o_in_lanes ? 1 : D, o_d_step = o_in_lanes ? R : 1;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const float l = row_sum[r];
-    const float* o_row = o + r * o_row_step;
-    T* dst = out.row<T>(b, h, row0 + r);
-    for (std::int64_t d = 0; d < D; ++d) dst[d] = narrow<T>(Arith::normalise(o_row[d * o_d_step], l));
-    if (p.lse) *p.lse->row<float>(b, h, row0 + r) = Arith::lse(row_max[r], l);
-  }
+  for (std::int64_t r = 0; r < rows; ++r)
+    finish_row<T, Arith>(p, out, b, h, row0 + r, row_max[r], row_sum[r], o + r * o_row_step, o_d_step);
 }
 
 }  // namespace
