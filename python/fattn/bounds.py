@@ -72,7 +72,8 @@ def _expand_kv(x: np.ndarray, heads: int) -> np.ndarray:
 
 def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None, *,
                   causal: Union[bool, str] = False, scale: Optional[float] = None, kernel: str = "auto",
-                  layout: str = "bhld") -> Tuple[np.ndarray, np.ndarray]:
+                  layout: str = "bhld", softcap: float = 0.0, window: Optional[int] = None,
+                  sinks: Optional[npt.ArrayLike] = None, q_offset: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """``(bound, e)`` for ``fattn.flash_attn_prefill`` with the same arguments (numerics §4,
     "Error bounds"): ``bound`` broadcasts against the output (per row, before the store's half
     ulp that :func:`within` adds); ``e`` ``[B, H, Lq]`` bounds each row's score error in natural
@@ -81,7 +82,14 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
     Every visible score may be off by ``E`` (the input type's rounding of the pre-scaled Q for
     the candle kernel, the f32 dot chain, the mask's conversion); the normalised weights then
     move by a factor in ``[exp(-2E), exp(2E)]``, the output by ``(exp(2E) - 1)·max|V|``; the
-    online recurrence adds ``(2n + 10)·u·max|V|`` for ``n`` visible keys."""
+    online recurrence adds ``(2n + 10)·u·max|V|`` for ``n`` visible keys.
+
+    The variants (numerics §4, "Variants"): ``softcap`` passes a score's error through tanh
+    (1-Lipschitz) and adds its own: ``u·|s| + 6u·softcap`` (the argument's multiply, the
+    tanh's 2 ulp, the two rounded constants, the final multiply); a sink counts as one more
+    visible key whose score (``2u·|sink|``: candle's log2(e) multiply) moves the weights, and
+    whose fold adds a rounding to the sum and the accumulator; ``window`` and ``q_offset`` only
+    choose the visible keys."""
     dtype = np.dtype(np.asarray(q).dtype)
     _format(dtype)
     if layout == "blhd":
@@ -108,9 +116,13 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
                 mask_err = np.abs(np.where(np.isfinite(half), half, 0.0) - finite) + 2 * _U32 * np.abs(finite)
             else:
                 mask_err = 2 * _U32 * np.abs(finite)
-    if isinstance(causal, str) or causal:  # query i sees keys 0..i (True, "top_left") or 0..i + Lk - Lq ("bottom_right")
-        offset = lk - lq if causal == "bottom_right" else 0
-        visible &= np.arange(lk)[None, :] <= np.arange(lq)[:, None] + offset
+    if isinstance(causal, str) or causal or window is not None:
+        # query i sees keys 0..i + q_offset (True, "top_left") or 0..i + Lk - Lq ("bottom_right")
+        offset = lk - lq if causal == "bottom_right" else q_offset
+        position = np.arange(lq)[:, None] + offset
+        visible &= np.arange(lk)[None, :] <= position
+        if window is not None:
+            visible &= np.arange(lk)[None, :] > position - window
     if kernel == "llamacpp":
         score_err = (d + 2) * _U32 * s * absdot + mask_err
     else:
@@ -126,8 +138,14 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
         dropped = np.einsum("bhid,bhjd->bhij", q_small, np.abs(k64)) + np.einsum("bhid,bhjd->bhij", np.abs(q64), k_small)
         flushed = (d + 1) * _TINY32 * (s if kernel == "llamacpp" else np.log(2))  # log2 units for candle
         score_err = score_err + s * (1 + 2.0 ** -7) * dropped + flushed
+    if softcap > 0:
+        score_err = score_err + _U32 * s * absdot + 6 * _U32 * softcap
     e = np.where(visible, score_err, 0.0).max(axis=-1)
     n = visible.sum(axis=-1)
+    if sinks is not None:
+        sink_err = 2 * _U32 * np.abs(np.where(np.isfinite(_f64(sinks)), _f64(sinks), 0.0))
+        e = np.maximum(e, sink_err[None, :, None])
+        n = n + 1
     vmax = np.abs(v64).max(axis=(2, 3))[..., None]
     a = vmax * (np.expm1(2 * e) + (2 * n + 10) * _U32)
     bound = a[..., None] if layout == "bhld" else a[..., None].transpose(0, 2, 1, 3)

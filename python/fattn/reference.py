@@ -263,7 +263,9 @@ def _tree_sum(p: np.ndarray) -> np.ndarray:
 
 
 def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None,
-                       *, causal: Union[bool, str] = False, scale: Optional[float] = None, layout: str = "bhld",
+                       *, causal: Union[bool, str] = False, scale: Optional[float] = None, softcap: float = 0.0,
+                       window: Optional[int] = None, sinks: Optional[npt.ArrayLike] = None, q_offset: int = 0,
+                       layout: str = "bhld",
                        blk: Optional[npt.ArrayLike] = None, kernel: str = "auto", nsg: int = 8,
                        return_lse: bool = False, q_tile: Optional[int] = None, k_tile: Optional[int] = None
                        ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
@@ -287,6 +289,16 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
     ``kernel="llamacpp"`` (D = 512): Q unscaled; ``s = (q . k) * scale``; an additive mask
     adds ``float(half(mask))``, then causal ``-inf``; natural ``exp``; tiles of 64 keys with
     one tree sum per tile; ``out = rT(O * (1/l))``. LSE = ``m + ln l``.
+
+    Variants (numerics §4, "Variants"): ``q_offset`` moves the query positions (causal: key j
+    seen iff ``j <= q_offset + i``); ``window=W`` also hides keys ``j <= q_offset + i - W`` and
+    starts each block at the tile holding its first row's oldest key (it implies causal);
+    ``softcap`` makes the score ``out * tanh(dot * in)`` (candle, log2 units:
+    ``out = f32(softcap * log2e)``, ``in = f32(1 / (softcap * log2e))``; llamacpp:
+    ``out = softcap``, ``in = f32(scale / softcap)``; NumPy's tanh here, fattn's own in the
+    kernel, both within 2 ulp); ``sinks`` (``[H]``; candle: ``f32(log2e * sink)``) are folded
+    after the last tile: ``m' = max(m, sink)``, ``f = exp(m - m')``, ``l' = l*f + exp(sink - m')``,
+    ``O' = O*f``, with the LSE taken before.
     """
     if kernel not in ("auto", "candle", "llamacpp"):
         raise ValueError(f"kernel: must be 'auto', 'candle' or 'llamacpp', got {kernel!r}")
@@ -323,10 +335,23 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
     block_of_row = np.arange(q_len) // bq
     row_end = np.minimum((block_of_row + 1) * bq, q_len)
     offset = _causal_offset(causal, "top_left", q_len, k_len)
+    if q_offset:
+        if causal == "bottom_right":
+            raise ValueError("q_offset: cannot be combined with causal='bottom_right' (which sets the offset)")
+        offset = q_offset
+    if window is not None and offset is None:  # a window implies causal
+        offset = q_offset
     is_causal = offset is not None
     diag = 0 if offset is None else offset  # query i sees keys j <= i + diag
     tile_limit = np.clip(-(-(row_end + diag) // bk), 0, n_tiles) if is_causal else np.full(q_len, n_tiles)
+    oldest = block_of_row * bq + diag - (window or 0) + 1  # each block's first row's oldest visible key
+    tile_start = np.where(oldest > 0, oldest // bk, 0) if window is not None else np.zeros(q_len, dtype=np.int64)
     rows = np.arange(q_len)[:, None]
+    if softcap > 0:
+        if policy.scale_after_dot:
+            cap_out, cap_in = f32(softcap), f32(scale32 / f32(softcap))
+        else:
+            cap_out, cap_in = f32(softcap * float(_LOG2E32)), f32(1.0 / (softcap * float(_LOG2E32)))
 
     row_max = np.full((batch, heads, q_len), _INITIAL_MAX, dtype=f32)
     row_sum = np.zeros((batch, heads, q_len), dtype=f32)
@@ -335,16 +360,20 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
         for tile in range(n_tiles):
             j0, j1 = tile * bk, min(k_len, tile * bk + bk)
             action = np.ones(q_len, dtype=np.uint8) if blk is None else np.asarray(blk)[block_of_row, tile]
-            active = (tile < tile_limit) & (action != 0)
+            active = (tile >= tile_start) & (tile < tile_limit) & (action != 0)
             if not active.any():
                 continue
             keys = np.arange(j0, j0 + bk)[None, :]
             dots = np.einsum("bhid,bhjd->bhij", q_staged.astype(np.float64), k32[:, :, j0:j1].astype(np.float64))
             s = np.full((batch, heads, q_len, bk), -np.inf, dtype=f32)
             s[..., :j1 - j0] = dots.astype(f32)
-            if policy.scale_after_dot:
+            if softcap > 0:
+                s = cap_out * np.tanh(s * cap_in)
+            elif policy.scale_after_dot:
                 s = s * scale32
             future = (keys > rows + diag) if is_causal else np.zeros((q_len, bk), dtype=bool)
+            if window is not None:
+                future = future | (keys <= rows + diag - window)
             if not policy.causal_overrides_mask:
                 s = np.where(future, f32(-np.inf), s)
             add = (action != 2)[:, None]
@@ -372,14 +401,25 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
             row_sum = np.where(act, new_sum, row_sum)
             acc = np.where(act[..., None], new_acc, acc)
             row_max = np.where(act, new_max, row_max)
+        key_max, key_sum = row_max, row_sum
+        if sinks is not None:
+            sink = np.asarray(sinks, dtype=f32)
+            if not policy.natural_exp:
+                sink = _LOG2E32 * sink
+            sink = np.broadcast_to(sink[None, :, None], row_max.shape)
+            folded = sink != -np.inf
+            new_max = np.maximum(row_max, sink)
+            f = policy.exp(row_max - new_max).astype(f32)
+            row_sum = np.where(folded, row_sum * f + policy.exp(sink - new_max).astype(f32), row_sum)
+            acc = np.where(folded[..., None], acc * f[..., None], acc)
         out = policy.normalise(acc, row_sum)
     out = out.astype(dtype)
     if layout == "blhd":
         out = out.transpose(0, 2, 1, 3)
     if not return_lse:
         return out
-    lse = policy.lse(row_max.astype(np.float64), row_sum.astype(np.float64))
-    lse = np.where(row_sum == 0, -np.inf, lse).astype(f32)
+    lse = policy.lse(key_max.astype(np.float64), key_sum.astype(np.float64))  # over the keys only
+    lse = np.where(key_sum == 0, -np.inf, lse).astype(f32)
     return out, lse
 
 

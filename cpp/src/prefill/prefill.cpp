@@ -219,14 +219,13 @@ PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim, st
   return g;
 }
 
-// Issue 19's variants, checked and put in the kernel's units. Positions
-// (q_offset + q_len, and the keys) stay within 31 bits, as the vector paths
-// hold them in 32-bit lanes.
+// Issue 19's variants, checked and put in the kernel's units. The vector
+// paths hold positions in 32-bit lanes: an offset up to 2^30, with rows and
+// keys that fit in memory, keeps them there.
 void resolve_variants(PrefillPlan& plan, const PrefillParams& params) {
-  constexpr std::int64_t kMaxPosition = std::numeric_limits<std::int32_t>::max() / 2;
-  require(params.q_offset >= 0 && params.q_offset <= kMaxPosition - plan.q_len,
-          "q_offset: must be an int >= 0 with q_offset + Lq <= ", kMaxPosition, ", got ", params.q_offset);
-  require(plan.kv_len <= kMaxPosition, "k: Lk must be <= ", kMaxPosition, ", got ", plan.kv_len);
+  constexpr std::int64_t kMaxOffset = std::int64_t(1) << 30;
+  require(params.q_offset >= 0 && params.q_offset <= kMaxOffset, "q_offset: must be an int from 0 to 2^30 (",
+          kMaxOffset, "), got ", params.q_offset);
   if (params.q_offset != 0) {
     require(!(params.causal && params.causal_align == CausalAlign::bottom_right),
             "q_offset: cannot be combined with causal='bottom_right', which sets the offset itself (Lk - Lq); "
