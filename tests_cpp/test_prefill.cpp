@@ -287,4 +287,94 @@ TEST(PrefillErrors, SeedValidationList) {
   expect_error<InvalidArgument>([&] { call(q, k, v, &mv, &bad, {}); }, "blk: entries must be 0, 1 or 2");
 }
 
+// Issue 19's variants through the C++ API: a window with q_offset is the
+// same window as a mask (tiles skipped, no bit changed), q_offset chunks are
+// the one-shot call, the sink changes the output but not the LSE, and the
+// variants' bad values throw naming the parameter.
+TEST(PrefillVariants, WindowWithOffsetEqualsTheWindowAsAMask) {
+  const Shape s{1, 2, 1, 40, 70, 64};
+  Problem pb(s, DType::f16, 21);
+  std::vector<float> mask(std::size_t(s.Lq * s.Lk));
+  const std::int64_t offset = 30, window = 9;
+  for (std::int64_t i = 0; i < s.Lq; ++i)
+    for (std::int64_t j = 0; j < s.Lk; ++j)
+      mask[std::size_t(i * s.Lk + j)] = (j <= i + offset && j > i + offset - window) ? 0.0f : -kInf;
+  const MaskView mv = rank2_mask(mask, s);
+  PrefillParams windowed;
+  windowed.window = window;
+  windowed.q_offset = offset;
+  EXPECT_EQ(pb.run(&mv, nullptr, {}), pb.run(nullptr, nullptr, windowed));
+}
+
+TEST(PrefillVariants, ChunksWithOffsetEqualTheOneShotCall) {
+  const Shape s{1, 2, 2, 50, 50, 64};
+  Problem whole(s, DType::bf16, 22);
+  PrefillParams p;
+  p.causal = true;
+  p.softcap = 5.0f;
+  p.sinks = {0.5f, -1.0f};
+  p.window = 20;
+  const auto want = whole.run(nullptr, nullptr, p);
+  const std::int64_t split = 19, row_bytes = s.D * 2;
+  // The second chunk: rows 19..49 against keys 0..49, at offset 19.
+  Shape tail = s;
+  tail.Lq = s.Lq - split;
+  Problem part(tail, DType::bf16, 22);
+  part.k = whole.k;
+  part.v = whole.v;
+  for (std::int64_t h = 0; h < s.H; ++h)
+    std::copy_n(whole.q.half.begin() + (h * s.Lq + split) * s.D, tail.Lq * s.D, part.q.half.begin() + h * tail.Lq * s.D);
+  p.q_offset = split;
+  const auto got = part.run(nullptr, nullptr, p);
+  for (std::int64_t h = 0; h < s.H; ++h)
+    EXPECT_TRUE(std::equal(got.begin() + h * tail.Lq * row_bytes, got.begin() + (h + 1) * tail.Lq * row_bytes,
+                           want.begin() + (h * s.Lq + split) * row_bytes))
+        << "head " << h;
+}
+
+TEST(PrefillVariants, SinksChangeTheOutputButNotTheLse) {
+  const Shape s{1, 2, 1, 20, 33, 64};
+  Problem pb(s, DType::f32, 23);
+  std::vector<float> plain_lse, sunk_lse;
+  PrefillParams p;
+  const auto plain = pb.run(nullptr, nullptr, p, &plain_lse);
+  p.sinks = {1.0f, -kInf};
+  const auto sunk = pb.run(nullptr, nullptr, p, &sunk_lse);
+  EXPECT_EQ(plain_lse, sunk_lse);
+  const std::size_t head = std::size_t(s.Lq * s.D * 4);
+  EXPECT_FALSE(std::equal(plain.begin(), plain.begin() + head, sunk.begin()));
+  EXPECT_TRUE(std::equal(plain.begin() + head, plain.end(), sunk.begin() + head));  // -inf: no sink
+}
+
+TEST(PrefillErrors, VariantValues) {
+  const Shape s{1, 2, 1, 3, 5, 64};
+  Problem pb(s, DType::f32, 24);
+  auto call = [&](PrefillParams p) { pb.run(nullptr, nullptr, p); };
+  PrefillParams p;
+  p.window = 0;
+  expect_error<InvalidArgument>([&] { call(p); }, "window: must be an int >= 1");
+  p = {};
+  p.q_offset = -2;
+  expect_error<InvalidArgument>([&] { call(p); }, "q_offset: must be an int from 0 to 2^30");
+  p = {};
+  p.q_offset = 1;
+  p.causal = true;
+  p.causal_align = CausalAlign::bottom_right;
+  expect_error<InvalidArgument>([&] { call(p); }, "q_offset: cannot be combined with causal='bottom_right'");
+  p = {};
+  p.softcap = -1.0f;
+  expect_error<InvalidArgument>([&] { call(p); }, "softcap: must be finite and >= 0");
+  p.softcap = NAN;
+  expect_error<InvalidArgument>([&] { call(p); }, "softcap: must be finite and >= 0");
+  p = {};
+  p.sinks = {0.0f};
+  expect_error<InvalidArgument>([&] { call(p); }, "sinks: expected one value per query head (2), got 1");
+  p.sinks = {0.0f, NAN};
+  expect_error<InvalidArgument>([&] { call(p); }, "sinks: values must be finite or -inf");
+  p.sinks = {kInf, 0.0f};
+  expect_error<InvalidArgument>([&] { call(p); }, "sinks: values must be finite or -inf");
+  p.sinks = {3e38f, 0.0f};
+  expect_error<InvalidArgument>([&] { call(p); }, "overflows float32 in log2 units");
+}
+
 }  // namespace
