@@ -19,6 +19,7 @@ namespace fattn::simd {
 
 struct TanhConstants {
   static constexpr float split = 0.625f;
+  static constexpr float below_split = 0.62499994f;  // the float just below: a > it iff a >= split
   static constexpr float tiny = 0x1p-12f;  // below: x^3/3 is under half an ulp of x
   // P(z) = c[0] + z*(c[1] + z*(c[2] + z*(c[3] + z*c[4]))).
   static constexpr float c[5] = {-3.33332819422e-1f, 1.33314422036e-1f, -5.37397155531e-2f, 2.06390887954e-2f,
