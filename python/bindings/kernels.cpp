@@ -28,15 +28,35 @@ PrefillKernel kernel_of(const py::handle& name) {
                                                                               : PrefillKernel::candle;
 }
 
+// sinks: a 1-D float32 array (the binding's part: NumPy dtype and rank), copied
+// out (any stride); its length and values are the plan's rule, except that an
+// empty array, which the params cannot tell from None, is refused here.
+std::vector<float> sinks_of(const std::optional<py::array>& sinks, std::int64_t heads) {
+  if (!sinks) return {};
+  const py::array& a = *sinks;
+  require_dtype(a.dtype().kind() == 'f' && a.itemsize() == 4, "sinks: dtype must be float32, got ",
+                std::string(py::str(a.dtype().attr("name"))));
+  require(a.ndim() == 1, "sinks: expected a 1-D array [H] (one per query head), got shape ", py_shape(a));
+  require(a.shape(0) > 0, "sinks: expected one per query head, length H = ", heads, ", got 0 (None = no sinks)");
+  const auto view = a.unchecked<float, 1>();
+  std::vector<float> values(std::size_t(view.shape(0)));
+  for (py::ssize_t i = 0; i < view.shape(0); ++i) values[std::size_t(i)] = view(i);
+  return values;
+}
+
 py::object sdpa(const py::array& q, const py::array& k, const py::array& v, const py::object& out, bool causal,
                 const std::optional<std::string>& causal_align, std::optional<float> scale,
-                std::optional<std::int64_t> kv_seq_len) {
+                std::optional<std::int64_t> kv_seq_len, const std::optional<py::array>& sinks, float softcap,
+                std::optional<std::int64_t> window) {
   Input qi = input4(q, "q", "[B, H, Lq, D]", false), ki = input4(k, "k", "[B, H_kv, capacity, D]", false),
         vi = input4(v, "v", "[B, H_kv, capacity, D]", false);
   SdpaParams params;
   set_causal(causal, causal_align, params.causal, params.causal_align);
   params.scale = scale;
   params.kv_seq_len = kv_seq_len;
+  params.softcap = softcap;
+  params.window = window;
+  params.sinks = sinks_of(sinks, qi.view.shape[1]);
   SdpaPlan plan = plan_sdpa(qi.view, ki.view, vi.view, params);
   const Output o = output(out, shape_of(q), q.dtype(), {{"q", &q}, {"k", &k}, {"v", &v}});
   for (Input* in : {&qi, &ki, &vi}) in->stage();
@@ -266,7 +286,8 @@ py::object flash_attn_vec_reduce(const py::array& o, const py::array& s, const p
 
 void register_kernels(py::module_& m) {
   m.def("sdpa", &sdpa, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("causal"),
-        py::arg("causal_align"), py::arg("scale"), py::arg("kv_seq_len"));
+        py::arg("causal_align"), py::arg("scale"), py::arg("kv_seq_len"), py::arg("sinks"), py::arg("softcap"),
+        py::arg("window"));
   m.def("flash_attn_prefill", &flash_attn_prefill, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
         py::arg("blk"), py::arg("out"), py::arg("causal"), py::arg("causal_align"), py::arg("scale"), py::arg("layout"), py::arg("kernel"),
         py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"), py::arg("return_lse"), py::arg("verify_blk"));
