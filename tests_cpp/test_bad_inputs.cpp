@@ -263,6 +263,52 @@ const std::vector<Case>& cases() {
          f.sp.scale = std::numeric_limits<float>::infinity();
          f.sdpa_call();
        }},
+      {"SdpaSoftcapNegative", Err::argument, "softcap: must be finite and >= 0 (0 = off), got -1",
+       [](Fixture& f) {
+         f.sp.softcap = -1.0f;
+         f.sdpa_call();
+       }},
+      {"SdpaSoftcapNaN", Err::argument, "softcap: must be finite and >= 0",
+       [](Fixture& f) {
+         f.sp.softcap = std::nanf("");
+         f.sdpa_call();
+       }},
+      {"SdpaSoftcapInf", Err::argument, "softcap: must be finite and >= 0",
+       [](Fixture& f) {
+         f.sp.softcap = std::numeric_limits<float>::infinity();
+         f.sdpa_call();
+       }},
+      {"SdpaWindowZero", Err::argument, "window: must be >= 1 (None = no window), got 0",
+       [](Fixture& f) {
+         f.sp.window = 0;
+         f.sdpa_call();
+       }},
+      {"SdpaWindowMostNegative", Err::argument, "window: must be >= 1 (None = no window), got -9223372036854775808",
+       [](Fixture& f) {
+         f.sp.window = std::numeric_limits<std::int64_t>::min();
+         f.sdpa_call();
+       }},
+      {"SdpaWindowWithoutCausal", Err::argument, "window: requires causal",
+       [](Fixture& f) {
+         f.sp.window = 2;
+         f.sp.causal = false;
+         f.sdpa_call();
+       }},
+      {"SdpaSinksPerKvHead", Err::argument, "sinks: expected one per query head, length H = 4, got 2",
+       [](Fixture& f) {
+         f.sp.sinks = {0.0f, 0.0f};
+         f.sdpa_call();
+       }},
+      {"SdpaSinksNaN", Err::argument, "sinks: must not be NaN or +inf (-inf = no sink), got nan at head 3",
+       [](Fixture& f) {
+         f.sp.sinks = {0.0f, 1.0f, 2.0f, std::nanf("")};
+         f.sdpa_call();
+       }},
+      {"SdpaSinksPlusInf", Err::argument, "sinks: must not be NaN or +inf (-inf = no sink), got inf at head 1",
+       [](Fixture& f) {
+         f.sp.sinks = {0.0f, std::numeric_limits<float>::infinity(), 2.0f, 3.0f};
+         f.sdpa_call();
+       }},
       // --- prefill -------------------------------------------------------------
       {"PrefillUnknownKernel_regression", Err::argument, "kernel: unknown kernel code 9",
        [](Fixture& f) {

@@ -79,22 +79,41 @@ TEST(IsaPaths, SdpaMatchesTheScalarModel) {
   const std::int64_t B = 1, H = 4, Hkv = 2, Lq = 45, cap = 50, D = 40;
   auto q = random_bf16(std::size_t(B * H * Lq * D), 8), k = random_bf16(std::size_t(B * Hkv * cap * D), 9),
        v = random_bf16(std::size_t(B * Hkv * cap * D), 10);
-  for (bool causal : {false, true}) {
-    SdpaParams p;
-    p.causal = causal;
+  // The same values in f32 (q times 3: scores of a few units), whose f32 outputs show a
+  // difference of one ulp in a score that a bf16 output would round away.
+  std::vector<float> q32(q.size()), k32(k.size()), v32(v.size());
+  for (std::size_t i = 0; i < q.size(); ++i) q32[i] = 3.0f * bf16_to_f32(q[i]);
+  for (std::size_t i = 0; i < k.size(); ++i) k32[i] = bf16_to_f32(k[i]), v32[i] = bf16_to_f32(v[i]);
+  // Plain, causal, and issue 19's options: a softcap, windows starting inside a block of 32
+  // rows (some lanes masked) and of one key, sinks (head 1 none), bottom-right and top-left.
+  std::vector<SdpaParams> variants(8);
+  variants[0].causal = false;
+  variants[2].softcap = 3.0f;
+  variants[3].window = 7;
+  variants[4].window = 1;
+  variants[4].causal_align = CausalAlign::top_left;
+  variants[5].sinks = {0.5f, -INFINITY, 2.0f, -1.0f};
+  variants[6].softcap = 1.25f, variants[6].window = 20, variants[6].sinks = {3.0f, -INFINITY, 0.0f, 1.0f};
+  variants[7] = variants[6];
+  variants[7].causal_align = CausalAlign::top_left;
+  for (std::size_t n = 0; n < variants.size(); ++n) {
+    SdpaParams p = variants[n];
     p.kv_seq_len = 47;
-    std::vector<std::vector<std::uint16_t>> outs;
-    for (const std::string& name : simd::available_isas(true)) {
-      simd::set_active_isa(simd::isa_from_name(name));
-      std::vector<std::uint16_t> out(q.size());
-      sdpa(contiguous_view(q.data(), DType::bf16, {B, H, Lq, D}, false),
-           contiguous_view(k.data(), DType::bf16, {B, Hkv, cap, D}, false),
-           contiguous_view(v.data(), DType::bf16, {B, Hkv, cap, D}, false),
-           contiguous_view(out.data(), DType::bf16, {B, H, Lq, D}, true), p);
-      outs.push_back(out);
+    for (DType dt : {DType::bf16, DType::f32}) {
+      const bool f32 = dt == DType::f32;
+      std::vector<std::vector<std::uint8_t>> outs;
+      for (const std::string& name : simd::available_isas(true)) {
+        simd::set_active_isa(simd::isa_from_name(name));
+        std::vector<std::uint8_t> out(q.size() * dtype_size(dt));
+        sdpa(contiguous_view(f32 ? static_cast<void*>(q32.data()) : q.data(), dt, {B, H, Lq, D}, false),
+             contiguous_view(f32 ? static_cast<void*>(k32.data()) : k.data(), dt, {B, Hkv, cap, D}, false),
+             contiguous_view(f32 ? static_cast<void*>(v32.data()) : v.data(), dt, {B, Hkv, cap, D}, false),
+             contiguous_view(out.data(), dt, {B, H, Lq, D}, true), p);
+        outs.push_back(out);
+      }
+      for (std::size_t i = 1; i < outs.size(); ++i)
+        EXPECT_EQ(outs[i], outs[0]) << simd::available_isas(true)[i] << " variant " << n << " " << dtype_name(dt);
     }
-    for (std::size_t i = 1; i < outs.size(); ++i)
-      EXPECT_EQ(outs[i], outs[0]) << simd::available_isas(true)[i] << " causal=" << causal;
   }
 }
 

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,7 +17,19 @@ namespace {
 struct Case {
   std::int64_t B, H, H_kv, Lq, kv_len, capacity, D;
   bool causal;
+  // Issue 19's options: off unless set.
+  float softcap = 0.0f;
+  std::int64_t window = 0;  // 0 = none
+  bool sinks = false;       // sinks_for(H)
+  bool top_left = false;
 };
+
+// One sink per query head around the scores' range; every third head none (-inf).
+std::vector<float> sinks_for(std::int64_t heads) {
+  std::vector<float> s(std::size_t(heads), 0.0f);
+  for (std::int64_t h = 0; h < heads; ++h) s[std::size_t(h)] = h % 3 == 1 ? -INFINITY : 0.75f * float(h) - 1.0f;
+  return s;
+}
 
 // Random values stored as `dt` (so the reference reads exactly what the
 // kernel reads), and their widened f32 copies.
@@ -53,21 +66,28 @@ std::vector<double> reference(const Case& c, const std::vector<float>& q, const 
     for (std::int64_t h = 0; h < c.H; ++h)
       for (std::int64_t i = 0; i < c.Lq; ++i) {
         const std::int64_t kh = h / group;
-        std::int64_t visible = c.kv_len;
-        if (c.causal) visible = std::max<std::int64_t>(0, std::min(c.kv_len, c.kv_len - c.Lq + i + 1));
-        std::vector<double> s(static_cast<std::size_t>(visible));
+        // Keys [first, visible): causal up to the row's position, a window the last `window` of them.
+        const std::int64_t pos = c.top_left ? i : c.kv_len - c.Lq + i;
+        std::int64_t visible = c.kv_len, first = 0;
+        if (c.causal) visible = std::max<std::int64_t>(0, std::min(c.kv_len, pos + 1));
+        if (c.window) first = std::max<std::int64_t>(0, pos - c.window + 1);
+        std::vector<double> s(static_cast<std::size_t>(c.kv_len), 0.0);
         double mx = -INFINITY;
-        for (std::int64_t j = 0; j < visible; ++j) {
+        for (std::int64_t j = first; j < visible; ++j) {
           double dot = 0;
           for (std::int64_t d = 0; d < c.D; ++d)
             dot += double(q[std::size_t(((b * c.H + h) * c.Lq + i) * c.D + d)]) *
                    double(k[std::size_t(((b * c.H_kv + kh) * c.capacity + j) * c.D + d)]);
-          s[std::size_t(j)] = dot * scale;
-          mx = std::max(mx, s[std::size_t(j)]);
+          double score = dot * scale;
+          if (c.softcap > 0) score = double(c.softcap) * std::tanh(score / double(c.softcap));
+          s[std::size_t(j)] = score;
+          mx = std::max(mx, score);
         }
-        double sum = 0;
-        for (auto& x : s) sum += (x = std::exp(x - mx));
-        for (std::int64_t j = 0; j < visible; ++j)
+        const double sink = c.sinks ? double(sinks_for(c.H)[std::size_t(h)]) : -INFINITY;
+        mx = std::max(mx, sink);
+        double sum = sink == -INFINITY ? 0.0 : std::exp(sink - mx);
+        for (std::int64_t j = first; j < visible; ++j) sum += (s[std::size_t(j)] = std::exp(s[std::size_t(j)] - mx));
+        for (std::int64_t j = first; j < visible; ++j)
           for (std::int64_t d = 0; d < c.D; ++d)
             out[std::size_t(((b * c.H + h) * c.Lq + i) * c.D + d)] +=
                 s[std::size_t(j)] / sum * double(v[std::size_t(((b * c.H_kv + kh) * c.capacity + j) * c.D + d)]);
@@ -103,6 +123,10 @@ struct SdpaRun {
     p.causal = c.causal;
     p.kv_seq_len = c.kv_len;
     p.scale = scale;
+    p.softcap = c.softcap;
+    if (c.window) p.window = c.window;
+    if (c.sinks) p.sinks = sinks_for(c.H);
+    if (c.top_left) p.causal_align = CausalAlign::top_left;
     sdpa(contiguous_view(q.data(), dt, {c.B, c.H, c.Lq, c.D}, false),
          contiguous_view(k.data(), dt, {c.B, c.H_kv, c.capacity, c.D}, false),
          contiguous_view(v.data(), dt, {c.B, c.H_kv, c.capacity, c.D}, false),
@@ -126,8 +150,11 @@ TEST_P(SdpaMatchesFloat64, WithinTheDtypeBound) {
   double worst = 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
     const double err = std::fabs(double(got[i]) - want[i]);
-    const double tol = dt == DType::f32 ? 2e-6 * (1.0 + std::fabs(want[i])) * std::sqrt(double(c.D))
-                                        : 0.5 * ulp_of(dt, want[i]) + 4e-6;
+    // A softcap moves the scores by up to 4 units of 2^-24 times the cap (fattn's tanh and its
+    // roundings), the output by twice that times max|v| (< 6 for these samples).
+    const double cap_term = 8.0 * std::ldexp(double(c.softcap), -24) * 6.0;
+    const double tol = (dt == DType::f32 ? 2e-6 * (1.0 + std::fabs(want[i])) * std::sqrt(double(c.D))
+                                         : 0.5 * ulp_of(dt, want[i]) + 4e-6) + cap_term;
     worst = std::max(worst, err / tol);
     ASSERT_LE(err, tol) << "element " << i << " got " << got[i] << " want " << want[i];
   }
@@ -148,6 +175,78 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(c.Lq) + "_kv" + std::to_string(c.kv_len) + "_cap" + std::to_string(c.capacity) + "_D" +
              std::to_string(c.D) + (c.causal ? "_causal_" : "_full_") + dtype_name(std::get<1>(info.param));
     });
+
+// The same shapes with softcap, window and sinks, alone and together.
+Case with(Case c, float softcap, std::int64_t window, bool sinks, bool top_left = false) {
+  c.causal = c.causal || window != 0;
+  c.softcap = softcap;
+  c.window = window;
+  c.sinks = sinks;
+  c.top_left = top_left;
+  return c;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Options, SdpaMatchesFloat64,
+    ::testing::Combine(
+        ::testing::Values(with(Case{2, 4, 2, 7, 7, 7, 64, false}, 2.0f, 0, false),
+                          with(Case{1, 8, 2, 33, 100, 100, 128, true}, 0.0f, 1, false),
+                          with(Case{1, 8, 2, 33, 100, 100, 128, true}, 0.0f, 9, false, true),
+                          with(Case{1, 2, 2, 10, 4, 6, 24, true}, 0.0f, 3, false),  // rows before the first key
+                          with(Case{1, 2, 2, 10, 4, 6, 24, true}, 0.0f, 3, true, true),  // rows past the last key
+                          with(Case{3, 6, 1, 5, 33, 40, 32, false}, 0.0f, 0, true),
+                          with(Case{1, 6, 3, 45, 45, 50, 40, true}, 1.5f, 20, true),
+                          with(Case{1, 3, 1, 3, 50, 64, 512, true}, 30.0f, 1000, true, true)),
+        ::testing::Values(DType::f32, DType::bf16, DType::f16)),
+    [](const ::testing::TestParamInfo<std::tuple<Case, DType>>& info) {
+      const Case& c = std::get<0>(info.param);
+      return "H" + std::to_string(c.H) + "_Lq" + std::to_string(c.Lq) + "_kv" + std::to_string(c.kv_len) + "_D" +
+             std::to_string(c.D) + (c.causal ? (c.top_left ? "_topleft" : "_causal") : "_full") + "_cap" +
+             std::to_string(int(c.softcap * 10)) + "_w" + std::to_string(c.window) + (c.sinks ? "_sinks_" : "_") +
+             dtype_name(std::get<1>(info.param));
+    });
+
+TEST(Sdpa, WindowOfOneIsTheValueAtTheRowPosition) {
+  // Top-left, Lq > kv_len: rows 0..4 see their own key only, rows 5.. see none.
+  Case c = with(Case{1, 2, 1, 8, 5, 5, 16, true}, 0.0f, 1, false, true);
+  SdpaRun r(c, DType::bf16, 11);
+  const auto out = r.run();
+  const auto v = r.v.read();
+  for (std::int64_t h = 0; h < 2; ++h)
+    for (std::int64_t i = 0; i < 8; ++i)
+      for (std::int64_t d = 0; d < 16; ++d)
+        EXPECT_EQ(out[std::size_t((h * 8 + i) * 16 + d)], i < 5 ? v[std::size_t(i * 16 + d)] : 0.0f) << h << i << d;
+}
+
+TEST(Sdpa, NoSinkAndMinusInfinitySinksGiveTheSameBits) {
+  Case c = with(Case{1, 4, 2, 9, 20, 20, 32, true}, 2.0f, 6, false);
+  SdpaRun r(c, DType::f32, 3);
+  const auto plain = r.run();
+  SdpaParams p;
+  p.kv_seq_len = c.kv_len;
+  p.softcap = c.softcap;
+  p.window = c.window;
+  p.sinks.assign(4, -INFINITY);
+  std::vector<float> out(plain.size());
+  sdpa(contiguous_view(r.q.data(), DType::f32, {1, 4, 9, 32}, false),
+       contiguous_view(r.k.data(), DType::f32, {1, 2, 20, 32}, false),
+       contiguous_view(r.v.data(), DType::f32, {1, 2, 20, 32}, false),
+       contiguous_view(out.data(), DType::f32, {1, 4, 9, 32}, true), p);
+  EXPECT_EQ(0, std::memcmp(out.data(), plain.data(), out.size() * sizeof(float)));
+}
+
+TEST(Sdpa, WindowLongerThanEveryPositionIsNoWindow) {
+  Case c{1, 2, 1, 6, 9, 9, 16, true};
+  SdpaRun r(c, DType::f32, 4);
+  const auto plain = r.run();
+  for (std::int64_t w : {std::int64_t(9), std::int64_t(1) << 40, std::numeric_limits<std::int64_t>::max()}) {
+    r.c.window = w;
+    const auto windowed = r.run();
+    EXPECT_EQ(0, std::memcmp(windowed.data(), plain.data(), plain.size() * sizeof(float))) << w;
+  }
+  r.c.window = 8;  // the last row (position 8) no longer sees key 0
+  EXPECT_NE(0, std::memcmp(r.run().data(), plain.data(), plain.size() * sizeof(float)));
+}
 
 TEST(Sdpa, RowsThatSeeNoKeyAreZero) {
   Case c{1, 1, 1, 6, 3, 3, 8, true};  // rows 0..2 sit before the first key
@@ -277,6 +376,35 @@ TEST(SdpaErrors, VShapeOutShapeAndWritable) {
   Args c({1, 2, 3, 8}, {1, 2, 5, 8});
   c.ov.shape[2] = 2;
   expect_error<InvalidArgument>(c, "out: shape must equal q's");
+}
+
+TEST(SdpaErrors, Softcap) {
+  Args a({1, 2, 3, 8}, {1, 2, 5, 8});
+  for (float bad : {-0.5f, std::nanf(""), INFINITY}) {
+    a.p.softcap = bad;
+    expect_error<InvalidArgument>(a, "softcap: must be finite and >= 0 (0 = off)");
+  }
+}
+
+TEST(SdpaErrors, Window) {
+  Args a({1, 2, 3, 8}, {1, 2, 5, 8});
+  a.p.window = 0;
+  expect_error<InvalidArgument>(a, "window: must be >= 1 (None = no window), got 0");
+  a.p.window = 2;
+  a.p.causal = false;
+  expect_error<InvalidArgument>(a, "window: requires causal");
+}
+
+TEST(SdpaErrors, Sinks) {
+  Args a({1, 2, 3, 8}, {1, 1, 5, 8});
+  a.p.sinks = {0.0f};  // one per K/V head is not enough
+  expect_error<InvalidArgument>(a, "sinks: expected one per query head, length H = 2, got 1");
+  a.p.sinks = {0.0f, std::nanf("")};
+  expect_error<InvalidArgument>(a, "sinks: must not be NaN or +inf (-inf = no sink), got nan at head 1");
+  a.p.sinks = {INFINITY, 0.0f};
+  expect_error<InvalidArgument>(a, "got inf at head 0");
+  a.p.sinks = {-INFINITY, 0.0f};  // -inf: no sink for head 0, valid
+  EXPECT_NO_THROW(a.call());
 }
 
 TEST(SdpaErrors, NonFiniteScale) {

@@ -22,5 +22,10 @@ def random_inputs(rng, dtype, *shapes, scale=1.0):
     return [(rng.standard_normal(s) * scale).astype(dtype) for s in shapes]
 
 
+def bits(x):
+    """x's bytes, for comparing results bit for bit (NaN payloads and signed zeros included)."""
+    return np.ascontiguousarray(x).view(np.uint8)
+
+
 def as64(x):
     return np.asarray(x).astype(np.float64)

@@ -135,6 +135,67 @@ def test_sdpa_paths_match_the_scalar_model(rng, restore_isa, dtype, shape, causa
         assert (bits(results[isa]) == bits(results["scalar"])).all(), isa
 
 
+# (softcap, window, sinks): the options alone and together; windows that start
+# inside a block of 32 rows (lanes masked) and windows of 1.
+SDPA_OPTIONS = [(2.5, None, None), (0.0, 1, None), (0.0, 9, None), (0.0, None, "sinks"), (0.0, None, "some -inf"),
+                (2.5, 5, "sinks"), (0.7, 30, "some -inf")]
+
+
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("shape", SDPA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("options", SDPA_OPTIONS, ids=lambda o: f"cap{o[0]}-w{o[1]}-{o[2]}")
+@pytest.mark.parametrize("align", ["bottom_right", "top_left"])
+def test_sdpa_options_paths_match_the_scalar_model(rng, restore_isa, dtype, shape, options, align):
+    b, h, h_kv, lq, kv_len, cap, d = shape
+    softcap, window, sink_kind = options
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((b, h, lq, d), (b, h_kv, cap, d), (b, h_kv, cap, d)))
+    q = (q.astype(np.float32) * 3).astype(dtype)  # scores of a few units: the softcap's tanh takes both branches
+    sinks = None
+    if sink_kind:
+        sinks = (rng.standard_normal(h) * 2).astype(np.float32)
+        if sink_kind == "some -inf":
+            sinks[::2] = -np.inf
+    results = run_all_paths(lambda: fattn.sdpa(q, k, v, causal=align, kv_seq_len=kv_len, softcap=softcap,
+                                               window=window, sinks=sinks))
+    for isa in PATHS:
+        assert (bits(results[isa]) == bits(results["scalar"])).all(), isa
+
+
+def window_range(align, lq, kv_len, window):
+    """Each row's keys [first, end) under a causal alignment and a window."""
+    offset = kv_len - lq if align in (True, "bottom_right") else 0
+    after = offset + np.arange(lq) + 1
+    return np.clip(after - window, 0, kv_len), np.clip(after, 0, kv_len)
+
+
+@pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("align", ["bottom_right", "top_left"])
+@pytest.mark.parametrize("lq, kv_len, window", [(45, 60, 7), (40, 33, 3), (70, 70, 1), (5, 100, 40), (37, 50, 64)])
+@pytest.mark.parametrize("softcap, with_sinks", [(0.0, False), (2.0, True)])
+def test_window_skips_keys_with_the_bits_of_masking_them(rng, restore_isa, dtype, align, lq, kv_len, window,
+                                                         softcap, with_sinks):
+    """A windowed call gives each row exactly the bits of that row alone, non-causal, against
+    only its window's keys. On the SIMD paths a block of rows visits the union of its rows'
+    windows with the keys outside a row's window masked (its state kept), so this holds
+    skipping (the scalar model) and masking to each other, on every path."""
+    h, d = 4, 24
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((1, h, lq, d), (1, 2, kv_len, d), (1, 2, kv_len, d)))
+    sinks = rng.standard_normal(h).astype(np.float32) if with_sinks else None
+    first, end = window_range(align, lq, kv_len, window)
+    for isa in ["scalar"] + PATHS:
+        fattn.set_isa(isa)
+        out = fattn.sdpa(q, k, v, causal=align, window=window, softcap=softcap, sinks=sinks)
+        for i in range(lq):
+            if first[i] == end[i]:  # the row sees no key
+                alone = np.zeros((1, h, 1, d), dtype)
+            else:
+                alone = fattn.sdpa(q[:, :, i:i + 1], k[:, :, first[i]:end[i]], v[:, :, first[i]:end[i]],
+                                   causal=False, softcap=softcap, sinks=sinks)
+            assert (bits(out[:, :, i:i + 1]) == bits(alone)).all(), (isa, i)
+
+
 def test_set_isa_rejects_unknown_names(restore_isa):
     with pytest.raises(ValueError, match="isa: must be 'scalar', 'avx2', .* got 'neon'"):
         fattn.set_isa("neon")

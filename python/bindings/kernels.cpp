@@ -30,13 +30,17 @@ PrefillKernel kernel_of(const py::handle& name) {
 
 py::object sdpa(const py::array& q, const py::array& k, const py::array& v, const py::object& out, bool causal,
                 const std::optional<std::string>& causal_align, std::optional<float> scale,
-                std::optional<std::int64_t> kv_seq_len) {
+                std::optional<std::int64_t> kv_seq_len, const std::optional<py::array>& sinks, float softcap,
+                std::optional<std::int64_t> window) {
   Input qi = input4(q, "q", "[B, H, Lq, D]", false), ki = input4(k, "k", "[B, H_kv, capacity, D]", false),
         vi = input4(v, "v", "[B, H_kv, capacity, D]", false);
   SdpaParams params;
   set_causal(causal, causal_align, params.causal, params.causal_align);
   params.scale = scale;
   params.kv_seq_len = kv_seq_len;
+  params.softcap = softcap;
+  params.window = window;
+  params.sinks = sinks_input(sinks, qi.view.shape[1]);
   SdpaPlan plan = plan_sdpa(qi.view, ki.view, vi.view, params);
   const Output o = output(out, shape_of(q), q.dtype(), {{"q", &q}, {"k", &k}, {"v", &v}});
   for (Input* in : {&qi, &ki, &vi}) in->stage();
@@ -71,7 +75,7 @@ py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::
   params.verify_blk = verify_blk;
   params.softcap = softcap;
   params.window = window;
-  params.sinks = sinks_input(sinks);
+  params.sinks = sinks_input(sinks, qi.view.shape[1]);
   params.q_offset = q_offset;
   std::optional<MaskInput> mi;
   if (mask) {
@@ -271,7 +275,8 @@ py::object flash_attn_vec_reduce(const py::array& o, const py::array& s, const p
 
 void register_kernels(py::module_& m) {
   m.def("sdpa", &sdpa, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("causal"),
-        py::arg("causal_align"), py::arg("scale"), py::arg("kv_seq_len"));
+        py::arg("causal_align"), py::arg("scale"), py::arg("kv_seq_len"), py::arg("sinks"), py::arg("softcap"),
+        py::arg("window"));
   m.def("flash_attn_prefill", &flash_attn_prefill, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
         py::arg("blk"), py::arg("out"), py::arg("causal"), py::arg("causal_align"), py::arg("scale"), py::arg("layout"), py::arg("kernel"),
         py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"), py::arg("return_lse"), py::arg("verify_blk"),

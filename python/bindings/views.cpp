@@ -78,18 +78,17 @@ std::pair<std::intptr_t, std::intptr_t> byte_bounds(const py::array& a) {
 
 }  // namespace
 
-std::vector<float> sinks_input(const std::optional<py::array>& a) {
-  if (!a) return {};
-  const py::dtype dt = a->dtype();
-  if (!(dt.kind() == 'f' && dt.itemsize() == 4))
-    throw InvalidDType(detail::concat("sinks: dtype must be float32 (one logit per query head), got ",
-                                      std::string(py::str(dt.attr("name")))));
-  if (a->ndim() != 1)
-    throw InvalidArgument("sinks: expected a 1-D array of one value per query head, got shape " + py_shape(*a));
-  std::vector<float> values(std::size_t(a->shape(0)));
-  const auto* base = static_cast<const char*>(a->data());
-  for (py::ssize_t i = 0; i < a->shape(0); ++i)
-    std::memcpy(&values[std::size_t(i)], base + i * a->strides(0), sizeof(float));
+std::vector<float> sinks_input(const std::optional<py::array>& sinks, std::int64_t heads) {
+  if (!sinks) return {};
+  const py::array& a = *sinks;
+  require_dtype(a.dtype().kind() == 'f' && a.itemsize() == 4, "sinks: dtype must be float32, got ",
+                std::string(py::str(a.dtype().attr("name"))));
+  require(a.ndim() == 1, "sinks: expected a 1-D array [H] (one per query head), got shape ", py_shape(a));
+  require(a.shape(0) > 0, "sinks: expected one per query head, length H = ", heads, ", got 0 (None = no sinks)");
+  std::vector<float> values(std::size_t(a.shape(0)));
+  const auto* base = static_cast<const char*>(a.data());
+  for (py::ssize_t i = 0; i < a.shape(0); ++i)
+    std::memcpy(&values[std::size_t(i)], base + i * a.strides(0), sizeof(float));
   return values;
 }
 

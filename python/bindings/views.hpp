@@ -68,9 +68,11 @@ MaskInput mask_input(const py::array& a, const std::array<std::int64_t, 4>& targ
 // A 2-D uint8 tile map (any row stride; a column stride other than 1 is copied).
 BlkView blk_input(const py::array& a, py::array& keep_alive);
 
-// A kernel's learned sinks: None, or a 1-D float32 array (any stride), copied.
-// Its length and values are the core's to check.
-std::vector<float> sinks_input(const std::optional<py::array>& a);
+// A kernel's learned sinks: None, or a 1-D float32 array (any stride), copied
+// out. Its length and values are the plan's rule, except that an empty array,
+// which the params cannot tell from None, is refused here (`heads` is for the
+// message).
+std::vector<float> sinks_input(const std::optional<py::array>& sinks, std::int64_t heads);
 
 // An output: a fresh array of `shape` (the caller's axes) and `dtype`, or the
 // caller's out= checked against them (TypeError for the dtype; ValueError for

@@ -132,9 +132,10 @@ def optional_scale(scale: Any) -> Optional[float]:
 
 
 def real(x: Any, name: str) -> float:
+    """A real number (not a bool) as a Python float; TypeError naming the argument otherwise."""
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
-    return float(x)  # its range: the core's rule
+    return float(x)
 
 
 _INT64 = 2 ** 63

@@ -16,7 +16,8 @@ def dlpack_view(capsule: Any, name: str) -> np.ndarray: ...
 # The kernels: arrays (already numpy views), out (None = allocate from the plan) and
 # Python-typed scalars; every other rule is checked by the core, which raises ValueError/TypeError.
 def sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: Optional[np.ndarray], causal: bool,
-         causal_align: Optional[str], scale: Optional[float], kv_seq_len: Optional[int]) -> np.ndarray: ...
+         causal_align: Optional[str], scale: Optional[float], kv_seq_len: Optional[int],
+         sinks: Optional[np.ndarray], softcap: float, window: Optional[int]) -> np.ndarray: ...
 def flash_attn_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Optional[np.ndarray],
                        blk: Optional[np.ndarray], out: Optional[np.ndarray], causal: bool,
                        causal_align: Optional[str], scale: Optional[float],

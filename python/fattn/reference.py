@@ -148,19 +148,27 @@ def _causal_offset(causal: Union[bool, str], default: str, q_len: int, k_len: in
 
 
 def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: Union[bool, str] = True, scale: Optional[float] = None,
-         kv_seq_len: Optional[int] = None) -> np.ndarray:
+         kv_seq_len: Optional[int] = None, sinks: Optional[npt.ArrayLike] = None, softcap: float = 0.0,
+         window: Optional[int] = None) -> np.ndarray:
     """mlx-native's naive SDPA kernel, step by step in float32 (same signature as ``fattn.sdpa``).
 
     1. scores: each dot product ``q_i . k_j`` correctly rounded to float32
        (the kernel sums in float32 in its own order; the difference is a few
-       float32 ulps of ``sum |q_d k_d|``), times ``scale`` in float32;
-    2. per row, keys in order: ``m' = max(m, s)`` from ``m = -inf``,
+       float32 ulps of ``sum |q_d k_d|``), times ``scale`` in float32; with
+       ``softcap > 0`` instead ``softcap * tanh(dot * (scale / softcap))``
+       (float32 operations; NumPy's tanh where the kernel has fattn's);
+    2. per row, the keys it sees in order (causal; with ``window=W`` only
+       the last ``W`` positions up to the row's; a key a row does not see
+       leaves its state as it was): ``m' = max(m, s)`` from ``m = -inf``,
        ``c = exp(m - m')``, ``w = exp(s - m')``, ``l = l*c + w``,
        ``acc = acc*c + w*v_j`` (each operation rounded to float32);
-    3. ``out = acc * (1/l)`` (0 for a row that sees no key), rounded once to
+    3. with ``sinks`` (one per query head; ``-inf`` = none), after the last
+       key: ``m' = max(m, sink)``, ``f = exp(m - m')``,
+       ``l = l*f + exp(sink - m')``, ``acc = acc*f``;
+    4. ``out = acc * (1/l)`` (0 for a row that sees no key), rounded once to
        q's dtype.
     Causal is bottom-right aligned (query ``i`` at ``kv_seq_len - Lq + i``) unless
-    ``causal="top_left"``.
+    ``causal="top_left"``; a window needs causal (``ValueError`` otherwise).
     """
     dtype = np.asarray(q).dtype
     q32, k32, v32 = (np.asarray(x).astype(np.float32) for x in (q, k, v))
@@ -172,19 +180,29 @@ def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: Union[
     scale32 = f32(1.0) / np.sqrt(f32(head_dim)) if scale is None else f32(scale)
 
     dots = np.einsum("bhid,bhjd->bhij", q32.astype(np.float64), k32.astype(np.float64)).astype(f32)
-    scores = dots * scale32
+    if softcap > 0:
+        cap32 = f32(softcap)
+        scores = cap32 * np.tanh(dots * (scale32 / cap32))
+    else:
+        scores = dots * scale32
     offset = _causal_offset(causal, "bottom_right", q_len, kv_len)
     if offset is not None:
-        visible = np.clip(offset + np.arange(q_len) + 1, 0, kv_len)
+        after = offset + np.arange(q_len) + 1  # one past each row's position
+        visible = np.clip(after, 0, kv_len)
     else:
         visible = np.full(q_len, kv_len)
+    first = np.zeros(q_len, dtype=np.int64)
+    if window is not None:
+        if offset is None:
+            raise ValueError("window: requires causal (a window implies causal masking), got causal=False")
+        first = np.clip(after - int(window), 0, kv_len)
 
     running_max = np.full((batch, heads, q_len), -np.inf, dtype=f32)
     running_sum = np.zeros((batch, heads, q_len), dtype=f32)
     acc = np.zeros((batch, heads, q_len, head_dim), dtype=f32)
     with np.errstate(invalid="ignore", over="ignore"):
         for j in range(kv_len):
-            active = (j < visible)[None, None, :]
+            active = ((j >= first) & (j < visible))[None, None, :]
             s = scores[..., j]
             new_max = np.where(active, np.maximum(running_max, s), running_max)
             correction = np.where(active, np.exp(running_max - new_max), f32(1.0))
@@ -193,6 +211,13 @@ def sdpa(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, causal: Union[
             update = acc * correction[..., None] + weight[..., None] * v32[:, :, j][:, :, None, :]
             acc = np.where(active[..., None], update, acc)
             running_max = new_max
+        if sinks is not None:
+            sink = np.asarray(sinks, dtype=f32).reshape(1, heads, 1)
+            has = sink != -np.inf  # -inf: no sink, the step is skipped
+            new_max = np.maximum(running_max, sink)
+            f = np.where(has, np.exp(running_max - new_max), f32(1.0))
+            running_sum = np.where(has, running_sum * f + np.exp(sink - new_max), running_sum)
+            acc = acc * f[..., None]
     inv_sum = np.where(running_sum > 0, f32(1.0) / np.where(running_sum > 0, running_sum, f32(1.0)), f32(0.0))
     out = acc * inv_sum[..., None].astype(f32)
     return out.astype(dtype)

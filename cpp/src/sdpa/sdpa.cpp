@@ -11,6 +11,7 @@
 #include "sdpa/engine.hpp"
 #include "runtime/scratch.hpp"
 #include "numerics/exp.hpp"
+#include "numerics/tanh.hpp"
 #include "runtime/isa.hpp"
 #include "simd/dispatch.hpp"
 #include "views/validate.hpp"
@@ -21,21 +22,24 @@ namespace {
 using detail::dispatch_dtype;
 
 // One query row, the seed's arithmetic (docs/numerics.md, "Naive SDPA"):
-// f32 dot, score = dot * scale, running max from -inf, a rescale of the sum
-// and the accumulator at every key, and a final multiply by 1/sum. The
-// scalar model; the SIMD paths (sdpa/vector_kernel.inl) repeat it lane by lane.
+// f32 dot, score = dot * scale (or softcap * tanh(dot * scale_over_cap)),
+// running max from -inf, a rescale of the sum and the accumulator at every
+// key in [first, end), the sink after the last key, and a final multiply by
+// 1/sum. The scalar model; the SIMD paths (sdpa/vector_kernel.inl) repeat it
+// lane by lane.
 template <class T>
 void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int64_t b, std::int64_t kv_head,
-              std::int64_t visible, const SdpaPlan& s, float* acc, T* out) {
+              std::int64_t first, std::int64_t end, float sink, const SdpaPlan& s, float* acc, T* out) {
   const std::int64_t d_len = s.head_dim;
   std::fill(acc, acc + d_len, 0.0f);
   float running_max = -numerics::kInf;
   float running_sum = 0.0f;
-  for (std::int64_t key = 0; key < visible; ++key) {
+  for (std::int64_t key = first; key < end; ++key) {
     const T* k_row = k.row<const T>(b, kv_head, key);
     float dot = 0.0f;
     for (std::int64_t d = 0; d < d_len; ++d) dot += q[d] * widen(k_row[d]);
-    const float score = dot * s.scale;
+    // fattn's tanh, not std::tanh: the SIMD paths' tanh_v gives the same bits.
+    const float score = s.softcap > 0.0f ? s.softcap * simd::tanh_f32(dot * s.scale_over_cap) : dot * s.scale;
     const float previous_max = running_max;
     running_max = std::max(running_max, score);
     const float correction = simd::exp_f32(previous_max - running_max);  // exp(-inf) = 0 at the first key
@@ -48,8 +52,18 @@ void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int
       for (std::int64_t d = 0; d < d_len; ++d) acc[d] = acc[d] * correction + weight * widen(v_row[d]);
     }
   }
-  // A row that sees no key (bottom-right causal with Lq > kv_seq_len) is 0,
-  // not 1/0 * 0 = NaN.
+  // The sink joins the denominator only, after the last key: one more
+  // online-softmax step with no value row. A row that saw no key has m = -inf,
+  // so f = 0 and acc stays 0. A -inf sink (none) is skipped: exp(-inf - -inf)
+  // would be NaN in a row that saw no key.
+  if (sink != -numerics::kInf) {
+    const float new_max = std::max(running_max, sink);
+    const float f = simd::exp_f32(running_max - new_max);
+    running_sum = running_sum * f + simd::exp_f32(sink - new_max);
+    for (std::int64_t d = 0; d < d_len; ++d) acc[d] = acc[d] * f;
+  }
+  // A row that sees no key (bottom-right causal with Lq > kv_seq_len, or a
+  // window past the last key) is 0, not 1/0 * 0 = NaN.
   const float inv_sum = running_sum > 0.0f ? 1.0f / running_sum : 0.0f;
   for (std::int64_t d = 0; d < d_len; ++d) out[d] = narrow<T>(acc[d] * inv_sum);
 }
@@ -80,8 +94,8 @@ void sdpa_kernel(const TensorView& q, const TensorView& k, const TensorView& v, 
       const std::int64_t b = r / (s.q_len * s.heads);
       const T* q_src = q.row<const T>(b, h, i);
       for (std::int64_t d = 0; d < s.head_dim; ++d) q_row[std::size_t(d)] = widen(q_src[d]);
-      sdpa_row<T>(q_row.data(), k, v, b, h / group, sdpa_detail::visible_keys(s, i), s, acc.data(),
-                  out.row<T>(b, h, i));
+      sdpa_row<T>(q_row.data(), k, v, b, h / group, sdpa_detail::first_key(s, i), sdpa_detail::visible_keys(s, i),
+                  sdpa_detail::sink_of(s, h), s, acc.data(), out.row<T>(b, h, i));
     }
   });
 }
@@ -106,6 +120,25 @@ SdpaPlan plan_sdpa(const TensorView& q, const TensorView& k, const TensorView& v
   require(params.causal_align == CausalAlign::top_left || params.causal_align == CausalAlign::bottom_right,
           "causal: unknown alignment code ", int(params.causal_align), " (expected top_left or bottom_right)");
   plan.causal_offset = causal_offset(params.causal_align, plan.q_len, plan.kv_len);
+  require(std::isfinite(params.softcap) && params.softcap >= 0.0f,
+          "softcap: must be finite and >= 0 (0 = off), got ", params.softcap);
+  plan.softcap = params.softcap;
+  plan.scale_over_cap = params.softcap > 0.0f ? plan.scale / params.softcap : 0.0f;
+  if (params.window) {
+    const std::int64_t w = *params.window;
+    require(w >= 1, "window: must be >= 1 (None = no window), got ", w);
+    // Which keys a window keeps is counted from the query's position, which only causal alignment gives.
+    require(params.causal, "window: requires causal (a window implies causal masking; pass causal=True, "
+                           "'bottom_right' or 'top_left'), got causal=False");
+    plan.window = std::min(w, std::max(plan.q_len, plan.kv_len));
+  }
+  if (!params.sinks.empty()) {
+    require(std::int64_t(params.sinks.size()) == plan.heads, "sinks: expected one per query head, length H = ",
+            plan.heads, ", got ", params.sinks.size());
+    for (std::size_t h = 0; h < params.sinks.size(); ++h)
+      require(!std::isnan(params.sinks[h]) && params.sinks[h] != numerics::kInf,
+              "sinks: must not be NaN or +inf (-inf = no sink), got ", params.sinks[h], " at head ", h);
+  }
   return plan;
 }
 

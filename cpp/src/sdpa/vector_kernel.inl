@@ -3,9 +3,10 @@
 // rows go in the lanes (up to kSdpaRows of one head per item), so each row's
 // arithmetic is the scalar model's (sdpa.cpp, sdpa_row) operation for
 // operation: the dot product summed from d = 0 up without FMA, the same exp,
-// the rescale at every key, 1/l then a multiply. Causal rows that do not see
-// a key yet keep their state (blended back), so each row visits exactly its
-// own keys.
+// the rescale at every key, the same softcap (simd::tanh_v, numerics/tanh.hpp's
+// tanh lane by lane), the sink step after the last key, 1/l then a multiply.
+// Rows that do not see a key (causal: not yet; window: no longer) keep their
+// state (blended back), so each row takes exactly its own keys.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -41,10 +42,16 @@ void sdpa_rows_r(const TensorView& q, const TensorView& k, const TensorView& v, 
     l[u] = V::zero();
   }
   const F scale = V::set1(s.scale), one = V::set1(1.0f);
-  // Keys below all_see are seen by every row of the block; from there on
-  // (causal) row i sees key j once i >= j - causal_offset.
-  const std::int64_t all_see = visible_keys(s, row0), any_sees = visible_keys(s, row0 + rows - 1);
-  for (std::int64_t key = 0; key < any_sees; ++key) {
+  const F cap = V::set1(s.softcap), scale_over_cap = V::set1(s.scale_over_cap);
+  // Row r's keys are [first_key(r), visible_keys(r)); both grow with r, so
+  // the block visits [first_key(row0), visible_keys(last)). Keys in
+  // [first_key(last), visible_keys(row0)) are seen by every row; outside it
+  // only the lanes whose range holds the key take it (the others keep their
+  // state, which is the scalar model's skip).
+  const std::int64_t last = row0 + rows - 1;
+  const std::int64_t all_from = first_key(s, last), all_see = visible_keys(s, row0), any_sees = visible_keys(s, last);
+  constexpr std::int64_t kLanes = R * W;
+  for (std::int64_t key = first_key(s, row0); key < any_sees; ++key) {
     const T* k_row = k.row<const T>(b, kv_head, key);
     F dot[R];
     for (int u = 0; u < R; ++u) dot[u] = V::zero();
@@ -52,16 +59,21 @@ void sdpa_rows_r(const TensorView& q, const TensorView& k, const TensorView& v, 
       const F kd = V::set1(widen(k_row[d]));
       for (int u = 0; u < R; ++u) dot[u] = V::add(dot[u], V::mul(qt[d * R + u], kd));
     }
-    const bool partial = key >= all_see;
+    const bool partial = key >= all_see || key < all_from;
     typename V::M seen[R];
-    if (partial) {  // lanes from `blind` on see the key
-      const std::int64_t blind = std::clamp<std::int64_t>(key - s.causal_offset - row0, 0, R * W);
-      for (int u = 0; u < R; ++u) seen[u] = V::int_gt(V::iota(std::int32_t(u * W)), V::iset1(std::int32_t(blind - 1)));
+    if (partial) {  // lanes lo..hi-1 see the key: lane r from key <= r + row0 + causal_offset (causal), up to the
+                    // window's end, r + row0 + causal_offset - window < key
+      const std::int64_t lane0 = key - s.causal_offset - row0;  // the lane whose position is the key
+      const std::int64_t lo = std::clamp<std::int64_t>(lane0, 0, kLanes);
+      const std::int64_t hi = s.window ? std::clamp<std::int64_t>(lane0 + s.window, 0, kLanes) : kLanes;
+      const std::uint64_t bits = ((std::uint64_t{1} << hi) - 1) & ~((std::uint64_t{1} << lo) - 1);
+      for (int u = 0; u < R; ++u) seen[u] = V::from_bits(std::uint32_t(bits >> (u * W)));
     }
     F c[R], w[R];
     bool rescale = false;
     for (int u = 0; u < R; ++u) {
-      const F score = V::mul(dot[u], scale);
+      const F score = s.softcap > 0.0f ? V::mul(cap, simd::tanh_v<V>(V::mul(dot[u], scale_over_cap)))
+                                       : V::mul(dot[u], scale);
       const F m_new = V::max(score, m[u]);  // std::max(m, score): score only when m < score
       c[u] = simd::exp_v<V>(V::sub(m[u], m_new));
       w[u] = simd::exp_v<V>(V::sub(score, m_new));
@@ -79,6 +91,18 @@ void sdpa_rows_r(const TensorView& q, const TensorView& k, const TensorView& v, 
         const F a_new = V::add(rescale ? V::mul(a, c[u]) : a, V::mul(w[u], vd));
         a = partial ? V::blend(seen[u], a, a_new) : a_new;
       }
+    }
+  }
+  // The sink after the last key, as in the model: m' = max(m, sink), f = exp(m - m'), l = l*f + exp(sink - m'),
+  // acc = acc*f; every row of the block has the same head, so the same sink.
+  const float sink = sink_of(s, h);
+  if (sink != -INFINITY) {
+    const F sv = V::set1(sink);
+    for (int u = 0; u < R; ++u) {
+      const F m_new = V::max(sv, m[u]);  // std::max(m, sink)
+      const F f = simd::exp_v<V>(V::sub(m[u], m_new));
+      l[u] = V::add(V::mul(l[u], f), simd::exp_v<V>(V::sub(sv, m_new)));
+      for (std::int64_t d = 0; d < D; ++d) acc[d * R + u] = V::mul(acc[d * R + u], f);
     }
   }
   // out = acc * (l > 0 ? 1/l : 0), staged over Q's lanes, then narrowed row by row.
