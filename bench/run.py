@@ -203,7 +203,8 @@ def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--section", choices=["all", "prefill", "decode", "blk", "sdpa", "short"], default="all")
+    ap.add_argument("--section", choices=["all", "prefill", "decode", "blk", "sdpa", "short", "variants"],
+                    default="all")
     ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
     if args.plot_from:
@@ -297,6 +298,8 @@ def main(argv):
         blk_case(rng, repeats, records, peaks)
     if args.section in ("all", "sdpa"):
         sdpa_case(rng, repeats, records, peaks)
+    if args.section in ("all", "variants"):
+        variants_case(rng, repeats, records)
     if args.section in ("all", "short"):
         short_query_cases(rng, repeats, records, peaks, [1, 8, 33] if args.quick else [1, 4, 8, 16, 33])
     targets(records)
@@ -364,6 +367,54 @@ def short_query_cases(rng, repeats, records, peaks, lengths):
             name = f"{np.dtype(dtype).name} Lq={lq} Lk={lk} D={d} t=2"
             report_flops(records, rows, flops, peaks[2], paths, kind="short", case=name, dtype=np.dtype(dtype).name,
                          head_dim=d, h_kv=h, length=lq, causal=False, kernel="auto", threads=2)
+
+
+def variants_case(rng, repeats, records):
+    """Issue 19's variants against the plain call they extend, timed in alternation (one call of
+    each per round, medians of the rounds): a sliding window of 512 at L = 4096 (no mask array;
+    its tiles skipped) against causal alone, and sinks, softcap, q_offset against the same causal
+    call at L = 2048. B=1, H=16, D=128, 2 threads."""
+    fattn.set_num_threads(2)
+    h, d = 16, 128
+    sinks = rng.standard_normal(h).astype(np.float32)
+    print(f"\nvariants (B=1, H={h}, D={d}, t=2; alternated, median of {repeats * 2} rounds)")
+    for dtype in (ml_dtypes.bfloat16, np.float32):
+        name = np.dtype(dtype).name
+        q, k, v = (rng.standard_normal((1, h, 4096, d), dtype=np.float32).astype(dtype) for _ in range(3))
+        q2, k2, v2 = q[:, :, :2048], k[:, :, :2048], v[:, :, :2048]
+        chunk = q2[:, :, 1024:]  # the second half of a 2048-token prompt, against all its keys
+        calls = {
+            "causal L=4096": lambda: fattn.flash_attn_prefill(q, k, v, causal=True),
+            "window=512 L=4096": lambda: fattn.flash_attn_prefill(q, k, v, window=512),
+            "causal L=2048": lambda: fattn.flash_attn_prefill(q2, k2, v2, causal=True),
+            "causal+sinks L=2048": lambda: fattn.flash_attn_prefill(q2, k2, v2, causal=True, sinks=sinks),
+            "causal+softcap=30 L=2048": lambda: fattn.flash_attn_prefill(q2, k2, v2, causal=True, softcap=30.0),
+            "chunk 1024 bottom_right": lambda: fattn.flash_attn_prefill(chunk, k2, v2, causal="bottom_right"),
+            "chunk 1024 q_offset=1024": lambda: fattn.flash_attn_prefill(chunk, k2, v2, causal=True, q_offset=1024),
+        }
+        times = {key: [] for key in calls}
+        for fn in calls.values():
+            fn()  # warm-up
+        for _ in range(repeats * 2):
+            for key, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+        med = {key: float(np.median(x)) for key, x in times.items()}
+        spread = {key: float(np.percentile(x, 75) - np.percentile(x, 25)) for key, x in times.items()}
+        against = {"window=512 L=4096": "causal L=4096", "causal+sinks L=2048": "causal L=2048",
+                   "causal+softcap=30 L=2048": "causal L=2048", "chunk 1024 q_offset=1024": "chunk 1024 bottom_right"}
+        for key in calls:
+            note = ""
+            if key in against:
+                base = med[against[key]]
+                note = (f"  {base / med[key]:.2f}x faster than {against[key]}" if key.startswith("window")
+                        else f"  {(med[key] / base - 1) * 100:+.1f}% over {against[key]}")
+            print(f"  {name:9s} {key:28s} {med[key] * 1e3:9.1f} ms (spread {spread[key] * 1e3:.1f}){note}")
+            records.append(dict(kind="variants", case=f"{name} {key}", system="fattn", dtype=name, head_dim=d,
+                                h_kv=h, length=4096 if "4096" in key else 2048, causal=True, kernel="auto",
+                                threads=2, median_s=med[key], spread_s=spread[key], gflops=float("nan"),
+                                fraction_of_peak=float("nan")))
 
 
 def blk_case(rng, repeats, records, peaks):
