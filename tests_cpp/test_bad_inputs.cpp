@@ -419,6 +419,31 @@ const std::vector<Case>& cases() {
          f.dp.kv_seq_len = 0;
          f.vec_call();
        }},
+      {"DecodeSinksLength", Err::argument, "sinks: expected one per query head (length H = 4), got length 2",
+       [](Fixture& f) {
+         f.dp.sinks = {0.0f, 1.0f};
+         f.vec_call();
+       }},
+      {"DecodeSinksNaN", Err::argument, "sinks: must be finite or -inf (no sink), got nan for head 2",
+       [](Fixture& f) {
+         f.dp.sinks = {0.0f, 1.0f, std::numeric_limits<float>::quiet_NaN(), 0.0f};
+         f.partials_call();
+       }},
+      {"DecodeSinksPlusInf", Err::argument, "sinks: must be finite or -inf (no sink), got inf for head 0",
+       [](Fixture& f) {
+         f.dp.sinks = {std::numeric_limits<float>::infinity(), 1.0f, 0.0f, 0.0f};
+         f.vec_call();
+       }},
+      {"DecodeRingStartNegative", Err::argument, "ring_start: must be from 0 to capacity - 1 (9), got -1",
+       [](Fixture& f) {
+         f.dp.ring_start = -1;
+         f.vec_call();
+       }},
+      {"DecodeRingStartCapacity", Err::argument, "ring_start: must be from 0 to capacity - 1 (9), got 10",
+       [](Fixture& f) {
+         f.dp.ring_start = 10;
+         f.partials_call();
+       }},
       {"DecodeNwgZero", Err::argument, "nwg: must be from 1 to 64, got 0",
        [](Fixture& f) {
          f.dp.nwg = 0;

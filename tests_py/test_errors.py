@@ -387,6 +387,35 @@ VEC_BAD_CALLS = [
     # not arrays
     ("q list", ([[0.0] * 64] * 4,) + vec_arrays()[1:], {"kv_seq_len": 5}, TypeError, "q: expected an array, got list"),
     ("v_cache None", vec_arrays()[:2] + (None,), {"kv_seq_len": 5}, TypeError, "v_cache: expected an array"),
+    # sinks: float32 [H], finite or -inf
+    ("sinks f64", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(4)}, TypeError,
+     "sinks: dtype must be float32, got float64"),
+    ("sinks f16", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(4, F16)}, TypeError, "sinks: dtype must be float32"),
+    ("sinks list", vec_arrays(), {"kv_seq_len": 5, "sinks": [0.0] * 4}, TypeError, "sinks: expected an array"),
+    ("sinks length", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(3, F32)}, ValueError,
+     "sinks: expected one per query head (length H = 4), got length 3"),
+    ("sinks kv heads long", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(2, F32)}, ValueError,
+     "sinks: expected one per query head (length H = 4)"),
+    ("sinks 2-D", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros((1, 4), F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 4"),
+    ("sinks 0-D", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros((), F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 4"),
+    ("sinks nan", vec_arrays(), {"kv_seq_len": 5, "sinks": np.array([0, np.nan, 0, 0], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got nan for head 1"),
+    ("sinks +inf", vec_arrays(), {"kv_seq_len": 5, "sinks": np.array([0, 0, 0, np.inf], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got inf for head 3"),
+    ("sinks batched length", (np.ones((2, 4, 64), F32), np.ones((2, 2, 10, 64), F16), np.ones((2, 2, 10, 64), F16)),
+     {"kv_seq_len": 5, "sinks": np.zeros(8, F32)}, ValueError, "sinks: expected one per query head (length H = 4)"),
+    # ring_start: an int in [0, capacity)
+    ("ring_start negative", vec_arrays(), {"kv_seq_len": 5, "ring_start": -1}, ValueError,
+     "ring_start: must be from 0 to capacity - 1 (9), got -1"),
+    ("ring_start = capacity", vec_arrays(), {"kv_seq_len": 5, "ring_start": 10}, ValueError,
+     "ring_start: must be from 0 to capacity - 1 (9), got 10"),
+    ("ring_start beyond int64", vec_arrays(), {"kv_seq_len": 5, "ring_start": 2 ** 70}, ValueError, "ring_start: "),
+    ("ring_start float", vec_arrays(), {"kv_seq_len": 5, "ring_start": 1.0}, TypeError,
+     "ring_start: expected an integer, got float"),
+    ("ring_start bool", vec_arrays(), {"kv_seq_len": 5, "ring_start": True}, TypeError,
+     "ring_start: expected an integer, got bool"),
 ]
 
 _QV = np.ones((4, 64), F32)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, cast, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, cast, overload
 
 import numpy as np
 
@@ -15,25 +15,29 @@ def _float(x: Any, name: str) -> float:
 
 
 def _decode_args(q: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any, mask: Any, window: Any,
-                 softcap: Any, nwg: Any) -> Tuple[Any, ...]:
+                 softcap: Any, nwg: Any, sinks: Any, ring_start: Any) -> Tuple[Any, ...]:
     """The arrays and Python-typed arguments of a decode call, in the core's order (it checks the rest)."""
     return (as_array(q, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache"),
             integer(kv_seq_len, "kv_seq_len"), optional_scale(scale), mask, integer(window, "window"),
-            _float(softcap, "softcap"), integer(nwg, "nwg"))
+            _float(softcap, "softcap"), integer(nwg, "nwg"), None if sinks is None else as_array(sinks, "sinks"),
+            None if ring_start is None else integer(ring_start, "ring_start"))
 
 
 @overload
 def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
-                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...) -> np.ndarray: ...
+                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...,
+                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...) -> np.ndarray: ...
 @overload
 def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
-                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True]
+                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True],
+                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...
                    ) -> Tuple[np.ndarray, np.ndarray]: ...
 def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
-                   nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False
+                   nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False,
+                   sinks: Optional[ArrayLike] = None, ring_start: Optional[int] = None
                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Vec decode (mlx-native's ``flash_attn_vec``, seed 002): one query per head against a KV cache.
 
@@ -47,6 +51,17 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
     is masked); ``"sliding_window"`` (only the last ``window`` positions, ``window = 0`` = all).
     softcap > 0 applies ``softcap * tanh(score / softcap)`` (not in the seed's kernel; llama.cpp's
     convention). nwg: groups (1 to 64) that take chunks of 32 positions round-robin.
+
+    sinks: ``None`` or a float32 ``[H]`` array, one learned logit per query head in the units of
+    the scaled scores, that joins the softmax denominator only: ``out = sum_j e^{s_j} v_j /
+    (e^{sink} + sum_j e^{s_j})``. It is folded into group 0's partial once that group has seen
+    its chunks (llama.cpp's place), so the partials carry it and the reduce needs no argument.
+    ``-inf`` = no sink for that head (changes no bit); NaN or +inf raise ``ValueError``.
+
+    ring_start: ``None`` or an int in ``[0, capacity)``: the cache is a ring and logical position
+    ``p`` (``0 <= p < kv_seq_len``) lives in slot ``(ring_start + p) % capacity``. Masks, the
+    chunks and everything else follow logical positions, so a rolled cache with the matching
+    ``ring_start`` gives bit for bit the unrolled cache's output; only the valid slots are read.
 
     Numerics (docs/numerics.md, "Vec decode"): Q rounded to float16, f32 dot products, the masked
     score -65504, natural exp from a finite starting max, one rescale per chunk, then the reduce
@@ -65,13 +80,18 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
     prefill over other keys). It is not a kernel output (the seed has none): it is computed in
     float64 from the kernel's own partials, ``M + log(sum_g exp(m_g - M) s_g)``, then rounded
     once to float32; window-masked positions count with their sentinel score, i.e. ~0 weight.
-    The output is bit-identical with or without it.
+    The output is bit-identical with or without it. The LSE is over the keys only, without the
+    sink (so results merge; apply the sink once, at the final :func:`merge_attention`): with
+    ``sinks`` it comes from a second partials pass without them (twice the cache reads).
     """
     if boolean(return_lse, "return_lse"):
-        parts = flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale, mask=mask,
-                                        window=window, softcap=softcap, nwg=nwg)
-        return flash_attn_vec_reduce(*parts, out=out), _lse_from_partials(parts[1], parts[2])
-    q_arr, k_arr, v_arr, *params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
+        kw: Dict[str, Any] = dict(kv_seq_len=kv_seq_len, scale=scale, mask=mask, window=window, softcap=softcap,
+                                  nwg=nwg, ring_start=ring_start)
+        parts = flash_attn_vec_partials(q, k_cache, v_cache, sinks=sinks, **kw)
+        keys_only = parts if sinks is None else flash_attn_vec_partials(q, k_cache, v_cache, **kw)
+        return flash_attn_vec_reduce(*parts, out=out), _lse_from_partials(keys_only[1], keys_only[2])
+    q_arr, k_arr, v_arr, *params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg,
+                                                sinks, ring_start)
     result = _core.flash_attn_vec(q_arr, k_arr, v_arr, None if out is None else as_array(out, "out"), *params)
     return result if out is None else cast(np.ndarray, out)
 
@@ -89,14 +109,17 @@ def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def flash_attn_vec_partials(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
-                            softcap: float = 0.0, nwg: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            softcap: float = 0.0, nwg: int = 32, sinks: Optional[ArrayLike] = None,
+                            ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first half of :func:`flash_attn_vec`: per head and group, the unnormalised output and its
     softmax state. Returns ``(o, s, m)``: o float32 ``[..., H, nwg, D]``, s (sum of weights) and m
     (running max, natural-log units; ``-FLT_MAX/2`` for a group that saw no position) float32
     ``[..., H, nwg]``. Same arguments and defaults as :func:`flash_attn_vec` (no ``out``).
-    Numerics: docs/numerics.md, "Vec decode" steps 1-6."""
+    With ``sinks``, group 0's ``(o, s, m)`` already carry each head's sink (folded after its
+    chunks), so :func:`flash_attn_vec_reduce` of these partials is ``flash_attn_vec(...,
+    sinks=...)`` bit for bit. Numerics: docs/numerics.md, "Vec decode" steps 1-7."""
     o, s, m = _core.flash_attn_vec_partials(*_decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window,
-                                                          softcap, nwg))
+                                                          softcap, nwg, sinks, ring_start))
     return o, s, m
 
 
@@ -106,7 +129,7 @@ def flash_attn_vec_reduce(o: ArrayLike, s: ArrayLike, m: ArrayLike, *, out: Opti
     ``o [..., H, nwg, D]``, ``s`` and ``m`` ``[..., H, nwg]`` (float32; nwg 1 to 64) into the
     float32 output ``[..., H, D]``: ``M = max_g m_g``, ``w_g = exp(m_g - M)``, ``out = (sum_g w_g
     o_g) / (sum_g w_g s_g)``, 0 where the denominator is 0 (sums as balanced trees, a reciprocal
-    multiply). Numerics: docs/numerics.md, "Vec decode" step 7. ``out``: a float32 array of
+    multiply). Numerics: docs/numerics.md, "Vec decode" step 8. ``out``: a float32 array of
     that shape to write into (as for :func:`flash_attn_vec`); it is returned. Arrays may be
     any array object (numpy, CPU torch tensor, DLPack or buffer protocol), read in place."""
     result = _core.flash_attn_vec_reduce(as_array(o, "o"), as_array(s, "s"), as_array(m, "m"),

@@ -135,11 +135,14 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
 
 
 def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
-                 scale: Optional[float] = None, window: Optional[int] = None, softcap: float = 0.0) -> np.ndarray:
+                 scale: Optional[float] = None, window: Optional[int] = None, softcap: float = 0.0,
+                 sinks: Optional[npt.ArrayLike] = None) -> np.ndarray:
     """Per-row bound on ``|fattn.flash_attn_vec(...) - exact|`` (numerics §5, "Error bounds"),
     shaped ``[..., H, 1]`` for q ``[H, D]`` or ``[B, H, D]``: Q's rounding to float16 (relative
     2^-11, absolute 2^-25 below half's normal range), the f32 dot chain, the softcap's tanh;
-    then through the softmax as for prefill."""
+    then through the softmax as for prefill. With ``sinks``, ``4·u·max|V|`` more for each head
+    whose sink is not ``-inf`` (the fold's exp, sum and rescale; the exact answer is
+    ``fattn.reference.attention(..., sinks=sinks)``)."""
     q64 = _f64(q)
     k = np.asarray(k_cache)
     v = np.asarray(v_cache)
@@ -160,6 +163,8 @@ def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLik
     e = np.where(visible, score_err, 0.0).max(axis=-1)
     vmax = np.abs(v64).max(axis=(2, 3))
     bound: np.ndarray = vmax * (np.expm1(2 * e) + (2 * visible.sum() + 10) * _U32)
+    if sinks is not None:
+        bound = bound + vmax * 4 * _U32 * (np.asarray(sinks, dtype=np.float64) != -np.inf)
     return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]
 
 

@@ -399,7 +399,8 @@ def _decode_views(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLi
 
 def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
-                            softcap: float = 0.0, nwg: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            softcap: float = 0.0, nwg: int = 32, sinks: Optional[npt.ArrayLike] = None,
+                            ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The vec decode kernel's per-group partials, step by step in float32 (same signature as
     ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``).
 
@@ -413,12 +414,21 @@ def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: n
        have no weight;
     4. ``m' = max(m, max s)`` from ``m = -FLT_MAX/2``; ``ms = exp(m - m')``; ``w = exp(s - m')``;
        ``S = S*ms + tree32(w)``; ``O = O*ms + sum_p w_p v_p`` (the chunk's sum rounded once here,
-       an fma chain in the kernel).
+       an fma chain in the kernel);
+    5. with ``sinks``, group 0 (after its chunks, even if it had none to see) takes its head's
+       sink as one more step with a single score and no value: ``m' = max(m, sink)``, ``f =
+       exp(m - m')``, ``S = S*f + exp(sink - m')``, ``O = O*f``; a sink of ``-inf`` is skipped.
+
+    ``ring_start``: logical position ``p`` is read from slot ``(ring_start + p) % capacity``;
+    everything above is in logical positions.
     """
     f32 = np.float32
     q32, k32, v32 = _decode_views(q, k_cache, v_cache)
     batch, heads, head_dim = q32.shape
     kv_len = int(kv_seq_len)
+    if ring_start is not None:  # the ring unrolled: logical position p from slot (ring_start + p) % capacity
+        slots = (int(ring_start) + np.arange(kv_len)) % k32.shape[2]
+        k32, v32 = k32[:, :, slots], v32[:, :, slots]
     scale32 = f32(1.0) / np.sqrt(f32(head_dim)) if scale is None else f32(scale)
     window_start = max(0, kv_len - int(window)) if mask == "sliding_window" and window > 0 else 0
     qh = q32.astype(np.float16).astype(f32)
@@ -451,6 +461,14 @@ def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: n
                                   vc.astype(np.float64)).astype(f32)
                 acc = acc * rescale[..., None] + chunk
                 row_max = new_max
+            if g == 0 and sinks is not None:
+                sink = np.broadcast_to(np.asarray(sinks, dtype=f32), (batch, heads))
+                has = sink != -np.inf
+                new_max = np.maximum(row_max, sink)
+                f = np.exp(row_max - new_max).astype(f32)
+                row_sum = np.where(has, row_sum * f + np.exp(sink - new_max).astype(f32), row_sum).astype(f32)
+                acc = np.where(has[..., None], acc * f[..., None], acc).astype(f32)
+                row_max = np.where(has, new_max, row_max).astype(f32)
             o[:, :, g], s_out[:, :, g], m_out[:, :, g] = acc, row_sum, row_max
     if np.asarray(q).ndim == 2:
         return o[0], s_out[0], m_out[0]
@@ -480,11 +498,13 @@ def flash_attn_vec_reduce(o: npt.ArrayLike, s: npt.ArrayLike, m: npt.ArrayLike) 
 
 def flash_attn_vec(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
-                   nwg: int = 32) -> np.ndarray:
+                   nwg: int = 32, sinks: Optional[npt.ArrayLike] = None, ring_start: Optional[int] = None
+                   ) -> np.ndarray:
     """The vec decode kernel's arithmetic in NumPy: partials, then reduce (same signature as
     ``fattn.flash_attn_vec``)."""
     return flash_attn_vec_reduce(*flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale,
-                                                          mask=mask, window=window, softcap=softcap, nwg=nwg))
+                                                          mask=mask, window=window, softcap=softcap, nwg=nwg,
+                                                          sinks=sinks, ring_start=ring_start))
 
 
 def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *, return_lse: bool = False

@@ -21,6 +21,13 @@ struct DecodeParams {
   std::int64_t window = 0;      // sliding_window: keep the last `window` positions (0 = all)
   float softcap = 0.0f;         // > 0: score = softcap * tanh(score / softcap) (fattn's extension)
   std::int64_t nwg = 32;        // groups the KV positions are dealt to, 1..64
+  // A learned logit per query head that joins the softmax denominator only
+  // (-inf = none for that head); folded into group 0's partial.
+  std::vector<float> sinks;  // empty = none; else one per query head
+  // The cache as a ring: logical position p lives in slot (ring_start + p) %
+  // capacity. Masks and the dealing of chunks to groups follow logical
+  // positions, so a rolled cache gives the unrolled cache's bits.
+  std::optional<std::int64_t> ring_start;  // none = slot p; else 0..capacity-1
 };
 
 // Positions per chunk: the unit the groups are dealt and the softmax rescales by.
@@ -32,6 +39,8 @@ struct DecodePlan : AttentionShape {
   DecodeParams params;
   TensorView q, k, v;
   std::int64_t window_start = 0;  // first position a sliding window keeps
+  std::int64_t ring_start = 0;    // slot of logical position 0 (0 without a ring)
+  std::int64_t capacity = 0;      // the cache's slots (k's length)
   std::int64_t nwg = 0;
   float scale = 0.0f, softcap = 0.0f, scale_over_cap = 0.0f;
   // Whether groups with no chunk get their untouched state written to the

@@ -72,8 +72,8 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
     const std::int64_t p0 = chunk * C, valid = std::min(C, p.kv_len - p0);
     if (p0 + valid <= p.window_start) continue;  // all 32 masked: the seed skips the chunk
     for (std::int64_t j = 0; j < valid; ++j) {   // never past kv_seq_len
-      const T* k_src = k.row<const T>(b, kv_head, p0 + j);
-      const T* v_src = v.row<const T>(b, kv_head, p0 + j);
+      const T* k_src = k.row<const T>(b, kv_head, slot(p, p0 + j));
+      const T* v_src = v.row<const T>(b, kv_head, slot(p, p0 + j));
       for (std::int64_t d = 0; d < D; ++d) {
         kc[j * D + d] = widen(k_src[d]);
         vc[j * D + d] = widen(v_src[d]);
@@ -105,6 +105,9 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
       for (std::int64_t d = 0; d < D; ++d) o_row[d] = o_row[d] * rescale + lo[d];
     }
   }
+  if (g == 0)  // the sinks join group 0 once it has seen its chunks (even none)
+    for (std::int64_t r = 0; r < group; ++r)
+      fold_sink(p, kv_head * group + r, row_max[std::size_t(r)], row_sum[std::size_t(r)], o + r * D);
   for (std::int64_t r = 0; r < group; ++r) {
     const std::int64_t h = kv_head * group + r;
     float* dst = o_part.row<float>(b, h, g);
@@ -282,6 +285,14 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const T
   require(params.kv_seq_len <= k.length(), "kv_seq_len: must be <= the cache capacity (", k.length(), "), got ",
           params.kv_seq_len);
   validate_decode_params(params);
+  require(params.sinks.empty() || std::int64_t(params.sinks.size()) == q.heads(),
+          "sinks: expected one per query head (length H = ", q.heads(), "), got length ", params.sinks.size());
+  for (std::size_t h = 0; h < params.sinks.size(); ++h)
+    require(!std::isnan(params.sinks[h]) && params.sinks[h] != kInf, "sinks: must be finite or -inf (no sink), got ",
+            params.sinks[h], " for head ", h);
+  if (params.ring_start)
+    require(*params.ring_start >= 0 && *params.ring_start < k.length(), "ring_start: must be from 0 to capacity - 1 (",
+            k.length() - 1, "), got ", *params.ring_start);
   DecodePlan plan;
   static_cast<AttentionShape&>(plan) = {q.batch(), q.heads(), k.heads(), 1, params.kv_seq_len, D};
   plan.params = params;
@@ -289,6 +300,8 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const T
   plan.k = k;
   plan.v = v;
   plan.nwg = params.nwg;
+  plan.ring_start = params.ring_start.value_or(0);
+  plan.capacity = k.length();
   plan.scale = resolve_scale(params.scale, D);
   plan.softcap = params.softcap;
   plan.scale_over_cap = params.softcap > 0.0f ? plan.scale / params.softcap : 0.0f;
