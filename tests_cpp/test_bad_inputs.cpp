@@ -567,6 +567,21 @@ const std::vector<Case>& cases() {
        [](Fixture& f) { merge_attention({f.q.data()}, {f.k.data()}, 1, 4, nullptr, nullptr); }},
       {"MergeSizeOverflow_regression", Err::argument, "outputs: rows * head_dim",
        [](Fixture& f) { merge_attention({f.q.data()}, {f.k.data()}, kBig, kBig, f.out.data(), nullptr); }},
+      {"MergeSinksNaN", Err::argument, "sinks: must be finite or -inf (no sink), got nan for head 0",
+       [](Fixture& f) {
+         const float bad[1] = {std::numeric_limits<float>::quiet_NaN()};
+         merge_attention({f.q.data()}, {f.k.data()}, 1, 4, f.out.data(), nullptr, MergeSinks{bad, 1, 1});
+       }},
+      {"MergeSinksDoNotTile", Err::argument, "sinks: 2 heads of 1 rows each do not tile the 3 rows",
+       [](Fixture& f) {
+         const float sinks[2] = {0.0f, 1.0f};
+         merge_attention({f.q.data()}, {f.k.data()}, 3, 4, f.out.data(), nullptr, MergeSinks{sinks, 2, 1});
+       }},
+      {"MergeSinksNoHeads", Err::argument, "sinks: 0 heads",
+       [](Fixture& f) {
+         const float sinks[1] = {0.0f};
+         merge_attention({f.q.data()}, {f.k.data()}, 1, 4, f.out.data(), nullptr, MergeSinks{sinks, 0, 1});
+       }},
       // --- threads and instruction sets ---------------------------------------------
       {"SetNumThreadsZero", Err::argument, "set_num_threads: n must be >= 1, got 0",
        [](Fixture&) { set_num_threads(0); }},

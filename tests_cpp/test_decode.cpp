@@ -272,6 +272,24 @@ TEST(Decode, RingStartOnARolledCacheIsBitIdentical) {
   }
 }
 
+TEST(Merge, SinksJoinTheMergedDenominator) {
+  // Rows [2 heads][2 rows each] of D = 2: row r's sink is sinks[(r / 2) % 2].
+  // One part with LSE 0 and output x: with a sink s the result is x / (1 + e^s).
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8}, l0 = {0, 0, 0, 0};
+  const std::vector<float> sinks = {std::log(3.0f), -inf};
+  std::vector<float> out(8), lse(4), plain(8), plain_lse(4);
+  merge_attention({x.data()}, {l0.data()}, 4, 2, out.data(), lse.data(), MergeSinks{sinks.data(), 2, 2});
+  merge_attention({x.data()}, {l0.data()}, 4, 2, plain.data(), plain_lse.data());
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(out[std::size_t(i)], x[std::size_t(i)] / 4.0f, 1e-6);
+  EXPECT_EQ(0, std::memcmp(&out[4], &plain[4], 4 * 4));  // -inf: no sink, no bit changed
+  EXPECT_EQ(0, std::memcmp(lse.data(), plain_lse.data(), 4 * 4));  // the LSE stays the keys'
+  // A sink far above every LSE: the output goes to 0 (its exp overflows), never NaN.
+  const std::vector<float> huge = {3e38f, 3e38f};
+  merge_attention({x.data()}, {l0.data()}, 4, 2, out.data(), nullptr, MergeSinks{huge.data(), 2, 2});
+  for (float f : out) EXPECT_EQ(f, 0.0f);
+}
+
 TEST(Merge, TwoHalvesEqualTheWhole) {
   // Two rows of D = 4 over key sets with known LSEs: the merge is the
   // LSE-weighted mean of the parts.

@@ -425,3 +425,50 @@ def test_ring_start_reference_follows_the_slots(rng):
         assert not np.array_equal(fattn.flash_attn_vec(q, rolled(k, r), rolled(v, r), ring_start=(r + 1) % 50, **kw),
                                   fattn.flash_attn_vec(q, k, v, **kw))
 
+
+# --- merge_attention with sinks -----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_merge_with_sinks_of_a_prefill_split_equals_attention_with_sinks(rng, dtype):
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 4, 30, 64), (2, 2, 90, 64), (2, 2, 90, 64)))
+    sinks = sink_values(rng, 4)
+    exact = reference.attention(q, k, v, sinks=sinks)
+    # float64 parts: only the merge's own f32 error (and the parts' f32 rounding) remains
+    parts64 = [reference.attention(q, k[:, :, a:b], v[:, :, a:b], return_lse=True) for a, b in ((0, 41), (41, 90))]
+    outs = [p[0].astype(F32) for p in parts64]
+    lses = [p[1].astype(F32) for p in parts64]
+    merged, lse = fattn.merge_attention(outs, lses, sinks=sinks, return_lse=True)
+    scale = np.abs(as64(v)).max()
+    assert np.abs(merged - exact).max() <= 1e-6 * scale
+    # the LSE stays the keys' (bit for bit what the merge without sinks gives)
+    assert lse.tobytes() == fattn.merge_attention(outs, lses, return_lse=True)[1].tobytes()
+    # fattn's prefill parts: within the prefill's own error
+    parts = [fattn.flash_attn_prefill(q, k[:, :, a:b], v[:, :, a:b], return_lse=True) for a, b in ((0, 41), (41, 90))]
+    merged = fattn.merge_attention([p[0] for p in parts], [p[1] for p in parts], sinks=sinks)
+    assert np.abs(merged - exact).max() <= (1e-5 if dtype == F32 else 2 ** -7) * scale
+    # blhd: the head axis is 2
+    outs_t = [np.ascontiguousarray(o.transpose(0, 2, 1, 3)) for o in outs]
+    lses_t = [np.ascontiguousarray(x.transpose(0, 2, 1)) for x in lses]
+    merged_t = fattn.merge_attention(outs_t, lses_t, sinks=sinks, head_axis=2)
+    assert merged_t.transpose(0, 2, 1, 3).tobytes() == fattn.merge_attention(outs, lses, sinks=sinks).tobytes()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_merge_with_sinks_of_decode_results_equals_flash_attn_vec_with_sinks(rng, batched):
+    lead = (2,) if batched else ()
+    q = rng.standard_normal(lead + (8, 128)).astype(F32)
+    k, v = (rng.standard_normal(lead + (2, 500, 128)).astype(F16) for _ in range(2))
+    sinks = sink_values(rng, 8)
+    want = fattn.flash_attn_vec(q, k, v, kv_seq_len=500, sinks=sinks)
+    a = 173
+    o1, l1 = fattn.flash_attn_vec(q, k[..., :a, :], v[..., :a, :], kv_seq_len=a, return_lse=True)
+    o2, l2 = fattn.flash_attn_vec(q, k[..., a:, :], v[..., a:, :], kv_seq_len=500 - a, return_lse=True)
+    merged = fattn.merge_attention([o1, o2], [l1, l2], sinks=sinks)
+    assert np.abs(merged - want).max() <= 1e-5 * np.abs(as64(v)).max()
+    exact = exact_with_sinks(q, k, v, 500, 0, 0.0, sinks)
+    bound = decode_exact_bound(q, k, v, kv_seq_len=500, sinks=sinks)
+    assert (np.abs(as64(merged) - exact) <= bound).all()
+    # merges compose: the sink applied once, at the last merge
+    o3, l3 = fattn.merge_attention([o1, o2], [l1, l2], return_lse=True)
+    again = fattn.merge_attention([o3], [l3], sinks=sinks)
+    assert np.abs(again - merged).max() <= 1e-6 * np.abs(as64(v)).max()

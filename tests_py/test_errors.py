@@ -495,6 +495,27 @@ MERGE_BAD_CALLS = [
      "out: must not overlap itself"),
     ("out is an input", ([OUT], [LSE]), {"out": OUT}, ValueError, "out: must not overlap the input outputs[0]"),
     ("out int", ([OUT], [LSE]), {"out": 3}, TypeError, "out: expected an array, got int"),
+    # sinks: float32 [H] along the head axis (-2 for [rows, D] outputs: H = 3 here)
+    ("sinks f64", ([OUT], [LSE]), {"sinks": np.zeros(3)}, TypeError, "sinks: dtype must be one of float32"),
+    ("sinks list", ([OUT], [LSE]), {"sinks": [0.0] * 3}, TypeError, "sinks: expected an array, got list"),
+    ("sinks length", ([OUT], [LSE]), {"sinks": np.zeros(4, F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 3 (the outputs' head axis), got shape (4,)"),
+    ("sinks 2-D", ([OUT], [LSE]), {"sinks": np.zeros((1, 3), F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 3"),
+    ("sinks nan", ([OUT], [LSE]), {"sinks": np.array([0, 0, np.nan], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got nan for head 2"),
+    ("sinks +inf", ([OUT], [LSE]), {"sinks": np.array([np.inf, 0, 0], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got inf for head 0"),
+    ("sinks, 1-D outputs", ([OUT[0]], [LSE[:1].reshape(())]), {"sinks": np.zeros(1, F32)}, ValueError,
+     "sinks: the outputs need a head axis"),
+    ("sinks 4-D length", ([np.zeros((2, 3, 5, 8), F32)], [np.zeros((2, 3, 5), F32)]), {"sinks": np.zeros(5, F32)},
+     ValueError, "sinks: expected a 1-D array of length H = 3"),
+    ("head_axis D", ([OUT], [LSE]), {"sinks": np.zeros(3, F32), "head_axis": -1}, ValueError,
+     "head_axis: must name an axis of the outputs other than D's (-2 to 0), got -1"),
+    ("head_axis past", ([OUT], [LSE]), {"sinks": np.zeros(3, F32), "head_axis": 1}, ValueError,
+     "head_axis: must name an axis of the outputs other than D's"),
+    ("head_axis float", ([OUT], [LSE]), {"sinks": np.zeros(3, F32), "head_axis": 0.0}, TypeError,
+     "head_axis: expected an integer, got float"),
 ]
 
 

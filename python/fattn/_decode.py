@@ -137,8 +137,23 @@ def flash_attn_vec_reduce(o: ArrayLike, s: ArrayLike, m: ArrayLike, *, out: Opti
     return result if out is None else cast(np.ndarray, out)
 
 
-def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, return_lse: bool = False,
-                    out: Optional[ArrayLike] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+def _merge_heads(shape: Tuple[int, ...], head_axis: Any) -> Tuple[int, int]:
+    """(H, rows per head) of merge_attention's rows for outputs shaped ``shape``: the head axis
+    given, or by default 1 for 4-D outputs ([B, H, L, D]) and -2 otherwise ([H, D], [B, H, D])."""
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"sinks: the outputs need a head axis ([..., H, D]), got shape {shape}")
+    axis = (1 if ndim == 4 else ndim - 2) if head_axis is None else integer(head_axis, "head_axis")
+    if not (-ndim <= axis <= ndim - 2 and axis != -1):
+        raise ValueError(f"head_axis: must name an axis of the outputs other than D's (-{ndim} to {ndim - 2}), "
+                         f"got {axis}")
+    axis %= ndim
+    return shape[axis], int(np.prod(shape[axis + 1:-1], dtype=np.int64))
+
+
+def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, sinks: Optional[ArrayLike] = None,
+                    return_lse: bool = False, out: Optional[ArrayLike] = None, head_axis: Optional[int] = None
+                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Attention over the union of disjoint key sets, from the results over each set.
 
     ``outputs[i]`` (normalised attention outputs, ``[..., D]``, float32/float16/bfloat16) and
@@ -148,6 +163,17 @@ def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, 
     (1 / sum_i w_i)``, ``lse = M + log(sum_i w_i)``; computed in float32, returned as float32 (and
     the LSE with ``return_lse=True``, default False). A row with no key anywhere gives 0 and LSE
     -inf. Numerics: docs/numerics.md, "merge_attention" and "Non-finite inputs".
+
+    sinks: ``None`` or a float32 ``[H]`` array, one logit per query head, applied once to the
+    merged result so that it is attention over the union of the keys with the sink in the
+    denominator: ``out = sum_i w_i out_i / (sum_i w_i + exp(sink - M))``. ``-inf`` = no sink
+    for that head; NaN or +inf raise ``ValueError``. The returned LSE stays the one over the keys
+    only, so a merge can feed another merge (pass the sinks to the last one only, and parts
+    computed without them). Which axis of the outputs is the head axis: ``head_axis`` (an axis
+    of the outputs other than D's); by default axis 1 for 4-D outputs (``[B, H, L, D]``, as
+    ``flash_attn_prefill`` returns with ``layout="bhld"``; pass ``head_axis=2`` for
+    ``"blhd"``) and axis -2 otherwise (``[H, D]`` or ``[B, H, D]``, as ``flash_attn_vec``
+    returns). ``head_axis`` is ignored without sinks.
 
     Arrays may be any array object (numpy, CPU torch tensor, DLPack or buffer protocol); float32
     C-contiguous parts are read in place, others converted to float32 once. ``out``: a float32
@@ -177,6 +203,14 @@ def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, 
         arrays.append((o, lse_i))
     if any(n <= 0 for n in shape):
         raise ValueError(f"outputs: every extent must be > 0, got shape {shape}")
+    sink_arr, heads, rows_per_head = None, 0, 1
+    if sinks is not None:
+        sink_arr = as_array(sinks, "sinks")
+        require_dtype(sink_arr, "sinks", (FLOAT32,))
+        heads, rows_per_head = _merge_heads(shape, head_axis)
+        if sink_arr.ndim != 1 or sink_arr.shape[0] != heads:
+            raise ValueError(f"sinks: expected a 1-D array of length H = {heads} (the outputs' head axis), "
+                             f"got shape {sink_arr.shape}")
     d = shape[-1]
     flat_o = [np.require(o, np.float32, ("C", "A")).reshape(-1, d) for o, _ in arrays]
     flat_l = [np.require(lse_i, np.float32, ("C", "A")).reshape(-1) for _, lse_i in arrays]
@@ -189,6 +223,6 @@ def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, 
     direct = result.flags.c_contiguous and result.flags.aligned
     dest = result.reshape(rows, d) if direct else np.empty((rows, d), dtype=np.float32)
     lse = np.empty(rows, dtype=np.float32)
-    _core.merge_attention(flat_o, flat_l, dest, lse)
+    _core.merge_attention(flat_o, flat_l, dest, lse, sink_arr, heads, rows_per_head)
     returned = finish_out(out, result, result if direct else dest.reshape(shape))
     return (returned, lse.reshape(shape[:-1])) if return_lse else returned

@@ -168,19 +168,24 @@ def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLik
     return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]
 
 
-def merge_bound(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike]) -> Tuple[np.ndarray, np.ndarray]:
+def merge_bound(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *,
+                sinks: Optional[npt.ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(out_bound, lse_bound)`` for ``fattn.merge_attention(outputs, lses)`` against the exact
     merge of the parts as given (numerics §6, "Error bounds"): ``(3n + 5)·u·V`` per row, shaped
     ``[..., 1]`` (``V`` = the largest ``|outputs[i]|`` in the row over every part), and
     ``(1.4n + 1)·u + u·|lse|`` shaped ``[...]``, for ``n`` parts and ``u`` = 2^-24. Rows with no
-    key anywhere are exact (0 and -inf): their bounds are 0. The parts' own errors add on top."""
+    key anywhere are exact (0 and -inf): their bounds are 0. The parts' own errors add on top.
+    With ``sinks`` (any, as passed to the merge) the output bound gains ``(2 + ln n)·u·V``
+    (the sink's exp and the denominator's extra add; the LSE's bound is unchanged), against
+    ``fattn.reference.merge_attention(..., sinks=sinks)``."""
     from fattn.reference import merge_attention  # the exact LSE; imported here to keep module loading flat
 
     n = len(outputs)
     _, lse = merge_attention(outputs, lses, return_lse=True)
     empty = np.isneginf(lse)
     vmax = np.stack([np.abs(_f64(o)) for o in outputs]).max(axis=(0, -1))
-    out_bound: np.ndarray = np.where(empty, 0.0, (3 * n + 5) * _U32 * vmax)[..., None]
+    factor = 3 * n + 5 + (0 if sinks is None else 2 + np.log(n))
+    out_bound: np.ndarray = np.where(empty, 0.0, factor * _U32 * vmax)[..., None]
     lse_bound: np.ndarray = np.where(empty, 0.0, (1.4 * n + 1) * _U32 + _U32 * np.abs(np.where(empty, 0.0, lse)))
     return out_bound, lse_bound
 

@@ -507,13 +507,19 @@ def flash_attn_vec(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayL
                                                           sinks=sinks, ring_start=ring_start))
 
 
-def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *, return_lse: bool = False
+def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *,
+                    sinks: Optional[npt.ArrayLike] = None, return_lse: bool = False, head_axis: Optional[int] = None
                     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """The exact merge, in float64, of attention results over disjoint key sets as given
     (``outputs[i]`` ``[..., D]``, ``lses[i]`` ``[...]``, natural log, ``-inf`` for a set with no
     key): ``a_i = e^{lse_i} / sum_j e^{lse_j}``, ``out = sum_i a_i out_i``, ``lse = ln sum_i
     e^{lse_i}``; a row with no key anywhere is 0 with LSE ``-inf``. What ``fattn.merge_attention``
-    computes in float32 (numerics §6), to compare with ``fattn.bounds.merge_bound``."""
+    computes in float32 (numerics §6), to compare with ``fattn.bounds.merge_bound``.
+
+    ``sinks`` (``[H]``, the head axis chosen as by ``fattn.merge_attention``: ``head_axis``, by
+    default 1 for 4-D outputs and -2 otherwise): the same steps as the kernel, exactly: the
+    denominator becomes ``sum_i e^{lse_i - M} + e^{sink - M}`` (``-inf`` = no sink); the LSE
+    stays the keys'."""
     outs = np.stack([np.asarray(o).astype(np.float64) for o in outputs])  # [n, ..., D]
     ls = np.stack([np.asarray(x).astype(np.float64) for x in lses])      # [n, ...]
     top = ls.max(axis=0)
@@ -522,7 +528,14 @@ def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLi
     w = np.exp(ls - shift)  # exactly 0 for -inf parts
     total = w.sum(axis=0)
     safe = np.where(empty, 1.0, total)
-    out = np.where(empty[..., None], 0.0, np.einsum("n...,n...d->...d", w / safe, outs))
+    denominator = safe
+    if sinks is not None:
+        shape = outs.shape[1:]
+        axis = (1 if len(shape) == 4 else len(shape) - 2) if head_axis is None else int(head_axis) % len(shape)
+        sink = np.asarray(sinks, dtype=np.float64).reshape((-1,) + (1,) * (len(shape) - 2 - axis))
+        with np.errstate(over="ignore"):  # a sink far above every LSE: the output is 0
+            denominator = safe + np.exp(sink - shift)
+    out = np.where(empty[..., None], 0.0, np.einsum("n...,n...d->...d", w / denominator[None], outs))
     if not return_lse:
         return out
     return out, np.where(empty, -np.inf, shift + np.log(safe))

@@ -86,11 +86,23 @@ void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const Tenso
 void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const DecodeParams& params);
 
+// Sinks for merge_attention: one logit per head (-inf = none); row r
+// belongs to head (r / rows_per_head) % heads, i.e. the rows are
+// [outer, heads, rows_per_head] in C order. values null = no sinks.
+struct MergeSinks {
+  const float* values = nullptr;
+  std::int64_t heads = 0;
+  std::int64_t rows_per_head = 1;
+};
+
 // Combines n attention results over disjoint key sets: outputs[i] f32
 // [rows, D] (normalised) and lses[i] f32 [rows] (natural log; -inf = no
 // key) into out [rows, D] and out_lse [rows] (may be null), f32, all
-// contiguous. A row with no key anywhere is 0 with LSE -inf.
+// contiguous. A row with no key anywhere is 0 with LSE -inf. With sinks,
+// each row's sink joins the merged softmax's denominator (applied once,
+// here); out_lse stays the LSE over the keys only, so merges compose.
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
-                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse);
+                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse,
+                     const MergeSinks& sinks = {});
 
 }  // namespace fattn

@@ -365,7 +365,7 @@ void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& 
 }
 
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
-                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse) {
+                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse, const MergeSinks& sinks) {
   require(!outputs.empty(), "outputs: need at least one attention result");
   require(outputs.size() == lses.size(), "lses: need one per output (", outputs.size(), "), got ", lses.size());
   require(rows >= 1 && head_dim >= 1, "outputs: rows and head dim must be >= 1, got rows = ", rows,
@@ -377,6 +377,16 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
   for (std::size_t i = 0; i < outputs.size(); ++i)
     require(outputs[i] != nullptr && lses[i] != nullptr, "outputs/lses: null pointer at index ", i);
   require(out != nullptr, "out: null pointer");
+  if (sinks.values) {
+    std::int64_t period = 0;
+    require(sinks.heads >= 1 && sinks.rows_per_head >= 1 &&
+                !__builtin_mul_overflow(sinks.heads, sinks.rows_per_head, &period) && rows % period == 0,
+            "sinks: ", sinks.heads, " heads of ", sinks.rows_per_head, " rows each do not tile the ", rows,
+            " rows");
+    for (std::int64_t h = 0; h < sinks.heads; ++h)
+      require(!std::isnan(sinks.values[h]) && sinks.values[h] != kInf,
+              "sinks: must be finite or -inf (no sink), got ", sinks.values[h], " for head ", h);
+  }
   const std::size_t n = outputs.size();
   parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> weight(n);
@@ -391,7 +401,16 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
       }
       float total = 0.0f;
       for (std::size_t i = 0; i < n; ++i) total = total + (weight[i] = simd::exp_f32(lses[i][r] - global_max));
-      const float inv = 1.0f / total;
+      // A sink joins the denominator as one more term in the same units,
+      // e^{sink - M}: W + e^{sink - M} = (W·e^M + e^sink) / e^M. Its exp
+      // overflows to +inf (output 0) only where the keys' share is below
+      // e^-88; a sink of -inf adds nothing (and is skipped: no bit changes).
+      float denominator = total;
+      if (sinks.values) {
+        const float sink = sinks.values[(r / sinks.rows_per_head) % sinks.heads];
+        if (sink != -kInf) denominator = total + simd::exp_f32(sink - global_max);
+      }
+      const float inv = 1.0f / denominator;
       for (std::int64_t d = 0; d < head_dim; ++d) {
         float acc = 0.0f;
         for (std::size_t i = 0; i < n; ++i) acc = std::fma(outputs[i][r * head_dim + d], weight[i], acc);
