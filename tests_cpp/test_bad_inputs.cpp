@@ -465,6 +465,31 @@ const std::vector<Case>& cases() {
          f.dp.kv_seq_len = 0;
          f.vec_call();
        }},
+      {"DecodeSinksLength", Err::argument, "sinks: expected one per query head (length H = 4), got length 2",
+       [](Fixture& f) {
+         f.dp.sinks = {0.0f, 1.0f};
+         f.vec_call();
+       }},
+      {"DecodeSinksNaN", Err::argument, "sinks: must be finite or -inf (no sink), got nan for head 2",
+       [](Fixture& f) {
+         f.dp.sinks = {0.0f, 1.0f, std::numeric_limits<float>::quiet_NaN(), 0.0f};
+         f.partials_call();
+       }},
+      {"DecodeSinksPlusInf", Err::argument, "sinks: must be finite or -inf (no sink), got inf for head 0",
+       [](Fixture& f) {
+         f.dp.sinks = {std::numeric_limits<float>::infinity(), 1.0f, 0.0f, 0.0f};
+         f.vec_call();
+       }},
+      {"DecodeRingStartNegative", Err::argument, "ring_start: must be from 0 to capacity - 1 (9), got -1",
+       [](Fixture& f) {
+         f.dp.ring_start = -1;
+         f.vec_call();
+       }},
+      {"DecodeRingStartCapacity", Err::argument, "ring_start: must be from 0 to capacity - 1 (9), got 10",
+       [](Fixture& f) {
+         f.dp.ring_start = 10;
+         f.partials_call();
+       }},
       {"DecodeNwgZero", Err::argument, "nwg: must be from 1 to 64, got 0",
        [](Fixture& f) {
          f.dp.nwg = 0;
@@ -588,6 +613,21 @@ const std::vector<Case>& cases() {
        [](Fixture& f) { merge_attention({f.q.data()}, {f.k.data()}, 1, 4, nullptr, nullptr); }},
       {"MergeSizeOverflow_regression", Err::argument, "outputs: rows * head_dim",
        [](Fixture& f) { merge_attention({f.q.data()}, {f.k.data()}, kBig, kBig, f.out.data(), nullptr); }},
+      {"MergeSinksNaN", Err::argument, "sinks: must be finite or -inf (no sink), got nan for head 0",
+       [](Fixture& f) {
+         const float bad[1] = {std::numeric_limits<float>::quiet_NaN()};
+         merge_attention({f.q.data()}, {f.k.data()}, 1, 4, f.out.data(), nullptr, MergeSinks{bad, 1, 1});
+       }},
+      {"MergeSinksDoNotTile", Err::argument, "sinks: 2 heads of 1 rows each do not tile the 3 rows",
+       [](Fixture& f) {
+         const float sinks[2] = {0.0f, 1.0f};
+         merge_attention({f.q.data()}, {f.k.data()}, 3, 4, f.out.data(), nullptr, MergeSinks{sinks, 2, 1});
+       }},
+      {"MergeSinksNoHeads", Err::argument, "sinks: 0 heads",
+       [](Fixture& f) {
+         const float sinks[1] = {0.0f};
+         merge_attention({f.q.data()}, {f.k.data()}, 1, 4, f.out.data(), nullptr, MergeSinks{sinks, 0, 1});
+       }},
       // --- threads and instruction sets ---------------------------------------------
       {"SetNumThreadsZero", Err::argument, "set_num_threads: n must be >= 1, got 0",
        [](Fixture&) { set_num_threads(0); }},

@@ -1,6 +1,7 @@
 // Vec decode and merge through the C++ API.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -53,7 +54,7 @@ struct Cache {
     return out;
   }
   // Exact attention over positions [start, kv_len) in double.
-  std::vector<double> exact(std::int64_t kv_len, std::int64_t start) const {
+  std::vector<double> exact(std::int64_t kv_len, std::int64_t start, const std::vector<float>& sinks = {}) const {
     std::vector<double> out(std::size_t(B * H * D), 0.0);
     const double scale = 1.0 / std::sqrt(double(float(D)));
     for (std::int64_t b = 0; b < B; ++b)
@@ -68,7 +69,9 @@ struct Cache {
           w.push_back(dot * scale);
           mx = std::max(mx, w.back());
         }
-        double sum = 0;
+        const double sink = sinks.empty() ? -INFINITY : double(sinks[std::size_t(h)]);
+        mx = std::max(mx, sink);
+        double sum = std::exp(sink - mx);  // the sink: in the denominator only
         for (auto& x : w) sum += (x = std::exp(x - mx));
         for (std::int64_t p = start; p < kv_len; ++p)
           for (std::int64_t d = 0; d < D; ++d)
@@ -204,6 +207,87 @@ TEST(Decode, SeedValidationErrors) {
   TensorView qh = q;
   qh.dtype = DType::f16;
   expect(ok, qh, k, "q: dtype must be float32");
+}
+
+TEST(Decode, SinksJoinTheDenominatorOnly) {
+  // Heads: a sink near the scores, one far above them (the output shrinks
+  // toward 0), none (-inf), one far below; with a window that leaves group 0
+  // no chunk to see (nwg = 64: its only chunk, positions 0-31, is masked).
+  const float inf = std::numeric_limits<float>::infinity();
+  Cache c(2, 4, 2, 1010, 128, DType::f16, 9);
+  DecodeParams p;
+  p.kv_seq_len = 1000;
+  p.sinks = {0.5f, 9.0f, -inf, -50.0f};
+  for (const auto& [nwg, window] : {std::pair<int, int>{32, 0}, {64, 100}, {1, 5}}) {
+    p.nwg = nwg;
+    p.mask = window ? DecodeMask::sliding_window : DecodeMask::none;
+    p.window = window;
+    const auto got = c.run(p);
+    const auto want = c.exact(1000, 1000 - (window ? window : 1000), p.sinks);
+    for (std::size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 5e-3) << nwg << " " << i;
+    DecodeParams none = p;
+    none.sinks.clear();
+    const auto plain = c.run(none);
+    // head 2 (-inf) unchanged to the bit; head 1 (sink 9) visibly scaled down
+    for (std::int64_t b = 0; b < 2; ++b) {
+      EXPECT_EQ(0, std::memcmp(&got[std::size_t((b * 4 + 2) * 128)], &plain[std::size_t((b * 4 + 2) * 128)], 128 * 4));
+      double g = 0, q = 0;
+      for (std::int64_t d = 0; d < 128; ++d) {
+        g += std::fabs(got[std::size_t((b * 4 + 1) * 128 + d)]);
+        q += std::fabs(plain[std::size_t((b * 4 + 1) * 128 + d)]);
+      }
+      EXPECT_LT(g, 0.5 * q);  // e^9 outweighs the keys (sum of e^score ~ 1000 e^0.5)
+    }
+  }
+}
+
+TEST(Decode, RingStartOnARolledCacheIsBitIdentical) {
+  // Rolling the cache by r puts logical position p at slot (p + r) % capacity.
+  for (const DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    Cache c(1, 4, 2, 150, 64, dt, 13);
+    DecodeParams p;
+    p.kv_seq_len = 141;
+    p.nwg = 3;
+    p.mask = DecodeMask::sliding_window;
+    p.window = 70;
+    const auto want = c.run(p);
+    for (const std::int64_t r : {1, 9, 75, 149}) {
+      Cache rolled = c;
+      for (std::int64_t h = 0; h < 2; ++h)
+        for (std::int64_t pos = 0; pos < 150; ++pos) {
+          const std::size_t from = std::size_t((h * 150 + pos) * 64), to = std::size_t((h * 150 + (pos + r) % 150) * 64);
+          std::copy_n(&c.k32[from], 64, &rolled.k32[to]);
+          std::copy_n(&c.v32[from], 64, &rolled.v32[to]);
+          if (dt != DType::f32) {
+            std::copy_n(&c.k16[from], 64, &rolled.k16[to]);
+            std::copy_n(&c.v16[from], 64, &rolled.v16[to]);
+          }
+        }
+      DecodeParams ring = p;
+      ring.ring_start = r;
+      EXPECT_EQ(0, std::memcmp(rolled.run(ring).data(), want.data(), want.size() * 4)) << dtype_name(dt) << " " << r;
+      ring.ring_start = (r + 1) % 150;  // the wrong start reads other positions
+      EXPECT_NE(0, std::memcmp(rolled.run(ring).data(), want.data(), want.size() * 4));
+    }
+  }
+}
+
+TEST(Merge, SinksJoinTheMergedDenominator) {
+  // Rows [2 heads][2 rows each] of D = 2: row r's sink is sinks[(r / 2) % 2].
+  // One part with LSE 0 and output x: with a sink s the result is x / (1 + e^s).
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8}, l0 = {0, 0, 0, 0};
+  const std::vector<float> sinks = {std::log(3.0f), -inf};
+  std::vector<float> out(8), lse(4), plain(8), plain_lse(4);
+  merge_attention({x.data()}, {l0.data()}, 4, 2, out.data(), lse.data(), MergeSinks{sinks.data(), 2, 2});
+  merge_attention({x.data()}, {l0.data()}, 4, 2, plain.data(), plain_lse.data());
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(out[std::size_t(i)], x[std::size_t(i)] / 4.0f, 1e-6);
+  EXPECT_EQ(0, std::memcmp(&out[4], &plain[4], 4 * 4));  // -inf: no sink, no bit changed
+  EXPECT_EQ(0, std::memcmp(lse.data(), plain_lse.data(), 4 * 4));  // the LSE stays the keys'
+  // A sink far above every LSE: the output goes to 0 (its exp overflows), never NaN.
+  const std::vector<float> huge = {3e38f, 3e38f};
+  merge_attention({x.data()}, {l0.data()}, 4, 2, out.data(), nullptr, MergeSinks{huge.data(), 2, 2});
+  for (float f : out) EXPECT_EQ(f, 0.0f);
 }
 
 TEST(Merge, TwoHalvesEqualTheWhole) {

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <limits>
 #include <vector>
 
 #include "../cpp/src/runtime/isa.hpp"
@@ -130,18 +131,23 @@ TEST(IsaPaths, DecodeMatchesTheScalarModel) {
   p.nwg = 5;
   p.mask = DecodeMask::sliding_window;
   p.window = 200;
-  std::vector<std::vector<float>> outs;
-  for (const std::string& name : simd::available_isas(true)) {
-    simd::set_active_isa(simd::isa_from_name(name));
-    std::vector<float> out(q.size());
-    flash_attn_vec(contiguous_view(q.data(), DType::f32, {B, H, 1, D}, false),
-                   contiguous_view(k.data(), DType::bf16, {B, Hkv, cap, D}, false),
-                   contiguous_view(v.data(), DType::bf16, {B, Hkv, cap, D}, false),
-                   contiguous_view(out.data(), DType::f32, {B, H, 1, D}, true), p);
-    outs.push_back(out);
+  DecodeParams extras = p;  // sinks (one -inf) and a ring whose end falls inside a chunk
+  extras.sinks = {0.5f, -std::numeric_limits<float>::infinity(), 3.0f, -2.0f, 40.0f, -30.0f, 0.0f, 1.5f};
+  extras.ring_start = 250;
+  for (const DecodeParams& params : {p, extras}) {
+    std::vector<std::vector<float>> outs;
+    for (const std::string& name : simd::available_isas(true)) {
+      simd::set_active_isa(simd::isa_from_name(name));
+      std::vector<float> out(q.size());
+      flash_attn_vec(contiguous_view(q.data(), DType::f32, {B, H, 1, D}, false),
+                     contiguous_view(k.data(), DType::bf16, {B, Hkv, cap, D}, false),
+                     contiguous_view(v.data(), DType::bf16, {B, Hkv, cap, D}, false),
+                     contiguous_view(out.data(), DType::f32, {B, H, 1, D}, true), params);
+      outs.push_back(out);
+    }
+    for (std::size_t i = 1; i < outs.size(); ++i)
+      EXPECT_EQ(0, std::memcmp(outs[i].data(), outs[0].data(), outs[0].size() * 4)) << simd::available_isas(true)[i];
   }
-  for (std::size_t i = 1; i < outs.size(); ++i)
-    EXPECT_EQ(0, std::memcmp(outs[i].data(), outs[0].data(), outs[0].size() * 4)) << simd::available_isas(true)[i];
 }
 
 struct TargetEntry {

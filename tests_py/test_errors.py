@@ -415,6 +415,35 @@ VEC_BAD_CALLS = [
     # not arrays
     ("q list", ([[0.0] * 64] * 4,) + vec_arrays()[1:], {"kv_seq_len": 5}, TypeError, "q: expected an array, got list"),
     ("v_cache None", vec_arrays()[:2] + (None,), {"kv_seq_len": 5}, TypeError, "v_cache: expected an array"),
+    # sinks: float32 [H], finite or -inf
+    ("sinks f64", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(4)}, TypeError,
+     "sinks: dtype must be float32, got float64"),
+    ("sinks f16", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(4, F16)}, TypeError, "sinks: dtype must be float32"),
+    ("sinks list", vec_arrays(), {"kv_seq_len": 5, "sinks": [0.0] * 4}, TypeError, "sinks: expected an array"),
+    ("sinks length", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(3, F32)}, ValueError,
+     "sinks: expected one per query head (length H = 4), got length 3"),
+    ("sinks kv heads long", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros(2, F32)}, ValueError,
+     "sinks: expected one per query head (length H = 4)"),
+    ("sinks 2-D", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros((1, 4), F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 4"),
+    ("sinks 0-D", vec_arrays(), {"kv_seq_len": 5, "sinks": np.zeros((), F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 4"),
+    ("sinks nan", vec_arrays(), {"kv_seq_len": 5, "sinks": np.array([0, np.nan, 0, 0], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got nan for head 1"),
+    ("sinks +inf", vec_arrays(), {"kv_seq_len": 5, "sinks": np.array([0, 0, 0, np.inf], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got inf for head 3"),
+    ("sinks batched length", (np.ones((2, 4, 64), F32), np.ones((2, 2, 10, 64), F16), np.ones((2, 2, 10, 64), F16)),
+     {"kv_seq_len": 5, "sinks": np.zeros(8, F32)}, ValueError, "sinks: expected one per query head (length H = 4)"),
+    # ring_start: an int in [0, capacity)
+    ("ring_start negative", vec_arrays(), {"kv_seq_len": 5, "ring_start": -1}, ValueError,
+     "ring_start: must be from 0 to capacity - 1 (9), got -1"),
+    ("ring_start = capacity", vec_arrays(), {"kv_seq_len": 5, "ring_start": 10}, ValueError,
+     "ring_start: must be from 0 to capacity - 1 (9), got 10"),
+    ("ring_start beyond int64", vec_arrays(), {"kv_seq_len": 5, "ring_start": 2 ** 70}, ValueError, "ring_start: "),
+    ("ring_start float", vec_arrays(), {"kv_seq_len": 5, "ring_start": 1.0}, TypeError,
+     "ring_start: expected an integer, got float"),
+    ("ring_start bool", vec_arrays(), {"kv_seq_len": 5, "ring_start": True}, TypeError,
+     "ring_start: expected an integer, got bool"),
 ]
 
 _QV = np.ones((4, 64), F32)
@@ -494,6 +523,27 @@ MERGE_BAD_CALLS = [
      "out: must not overlap itself"),
     ("out is an input", ([OUT], [LSE]), {"out": OUT}, ValueError, "out: must not overlap the input outputs[0]"),
     ("out int", ([OUT], [LSE]), {"out": 3}, TypeError, "out: expected an array, got int"),
+    # sinks: float32 [H] along the head axis (-2 for [rows, D] outputs: H = 3 here)
+    ("sinks f64", ([OUT], [LSE]), {"sinks": np.zeros(3)}, TypeError, "sinks: dtype must be one of float32"),
+    ("sinks list", ([OUT], [LSE]), {"sinks": [0.0] * 3}, TypeError, "sinks: expected an array, got list"),
+    ("sinks length", ([OUT], [LSE]), {"sinks": np.zeros(4, F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 3 (the outputs' head axis), got shape (4,)"),
+    ("sinks 2-D", ([OUT], [LSE]), {"sinks": np.zeros((1, 3), F32)}, ValueError,
+     "sinks: expected a 1-D array of length H = 3"),
+    ("sinks nan", ([OUT], [LSE]), {"sinks": np.array([0, 0, np.nan], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got nan for head 2"),
+    ("sinks +inf", ([OUT], [LSE]), {"sinks": np.array([np.inf, 0, 0], F32)}, ValueError,
+     "sinks: must be finite or -inf (no sink), got inf for head 0"),
+    ("sinks, 1-D outputs", ([OUT[0]], [LSE[:1].reshape(())]), {"sinks": np.zeros(1, F32)}, ValueError,
+     "sinks: the outputs need a head axis"),
+    ("sinks 4-D length", ([np.zeros((2, 3, 5, 8), F32)], [np.zeros((2, 3, 5), F32)]), {"sinks": np.zeros(5, F32)},
+     ValueError, "sinks: expected a 1-D array of length H = 3"),
+    ("head_axis D", ([OUT], [LSE]), {"sinks": np.zeros(3, F32), "head_axis": -1}, ValueError,
+     "head_axis: must name an axis of the outputs other than D's (-2 to 0), got -1"),
+    ("head_axis past", ([OUT], [LSE]), {"sinks": np.zeros(3, F32), "head_axis": 1}, ValueError,
+     "head_axis: must name an axis of the outputs other than D's"),
+    ("head_axis float", ([OUT], [LSE]), {"sinks": np.zeros(3, F32), "head_axis": 0.0}, TypeError,
+     "head_axis: expected an integer, got float"),
 ]
 
 

@@ -230,8 +230,12 @@ def test_emulated_path_is_listed_only_on_request():
     assert fattn.build_info()["isa"] == "scalar"
 
 
+# Sinks (one -inf: no sink for that head; one far above every score) and a ring
+# whose end falls inside a chunk, with the window reaching across it.
+_SINKS8 = np.array([0.5, -np.inf, 3.0, -2.0, 40.0, -30.0, 0.0, 1.5], np.float32)
 DECODE_CASES = list(itertools.product(DTYPES, [32, 96, 256, 512], [1, 3, 32, 64],
-                                      [dict(), dict(mask="sliding_window", window=100), dict(softcap=3.0)]))
+                                      [dict(), dict(mask="sliding_window", window=100), dict(softcap=3.0),
+                                       dict(sinks=_SINKS8), dict(ring_start=333, mask="sliding_window", window=500)]))
 
 
 @pytest.mark.skipif(not PATHS, reason="only the scalar path here (this CPU, or a build without FATTN_SIMD)")

@@ -39,3 +39,36 @@ def test_merge_bound_is_not_vacuous(rng):
     skewed = [lses[0] + np.float32(2.0 ** -20 * 8)] + lses[1:]
     wrong = reference.merge_attention(outs, skewed)
     assert not bounds.within(wrong.astype(np.float32), want, out_bound)[0].all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 11])
+@pytest.mark.parametrize("center", [0.0, -500.0, 1000.0])
+def test_merge_with_sinks_is_within_the_derived_bound(rng, n, center):
+    # [H = 6, rows, D]: one sink per head along axis -3 (head_axis=0), from far below the LSEs
+    # to far above them (the output then vanishes), and -inf (no sink).
+    outs, lses = parts(rng, n, rows=6 * 500, d=24, center=center, spread=30.0, empty_share=0.2)
+    outs = [o.reshape(6, 500, 24) for o in outs]
+    lses = [x.reshape(6, 500) for x in lses]
+    sinks = (center + np.array([-200.0, -5.0, 0.0, 10.0, 60.0, -np.inf])).astype(np.float32)
+    got, got_lse = fattn.merge_attention(outs, lses, sinks=sinks, head_axis=0, return_lse=True)
+    want = reference.merge_attention(outs, lses, sinks=sinks, head_axis=0)
+    out_bound, _ = bounds.merge_bound(outs, lses, sinks=sinks)
+    ok, err, allowed = bounds.within(got, want, out_bound)
+    assert ok.all(), f"worst err/allowed {np.max(err / allowed):.3f}"
+    # the LSE stays the keys': the merge without sinks gives the same bits
+    plain, plain_lse = fattn.merge_attention(outs, lses, return_lse=True)
+    assert got_lse.tobytes() == plain_lse.tobytes()
+    assert got[5].tobytes() == plain[5].tobytes()  # -inf: no sink, no bit changed
+    # and the sinks matter: far outside the bound without them (where a sink is near the LSEs)
+    assert not bounds.within(plain[2:4], want[2:4], out_bound[2:4])[0].all()
+
+
+def test_merge_sinks_bound_is_not_vacuous(rng):
+    outs, lses = parts(rng, 3, rows=500, d=16, center=0.0, spread=2.0, empty_share=0.0)
+    sinks = np.array([0.5] * 500, np.float32)  # head axis -2 of [rows, D]: one head per row
+    want = reference.merge_attention(outs, lses, sinks=sinks)
+    out_bound, _ = bounds.merge_bound(outs, lses, sinks=sinks)
+    wrong = reference.merge_attention(outs, lses, sinks=sinks + np.float32(2.0 ** -20 * 8))
+    assert not bounds.within(wrong.astype(np.float32), want, out_bound)[0].all()
+    got = fattn.merge_attention(outs, lses, sinks=sinks)
+    assert bounds.within(got, want, out_bound)[0].all()

@@ -51,6 +51,15 @@ def decode(rng: np.random.Generator) -> np.ndarray:
     out_bound, lse_bound = fattn.bounds.merge_bound([with_lse, with_lse], [lse, lse])
     assert fattn.bounds.within(merged, exact_merge, out_bound)[0].all()
     assert (abs(merged_lse - exact_lse) <= lse_bound).all()
+    sinks = np.zeros(8, np.float32)
+    sunk = fattn.flash_attn_vec(q, cache, cache, kv_seq_len=60, sinks=sinks, ring_start=3)
+    sunk_model = reference.flash_attn_vec(q, cache, cache, kv_seq_len=60, sinks=sinks, ring_start=3)
+    parts = fattn.flash_attn_vec_partials(q, cache, cache, kv_seq_len=60, sinks=sinks, ring_start=3)
+    assert (fattn.flash_attn_vec_reduce(*parts) == sunk).all() and sunk_model.shape == sunk.shape
+    sunk_merge = fattn.merge_attention([with_lse, with_lse], [lse, lse], sinks=sinks, head_axis=0)
+    sink_bound, _ = fattn.bounds.merge_bound([with_lse, with_lse], [lse, lse], sinks=sinks)
+    exact_sunk = reference.merge_attention([with_lse, with_lse], [lse, lse], sinks=sinks, head_axis=0)
+    assert fattn.bounds.within(sunk_merge, exact_sunk, sink_bound)[0].all()
     diff: np.ndarray = out - exact
     return diff
 

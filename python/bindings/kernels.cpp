@@ -176,8 +176,9 @@ DecodeInputs decode_inputs(const py::array& q, const py::array& k, const py::arr
   return {qi, ki, vi, batched};
 }
 
-DecodeParams decode_params(std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
-                           std::int64_t window, float softcap, std::int64_t nwg) {
+DecodeParams decode_params(const py::array& q, std::int64_t kv_seq_len, std::optional<float> scale,
+                           const py::object& mask, std::int64_t window, float softcap, std::int64_t nwg,
+                           const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start) {
   const std::string m = choice(mask, "mask", {"none", "causal", "sliding_window"});
   DecodeParams p;
   p.kv_seq_len = kv_seq_len;
@@ -186,6 +187,8 @@ DecodeParams decode_params(std::int64_t kv_seq_len, std::optional<float> scale, 
   p.window = window;
   p.softcap = softcap;
   p.nwg = nwg;
+  p.sinks = sinks_arg(sinks, q.ndim() >= 2 ? q.shape(q.ndim() - 2) : 0);
+  p.ring_start = ring_start;
   return p;
 }
 
@@ -196,8 +199,9 @@ void stage(DecodeInputs& in, DecodePlan& plan) {
 
 py::object flash_attn_vec(const py::array& q, const py::array& k, const py::array& v, const py::object& out,
                           std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
-                          std::int64_t window, float softcap, std::int64_t nwg) {
-  const DecodeParams params = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
+                          std::int64_t window, float softcap, std::int64_t nwg,
+                          const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start) {
+  const DecodeParams params = decode_params(q, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start);
   DecodeInputs in = decode_inputs(q, k, v);
   DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view, in.v.view, params);
   const Output o = output(out, shape_of(q), py::dtype("float32"), {{"q", &q}, {"k_cache", &k}, {"v_cache", &v}});
@@ -214,8 +218,9 @@ py::object flash_attn_vec(const py::array& q, const py::array& k, const py::arra
 
 py::tuple flash_attn_vec_partials(const py::array& q, const py::array& k, const py::array& v,
                                   std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
-                                  std::int64_t window, float softcap, std::int64_t nwg) {
-  const DecodeParams params = decode_params(kv_seq_len, scale, mask, window, softcap, nwg);
+                                  std::int64_t window, float softcap, std::int64_t nwg,
+                          const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start) {
+  const DecodeParams params = decode_params(q, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start);
   DecodeInputs in = decode_inputs(q, k, v);
   DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view, in.v.view, params);
   std::vector<py::ssize_t> lead(q.shape(), q.shape() + q.ndim() - 1), o_shape = lead, sm_shape = lead;
@@ -293,10 +298,10 @@ void register_kernels(py::module_& m) {
         py::arg("q_tile"), py::arg("k_tile"));
   m.def("flash_attn_vec", &flash_attn_vec, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("kv_seq_len"), py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"),
-        py::arg("nwg"));
+        py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"));
   m.def("flash_attn_vec_partials", &flash_attn_vec_partials, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("kv_seq_len"), py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"),
-        py::arg("nwg"));
+        py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"));
   m.def("flash_attn_vec_reduce", &flash_attn_vec_reduce, py::arg("o"), py::arg("s"), py::arg("m"), py::arg("out"));
 }
 

@@ -110,7 +110,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "merge_attention",
       [](const std::vector<py::array>& outputs, const std::vector<py::array>& lses, py::array& out,
-         std::optional<py::array> out_lse) {
+         std::optional<py::array> out_lse, const std::optional<py::array>& sinks, std::int64_t heads,
+         std::int64_t rows_per_head) {
         require(!outputs.empty() && outputs.size() == lses.size(), "outputs/lses: need equally many, at least one");
         require(out.ndim() == 2, "out: expected [rows, D]");
         const std::int64_t rows = out.shape(0), D = out.shape(1);
@@ -127,9 +128,16 @@ PYBIND11_MODULE(_core, m) {
           f32_data(*out_lse, "out_lse", rows);
           dst_lse = static_cast<float*>(out_lse->mutable_data());
         }
+        // Python has matched the sinks' length to the head axis it chose; the
+        // core checks that heads x rows_per_head tile the rows, and the values.
+        const std::vector<float> sink_values = sinks_arg(sinks, heads);
+        require(sink_values.empty() || std::int64_t(sink_values.size()) == heads, "sinks: expected length H = ",
+                heads, " (one per query head), got ", sink_values.size());
+        const MergeSinks merge_sinks{sink_values.empty() ? nullptr : sink_values.data(), heads, rows_per_head};
         py::gil_scoped_release nogil;
-        merge_attention(o_ptrs, l_ptrs, rows, D, dst, dst_lse);
+        merge_attention(o_ptrs, l_ptrs, rows, D, dst, dst_lse, merge_sinks);
       },
-      py::arg("outputs"), py::arg("lses"), py::arg("out"), py::arg("out_lse"));
+      py::arg("outputs"), py::arg("lses"), py::arg("out"), py::arg("out_lse"), py::arg("sinks"), py::arg("heads"),
+      py::arg("rows_per_head"));
 
 }

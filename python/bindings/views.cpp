@@ -120,6 +120,19 @@ std::string py_shape(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+std::vector<float> sinks_arg(const std::optional<py::array>& sinks, std::int64_t heads) {
+  if (!sinks) return {};
+  require_dtype(sinks->dtype().kind() == 'f' && sinks->itemsize() == 4, "sinks: dtype must be float32, got ",
+                std::string(py::str(sinks->dtype().attr("name"))));
+  require(sinks->ndim() == 1, "sinks: expected a 1-D array of length H = ", heads,
+          " (one logit per query head), got shape ", py_shape(*sinks));
+  const auto values = py::array_t<float, py::array::forcecast>::ensure(*sinks);  // any strides, read once
+  const auto view = values.unchecked<1>();
+  std::vector<float> out(std::size_t(view.shape(0)));
+  for (py::ssize_t i = 0; i < view.shape(0); ++i) out[std::size_t(i)] = view(i);
+  return out;
+}
+
 std::string choice(const py::handle& value, const char* name, std::initializer_list<const char*> choices) {
   if (py::isinstance<py::str>(value)) {
     const std::string s = value.cast<std::string>();

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, cast, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, cast, overload
 
 import numpy as np
 
@@ -15,25 +15,29 @@ def _float(x: Any, name: str) -> float:
 
 
 def _decode_args(q: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any, mask: Any, window: Any,
-                 softcap: Any, nwg: Any) -> Tuple[Any, ...]:
+                 softcap: Any, nwg: Any, sinks: Any, ring_start: Any) -> Tuple[Any, ...]:
     """The arrays and Python-typed arguments of a decode call, in the core's order (it checks the rest)."""
     return (as_array(q, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache"),
             integer(kv_seq_len, "kv_seq_len"), optional_scale(scale), mask, integer(window, "window"),
-            _float(softcap, "softcap"), integer(nwg, "nwg"))
+            _float(softcap, "softcap"), integer(nwg, "nwg"), None if sinks is None else as_array(sinks, "sinks"),
+            None if ring_start is None else integer(ring_start, "ring_start"))
 
 
 @overload
 def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
-                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...) -> np.ndarray: ...
+                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...,
+                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...) -> np.ndarray: ...
 @overload
 def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
-                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True]
+                   nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True],
+                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...
                    ) -> Tuple[np.ndarray, np.ndarray]: ...
 def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
-                   nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False
+                   nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False,
+                   sinks: Optional[ArrayLike] = None, ring_start: Optional[int] = None
                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Vec decode (mlx-native's ``flash_attn_vec``, seed 002): one query per head against a KV cache.
 
@@ -47,6 +51,17 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
     is masked); ``"sliding_window"`` (only the last ``window`` positions, ``window = 0`` = all).
     softcap > 0 applies ``softcap * tanh(score / softcap)`` (not in the seed's kernel; llama.cpp's
     convention). nwg: groups (1 to 64) that take chunks of 32 positions round-robin.
+
+    sinks: ``None`` or a float32 ``[H]`` array, one learned logit per query head in the units of
+    the scaled scores, that joins the softmax denominator only: ``out = sum_j e^{s_j} v_j /
+    (e^{sink} + sum_j e^{s_j})``. It is folded into group 0's partial once that group has seen
+    its chunks (llama.cpp's place), so the partials carry it and the reduce needs no argument.
+    ``-inf`` = no sink for that head (changes no bit); NaN or +inf raise ``ValueError``.
+
+    ring_start: ``None`` or an int in ``[0, capacity)``: the cache is a ring and logical position
+    ``p`` (``0 <= p < kv_seq_len``) lives in slot ``(ring_start + p) % capacity``. Masks, the
+    chunks and everything else follow logical positions, so a rolled cache with the matching
+    ``ring_start`` gives bit for bit the unrolled cache's output; only the valid slots are read.
 
     Numerics (docs/numerics.md, "Vec decode"): Q rounded to float16, f32 dot products, the masked
     score -65504, natural exp from a finite starting max, one rescale per chunk, then the reduce
@@ -65,13 +80,18 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
     prefill over other keys). It is not a kernel output (the seed has none): it is computed in
     float64 from the kernel's own partials, ``M + log(sum_g exp(m_g - M) s_g)``, then rounded
     once to float32; window-masked positions count with their sentinel score, i.e. ~0 weight.
-    The output is bit-identical with or without it.
+    The output is bit-identical with or without it. The LSE is over the keys only, without the
+    sink (so results merge; apply the sink once, at the final :func:`merge_attention`): with
+    ``sinks`` it comes from a second partials pass without them (twice the cache reads).
     """
     if boolean(return_lse, "return_lse"):
-        parts = flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale, mask=mask,
-                                        window=window, softcap=softcap, nwg=nwg)
-        return flash_attn_vec_reduce(*parts, out=out), _lse_from_partials(parts[1], parts[2])
-    q_arr, k_arr, v_arr, *params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg)
+        kw: Dict[str, Any] = dict(kv_seq_len=kv_seq_len, scale=scale, mask=mask, window=window, softcap=softcap,
+                                  nwg=nwg, ring_start=ring_start)
+        parts = flash_attn_vec_partials(q, k_cache, v_cache, sinks=sinks, **kw)
+        keys_only = parts if sinks is None else flash_attn_vec_partials(q, k_cache, v_cache, **kw)
+        return flash_attn_vec_reduce(*parts, out=out), _lse_from_partials(keys_only[1], keys_only[2])
+    q_arr, k_arr, v_arr, *params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg,
+                                                sinks, ring_start)
     result = _core.flash_attn_vec(q_arr, k_arr, v_arr, None if out is None else as_array(out, "out"), *params)
     return result if out is None else cast(np.ndarray, out)
 
@@ -89,14 +109,17 @@ def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def flash_attn_vec_partials(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
-                            softcap: float = 0.0, nwg: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            softcap: float = 0.0, nwg: int = 32, sinks: Optional[ArrayLike] = None,
+                            ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first half of :func:`flash_attn_vec`: per head and group, the unnormalised output and its
     softmax state. Returns ``(o, s, m)``: o float32 ``[..., H, nwg, D]``, s (sum of weights) and m
     (running max, natural-log units; ``-FLT_MAX/2`` for a group that saw no position) float32
     ``[..., H, nwg]``. Same arguments and defaults as :func:`flash_attn_vec` (no ``out``).
-    Numerics: docs/numerics.md, "Vec decode" steps 1-6."""
+    With ``sinks``, group 0's ``(o, s, m)`` already carry each head's sink (folded after its
+    chunks), so :func:`flash_attn_vec_reduce` of these partials is ``flash_attn_vec(...,
+    sinks=...)`` bit for bit. Numerics: docs/numerics.md, "Vec decode" steps 1-7."""
     o, s, m = _core.flash_attn_vec_partials(*_decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window,
-                                                          softcap, nwg))
+                                                          softcap, nwg, sinks, ring_start))
     return o, s, m
 
 
@@ -106,7 +129,7 @@ def flash_attn_vec_reduce(o: ArrayLike, s: ArrayLike, m: ArrayLike, *, out: Opti
     ``o [..., H, nwg, D]``, ``s`` and ``m`` ``[..., H, nwg]`` (float32; nwg 1 to 64) into the
     float32 output ``[..., H, D]``: ``M = max_g m_g``, ``w_g = exp(m_g - M)``, ``out = (sum_g w_g
     o_g) / (sum_g w_g s_g)``, 0 where the denominator is 0 (sums as balanced trees, a reciprocal
-    multiply). Numerics: docs/numerics.md, "Vec decode" step 7. ``out``: a float32 array of
+    multiply). Numerics: docs/numerics.md, "Vec decode" step 8. ``out``: a float32 array of
     that shape to write into (as for :func:`flash_attn_vec`); it is returned. Arrays may be
     any array object (numpy, CPU torch tensor, DLPack or buffer protocol), read in place."""
     result = _core.flash_attn_vec_reduce(as_array(o, "o"), as_array(s, "s"), as_array(m, "m"),
@@ -114,8 +137,23 @@ def flash_attn_vec_reduce(o: ArrayLike, s: ArrayLike, m: ArrayLike, *, out: Opti
     return result if out is None else cast(np.ndarray, out)
 
 
-def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, return_lse: bool = False,
-                    out: Optional[ArrayLike] = None) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+def _merge_heads(shape: Tuple[int, ...], head_axis: Any) -> Tuple[int, int]:
+    """(H, rows per head) of merge_attention's rows for outputs shaped ``shape``: the head axis
+    given, or by default 1 for 4-D outputs ([B, H, L, D]) and -2 otherwise ([H, D], [B, H, D])."""
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"sinks: the outputs need a head axis ([..., H, D]), got shape {shape}")
+    axis = (1 if ndim == 4 else ndim - 2) if head_axis is None else integer(head_axis, "head_axis")
+    if not (-ndim <= axis <= ndim - 2 and axis != -1):
+        raise ValueError(f"head_axis: must name an axis of the outputs other than D's (-{ndim} to {ndim - 2}), "
+                         f"got {axis}")
+    axis %= ndim
+    return shape[axis], int(np.prod(shape[axis + 1:-1], dtype=np.int64))
+
+
+def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, sinks: Optional[ArrayLike] = None,
+                    return_lse: bool = False, out: Optional[ArrayLike] = None, head_axis: Optional[int] = None
+                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Attention over the union of disjoint key sets, from the results over each set.
 
     ``outputs[i]`` (normalised attention outputs, ``[..., D]``, float32/float16/bfloat16) and
@@ -125,6 +163,17 @@ def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, 
     (1 / sum_i w_i)``, ``lse = M + log(sum_i w_i)``; computed in float32, returned as float32 (and
     the LSE with ``return_lse=True``, default False). A row with no key anywhere gives 0 and LSE
     -inf. Numerics: docs/numerics.md, "merge_attention" and "Non-finite inputs".
+
+    sinks: ``None`` or a float32 ``[H]`` array, one logit per query head, applied once to the
+    merged result so that it is attention over the union of the keys with the sink in the
+    denominator: ``out = sum_i w_i out_i / (sum_i w_i + exp(sink - M))``. ``-inf`` = no sink
+    for that head; NaN or +inf raise ``ValueError``. The returned LSE stays the one over the keys
+    only, so a merge can feed another merge (pass the sinks to the last one only, and parts
+    computed without them). Which axis of the outputs is the head axis: ``head_axis`` (an axis
+    of the outputs other than D's); by default axis 1 for 4-D outputs (``[B, H, L, D]``, as
+    ``flash_attn_prefill`` returns with ``layout="bhld"``; pass ``head_axis=2`` for
+    ``"blhd"``) and axis -2 otherwise (``[H, D]`` or ``[B, H, D]``, as ``flash_attn_vec``
+    returns). ``head_axis`` is ignored without sinks.
 
     Arrays may be any array object (numpy, CPU torch tensor, DLPack or buffer protocol); float32
     C-contiguous parts are read in place, others converted to float32 once. ``out``: a float32
@@ -154,6 +203,14 @@ def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, 
         arrays.append((o, lse_i))
     if any(n <= 0 for n in shape):
         raise ValueError(f"outputs: every extent must be > 0, got shape {shape}")
+    sink_arr, heads, rows_per_head = None, 0, 1
+    if sinks is not None:
+        sink_arr = as_array(sinks, "sinks")
+        require_dtype(sink_arr, "sinks", (FLOAT32,))
+        heads, rows_per_head = _merge_heads(shape, head_axis)
+        if sink_arr.ndim != 1 or sink_arr.shape[0] != heads:
+            raise ValueError(f"sinks: expected a 1-D array of length H = {heads} (the outputs' head axis), "
+                             f"got shape {sink_arr.shape}")
     d = shape[-1]
     flat_o = [np.require(o, np.float32, ("C", "A")).reshape(-1, d) for o, _ in arrays]
     flat_l = [np.require(lse_i, np.float32, ("C", "A")).reshape(-1) for _, lse_i in arrays]
@@ -166,6 +223,6 @@ def merge_attention(outputs: Sequence[ArrayLike], lses: Sequence[ArrayLike], *, 
     direct = result.flags.c_contiguous and result.flags.aligned
     dest = result.reshape(rows, d) if direct else np.empty((rows, d), dtype=np.float32)
     lse = np.empty(rows, dtype=np.float32)
-    _core.merge_attention(flat_o, flat_l, dest, lse)
+    _core.merge_attention(flat_o, flat_l, dest, lse, sink_arr, heads, rows_per_head)
     returned = finish_out(out, result, result if direct else dest.reshape(shape))
     return (returned, lse.reshape(shape[:-1])) if return_lse else returned

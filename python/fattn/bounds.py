@@ -161,11 +161,14 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
 
 
 def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
-                 scale: Optional[float] = None, window: Optional[int] = None, softcap: float = 0.0) -> np.ndarray:
+                 scale: Optional[float] = None, window: Optional[int] = None, softcap: float = 0.0,
+                 sinks: Optional[npt.ArrayLike] = None) -> np.ndarray:
     """Per-row bound on ``|fattn.flash_attn_vec(...) - exact|`` (numerics §5, "Error bounds"),
     shaped ``[..., H, 1]`` for q ``[H, D]`` or ``[B, H, D]``: Q's rounding to float16 (relative
     2^-11, absolute 2^-25 below half's normal range), the f32 dot chain, the softcap's tanh;
-    then through the softmax as for prefill."""
+    then through the softmax as for prefill. With ``sinks``, ``4·u·max|V|`` more for each head
+    whose sink is not ``-inf`` (the fold's exp, sum and rescale; the exact answer is
+    ``fattn.reference.attention(..., sinks=sinks)``)."""
     q64 = _f64(q)
     k = np.asarray(k_cache)
     v = np.asarray(v_cache)
@@ -186,22 +189,29 @@ def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLik
     e = np.where(visible, score_err, 0.0).max(axis=-1)
     vmax = np.abs(v64).max(axis=(2, 3))
     bound: np.ndarray = vmax * (np.expm1(2 * e) + (2 * visible.sum() + 10) * _U32)
+    if sinks is not None:
+        bound = bound + vmax * 4 * _U32 * (np.asarray(sinks, dtype=np.float64) != -np.inf)
     return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]
 
 
-def merge_bound(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike]) -> Tuple[np.ndarray, np.ndarray]:
+def merge_bound(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *,
+                sinks: Optional[npt.ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(out_bound, lse_bound)`` for ``fattn.merge_attention(outputs, lses)`` against the exact
     merge of the parts as given (numerics §6, "Error bounds"): ``(3n + 5)·u·V`` per row, shaped
     ``[..., 1]`` (``V`` = the largest ``|outputs[i]|`` in the row over every part), and
     ``(1.4n + 1)·u + u·|lse|`` shaped ``[...]``, for ``n`` parts and ``u`` = 2^-24. Rows with no
-    key anywhere are exact (0 and -inf): their bounds are 0. The parts' own errors add on top."""
+    key anywhere are exact (0 and -inf): their bounds are 0. The parts' own errors add on top.
+    With ``sinks`` (any, as passed to the merge) the output bound gains ``(2 + ln n)·u·V``
+    (the sink's exp and the denominator's extra add; the LSE's bound is unchanged), against
+    ``fattn.reference.merge_attention(..., sinks=sinks)``."""
     from fattn.reference import merge_attention  # the exact LSE; imported here to keep module loading flat
 
     n = len(outputs)
     _, lse = merge_attention(outputs, lses, return_lse=True)
     empty = np.isneginf(lse)
     vmax = np.stack([np.abs(_f64(o)) for o in outputs]).max(axis=(0, -1))
-    out_bound: np.ndarray = np.where(empty, 0.0, (3 * n + 5) * _U32 * vmax)[..., None]
+    factor = 3 * n + 5 + (0 if sinks is None else 2 + np.log(n))
+    out_bound: np.ndarray = np.where(empty, 0.0, factor * _U32 * vmax)[..., None]
     lse_bound: np.ndarray = np.where(empty, 0.0, (1.4 * n + 1) * _U32 + _U32 * np.abs(np.where(empty, 0.0, lse)))
     return out_bound, lse_bound
 

@@ -464,7 +464,8 @@ def _decode_views(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLi
 
 def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
-                            softcap: float = 0.0, nwg: int = 32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            softcap: float = 0.0, nwg: int = 32, sinks: Optional[npt.ArrayLike] = None,
+                            ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The vec decode kernel's per-group partials, step by step in float32 (same signature as
     ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``).
 
@@ -478,12 +479,21 @@ def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: n
        have no weight;
     4. ``m' = max(m, max s)`` from ``m = -FLT_MAX/2``; ``ms = exp(m - m')``; ``w = exp(s - m')``;
        ``S = S*ms + tree32(w)``; ``O = O*ms + sum_p w_p v_p`` (the chunk's sum rounded once here,
-       an fma chain in the kernel).
+       an fma chain in the kernel);
+    5. with ``sinks``, group 0 (after its chunks, even if it had none to see) takes its head's
+       sink as one more step with a single score and no value: ``m' = max(m, sink)``, ``f =
+       exp(m - m')``, ``S = S*f + exp(sink - m')``, ``O = O*f``; a sink of ``-inf`` is skipped.
+
+    ``ring_start``: logical position ``p`` is read from slot ``(ring_start + p) % capacity``;
+    everything above is in logical positions.
     """
     f32 = np.float32
     q32, k32, v32 = _decode_views(q, k_cache, v_cache)
     batch, heads, head_dim = q32.shape
     kv_len = int(kv_seq_len)
+    if ring_start is not None:  # the ring unrolled: logical position p from slot (ring_start + p) % capacity
+        slots = (int(ring_start) + np.arange(kv_len)) % k32.shape[2]
+        k32, v32 = k32[:, :, slots], v32[:, :, slots]
     scale32 = f32(1.0) / np.sqrt(f32(head_dim)) if scale is None else f32(scale)
     window_start = max(0, kv_len - int(window)) if mask == "sliding_window" and window > 0 else 0
     qh = q32.astype(np.float16).astype(f32)
@@ -516,6 +526,14 @@ def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: n
                                   vc.astype(np.float64)).astype(f32)
                 acc = acc * rescale[..., None] + chunk
                 row_max = new_max
+            if g == 0 and sinks is not None:
+                sink = np.broadcast_to(np.asarray(sinks, dtype=f32), (batch, heads))
+                has = sink != -np.inf
+                new_max = np.maximum(row_max, sink)
+                f = np.exp(row_max - new_max).astype(f32)
+                row_sum = np.where(has, row_sum * f + np.exp(sink - new_max).astype(f32), row_sum).astype(f32)
+                acc = np.where(has[..., None], acc * f[..., None], acc).astype(f32)
+                row_max = np.where(has, new_max, row_max).astype(f32)
             o[:, :, g], s_out[:, :, g], m_out[:, :, g] = acc, row_sum, row_max
     if np.asarray(q).ndim == 2:
         return o[0], s_out[0], m_out[0]
@@ -545,20 +563,28 @@ def flash_attn_vec_reduce(o: npt.ArrayLike, s: npt.ArrayLike, m: npt.ArrayLike) 
 
 def flash_attn_vec(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
-                   nwg: int = 32) -> np.ndarray:
+                   nwg: int = 32, sinks: Optional[npt.ArrayLike] = None, ring_start: Optional[int] = None
+                   ) -> np.ndarray:
     """The vec decode kernel's arithmetic in NumPy: partials, then reduce (same signature as
     ``fattn.flash_attn_vec``)."""
     return flash_attn_vec_reduce(*flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale,
-                                                          mask=mask, window=window, softcap=softcap, nwg=nwg))
+                                                          mask=mask, window=window, softcap=softcap, nwg=nwg,
+                                                          sinks=sinks, ring_start=ring_start))
 
 
-def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *, return_lse: bool = False
+def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike], *,
+                    sinks: Optional[npt.ArrayLike] = None, return_lse: bool = False, head_axis: Optional[int] = None
                     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """The exact merge, in float64, of attention results over disjoint key sets as given
     (``outputs[i]`` ``[..., D]``, ``lses[i]`` ``[...]``, natural log, ``-inf`` for a set with no
     key): ``a_i = e^{lse_i} / sum_j e^{lse_j}``, ``out = sum_i a_i out_i``, ``lse = ln sum_i
     e^{lse_i}``; a row with no key anywhere is 0 with LSE ``-inf``. What ``fattn.merge_attention``
-    computes in float32 (numerics §6), to compare with ``fattn.bounds.merge_bound``."""
+    computes in float32 (numerics §6), to compare with ``fattn.bounds.merge_bound``.
+
+    ``sinks`` (``[H]``, the head axis chosen as by ``fattn.merge_attention``: ``head_axis``, by
+    default 1 for 4-D outputs and -2 otherwise): the same steps as the kernel, exactly: the
+    denominator becomes ``sum_i e^{lse_i - M} + e^{sink - M}`` (``-inf`` = no sink); the LSE
+    stays the keys'."""
     outs = np.stack([np.asarray(o).astype(np.float64) for o in outputs])  # [n, ..., D]
     ls = np.stack([np.asarray(x).astype(np.float64) for x in lses])      # [n, ...]
     top = ls.max(axis=0)
@@ -567,7 +593,14 @@ def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLi
     w = np.exp(ls - shift)  # exactly 0 for -inf parts
     total = w.sum(axis=0)
     safe = np.where(empty, 1.0, total)
-    out = np.where(empty[..., None], 0.0, np.einsum("n...,n...d->...d", w / safe, outs))
+    denominator = safe
+    if sinks is not None:
+        shape = outs.shape[1:]
+        axis = (1 if len(shape) == 4 else len(shape) - 2) if head_axis is None else int(head_axis) % len(shape)
+        sink = np.asarray(sinks, dtype=np.float64).reshape((-1,) + (1,) * (len(shape) - 2 - axis))
+        with np.errstate(over="ignore"):  # a sink far above every LSE: the output is 0
+            denominator = safe + np.exp(sink - shift)
+    out = np.where(empty[..., None], 0.0, np.einsum("n...,n...d->...d", w / denominator[None], outs))
     if not return_lse:
         return out
     return out, np.where(empty, -np.inf, shift + np.log(safe))

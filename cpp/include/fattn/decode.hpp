@@ -21,6 +21,13 @@ struct DecodeParams {
   std::int64_t window = 0;      // sliding_window: keep the last `window` positions (0 = all)
   float softcap = 0.0f;         // > 0: score = softcap * tanh(score / softcap) (fattn's extension)
   std::int64_t nwg = 32;        // groups the KV positions are dealt to, 1..64
+  // A learned logit per query head that joins the softmax denominator only
+  // (-inf = none for that head); folded into group 0's partial.
+  std::vector<float> sinks;  // empty = none; else one per query head
+  // The cache as a ring: logical position p lives in slot (ring_start + p) %
+  // capacity. Masks and the dealing of chunks to groups follow logical
+  // positions, so a rolled cache gives the unrolled cache's bits.
+  std::optional<std::int64_t> ring_start;  // none = slot p; else 0..capacity-1
 };
 
 // Positions per chunk: the unit the groups are dealt and the softmax rescales by.
@@ -32,6 +39,8 @@ struct DecodePlan : AttentionShape {
   DecodeParams params;
   TensorView q, k, v;
   std::int64_t window_start = 0;  // first position a sliding window keeps
+  std::int64_t ring_start = 0;    // slot of logical position 0 (0 without a ring)
+  std::int64_t capacity = 0;      // the cache's slots (k's length)
   std::int64_t nwg = 0;
   float scale = 0.0f, softcap = 0.0f, scale_over_cap = 0.0f;
   // Whether groups with no chunk get their untouched state written to the
@@ -77,11 +86,23 @@ void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const Tenso
 void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const DecodeParams& params);
 
+// Sinks for merge_attention: one logit per head (-inf = none); row r
+// belongs to head (r / rows_per_head) % heads, i.e. the rows are
+// [outer, heads, rows_per_head] in C order. values null = no sinks.
+struct MergeSinks {
+  const float* values = nullptr;
+  std::int64_t heads = 0;
+  std::int64_t rows_per_head = 1;
+};
+
 // Combines n attention results over disjoint key sets: outputs[i] f32
 // [rows, D] (normalised) and lses[i] f32 [rows] (natural log; -inf = no
 // key) into out [rows, D] and out_lse [rows] (may be null), f32, all
-// contiguous. A row with no key anywhere is 0 with LSE -inf.
+// contiguous. A row with no key anywhere is 0 with LSE -inf. With sinks,
+// each row's sink joins the merged softmax's denominator (applied once,
+// here); out_lse stays the LSE over the keys only, so merges compose.
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
-                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse);
+                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse,
+                     const MergeSinks& sinks = {});
 
 }  // namespace fattn

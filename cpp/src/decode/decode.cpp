@@ -72,8 +72,8 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
     const std::int64_t p0 = chunk * C, valid = std::min(C, p.kv_len - p0);
     if (p0 + valid <= p.window_start) continue;  // all 32 masked: the seed skips the chunk
     for (std::int64_t j = 0; j < valid; ++j) {   // never past kv_seq_len
-      const T* k_src = k.row<const T>(b, kv_head, p0 + j);
-      const T* v_src = v.row<const T>(b, kv_head, p0 + j);
+      const T* k_src = k.row<const T>(b, kv_head, slot(p, p0 + j));
+      const T* v_src = v.row<const T>(b, kv_head, slot(p, p0 + j));
       for (std::int64_t d = 0; d < D; ++d) {
         kc[j * D + d] = widen(k_src[d]);
         vc[j * D + d] = widen(v_src[d]);
@@ -105,6 +105,9 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
       for (std::int64_t d = 0; d < D; ++d) o_row[d] = o_row[d] * rescale + lo[d];
     }
   }
+  if (g == 0)  // the sinks join group 0 once it has seen its chunks (even none)
+    for (std::int64_t r = 0; r < group; ++r)
+      fold_sink(p, kv_head * group + r, row_max[std::size_t(r)], row_sum[std::size_t(r)], o + r * D);
   for (std::int64_t r = 0; r < group; ++r) {
     const std::int64_t h = kv_head * group + r;
     float* dst = o_part.row<float>(b, h, g);
@@ -282,6 +285,14 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const T
   require(params.kv_seq_len <= k.length(), "kv_seq_len: must be <= the cache capacity (", k.length(), "), got ",
           params.kv_seq_len);
   validate_decode_params(params);
+  require(params.sinks.empty() || std::int64_t(params.sinks.size()) == q.heads(),
+          "sinks: expected one per query head (length H = ", q.heads(), "), got length ", params.sinks.size());
+  for (std::size_t h = 0; h < params.sinks.size(); ++h)
+    require(!std::isnan(params.sinks[h]) && params.sinks[h] != kInf, "sinks: must be finite or -inf (no sink), got ",
+            params.sinks[h], " for head ", h);
+  if (params.ring_start)
+    require(*params.ring_start >= 0 && *params.ring_start < k.length(), "ring_start: must be from 0 to capacity - 1 (",
+            k.length() - 1, "), got ", *params.ring_start);
   DecodePlan plan;
   static_cast<AttentionShape&>(plan) = {q.batch(), q.heads(), k.heads(), 1, params.kv_seq_len, D};
   plan.params = params;
@@ -289,6 +300,8 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const T
   plan.k = k;
   plan.v = v;
   plan.nwg = params.nwg;
+  plan.ring_start = params.ring_start.value_or(0);
+  plan.capacity = k.length();
   plan.scale = resolve_scale(params.scale, D);
   plan.softcap = params.softcap;
   plan.scale_over_cap = params.softcap > 0.0f ? plan.scale / params.softcap : 0.0f;
@@ -352,7 +365,7 @@ void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& 
 }
 
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
-                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse) {
+                     std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse, const MergeSinks& sinks) {
   require(!outputs.empty(), "outputs: need at least one attention result");
   require(outputs.size() == lses.size(), "lses: need one per output (", outputs.size(), "), got ", lses.size());
   require(rows >= 1 && head_dim >= 1, "outputs: rows and head dim must be >= 1, got rows = ", rows,
@@ -364,6 +377,16 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
   for (std::size_t i = 0; i < outputs.size(); ++i)
     require(outputs[i] != nullptr && lses[i] != nullptr, "outputs/lses: null pointer at index ", i);
   require(out != nullptr, "out: null pointer");
+  if (sinks.values) {
+    std::int64_t period = 0;
+    require(sinks.heads >= 1 && sinks.rows_per_head >= 1 &&
+                !__builtin_mul_overflow(sinks.heads, sinks.rows_per_head, &period) && rows % period == 0,
+            "sinks: ", sinks.heads, " heads of ", sinks.rows_per_head, " rows each do not tile the ", rows,
+            " rows");
+    for (std::int64_t h = 0; h < sinks.heads; ++h)
+      require(!std::isnan(sinks.values[h]) && sinks.values[h] != kInf,
+              "sinks: must be finite or -inf (no sink), got ", sinks.values[h], " for head ", h);
+  }
   const std::size_t n = outputs.size();
   parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> weight(n);
@@ -378,7 +401,16 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
       }
       float total = 0.0f;
       for (std::size_t i = 0; i < n; ++i) total = total + (weight[i] = simd::exp_f32(lses[i][r] - global_max));
-      const float inv = 1.0f / total;
+      // A sink joins the denominator as one more term in the same units,
+      // e^{sink - M}: W + e^{sink - M} = (W·e^M + e^sink) / e^M. Its exp
+      // overflows to +inf (output 0) only where the keys' share is below
+      // e^-88; a sink of -inf adds nothing (and is skipped: no bit changes).
+      float denominator = total;
+      if (sinks.values) {
+        const float sink = sinks.values[(r / sinks.rows_per_head) % sinks.heads];
+        if (sink != -kInf) denominator = total + simd::exp_f32(sink - global_max);
+      }
+      const float inv = 1.0f / denominator;
       for (std::int64_t d = 0; d < head_dim; ++d) {
         float acc = 0.0f;
         for (std::size_t i = 0; i < n; ++i) acc = std::fma(outputs[i][r * head_dim + d], weight[i], acc);

@@ -185,26 +185,44 @@ inline float chunk_max_of(const float* s) {
   return chunk_max;
 }
 
+// The chunk's V rows as at most two runs of consecutive slots: rows
+// [0, split) from `first` on, rows [split, valid) from `wrapped` on (a ring's
+// chunk that crosses the cache's end; split = valid otherwise).
+template <class T>
+struct ChunkRows {
+  const T* first;
+  const T* wrapped;
+  std::int64_t split, stride;
+};
+template <class T>
+inline ChunkRows<T> chunk_rows(const TensorView& t, std::int64_t b, std::int64_t kv_head, const ChunkSlots& cs,
+                               std::int64_t valid) {
+  const std::int64_t split = std::min(valid, cs.wrap);
+  return {t.row<const T>(b, kv_head, cs.first), split < valid ? t.row<const T>(b, kv_head, 0) : nullptr, split,
+          t.stride[2]};
+}
+
 // lo_r = fma chain of v_p * w_r[p] over the chunk's positions, for kHeads
 // heads sharing each V load; then O_r = O_r * rescale_r + lo_r. D goes in
-// blocks of kVec vectors held in registers.
+// blocks of kVec vectors held in registers. The chain runs over the rows in
+// position order whichever run of slots they come from.
 template <class V, int kHeads, int kVec, class T>
-inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0,
-                           std::int64_t valid, const float* const* w, const float* rescale, float* const* o,
-                           std::int64_t d0) {
+inline void chunk_pv_block(const ChunkRows<T>& rows, std::int64_t valid, const float* const* w,
+                           const float* rescale, float* const* o, std::int64_t d0) {
   using F = typename V::F;
   F acc[kHeads][kVec];
   for (int r = 0; r < kHeads; ++r)
     for (int u = 0; u < kVec; ++u) acc[r][u] = V::zero();
-  for (std::int64_t j = 0; j < valid; ++j) {
-    const T* v_row = v.row<const T>(b, kv_head, p0 + j) + d0;
+  const auto step = [&](const T* v_row, std::int64_t j) {
     F wj[kHeads];
     for (int r = 0; r < kHeads; ++r) wj[r] = V::set1(w[r][j]);
     for (int u = 0; u < kVec; ++u) {
-      const F vv = V::widen_n(v_row + u * V::W, V::W);
+      const F vv = V::widen_n(v_row + d0 + u * V::W, V::W);
       for (int r = 0; r < kHeads; ++r) acc[r][u] = V::fmadd(vv, wj[r], acc[r][u]);
     }
-  }
+  };
+  for (std::int64_t j = 0; j < rows.split; ++j) step(rows.first + j * rows.stride, j);
+  for (std::int64_t j = rows.split; j < valid; ++j) step(rows.wrapped + (j - rows.split) * rows.stride, j);
   for (int r = 0; r < kHeads; ++r) {
     const F rv = V::set1(rescale[r]);
     for (int u = 0; u < kVec; ++u) {
@@ -215,14 +233,14 @@ inline void chunk_pv_block(const TensorView& v, std::int64_t b, std::int64_t kv_
 }
 
 template <class V, int kHeads, class T>
-void chunk_pv(const TensorView& v, std::int64_t b, std::int64_t kv_head, std::int64_t p0, std::int64_t valid,
-              const float* const* w, const float* rescale, float* const* o, std::int64_t D) {
+void chunk_pv(const ChunkRows<T>& rows, std::int64_t valid, const float* const* w, const float* rescale,
+              float* const* o, std::int64_t D) {
   constexpr int kVec = V::pv_vectors(kHeads);
   std::int64_t d0 = 0;
   for (; d0 + kVec * V::W <= D; d0 += kVec * V::W)
-    chunk_pv_block<V, kHeads, kVec, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);
+    chunk_pv_block<V, kHeads, kVec, T>(rows, valid, w, rescale, o, d0);
   for (; d0 < D; d0 += V::W)  // D is a multiple of 32, hence of W
-    chunk_pv_block<V, kHeads, 1, T>(v, b, kv_head, p0, valid, w, rescale, o, d0);
+    chunk_pv_block<V, kHeads, 1, T>(rows, valid, w, rescale, o, d0);
 }
 
 // Rows are asked for kAhead chunks before they are used, one K and one V row
@@ -242,15 +260,13 @@ inline std::int64_t walk_ahead(std::int64_t chunk, int steps, std::int64_t nwg, 
   return chunk;
 }
 template <class T>
-inline void prefetch_rows(const TensorView& t, std::int64_t b, std::int64_t kv_head, std::int64_t p0,
-                          std::int64_t count, std::int64_t D) {
-  for (std::int64_t j = 0; j < count; ++j) {
-    const char* row = reinterpret_cast<const char*>(t.row<const T>(b, kv_head, p0 + j));
-    // Into L2, not L1: on an Intel Xeon (family 6 model 167) +4% (f16) to +7%
-    // (f32) at 256-512 MiB caches over T0, whose requests hold L1's few fill
-    // buffers; NTA ran at 40%, no prefetch at 85-90%. Zen 4 unmeasured.
-    for (std::int64_t off = 0; off < D * std::int64_t(sizeof(T)); off += 64) _mm_prefetch(row + off, _MM_HINT_T1);
-  }
+inline void prefetch_row(const TensorView& t, std::int64_t b, std::int64_t kv_head, std::int64_t row_slot,
+                         std::int64_t D) {
+  const char* row = reinterpret_cast<const char*>(t.row<const T>(b, kv_head, row_slot));
+  // Into L2, not L1: on an Intel Xeon (family 6 model 167) +4% (f16) to +7%
+  // (f32) at 256-512 MiB caches over T0, whose requests hold L1's few fill
+  // buffers; NTA ran at 40%, no prefetch at 85-90%. Zen 4 unmeasured.
+  for (std::int64_t off = 0; off < D * std::int64_t(sizeof(T)); off += 64) _mm_prefetch(row + off, _MM_HINT_T1);
 }
 
 template <class V, class T>
@@ -319,6 +335,7 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
       float* o = st;
       float* row_max = st + group * D;
       float* row_sum = row_max + group;
+      const ChunkSlots cs = chunk_slots(p, p0);  // rows by slot: the ring's end may fall inside the chunk
       const std::int64_t next = walk_ahead(chunk, kAhead, p.nwg, g_begin, g_end) * C;  // rows to prefetch
       // Dot products for every head of the group, W positions at a time.
       if constexpr (kByPosition) for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
@@ -326,15 +343,21 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
         const char* ahead[2 * W];  // K and V rows kAhead chunks on
         std::int64_t n_ahead = 0;
         for (std::int64_t j = 0; j < n && next + j0 + j < p.kv_len; ++j) {
-          ahead[n_ahead++] = reinterpret_cast<const char*>(k.row<const T>(b, kv_head, next + j0 + j));
-          ahead[n_ahead++] = reinterpret_cast<const char*>(v.row<const T>(b, kv_head, next + j0 + j));
+          const std::int64_t ahead_slot = slot(p, next + j0 + j);
+          ahead[n_ahead++] = reinterpret_cast<const char*>(k.row<const T>(b, kv_head, ahead_slot));
+          ahead[n_ahead++] = reinterpret_cast<const char*>(v.row<const T>(b, kv_head, ahead_slot));
         }
-        const T* k_rows = k.row<const T>(b, kv_head, p0 + j0);
+        const T* k_rows = k.row<const T>(b, kv_head, cs(j0));
         std::int64_t stride = k.stride[2];
-        if (n < W) {  // the cache's last rows: copied next to zero rows (never read past kv_seq_len)
+        if (n < W || (j0 < cs.wrap && j0 + n > cs.wrap)) {
+          // The cache's last rows (copied next to zero rows: never read past
+          // kv_seq_len), or a block the ring's end splits: copied by slot.
           T* padded = static_cast<T*>(tail_block);
           std::fill(padded, padded + W * D, T{});
-          for (std::int64_t j = 0; j < n; ++j) std::copy(k_rows + j * stride, k_rows + j * stride + D, padded + j * D);
+          for (std::int64_t j = 0; j < n; ++j) {
+            const T* src = k.row<const T>(b, kv_head, cs(j0 + j));
+            std::copy(src, src + D, padded + j * D);
+          }
           k_rows = padded;
           stride = D;
         }
@@ -349,10 +372,11 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
           }
           const std::int64_t ahead_pos = next + j0 + j;
           if (ahead_pos < p.kv_len) {
-            prefetch_rows<T>(k, b, kv_head, ahead_pos, 1, D);
-            prefetch_rows<T>(v, b, kv_head, ahead_pos, 1, D);
+            const std::int64_t ahead_slot = slot(p, ahead_pos);
+            prefetch_row<T>(k, b, kv_head, ahead_slot, D);
+            prefetch_row<T>(v, b, kv_head, ahead_slot, D);
           }
-          load_planes<V>(k.row<const T>(b, kv_head, p0 + j0 + j), D, kp);
+          load_planes<V>(k.row<const T>(b, kv_head, cs(j0 + j)), D, kp);
           for (std::int64_t r = 0; r < group; ++r) lane_sums<V>(kp, qp + r * P, segments, lanes + r * S * W + j, W);
         }
         for (std::int64_t r = 0; r < group; ++r) {
@@ -392,6 +416,7 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
         row_max[r] = new_max;
       }
       // P·V, four heads per pass over V.
+      const ChunkRows<T> v_rows = chunk_rows<T>(v, b, kv_head, cs, valid);
       for (std::int64_t r = 0; r < group; r += 4) {
         const float* w[4];
         float* o_rows[4];
@@ -401,14 +426,17 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
           o_rows[i] = o + (r + i) * D;
         }
         switch (n) {
-          case 4: chunk_pv<V, 4, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
-          case 3: chunk_pv<V, 3, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
-          case 2: chunk_pv<V, 2, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
-          default: chunk_pv<V, 1, T>(v, b, kv_head, p0, valid, w, rescale + r, o_rows, D); break;
+          case 4: chunk_pv<V, 4, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          case 3: chunk_pv<V, 3, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          case 2: chunk_pv<V, 2, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          default: chunk_pv<V, 1, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
         }
       }
     }
   }
+  if (g_begin == 0 && n_groups > 0)  // the sinks join group 0 once it has seen its chunks (even none)
+    for (std::int64_t r = 0; r < group; ++r)
+      fold_sink(p, kv_head * group + r, states[group * D + r], states[group * (D + 1) + r], states + r * D);
   for (std::int64_t g = g_begin; g < g_end; ++g) {
     const float* st = states + (g - g_begin) * state;
     for (std::int64_t r = 0; r < group; ++r) {
