@@ -45,7 +45,7 @@ def unrolled(first, end):
 
 failed = False
 print(f"prompt {PROMPT} tokens in chunks of {CHUNK}, window {W}, ring of {C} slots, H={H} H_kv={H_kv} D={D}, "
-      f"{np.dtype(dtype).name}, sinks {np.round(sinks, 2).tolist()}")
+      f"{np.dtype(dtype).name}, sinks {[round(float(x), 2) for x in sinks]}")
 for start in range(0, PROMPT, CHUNK):
     end = min(PROMPT, start + CHUNK)
     first = max(0, start - (W - 1))              # the oldest key the chunk's first query sees

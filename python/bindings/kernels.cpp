@@ -187,7 +187,7 @@ DecodeParams decode_params(const py::array& q, std::int64_t kv_seq_len, std::opt
   p.window = window;
   p.softcap = softcap;
   p.nwg = nwg;
-  p.sinks = sinks_arg(sinks, q.ndim() >= 2 ? q.shape(q.ndim() - 2) : 0);
+  p.sinks = sinks_input(sinks, q.ndim() >= 2 ? q.shape(q.ndim() - 2) : 0);
   p.ring_start = ring_start;
   return p;
 }

@@ -130,7 +130,7 @@ PYBIND11_MODULE(_core, m) {
         }
         // Python has matched the sinks' length to the head axis it chose; the
         // core checks that heads x rows_per_head tile the rows, and the values.
-        const std::vector<float> sink_values = sinks_arg(sinks, heads);
+        const std::vector<float> sink_values = sinks_input(sinks, heads);
         require(sink_values.empty() || std::int64_t(sink_values.size()) == heads, "sinks: expected length H = ",
                 heads, " (one per query head), got ", sink_values.size());
         const MergeSinks merge_sinks{sink_values.empty() ? nullptr : sink_values.data(), heads, rows_per_head};

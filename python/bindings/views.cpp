@@ -83,7 +83,8 @@ std::vector<float> sinks_input(const std::optional<py::array>& sinks, std::int64
   const py::array& a = *sinks;
   require_dtype(a.dtype().kind() == 'f' && a.itemsize() == 4, "sinks: dtype must be float32, got ",
                 std::string(py::str(a.dtype().attr("name"))));
-  require(a.ndim() == 1, "sinks: expected a 1-D array [H] (one per query head), got shape ", py_shape(a));
+  require(a.ndim() == 1, "sinks: expected a 1-D array of length H = ", heads, " (one per query head), got shape ",
+          py_shape(a));
   require(a.shape(0) > 0, "sinks: expected one per query head, length H = ", heads, ", got 0 (None = no sinks)");
   std::vector<float> values(std::size_t(a.shape(0)));
   const auto* base = static_cast<const char*>(a.data());
@@ -118,19 +119,6 @@ std::string py_shape(const py::array& a) {
   std::string s = "(";
   for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
   return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-std::vector<float> sinks_arg(const std::optional<py::array>& sinks, std::int64_t heads) {
-  if (!sinks) return {};
-  require_dtype(sinks->dtype().kind() == 'f' && sinks->itemsize() == 4, "sinks: dtype must be float32, got ",
-                std::string(py::str(sinks->dtype().attr("name"))));
-  require(sinks->ndim() == 1, "sinks: expected a 1-D array of length H = ", heads,
-          " (one logit per query head), got shape ", py_shape(*sinks));
-  const auto values = py::array_t<float, py::array::forcecast>::ensure(*sinks);  // any strides, read once
-  const auto view = values.unchecked<1>();
-  std::vector<float> out(std::size_t(view.shape(0)));
-  for (py::ssize_t i = 0; i < view.shape(0); ++i) out[std::size_t(i)] = view(i);
-  return out;
 }
 
 std::string choice(const py::handle& value, const char* name, std::initializer_list<const char*> choices) {

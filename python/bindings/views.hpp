@@ -31,10 +31,6 @@ py::dtype numpy_dtype(DType dt);
 std::string py_shape(const py::array& a);
 // A str argument that must be one of `choices`; ValueError naming `name` otherwise.
 std::string choice(const py::handle& value, const char* name, std::initializer_list<const char*> choices);
-// A sinks argument: none (empty), or a 1-D float32 array copied out (any
-// strides). TypeError if not float32, ValueError if not 1-D, naming `sinks`
-// and the expected length `heads`; the core checks the length and values.
-std::vector<float> sinks_arg(const std::optional<py::array>& sinks, std::int64_t heads);
 
 // An input read as [B, H, L, D]. When the array cannot be read in place (its
 // last axis not contiguous, a stride not a whole number of elements,

@@ -5,21 +5,15 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, c
 import numpy as np
 
 from . import _core
-from ._common import (FLOAT32, ArrayLike, as_array, boolean, finish_out, integer, optional_scale, prepare_out,
+from ._common import (FLOAT32, ArrayLike, as_array, boolean, finish_out, integer, optional_scale, real, prepare_out,
                       require_dtype)
-
-def _float(x: Any, name: str) -> float:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
-    return float(x)
-
 
 def _decode_args(q: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any, mask: Any, window: Any,
                  softcap: Any, nwg: Any, sinks: Any, ring_start: Any) -> Tuple[Any, ...]:
     """The arrays and Python-typed arguments of a decode call, in the core's order (it checks the rest)."""
     return (as_array(q, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache"),
             integer(kv_seq_len, "kv_seq_len"), optional_scale(scale), mask, integer(window, "window"),
-            _float(softcap, "softcap"), integer(nwg, "nwg"), None if sinks is None else as_array(sinks, "sinks"),
+            real(softcap, "softcap"), integer(nwg, "nwg"), None if sinks is None else as_array(sinks, "sinks"),
             None if ring_start is None else integer(ring_start, "ring_start"))
 
 
