@@ -229,3 +229,19 @@ def test_sinks_may_be_any_strided_float32_array():
     wide = np.arange(6, dtype=np.float32)
     assert np.array_equal(fattn.flash_attn_prefill(q, k, v, sinks=wide[::2]),
                           fattn.flash_attn_prefill(q, k, v, sinks=np.ascontiguousarray(wide[::2])))
+
+
+def test_prefill_over_key_ranges_merges_with_the_sink_applied_once():
+    """return_lse is over the keys only, so parts over disjoint key ranges (computed without the
+    sink) merge with merge_attention(..., sinks=) into the one call with the sink."""
+    rng = np.random.default_rng(11)
+    q, k, v = make(rng, F32, 1, 4, 2, 24, 90, 64)
+    sinks = sinks_for(rng, 4)
+    whole = fattn.flash_attn_prefill(q, k, v, sinks=sinks)
+    parts = [fattn.flash_attn_prefill(q, k[:, :, a:b], v[:, :, a:b], return_lse=True) for a, b in ((0, 37), (37, 90))]
+    merged = fattn.merge_attention([p[0] for p in parts], [p[1] for p in parts], sinks=sinks)
+    exact = reference.attention(q, k, v, sinks=sinks)
+    budget = 1e-5 * np.abs(v).max()  # the f32 allowance (tests_py/helpers.f32_budget)
+    np.testing.assert_allclose(merged, exact, rtol=0, atol=budget)
+    np.testing.assert_allclose(merged, whole, rtol=0, atol=budget)
+    assert np.abs(merged - fattn.flash_attn_prefill(q, k, v)).max() > 100 * budget  # the sink matters here
