@@ -263,7 +263,7 @@ void resolve_variants(PrefillPlan& plan, const PrefillParams& params) {
       require(!std::isnan(sink) && sink != kInf, "sinks: values must be finite or -inf (no sink), got ", sink,
               " for head ", h);
       plan.sink_terms[h] = params.kernel == PrefillKernel::llamacpp ? sink : CandleArithmetic::sink_term(sink);
-      require(plan.sink_terms[h] != kInf && plan.sink_terms[h] != -kInf || sink == -kInf,
+      require(sink == -kInf || std::isfinite(plan.sink_terms[h]),
               "sinks: ", sink, " for head ", h, " overflows float32 in log2 units");
     }
   }
