@@ -6,5 +6,6 @@
 #include "fattn/error.hpp"
 #include "fattn/parallel.hpp"
 #include "fattn/prefill.hpp"
+#include "fattn/quant.hpp"
 #include "fattn/sdpa.hpp"
 #include "fattn/tensor.hpp"

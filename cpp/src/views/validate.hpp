@@ -2,6 +2,7 @@
 // Argument checks shared by the public entry points. Each throws
 // InvalidArgument / InvalidDType with the argument's name in the message.
 #include <cmath>
+#include <optional>
 
 #include "fattn/tensor.hpp"
 
