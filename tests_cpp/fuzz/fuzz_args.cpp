@@ -39,6 +39,15 @@ constexpr std::int64_t kMaxWork = 1 << 18;          // multiply-adds a call may 
 }
 
 // Reads the input front to back; past its end every read is 0.
+// x + delta, saturated: the dims may be any int64 (r.wild()), and the
+// harness itself must not overflow.
+std::int64_t plus(std::int64_t x, std::int64_t delta) {
+  std::int64_t y = 0;
+  if (__builtin_add_overflow(x, delta, &y)) return delta > 0 ? std::numeric_limits<std::int64_t>::max()
+                                                            : std::numeric_limits<std::int64_t>::min();
+  return y;
+}
+
 struct Reader {
   const std::uint8_t* p;
   std::size_t n;
@@ -277,7 +286,7 @@ void fuzz_sdpa_or_prefill(Reader& r, Filler& fill, bool prefill) {
     p.scale = r.scale();
     const std::uint8_t kvl = r.byte();
     if (kvl >= 100)  // below: unset, all of k's positions
-      p.kv_seq_len = kvl < 150 ? d.Lk : kvl < 180 ? d.Lk - 1 : kvl < 200 ? d.Lk + 1 : r.wild();
+      p.kv_seq_len = kvl < 150 ? d.Lk : kvl < 180 ? plus(d.Lk, -1) : kvl < 200 ? plus(d.Lk, 1) : r.wild();
     if (!safe) out.t.writable = false;
     expect(!safe, [&] { sdpa(q.t, k.t, v.t, out.t, p); });
     return;
@@ -375,7 +384,7 @@ void fuzz_decode(Reader& r, Filler& fill, bool split) {
   const DType dt = DType(r.byte() % 3);
   DecodeParams p;
   const std::uint8_t kvl = r.byte();
-  p.kv_seq_len = kvl < 150 ? 1 + std::int64_t(r.byte()) % std::max<std::int64_t>(1, d.Lk) : kvl < 200 ? d.Lk : kvl < 220 ? d.Lk + 1 : r.wild();
+  p.kv_seq_len = kvl < 150 ? 1 + std::int64_t(r.byte()) % std::max<std::int64_t>(1, d.Lk) : kvl < 200 ? d.Lk : kvl < 220 ? plus(d.Lk, 1) : r.wild();
   p.scale = r.scale();
   const std::uint8_t mask = r.byte();
   p.mask = mask < 250 ? DecodeMask(mask % 3) : DecodeMask(mask);
