@@ -62,6 +62,8 @@ QuantView quant_view_over_bytes(void* data, QuantFormat format, std::int64_t hea
                                 const std::array<std::int64_t, 4>& byte_shape,
                                 const std::array<std::int64_t, 4>& byte_stride, bool writable, const char* name) {
   const std::int64_t row = quant_row_bytes(format, head_dim);
+  for (int a = 0; a < 3; ++a)
+    require(byte_shape[std::size_t(a)] > 0, name, ": every extent must be > 0, got ", byte_shape[std::size_t(a)]);
   require(byte_shape[3] == row, name, ": the last axis must be ", row, " bytes (a row of ", head_dim,
           " elements in ", quant_format_name(format), "), got ", byte_shape[3]);
   require(byte_stride[3] == 1, name, ": the last axis (a row's blocks) must be contiguous (stride 1 byte), got stride ",
