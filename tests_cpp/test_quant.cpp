@@ -76,6 +76,11 @@ TEST(QuantFormat, RowBytesAndNames) {
     EXPECT_NE(message_of([&] { quant_row_bytes(f, 64); }).find("format: '"), std::string::npos);
   EXPECT_NE(message_of([&] { quant_row_bytes(QuantFormat::tq4, 64); }).find("'tq4' is not implemented yet"),
             std::string::npos);
+  // regression (review): D / 32 * 34 overflowed int64 (UB) for D near 2^63.
+  const std::int64_t huge = std::numeric_limits<std::int64_t>::max() / 32 * 32;
+  EXPECT_NE(message_of([&] { quant_row_bytes(QuantFormat::q8_0, huge); }).find("head_dim: head dim D = "),
+            std::string::npos);
+  EXPECT_EQ(quant_row_bytes(QuantFormat::q4_0, std::int64_t(1) << 62), (std::int64_t(1) << 57) * 18);
   for (std::int64_t D : {0, -32, 16, 48, 33}) {
     EXPECT_NE(message_of([&] { quant_row_bytes(QuantFormat::q8_0, D); })
                   .find("head_dim: head dim D must be a positive multiple of 32"),

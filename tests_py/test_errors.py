@@ -641,6 +641,8 @@ FROM_BLOCKS_BAD_CALLS = [
     ("head_dim float", (_BLOCKS, "q8_0"), {"head_dim": 32.0}, TypeError, "head_dim: expected an integer"),
     ("head_dim bool", (_BLOCKS, "q8_0"), {"head_dim": True}, TypeError, "head_dim: expected an integer, got bool"),
     ("head_dim beyond int64", (_BLOCKS, "q8_0"), {"head_dim": 2 ** 70}, ValueError, "head_dim: "),
+    ("head_dim whose row bytes overflow", (_BLOCKS, "q8_0"), {"head_dim": 2 ** 63 - 32}, ValueError,
+     "head_dim: head dim D = 9223372036854775776 makes a row's bytes overflow 64 bits"),
     ("head_dim missing", (_BLOCKS, "q8_0"), {}, TypeError, "head_dim"),
     ("unknown format", (_BLOCKS, "q8"), {"head_dim": 32}, ValueError, "format: must be one of"),
     ("affine4 not implemented", (_BLOCKS, "affine4"), {"head_dim": 32}, ValueError,

@@ -28,7 +28,11 @@ std::int64_t quant_row_bytes(QuantFormat format, std::int64_t head_dim, const ch
           "' is not implemented yet (q8_0 and q4_0 are)");
   require(head_dim > 0 && head_dim % kQuantBlock == 0, head_dim_name,
           ": head dim D must be a positive multiple of ", kQuantBlock, " (the block size), got ", head_dim);
-  return head_dim / kQuantBlock * (format == QuantFormat::q8_0 ? quant::kQ8Bytes : quant::kQ4Bytes);
+  const std::int64_t block_bytes = format == QuantFormat::q8_0 ? quant::kQ8Bytes : quant::kQ4Bytes;
+  std::int64_t row = 0;
+  require(!__builtin_mul_overflow(head_dim / kQuantBlock, block_bytes, &row), head_dim_name, ": head dim D = ",
+          head_dim, " makes a row's bytes overflow 64 bits");
+  return row;
 }
 
 QuantView contiguous_quant_view(void* data, QuantFormat format, std::array<std::int64_t, 4> shape, bool writable) {
