@@ -223,6 +223,12 @@ void make_mask(Mask& mk, Reader& r, Filler& fill, const std::array<std::int64_t,
   if (r.byte() >= 253) mk.m.data = nullptr;
 }
 
+// n + delta, saturated at int64's ends (an extent may be any int64: r.wild()).
+std::int64_t step(std::int64_t n, std::int64_t delta) {
+  std::int64_t out = 0;
+  return __builtin_add_overflow(n, delta, &out) ? (delta < 0 ? kMin : kMax) : out;
+}
+
 bool saturating_work(std::initializer_list<std::int64_t> extents) {  // true when the product exceeds kMaxWork
   __int128 w = 1;
   for (std::int64_t e : extents) {
@@ -277,7 +283,7 @@ void fuzz_sdpa_or_prefill(Reader& r, Filler& fill, bool prefill) {
     p.scale = r.scale();
     const std::uint8_t kvl = r.byte();
     if (kvl >= 100)  // below: unset, all of k's positions
-      p.kv_seq_len = kvl < 150 ? d.Lk : kvl < 180 ? d.Lk - 1 : kvl < 200 ? d.Lk + 1 : r.wild();
+      p.kv_seq_len = kvl < 150 ? d.Lk : kvl < 180 ? step(d.Lk, -1) : kvl < 200 ? step(d.Lk, 1) : r.wild();
     if (!safe) out.t.writable = false;
     expect(!safe, [&] { sdpa(q.t, k.t, v.t, out.t, p); });
     return;
@@ -375,7 +381,7 @@ void fuzz_decode(Reader& r, Filler& fill, bool split) {
   const DType dt = DType(r.byte() % 3);
   DecodeParams p;
   const std::uint8_t kvl = r.byte();
-  p.kv_seq_len = kvl < 150 ? 1 + std::int64_t(r.byte()) % std::max<std::int64_t>(1, d.Lk) : kvl < 200 ? d.Lk : kvl < 220 ? d.Lk + 1 : r.wild();
+  p.kv_seq_len = kvl < 150 ? 1 + std::int64_t(r.byte()) % std::max<std::int64_t>(1, d.Lk) : kvl < 200 ? d.Lk : kvl < 220 ? step(d.Lk, 1) : r.wild();
   p.scale = r.scale();
   const std::uint8_t mask = r.byte();
   p.mask = mask < 250 ? DecodeMask(mask % 3) : DecodeMask(mask);
