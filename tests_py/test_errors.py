@@ -574,6 +574,82 @@ ROUND_BAD_CALLS = [
 ]
 
 
+def _with(value, at=(0, 5)):
+    x = np.ones((2, 32), F32)
+    x[at] = value
+    return x
+
+
+_BLOCKS = np.zeros((3, 34), np.uint8)
+QUANTIZE_BAD_CALLS = [
+    ("D not a multiple of 32", (np.ones((2, 48), F32), "q8_0"), {}, ValueError,
+     "x: head dim D must be a positive multiple of 32 (the block size), got 48"),
+    ("D 16, q4_0", (np.ones((1, 3, 16), F16), "q4_0"), {}, ValueError, "x: head dim D must be a positive multiple"),
+    ("D 0", (np.ones((2, 0), F32), "q8_0"), {}, ValueError, "x: head dim D must be a positive multiple of 32"),
+    ("capacity 0", (np.ones((0, 32), F32), "q8_0"), {}, ValueError, "x: every extent must be > 0"),
+    ("unknown format", (np.ones((2, 32), F32), "q5_k"), {}, ValueError,
+     "format: must be one of ('q8_0', 'q4_0', 'affine4', 'tq4'), got 'q5_k'"),
+    ("format upper case", (np.ones((2, 32), F32), "Q8_0"), {}, ValueError, "format: must be one of"),
+    ("affine4 not implemented", (np.ones((2, 32), F32), "affine4"), {}, ValueError,
+     "format: 'affine4' is not implemented yet (q8_0 and q4_0 are)"),
+    ("tq4 not implemented", (np.ones((2, 32), F32), "tq4"), {}, ValueError, "format: 'tq4' is not implemented yet"),
+    ("format None", (np.ones((2, 32), F32), None), {}, TypeError, "format: expected a str"),
+    ("format bytes", (np.ones((2, 32), F32), b"q8_0"), {}, TypeError, "format: expected a str"),
+    ("x 1-D", (np.ones(32, F32), "q8_0"), {}, ValueError,
+     "x: expected [capacity, D], [H, capacity, D] or [B, H, capacity, D], got shape (32,)"),
+    ("x 5-D", (np.ones((1, 1, 1, 2, 32), F32), "q8_0"), {}, ValueError, "x: expected [capacity, D]"),
+    ("x float64", (np.ones((2, 32)), "q8_0"), {}, TypeError, "x: dtype must be one of float32, float16, bfloat16"),
+    ("x int32", (np.ones((2, 32), np.int32), "q4_0"), {}, TypeError, "x: dtype must be one of"),
+    ("x list", ([[1.0] * 32], "q8_0"), {}, TypeError, "x: expected an array, got list"),
+    ("x None", (None, "q8_0"), {}, TypeError, "x: expected an array, got NoneType"),
+    ("x nan", (_with(np.nan), "q8_0"), {}, ValueError, "x: every value must be finite with |x| <= 65504 * 127"),
+    ("x inf", (_with(np.inf), "q4_0"), {}, ValueError, "x: every value must be finite with |x| <= 65504 * 8"),
+    ("x -inf f16", (_with(-np.inf).astype(F16), "q8_0"), {}, ValueError, "got -inf at [0, 0, 0, 5]"),
+    ("x nan bf16", (_with(np.nan, (1, 31)).astype(BF16), "q4_0"), {}, ValueError, "at [0, 0, 1, 31]"),
+    ("x beyond the q8_0 scale", (_with(1e7), "q8_0"), {}, ValueError, "65504 * 127 for q8_0"),
+    ("x beyond the q4_0 scale", (_with(-6e5), "q4_0"), {}, ValueError, "65504 * 8 for q4_0"),
+    ("huge x, bad format", (huge((BIG, 32)), "q9"), {}, ValueError, "format: must be one of"),
+    ("huge x, bad D", (huge((BIG, 40)), "q8_0"), {}, ValueError, "x: head dim D must be a positive multiple"),
+    ("huge x, bad dtype", (huge((BIG, 32), np.float64), "q8_0"), {}, TypeError, "x: dtype must be one of"),
+]
+
+FROM_BLOCKS_BAD_CALLS = [
+    ("blocks int8", (_BLOCKS.view(np.int8), "q8_0"), {"head_dim": 32}, TypeError,
+     "blocks: dtype must be uint8 (the raw blocks), got int8"),
+    ("blocks float32", (np.zeros((3, 34), F32), "q8_0"), {"head_dim": 32}, TypeError,
+     "blocks: dtype must be uint8"),
+    ("blocks list", ([[0] * 34], "q8_0"), {"head_dim": 32}, TypeError, "blocks: expected an array, got list"),
+    ("blocks 1-D", (np.zeros(34, np.uint8), "q8_0"), {"head_dim": 32}, ValueError,
+     "blocks: expected [capacity, bytes_per_row], [H, capacity, bytes_per_row] or [B, H, capacity, "
+     "bytes_per_row], got shape (34,)"),
+    ("blocks 5-D", (np.zeros((1, 1, 1, 3, 34), np.uint8), "q8_0"), {"head_dim": 32}, ValueError,
+     "blocks: expected [capacity, bytes_per_row]"),
+    ("blocks too narrow", (np.zeros((3, 33), np.uint8), "q8_0"), {"head_dim": 32}, ValueError,
+     "blocks: the last axis must be 34 bytes (a row of 32 elements in q8_0), got 33"),
+    ("blocks q8_0 width for q4_0", (_BLOCKS, "q4_0"), {"head_dim": 32}, ValueError,
+     "blocks: the last axis must be 18 bytes"),
+    ("blocks width for another head_dim", (_BLOCKS, "q8_0"), {"head_dim": 64}, ValueError,
+     "blocks: the last axis must be 68 bytes (a row of 64 elements in q8_0), got 34"),
+    ("blocks last axis strided", (np.zeros((3, 68), np.uint8)[:, ::2], "q8_0"), {"head_dim": 32}, ValueError,
+     "blocks: the last axis (a row's blocks) must be contiguous (stride 1 byte), got stride 2"),
+    ("blocks capacity 0", (np.zeros((0, 34), np.uint8), "q8_0"), {"head_dim": 32}, ValueError,
+     "blocks: every extent must be > 0"),
+    ("head_dim 48", (np.zeros((3, 51), np.uint8), "q8_0"), {"head_dim": 48}, ValueError,
+     "head_dim: head dim D must be a positive multiple of 32 (the block size), got 48"),
+    ("head_dim 0", (_BLOCKS, "q8_0"), {"head_dim": 0}, ValueError, "head_dim: head dim D must be a positive"),
+    ("head_dim negative", (_BLOCKS, "q8_0"), {"head_dim": -32}, ValueError, "head_dim: head dim D must be"),
+    ("head_dim float", (_BLOCKS, "q8_0"), {"head_dim": 32.0}, TypeError, "head_dim: expected an integer"),
+    ("head_dim bool", (_BLOCKS, "q8_0"), {"head_dim": True}, TypeError, "head_dim: expected an integer, got bool"),
+    ("head_dim beyond int64", (_BLOCKS, "q8_0"), {"head_dim": 2 ** 70}, ValueError, "head_dim: "),
+    ("head_dim whose row bytes overflow", (_BLOCKS, "q8_0"), {"head_dim": 2 ** 63 - 32}, ValueError,
+     "head_dim: head dim D = 9223372036854775776 makes a row's bytes overflow 64 bits"),
+    ("head_dim missing", (_BLOCKS, "q8_0"), {}, TypeError, "head_dim"),
+    ("unknown format", (_BLOCKS, "q8"), {"head_dim": 32}, ValueError, "format: must be one of"),
+    ("affine4 not implemented", (_BLOCKS, "affine4"), {"head_dim": 32}, ValueError,
+     "format: 'affine4' is not implemented yet"),
+    ("format int", (_BLOCKS, 8), {"head_dim": 32}, TypeError, "format: expected a str"),
+]
+
 
 # Every table, with the function it calls: one test, one row per bad call.
 BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
@@ -584,7 +660,9 @@ BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
              + [(fattn.flash_attn_vec_partials,) + row for row in VEC_BAD_CALLS]
              + [(fattn.flash_attn_vec_reduce,) + row for row in REDUCE_BAD_CALLS]
              + [(fattn.merge_attention,) + row for row in MERGE_BAD_CALLS]
-             + [(fattn.round_to,) + row for row in ROUND_BAD_CALLS])
+             + [(fattn.round_to,) + row for row in ROUND_BAD_CALLS]
+             + [(fattn.quantize_kv,) + row for row in QUANTIZE_BAD_CALLS]
+             + [(fattn.QuantizedCache.from_blocks,) + row for row in FROM_BLOCKS_BAD_CALLS])
 
 
 @pytest.mark.parametrize("fn, args, kwargs, exc, fragment", [(c[0],) + c[2:] for c in BAD_CALLS],
@@ -612,7 +690,8 @@ def names_an_argument(fn, message):
 def test_every_public_function_has_rows():
     called = {row[0].__name__ for row in BAD_CALLS}
     assert called >= {"sdpa", "flash_attn_prefill", "flash_attn_prefill_blk", "flash_attn_vec",
-                      "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention", "round_to"}
+                      "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention", "round_to",
+                      "quantize_kv", "from_blocks"}
 
 
 def test_huge_zero_stride_cache_with_a_short_kv_seq_len_runs():

@@ -70,12 +70,30 @@ def naive(rng: np.random.Generator) -> np.ndarray:
     return fattn.round_to(y, np.float32)
 
 
+def quantized(rng: np.random.Generator) -> np.ndarray:
+    k = rng.standard_normal((2, 16, 64)).astype(np.float32)
+    cache: fattn.QuantizedCache = fattn.quantize_kv(k, "q8_0")
+    fmt: str = cache.format
+    dim: int = cache.head_dim
+    shape: Tuple[int, ...] = cache.shape
+    blocks: np.ndarray = cache.blocks
+    blocks[..., 3, :] = fattn.quantize_kv(k[:, 3:4], fmt).blocks[..., 0, :]
+    again = fattn.QuantizedCache.from_blocks(blocks, fmt, head_dim=dim)
+    mine: np.ndarray = reference.quantize_kv(k, "q4_0")
+    assert (reference.dequantize_kv(mine, "q4_0", dim) == fattn.quantize_kv(k, "q4_0").dequantize()).all()
+    assert shape == again.shape and cache.bytes_per_row == reference.quant_row_bytes(fmt, dim)
+    values: np.ndarray = again.dequantize()
+    return values
+
+
 def _rejected_by_the_type_checker(q: np.ndarray) -> None:
     """Never called. mypy --strict (warn_unused_ignores) fails if an ignore below is unused,
     i.e. if the public signatures stopped rejecting these calls."""
     fattn.sdpa([[1.0]], q, q)  # type: ignore[arg-type]
     fattn.flash_attn_vec(q, q, q, kv_seq_len="5")  # type: ignore[call-overload]
     fattn.merge_attention([q], [1.0])  # type: ignore[list-item]
+    fattn.quantize_kv(q, 8)  # type: ignore[arg-type]
+    fattn.QuantizedCache.from_blocks(q, "q8_0", head_dim="32")  # type: ignore[arg-type]
 
 
 def with_buffers() -> np.ndarray:
@@ -101,6 +119,7 @@ def main() -> None:
     prefill_and_merge(rng)
     decode(rng)
     naive(rng)
+    quantized(rng)
     with_buffers()
     print(version, "ok")
 

@@ -11,6 +11,7 @@
 
 #include "dlpack.hpp"
 #include "kernels.hpp"
+#include "quant.hpp"
 #include "fattn/fattn.hpp"
 #include "runtime/isa.hpp"
 #include "views.hpp"
@@ -106,6 +107,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("dlpack_view", &dlpack_view, py::arg("capsule"), py::arg("name"));
 
   register_kernels(m);
+  register_quant(m);
 
   m.def(
       "merge_attention",

@@ -204,6 +204,28 @@ BlkView blk_input(const py::array& a, py::array& keep_alive) {
                  std::int64_t(a.shape(1)), std::int64_t(row_stride)};
 }
 
+QuantFormat quant_format_of(const py::handle& value, const char* name) {
+  const std::string f = choice(value, name, {"q8_0", "q4_0", "affine4", "tq4"});
+  return f == "q8_0" ? QuantFormat::q8_0 : f == "q4_0" ? QuantFormat::q4_0 : f == "affine4" ? QuantFormat::affine4
+                                                                                             : QuantFormat::tq4;
+}
+
+QuantView quant_input(const py::array& blocks, QuantFormat format, std::int64_t head_dim, const char* name,
+                      bool writable) {
+  require_dtype(blocks.dtype().kind() == 'u' && blocks.itemsize() == 1, name,
+                ": dtype must be uint8 (the raw blocks), got ", std::string(py::str(blocks.dtype().attr("name"))));
+  const int rank = int(blocks.ndim());
+  require(rank >= 2 && rank <= 4, name,
+          ": expected [capacity, bytes_per_row], [H, capacity, bytes_per_row] or [B, H, capacity, bytes_per_row], "
+          "got shape ", py_shape(blocks));
+  std::array<std::int64_t, 4> shape{1, 1, 1, 1}, stride{0, 0, 0, 0};
+  for (int i = 0; i < rank; ++i) {
+    shape[std::size_t(4 - rank + i)] = std::int64_t(blocks.shape(i));
+    stride[std::size_t(4 - rank + i)] = std::int64_t(blocks.strides(i));
+  }
+  return quant_view_over_bytes(const_cast<void*>(blocks.data()), format, head_dim, shape, stride, writable, name);
+}
+
 void Output::finish() const {
   if (!target.is(array)) py::module_::import("numpy").attr("copyto")(array, target);
 }

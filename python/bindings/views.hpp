@@ -69,6 +69,18 @@ MaskInput mask_input(const py::array& a, const std::array<std::int64_t, 4>& targ
 // A 2-D uint8 tile map (any row stride; a column stride other than 1 is copied).
 BlkView blk_input(const py::array& a, py::array& keep_alive);
 
+// A quantized cache's format as Python spells it: "q8_0", "q4_0", "affine4"
+// or "tq4" (the core says which are implemented); ValueError naming `name`
+// for anything else.
+QuantFormat quant_format_of(const py::handle& value, const char* name);
+// A quantized cache's raw blocks, a uint8 array [capacity, W], [H, capacity,
+// W] or [B, H, capacity, W] (W = bytes per row), as a [B, H, capacity,
+// head_dim] QuantView over its memory with NumPy's byte strides (never
+// copied; inserted axes have extent 1). Here: the dtype (TypeError) and rank;
+// the core (quant_view_over_bytes) checks W, the last axis' stride, extents.
+QuantView quant_input(const py::array& blocks, QuantFormat format, std::int64_t head_dim, const char* name,
+                      bool writable);
+
 // A kernel's learned sinks: None, or a 1-D float32 array (any stride), copied
 // out. Its length and values are the plan's rule, except that an empty array,
 // which the params cannot tell from None, is refused here (`heads` is for the

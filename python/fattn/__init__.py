@@ -3,7 +3,8 @@
 Kernels: :func:`flash_attn_prefill` (tiled prefill) with its tile-skip map
 :func:`flash_attn_prefill_blk`, :func:`flash_attn_vec` (split-KV decode) with its halves
 :func:`flash_attn_vec_partials` / :func:`flash_attn_vec_reduce`, :func:`merge_attention`,
-:func:`sdpa` (naive fused SDPA). Threads: :func:`set_num_threads`,
+:func:`sdpa` (naive fused SDPA). Quantized KV caches (ggml's q8_0 / q4_0 blocks):
+:func:`quantize_kv`, :class:`QuantizedCache`. Threads: :func:`set_num_threads`,
 :func:`get_num_threads`. Exact and kernel-faithful references:
 :mod:`fattn.reference`. The error bounds the tests assert, evaluated on your data:
 :mod:`fattn.bounds`. Numerics of every kernel: docs/numerics.md.
@@ -20,6 +21,7 @@ from numpy.typing import DTypeLike
 from ._common import BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array
 from ._decode import flash_attn_vec, flash_attn_vec_partials, flash_attn_vec_reduce, merge_attention
 from ._prefill import flash_attn_prefill, flash_attn_prefill_blk, prefill_geometry
+from ._quant import QuantizedCache, quantize_kv
 from ._sdpa import sdpa
 
 __version__: str = _core.__version__
@@ -29,7 +31,7 @@ if "ignored" in _core.isa_origin():  # a FATTN_ISA this build or CPU cannot hono
     warnings.warn(f"fattn: {_core.isa_origin()}", RuntimeWarning, stacklevel=2)
 
 __all__ = ["flash_attn_vec", "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention",
-           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "reference", "bounds", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "get_isa", "__version__"]
+           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "quantize_kv", "QuantizedCache", "reference", "bounds", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "get_isa", "__version__"]
 
 
 def set_num_threads(n: int) -> None:

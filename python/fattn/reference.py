@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry", "flash_attn_vec", "flash_attn_vec_partials",
-           "flash_attn_vec_reduce", "merge_attention"]
+           "flash_attn_vec_reduce", "merge_attention", "quantize_kv", "dequantize_kv", "quant_row_bytes"]
 
 _CAUSAL = (None, "top_left", "bottom_right")
 
@@ -604,3 +604,100 @@ def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLi
     if not return_lse:
         return out
     return out, np.where(empty, -np.inf, shift + np.log(safe))
+
+
+# --- quantized caches ------------------------------------------------------------------------
+# ggml's block_q8_0 / block_q4_0 (docs/numerics.md, "Quantized caches"), written from the block
+# definitions with NumPy's float32 arithmetic (every product and sum rounded to float32 on its
+# own) and NumPy's float16 conversion (round to nearest even) for the scale.
+
+_QK = 32  # elements per block
+_BLOCK_BYTES = {"q8_0": 2 + _QK, "q4_0": 2 + _QK // 2}
+_LARGEST = {"q8_0": 65504.0 * 127, "q4_0": 65504.0 * 8}
+
+
+def quant_row_bytes(format: str, head_dim: int) -> int:
+    """Bytes of one row of ``head_dim`` elements: q8_0 ``34 * head_dim / 32``, q4_0
+    ``18 * head_dim / 32``."""
+    if format not in _BLOCK_BYTES:
+        raise ValueError(f"format: {format!r} is not one of {tuple(_BLOCK_BYTES)}")
+    if head_dim <= 0 or head_dim % _QK:
+        raise ValueError(f"head_dim: must be a positive multiple of {_QK}, got {head_dim}")
+    return head_dim // _QK * _BLOCK_BYTES[format]
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """1/d in float32; 0 where d is 0 or 1/d overflows (fattn's definition of a block ggml's
+    reference leaves undefined: it then converts inf or NaN to an integer)."""
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.float32(1) / np.where(d == 0, np.float32(1), d)
+    return np.where((d == 0) | np.isinf(inv), np.float32(0), inv).astype(np.float32)
+
+
+def _scale_bytes(d: np.ndarray) -> np.ndarray:
+    """float32 scales [...] -> their float16 (nearest even) as 2 little-endian bytes [..., 2]."""
+    half = d.astype("<f2")
+    return half.view(np.uint8).reshape(d.shape + (2,))
+
+
+def quantize_kv(x: npt.ArrayLike, format: str) -> np.ndarray:
+    """``x`` ``[..., D]`` (float32, float16 or bfloat16; D a multiple of 32) as ggml blocks:
+    uint8 ``[..., bytes_per_row]``, block after block along D (what ``fattn.quantize_kv(x,
+    format).blocks`` holds). Raises ValueError for non-finite values or ones whose block scale
+    would overflow float16, as fattn does.
+
+    q8_0 per block: ``amax = max|x|``, ``d = amax / 127``, ``id = 1/d`` (0 if d is 0), ``q =
+    round(x * id)`` half away from zero as int8; bytes: float16(d), then the 32 q.
+    q4_0 per block: ``m`` = the first element of largest ``|x|`` (+0 for a block of zeros),
+    ``d = m / -8``, ``id`` as for q8_0, ``q = min(15, trunc(x * id + 8.5))``; bytes:
+    float16(d), then byte ``j`` = ``q[j] | q[j + 16] << 4``."""
+    arr = np.asarray(x)
+    if arr.dtype not in (np.float32, np.float16) and arr.dtype.name != "bfloat16":
+        raise TypeError(f"x: dtype must be float32, float16 or bfloat16, got {arr.dtype}")
+    x32 = arr.astype(np.float32)
+    row_bytes = quant_row_bytes(format, x32.shape[-1])
+    if not np.isfinite(x32).all() or (np.abs(x32) > _LARGEST[format]).any():
+        raise ValueError(f"x: every value must be finite with |x| <= {_LARGEST[format]:.0f} for {format}")
+    blocks = x32.reshape(x32.shape[:-1] + (-1, _QK))  # [..., nb, 32]
+    if format == "q8_0":
+        d = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float32)
+        v = (blocks * _inverse(d)[..., None]).astype(np.float32).astype(np.float64)  # exact widening
+        q = (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int8)  # half away from zero (exact in float64)
+        body = q.view(np.uint8)
+    else:
+        mag = np.abs(blocks)
+        first = np.argmax(mag, axis=-1)  # argmax: the first of equal maxima
+        m = np.take_along_axis(blocks, first[..., None], axis=-1)[..., 0]
+        # A block of zeros keeps m = +0 (the scan only replaces m on a strictly larger |x|),
+        # whatever its zeros' signs: d = +0 / -8 = -0.
+        m = np.where(mag.max(axis=-1) == 0, np.float32(0), m).astype(np.float32)
+        d = (m / np.float32(-8)).astype(np.float32)
+        t = (blocks * _inverse(d)[..., None]).astype(np.float32)
+        t = (t + np.float32(8.5)).astype(np.float32)
+        q = np.minimum(np.trunc(t), 15).astype(np.uint8)  # t is in [0, 17): trunc is the C cast
+        body = (q[..., : _QK // 2] | (q[..., _QK // 2:] << 4)).astype(np.uint8)
+    out = np.concatenate([_scale_bytes(d), body], axis=-1)  # [..., nb, block bytes]
+    return np.ascontiguousarray(out.reshape(x32.shape[:-1] + (row_bytes,)))
+
+
+def dequantize_kv(blocks: npt.ArrayLike, format: str, head_dim: int) -> np.ndarray:
+    """The values of ggml blocks ``[..., bytes_per_row]`` (uint8) as float32 ``[..., head_dim]``:
+    q8_0 ``q * d``, q4_0 ``(nibble - 8) * d`` (low nibble of byte ``j``: element ``j``, high
+    nibble: element ``j + 16``), ``d`` the block's float16 scale; each product is exact in
+    float32 (computed in float64 here, then narrowed without rounding)."""
+    b = np.asarray(blocks)
+    if b.dtype != np.uint8:
+        raise TypeError(f"blocks: dtype must be uint8, got {b.dtype}")
+    row_bytes = quant_row_bytes(format, head_dim)
+    if b.shape[-1] != row_bytes:
+        raise ValueError(f"blocks: the last axis must be {row_bytes} bytes, got {b.shape[-1]}")
+    per = b.reshape(b.shape[:-1] + (-1, _BLOCK_BYTES[format]))
+    d = np.ascontiguousarray(per[..., :2]).view("<f2")[..., 0].astype(np.float64)
+    if format == "q8_0":
+        q = per[..., 2:].view(np.int8).astype(np.float64)
+    else:
+        nibbles = per[..., 2:].astype(np.int64)
+        q = (np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1) - 8).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # an inf or NaN scale gives inf or NaN, as in fattn
+        values = q * d[..., None]
+    return values.astype(np.float32).reshape(b.shape[:-1] + (head_dim,))

@@ -10,7 +10,8 @@
 // that would do too much work, is still passed to the validation, but with a
 // read-only output: then the call must throw, and never reaches a kernel.
 //
-// Build and run: make fuzz (FUZZ_SECONDS=60).
+// Operations: the first byte modulo 8 (6 with the first byte >= 128: the
+// quantized caches). Build and run: make fuzz (FUZZ_SECONDS=60).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -39,15 +40,6 @@ constexpr std::int64_t kMaxWork = 1 << 18;          // multiply-adds a call may 
 }
 
 // Reads the input front to back; past its end every read is 0.
-// x + delta, saturated: the dims may be any int64 (r.wild()), and the
-// harness itself must not overflow.
-std::int64_t plus(std::int64_t x, std::int64_t delta) {
-  std::int64_t y = 0;
-  if (__builtin_add_overflow(x, delta, &y)) return delta > 0 ? std::numeric_limits<std::int64_t>::max()
-                                                            : std::numeric_limits<std::int64_t>::min();
-  return y;
-}
-
 struct Reader {
   const std::uint8_t* p;
   std::size_t n;
@@ -232,6 +224,12 @@ void make_mask(Mask& mk, Reader& r, Filler& fill, const std::array<std::int64_t,
   if (r.byte() >= 253) mk.m.data = nullptr;
 }
 
+// n + delta, saturated at int64's ends (an extent may be any int64: r.wild()).
+std::int64_t step(std::int64_t n, std::int64_t delta) {
+  std::int64_t out = 0;
+  return __builtin_add_overflow(n, delta, &out) ? (delta < 0 ? kMin : kMax) : out;
+}
+
 bool saturating_work(std::initializer_list<std::int64_t> extents) {  // true when the product exceeds kMaxWork
   __int128 w = 1;
   for (std::int64_t e : extents) {
@@ -286,7 +284,7 @@ void fuzz_sdpa_or_prefill(Reader& r, Filler& fill, bool prefill) {
     p.scale = r.scale();
     const std::uint8_t kvl = r.byte();
     if (kvl >= 100)  // below: unset, all of k's positions
-      p.kv_seq_len = kvl < 150 ? d.Lk : kvl < 180 ? plus(d.Lk, -1) : kvl < 200 ? plus(d.Lk, 1) : r.wild();
+      p.kv_seq_len = kvl < 150 ? d.Lk : kvl < 180 ? step(d.Lk, -1) : kvl < 200 ? step(d.Lk, 1) : r.wild();
     if (!safe) out.t.writable = false;
     expect(!safe, [&] { sdpa(q.t, k.t, v.t, out.t, p); });
     return;
@@ -384,7 +382,7 @@ void fuzz_decode(Reader& r, Filler& fill, bool split) {
   const DType dt = DType(r.byte() % 3);
   DecodeParams p;
   const std::uint8_t kvl = r.byte();
-  p.kv_seq_len = kvl < 150 ? 1 + std::int64_t(r.byte()) % std::max<std::int64_t>(1, d.Lk) : kvl < 200 ? d.Lk : kvl < 220 ? plus(d.Lk, 1) : r.wild();
+  p.kv_seq_len = kvl < 150 ? 1 + std::int64_t(r.byte()) % std::max<std::int64_t>(1, d.Lk) : kvl < 200 ? d.Lk : kvl < 220 ? step(d.Lk, 1) : r.wild();
   p.scale = r.scale();
   const std::uint8_t mask = r.byte();
   p.mask = mask < 250 ? DecodeMask(mask % 3) : DecodeMask(mask);
@@ -460,6 +458,116 @@ void fuzz_merge(Reader& r, Filler& fill) {
   expect(!sized, [&] { merge_attention(op, lp, rows, head_dim, out.data(), lse_ptr); });
 }
 
+// Quantized caches: quantize_kv into a byte buffer placed for the view (any
+// strides, overlapping rows included), then dequantize_kv of what it wrote,
+// or of random bytes (inf and NaN scales included). Inputs are often made
+// finite, and sometimes tiny (subnormal blocks, whose 1/d overflows), so the
+// block arithmetic runs, not only the checks.
+QuantFormat quant_format(Reader& r) {
+  const std::uint8_t b = r.byte();
+  if (b < 120) return QuantFormat::q8_0;
+  if (b < 240) return QuantFormat::q4_0;
+  return QuantFormat(b % 8);  // affine4, tq4 and unknown codes too
+}
+
+void place_quant(Operand& mem, QuantView& v, Reader& r, Filler& fill, const std::array<std::int64_t, 4>& shape,
+                 QuantFormat f, bool writable) {
+  std::int64_t row = 34;
+  try {
+    row = quant_row_bytes(f, shape[3]);
+  } catch (const InvalidArgument&) {
+  }
+  const std::array<std::int64_t, 4> bytes_shape{shape[0], shape[1], shape[2], row};
+  std::array<std::int64_t, 4> stride = strides_for(r, bytes_shape);
+  stride[3] = 1;
+  if (r.byte() >= 200) {  // padded rows
+    auto mul = [](std::int64_t a, std::int64_t b) {
+      std::int64_t c = 0;
+      return __builtin_mul_overflow(a, b, &c) ? kMax : c;
+    };
+    const std::int64_t step = row > kMax - 64 ? kMax : row + r.byte() % 40;
+    stride = {mul(mul(shape[1], shape[2]), step), mul(shape[2], step), step, 1};
+  }
+  v.data = place(mem, bytes_shape, stride, 1, fill, DType::f32);
+  for (auto& b : mem.bytes) b = std::uint8_t(fill.next());
+  if (r.byte() >= 253) v.data = nullptr;
+  v.format = f;
+  v.shape = shape;
+  v.stride = {stride[0], stride[1], stride[2]};
+  v.writable = writable && r.byte() < 250;
+}
+
+void fuzz_quant(Reader& r, Filler& fill) {
+  static const std::int64_t dims[] = {32, 64, 96, 128, 256, 48, 16, 0};
+  const std::int64_t B = r.extent(), H = r.extent(), L = r.extent();
+  const std::int64_t D = r.byte() < 230 ? dims[r.byte() % 8] : r.extent();
+  const QuantFormat f = quant_format(r);
+  const DType dt = DType(r.byte() % 3);
+  View x;
+  make_view(x, r, fill, {B, H, L, D}, dt, false);
+  if (x.fits() && r.byte() < 200) {  // finite values, sometimes scaled down to tiny ones
+    const bool tiny = r.byte() >= 200;
+    const std::int64_t esize = element_size(x.t.dtype);
+    for (std::size_t i = 0; i + std::size_t(esize) <= x.mem.bytes.size(); i += std::size_t(esize)) {
+      float v = 0.0f;
+      if (esize == 4) {
+        std::memcpy(&v, &x.mem.bytes[i], 4);
+      } else {
+        std::uint16_t h;
+        std::memcpy(&h, &x.mem.bytes[i], 2);
+        v = x.t.dtype == DType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+      }
+      if (!std::isfinite(v) || std::fabs(v) > 1e5f) v = 1.5f;
+      if (tiny) v = std::ldexp(v, -140);
+      if (esize == 4) {
+        std::memcpy(&x.mem.bytes[i], &v, 4);
+      } else {
+        const std::uint16_t h = x.t.dtype == DType::bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(&x.mem.bytes[i], &h, 2);
+      }
+    }
+  }
+  Operand out_mem;
+  QuantView out;
+  place_quant(out_mem, out, r, fill, x.t.shape, f, true);
+  if (r.byte() >= 240) out.shape[r.byte() % 4] = r.extent();  // now and then one extent disagrees
+  const bool safe = x.fits() && out_mem.fits && !saturating_work({B, H, L, D});
+  if (!safe) out.writable = false;
+  bool quantized = false;
+  expect(!safe, [&] {
+    quantize_kv(x.t, out);
+    quantized = true;
+  });
+  // Dequantize: what was just written (every scale finite, so every value is),
+  // or the random bytes of a fresh view.
+  Operand in_mem;
+  QuantView in = out;
+  if (!quantized) place_quant(in_mem, in, r, fill, {B, H, L, D}, quant_format(r), false);
+  const bool in_fits = quantized || in_mem.fits;
+  View y;
+  make_view(y, r, fill, {in.shape[0], in.shape[1], in.shape[2], in.shape[3]}, DType::f32, true);
+  const bool dq_safe = in_fits && y.fits() && !saturating_work({in.shape[0], in.shape[1], in.shape[2], in.shape[3]});
+  if (!dq_safe) y.t.writable = false;
+  bool dequantized = false;
+  expect(!dq_safe, [&] {
+    dequantize_kv(in, y.t);
+    dequantized = true;
+  });
+  if (quantized && dequantized && y.t.dtype == DType::f32)
+    for (std::int64_t b = 0; b < y.t.shape[0]; ++b)
+      for (std::int64_t h = 0; h < y.t.shape[1]; ++h)
+        for (std::int64_t l = 0; l < y.t.shape[2]; ++l)
+          for (std::int64_t d = 0; d < y.t.shape[3]; ++d)
+            if (!std::isfinite(y.t.row<const float>(b, h, l)[d])) finding("a quantized value dequantized to inf/NaN");
+  // The view helpers, with any values.
+  std::uint8_t byte = 0;
+  const std::array<std::int64_t, 4> wild_shape{r.wild(), r.wild(), r.wild(), r.wild()};
+  const std::array<std::int64_t, 4> wild_stride{r.wild(), r.wild(), r.wild(), r.byte() < 200 ? 1 : r.wild()};
+  expect(false, [&] { quant_view_over_bytes(&byte, quant_format(r), r.wild(), wild_shape, wild_stride, false, "b"); });
+  expect(false, [&] { contiguous_quant_view(&byte, quant_format(r), wild_shape, false); });
+  expect(false, [&] { quant_row_bytes(quant_format(r), r.wild()); });
+}
+
 // Functions that only look at their arguments: any values at all.
 void fuzz_pure(Reader& r, Filler& fill) {
   const std::array<std::int64_t, 4> shape = {r.wild(), r.wild(), r.wild(), r.wild()};
@@ -522,6 +630,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case 3: fuzz_decode(r, fill, false); break;
       case 4: fuzz_decode(r, fill, true); break;
       case 5: fuzz_merge(r, fill); break;
+      case 6:  // the seeds of fuzz_pure start below 128
+        if (op >= 128) fuzz_quant(r, fill);
+        else fuzz_pure(r, fill);
+        break;
       default: fuzz_pure(r, fill); break;
     }
   } catch (const InvalidArgument&) {

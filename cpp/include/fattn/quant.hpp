@@ -24,12 +24,13 @@ enum class QuantFormat : std::uint8_t { q8_0 = 0, q4_0 = 1, affine4 = 2, tq4 = 3
 
 inline constexpr std::int64_t kQuantBlock = 32;  // elements per block along D
 
-// "q8_0", "q4_0", "affine4", "tq4" ("unknown(<code>)" otherwise).
+// "q8_0", "q4_0", "affine4", "tq4" ("unknown" for any other code).
 const char* quant_format_name(QuantFormat format);
 // Bytes per row of D elements: q8_0 34 * D / 32, q4_0 18 * D / 32.
-// InvalidArgument for D not a positive multiple of 32 or a format not
-// implemented.
-std::int64_t quant_row_bytes(QuantFormat format, std::int64_t head_dim);
+// InvalidArgument for a format not implemented (naming "format") or D not a
+// positive multiple of 32 (naming `head_dim_name`: "head_dim", or "x" when
+// D is an array's last extent).
+std::int64_t quant_row_bytes(QuantFormat format, std::int64_t head_dim, const char* head_dim_name = "head_dim");
 
 // A quantized [B, H, L, D] array over caller-owned bytes. stride: bytes from
 // one batch, head, position to the next (any value; a row's bytes are
@@ -58,11 +59,20 @@ QuantView contiguous_quant_view(void* data, QuantFormat format, std::array<std::
 // format, positive extents, D a multiple of 32, every row's byte range in
 // 64 bits. `name` is the argument's name in messages.
 void validate_quant_view(const QuantView& t, const char* name);
+// The QuantView of an array of bytes [B, H, L, W] with byte strides (how
+// Python and other callers hold a cache: one row's blocks along the last
+// axis), for rows of `head_dim` elements: W must equal
+// quant_row_bytes(format, head_dim) and the last axis be contiguous (stride
+// 1), then validate_quant_view. `name` names the array in messages.
+QuantView quant_view_over_bytes(void* data, QuantFormat format, std::int64_t head_dim,
+                                const std::array<std::int64_t, 4>& byte_shape,
+                                const std::array<std::int64_t, 4>& byte_stride, bool writable, const char* name);
 
 // x [B, H, L, D] (f32, f16 or bf16; D a multiple of 32) into `out` (same
-// shape, writable), block by block with ggml's reference rules. Every value
-// must be finite and small enough for the block's f16 scale (|x| <= 65504 *
-// 127 for q8_0, 65504 * 8 for q4_0): checked before any byte is written.
+// shape, writable, rows that do not overlap), block by block with ggml's
+// reference rules. Every value must be finite and small enough for the
+// block's f16 scale (|x| <= 65504 * 127 for q8_0, 65504 * 8 for q4_0):
+// checked before any byte is written.
 void quantize_kv(const TensorView& x, const QuantView& out);
 // The exact f32 values of a quantized array into `out` (f32, same shape, writable).
 void dequantize_kv(const QuantView& in, const TensorView& out);

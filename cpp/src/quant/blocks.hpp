@@ -3,9 +3,11 @@
 // reference quantizers' rules (the published block_q8_0 / block_q4_0
 // definitions and rounding) and their exact dequantization. Shared by the
 // quantizer (quant.cpp) and the decode kernels, so both read one definition.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "fattn/dtype.hpp"
 #include "fattn/quant.hpp"
@@ -25,14 +27,27 @@ inline void store_scale(std::uint8_t* block, float d) {
   std::memcpy(block, &h, 2);
 }
 
+// 1/d, or 0 when d is 0 or so small (|d| < 2^-128, a subnormal f32) that
+// 1/d overflows. ggml's rule is only the first half: with an infinite 1/d its
+// reference quantizer converts inf or NaN (0 * inf) to an integer, which C
+// leaves undefined. fattn defines such a block as an all-zero one (q = 0;
+// q4_0 nibbles 8); it dequantizes to the same zeros, since its f16 scale
+// rounds to 0 either way.
+inline float inverse_scale(float d) {
+  if (d == 0.0f) return 0.0f;
+  const float id = 1.0f / d;
+  return std::fabs(id) <= std::numeric_limits<float>::max() ? id : 0.0f;
+}
+
 // q8_0: d = max|x| / 127 (f32), stored as f16; q = round(x * (1/d)) half
-// away from zero (0 for an all-zero block). Note: q uses the f32 d, the
+// away from zero (0 for an all-zero block, and for one whose 1/d overflows:
+// inverse_scale). Note: q uses the f32 d, the
 // element reads back with the f16 one, as in ggml.
 inline void quantize_q8_0(const float* x, std::uint8_t* block) {
   float amax = 0.0f;
   for (std::int64_t j = 0; j < kQuantBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
   const float d = amax / 127.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const float id = inverse_scale(d);
   store_scale(block, d);
   for (std::int64_t j = 0; j < kQuantBlock; ++j) {
     const auto q = static_cast<std::int8_t>(std::round(x[j] * id));
@@ -45,7 +60,9 @@ inline void dequantize_q8_0(const std::uint8_t* block, float* out) {
 }
 
 // q4_0: m = the element of largest magnitude (the first of equals), d = m / -8,
-// q = min(15, trunc(x * (1/d) + 8.5)); element j in the low nibble of byte j,
+// q = min(15, trunc(x * (1/d) + 8.5)) in f32 (a product, then a sum: two
+// roundings; the core builds with -ffp-contract=off), 1/d as for q8_0;
+// element j in the low nibble of byte j,
 // element j + 16 in the high nibble.
 inline void quantize_q4_0(const float* x, std::uint8_t* block) {
   float amax = 0.0f, m = 0.0f;
@@ -55,7 +72,7 @@ inline void quantize_q4_0(const float* x, std::uint8_t* block) {
       m = x[j];
     }
   const float d = m / -8.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const float id = inverse_scale(d);
   store_scale(block, d);
   constexpr std::int64_t half = kQuantBlock / 2;
   for (std::int64_t j = 0; j < half; ++j) {

@@ -23,12 +23,16 @@ const char* quant_format_name(QuantFormat format) {
   return "unknown";
 }
 
-std::int64_t quant_row_bytes(QuantFormat format, std::int64_t head_dim) {
+std::int64_t quant_row_bytes(QuantFormat format, std::int64_t head_dim, const char* head_dim_name) {
   require(format == QuantFormat::q8_0 || format == QuantFormat::q4_0, "format: '", quant_format_name(format),
           "' is not implemented yet (q8_0 and q4_0 are)");
-  require(head_dim > 0 && head_dim % kQuantBlock == 0, "head_dim: D must be a positive multiple of ", kQuantBlock,
-          " (the block size), got ", head_dim);
-  return head_dim / kQuantBlock * (format == QuantFormat::q8_0 ? quant::kQ8Bytes : quant::kQ4Bytes);
+  require(head_dim > 0 && head_dim % kQuantBlock == 0, head_dim_name,
+          ": head dim D must be a positive multiple of ", kQuantBlock, " (the block size), got ", head_dim);
+  const std::int64_t block_bytes = format == QuantFormat::q8_0 ? quant::kQ8Bytes : quant::kQ4Bytes;
+  std::int64_t row = 0;
+  require(!__builtin_mul_overflow(head_dim / kQuantBlock, block_bytes, &row), head_dim_name, ": head dim D = ",
+          head_dim, " makes a row's bytes overflow 64 bits");
+  return row;
 }
 
 QuantView contiguous_quant_view(void* data, QuantFormat format, std::array<std::int64_t, 4> shape, bool writable) {
@@ -58,12 +62,35 @@ void validate_quant_view(const QuantView& t, const char* name) {
   }
 }
 
+QuantView quant_view_over_bytes(void* data, QuantFormat format, std::int64_t head_dim,
+                                const std::array<std::int64_t, 4>& byte_shape,
+                                const std::array<std::int64_t, 4>& byte_stride, bool writable, const char* name) {
+  const std::int64_t row = quant_row_bytes(format, head_dim);
+  for (int a = 0; a < 3; ++a)
+    require(byte_shape[std::size_t(a)] > 0, name, ": every extent must be > 0, got ", byte_shape[std::size_t(a)]);
+  require(byte_shape[3] == row, name, ": the last axis must be ", row, " bytes (a row of ", head_dim,
+          " elements in ", quant_format_name(format), "), got ", byte_shape[3]);
+  require(byte_stride[3] == 1, name, ": the last axis (a row's blocks) must be contiguous (stride 1 byte), got stride ",
+          byte_stride[3]);
+  QuantView t{data, format, {byte_shape[0], byte_shape[1], byte_shape[2], head_dim},
+              {byte_stride[0], byte_stride[1], byte_stride[2]}, writable};
+  validate_quant_view(t, name);
+  return t;
+}
+
 void quantize_kv(const TensorView& x, const QuantView& out) {
   validate_view(x, "x");
+  quant_row_bytes(out.format, x.head_dim(), "x");  // the format, then D, named as the caller knows them
   validate_quant_view(out, "out");
-  require(out.writable, "out: must be writable");
   require(out.shape == x.shape, "out: shape must equal x's [", x.shape[0], ", ", x.shape[1], ", ", x.shape[2], ", ",
-          x.shape[3], "]");
+          x.shape[3], "], got [", out.shape[0], ", ", out.shape[1], ", ", out.shape[2], ", ", out.shape[3], "]");
+  require(out.writable, "out: must be writable");
+  // Rows are written by several threads: each needs bytes of its own.
+  const std::int64_t row_bytes = quant_row_bytes(out.format, out.head_dim());
+  require(elements_distinct({out.shape[0], out.shape[1], out.shape[2], row_bytes},
+                            {out.stride[0], out.stride[1], out.stride[2], 1}),
+          "out: its rows overlap (byte strides [", out.stride[0], ", ", out.stride[1], ", ", out.stride[2],
+          "] for rows of ", row_bytes, " bytes); every row needs bytes of its own");
   const std::int64_t D = x.head_dim(), rows = x.batch() * x.heads() * x.length();
   const std::int64_t block_bytes = out.format == QuantFormat::q8_0 ? quant::kQ8Bytes : quant::kQ4Bytes;
   // Every value must be finite, and each block's f16 scale within range
@@ -77,9 +104,10 @@ void quantize_kv(const TensorView& x, const QuantView& out) {
       const T* src = x.row<const T>(b, h, l);
       for (std::int64_t d = 0; d < D; ++d) {
         const float value = widen(src[d]);
-        require(std::isfinite(value) && std::fabs(value) <= largest, "x: values must be finite with |x| <= ", largest,
-                " for ", quant_format_name(out.format), " (its f16 scale's range), got ", value, " at [", b, ", ", h,
-                ", ", l, ", ", d, "]");
+        require(std::isfinite(value) && std::fabs(value) <= largest, "x: every value must be finite with |x| <= ",
+                out.format == QuantFormat::q8_0 ? "65504 * 127" : "65504 * 8", " for ",
+                quant_format_name(out.format), " (so the block's f16 scale stays finite), got ", value, " at [", b,
+                ", ", h, ", ", l, ", ", d, "]");
       }
     }
     parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {
