@@ -455,7 +455,7 @@ const std::vector<Case>& cases() {
          f.cv = with_shape(f.cv, 1, 3);
          f.vec_call();
        }},
-      {"DecodeKvSeqLenOverCapacity", Err::argument, "kv_seq_len: must be <= the cache capacity (10), got 11",
+      {"DecodeKvSeqLenOverCapacity", Err::argument, "kv_seq_len: must be <= the capacity of k_cache and v_cache (10), got 11",
        [](Fixture& f) {
          f.dp.kv_seq_len = 11;
          f.vec_call();

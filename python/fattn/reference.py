@@ -13,13 +13,13 @@ All functions take the same array types as the kernels (float32, float16,
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry", "flash_attn_vec", "flash_attn_vec_partials",
-           "flash_attn_vec_reduce", "merge_attention"]
+           "flash_attn_vec_reduce", "merge_attention", "dequantize_blocks"]
 
 _CAUSAL = (None, "top_left", "bottom_right")
 
@@ -453,21 +453,64 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
 _DECODE_CHUNK = 32
 
 
-def _decode_views(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike
+_QUANT_BLOCK = 32  # elements per block along D
+
+
+def dequantize_blocks(blocks: npt.ArrayLike, format: str, head_dim: int) -> np.ndarray:
+    """The exact float32 values of quantized rows: ``blocks`` uint8 ``[..., bytes_per_row]``, each
+    row ``head_dim // 32`` blocks of ``format`` along D, into float32 ``[..., head_dim]``.
+
+    * ``"q8_0"`` (ggml's block_q8_0, 34 bytes): a little-endian float16 scale ``d``, then 32 int8
+      ``q``; element ``i = q[i] * d``.
+    * ``"q4_0"`` (block_q4_0, 18 bytes): the float16 scale ``d``, then 16 bytes; element ``j`` is
+      the low nibble of byte ``j`` and element ``j + 16`` the high nibble, each ``(nibble - 8) * d``.
+
+    The products are exact in float32 (8 by 11 significant bits), so these are the values the
+    quantized cache stands for, bit for bit what the kernels read."""
+    b = np.asarray(blocks)
+    if b.dtype != np.uint8:
+        raise TypeError(f"blocks: dtype must be uint8, got {b.dtype}")
+    per_block = {"q8_0": 2 + _QUANT_BLOCK, "q4_0": 2 + _QUANT_BLOCK // 2}.get(format)
+    if per_block is None:
+        raise ValueError(f"format: must be 'q8_0' or 'q4_0', got {format!r}")
+    if head_dim <= 0 or head_dim % _QUANT_BLOCK or b.shape[-1:] != (head_dim // _QUANT_BLOCK * per_block,):
+        raise ValueError(f"blocks: rows of {head_dim // _QUANT_BLOCK * per_block} bytes ({format}, D = {head_dim}) "
+                         f"expected, got shape {b.shape}")
+    rows = np.ascontiguousarray(b).reshape(b.shape[:-1] + (head_dim // _QUANT_BLOCK, per_block))
+    d = rows[..., :2].copy().view("<f2")[..., 0].astype(np.float32)[..., None]
+    if format == "q8_0":
+        q = rows[..., 2:].view(np.int8).astype(np.float32)
+    else:
+        nibbles = rows[..., 2:]
+        q = (np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).astype(np.int16) - 8).astype(np.float32)
+    return (q * d).reshape(b.shape[:-1] + (head_dim,))
+
+
+def _cache_values(cache: object) -> np.ndarray:
+    """A decode cache as float32: an array widened, or a quantized cache (an object with
+    ``.blocks``, ``.format``, ``.head_dim``) dequantized."""
+    if all(hasattr(cache, name) for name in ("blocks", "format", "head_dim")):
+        return dequantize_blocks(getattr(cache, "blocks"), str(getattr(cache, "format")),
+                                 int(getattr(cache, "head_dim")))
+    return np.asarray(cache).astype(np.float32)
+
+
+def _decode_views(q: npt.ArrayLike, k_cache: object, v_cache: object
                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     q32 = np.asarray(q, dtype=np.float32)
-    k32, v32 = np.asarray(k_cache).astype(np.float32), np.asarray(v_cache).astype(np.float32)
+    k32, v32 = _cache_values(k_cache), _cache_values(v_cache)
     if q32.ndim == 2:
         q32, k32, v32 = q32[None], k32[None], v32[None]
     return q32, _expand_kv(k32, q32.shape[1]), _expand_kv(v32, q32.shape[1])
 
 
-def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
                             softcap: float = 0.0, nwg: int = 32, sinks: Optional[npt.ArrayLike] = None,
                             ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The vec decode kernel's per-group partials, step by step in float32 (same signature as
-    ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``).
+    ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``). A quantized cache (an object with
+    ``.blocks``, ``.format``, ``.head_dim``) is read as its exact values (:func:`dequantize_blocks`).
 
     1. ``qh = float32(float16(q))`` (Q staged as half);
     2. group ``g`` takes chunks of 32 positions ``g, g+nwg, g+2*nwg, ...`` below ``kv_seq_len``;
@@ -561,7 +604,7 @@ def flash_attn_vec_reduce(o: npt.ArrayLike, s: npt.ArrayLike, m: npt.ArrayLike) 
     return (_tree_sum(products) * inv[..., None]).astype(f32)
 
 
-def flash_attn_vec(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
                    nwg: int = 32, sinks: Optional[npt.ArrayLike] = None, ring_start: Optional[int] = None
                    ) -> np.ndarray:
