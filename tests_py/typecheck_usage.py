@@ -33,6 +33,11 @@ def prefill_and_merge(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]
     return merged[0], merged[1]
 
 
+class QuantizedStandIn:
+    def __init__(self, blocks: np.ndarray, format: str, head_dim: int) -> None:
+        self.blocks, self.format, self.head_dim = blocks, format, head_dim
+
+
 def decode(rng: np.random.Generator) -> np.ndarray:
     q = rng.standard_normal((8, 128)).astype(np.float32)
     cache = rng.standard_normal((2, 100, 128)).astype(np.float16)
@@ -42,6 +47,12 @@ def decode(rng: np.random.Generator) -> np.ndarray:
                                  softcap=30.0, out=np.empty_like(q))
     exact = reference.flash_attn_vec(q, cache, cache, kv_seq_len=60, nwg=4)
     assert again.shape == out.shape
+    # a quantized cache: any object with .blocks, .format, .head_dim (fattn.QuantizedCache)
+    quantized = QuantizedStandIn(fattn._core._quantize_kv_for_tests(cache, "q4_0"), "q4_0", 128)
+    mixed: np.ndarray = fattn.flash_attn_vec(q, cache, quantized, kv_seq_len=60)
+    values: np.ndarray = reference.dequantize_blocks(quantized.blocks, "q4_0", 128)
+    assert mixed.shape == q.shape and values.shape == cache.shape
+    assert reference.flash_attn_vec(q, cache, quantized, kv_seq_len=60).shape == q.shape
     with_lse, lse = fattn.flash_attn_vec(q, cache, cache, kv_seq_len=60, return_lse=True)
     ok, _, _ = fattn.bounds.within(with_lse, exact, fattn.bounds.decode_bound(q, cache, cache, kv_seq_len=60))
     assert ok.shape == with_lse.shape

@@ -271,12 +271,6 @@ inline void prefetch_row(const char* row, std::int64_t bytes) {
   for (; base < row + bytes; base += 64) _mm_prefetch(base, _MM_HINT_T1);
 }
 
-// A quantized row of D elements (quant/blocks.hpp) as its exact f32 values:
-// each int8 (q8_0) or nibble - 8 (q4_0) converted exactly, times the block's
-// scale widened by the scalar model's own function; the products are exact
-// in f32 (at most 8 by 11 significant bits), so these are
-// quant::dequantize_row's values, bit for bit. AVX2 and F16C only: every
-// target's region includes them (simd/targets.hpp).
 // A block's f16 scale as f32 with F16C: exact, as quant::block_scale, for
 // every pattern but a signalling NaN, which F16C quiets (quiet bit set,
 // payload kept) where f16_to_f32 keeps it signalling. No element can tell:
@@ -288,31 +282,56 @@ inline float block_scale_v(const std::uint8_t* block) {
   return _cvtsh_ss(h);
 }
 
+// A quantized row of D elements (quant/blocks.hpp) as its exact f32 values:
+// each int8 (q8_0) or nibble - 8 (q4_0) converted exactly, times the block's
+// scale (block_scale_v); the products are exact in f32 (at most 8 by 11
+// significant bits), so these are quant::dequantize_row's values, bit for
+// bit. On 512-bit vectors with AVX-512, else with AVX2 and F16C, which every
+// target's region includes (simd/targets.hpp).
+template <class V>
 inline void dequantize_row_v(QuantFormat format, const std::uint8_t* row, std::int64_t D, float* out) {
   const std::int64_t blocks = D / kQuantBlock;
-  if (format == QuantFormat::q8_0) {
-    for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ8Bytes, out += kQuantBlock) {
-      const __m256 d = _mm256_set1_ps(block_scale_v(row));
-      for (int i = 0; i < 4; ++i) {
-        const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 2 + 8 * i));
-        _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+  if constexpr (std::is_same_v<typename V::F, __m512>) {  // native AVX-512: 16 elements per instruction
+    const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    const auto store16 = [](float* dst, __m128i q, __m512 d) {  // 16 int8 of q, times d
+      _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d));
+    };
+    if (format == QuantFormat::q8_0) {
+      for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ8Bytes, out += kQuantBlock) {
+        const __m512 d = _mm512_set1_ps(block_scale_v(row));
+        store16(out, _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2)), d);
+        store16(out + 16, _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 18)), d);
       }
+      return;
     }
-    return;
-  }
-  const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
-  const auto store8 = [](float* dst, __m128i q, __m256 d) {  // the low 8 int8 of q, times d
-    _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
-  };
-  for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ4Bytes, out += kQuantBlock) {
-    const __m256 d = _mm256_set1_ps(block_scale_v(row));
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
-    const __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);                     // elements 0..15
-    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);  // elements 16..31
-    store8(out, lo, d);
-    store8(out + 8, _mm_srli_si128(lo, 8), d);
-    store8(out + 16, hi, d);
-    store8(out + 24, _mm_srli_si128(hi, 8), d);
+    for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ4Bytes, out += kQuantBlock) {
+      const __m512 d = _mm512_set1_ps(block_scale_v(row));
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
+      store16(out, _mm_sub_epi8(_mm_and_si128(bytes, low4), eight), d);                           // 0..15
+      store16(out + 16, _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight), d);  // 16..31
+    }
+  } else {  // AVX2 (every other target, the emulated ones included)
+    const auto store8 = [](float* dst, __m128i q, __m256 d) {  // the low 8 int8 of q, times d
+      _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+    };
+    if (format == QuantFormat::q8_0) {
+      for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ8Bytes, out += kQuantBlock) {
+        const __m256 d = _mm256_set1_ps(block_scale_v(row));
+        for (int i = 0; i < 4; ++i) store8(out + 8 * i, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 2 + 8 * i)), d);
+      }
+      return;
+    }
+    const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ4Bytes, out += kQuantBlock) {
+      const __m256 d = _mm256_set1_ps(block_scale_v(row));
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
+      const __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);                     // elements 0..15
+      const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);  // elements 16..31
+      store8(out, lo, d);
+      store8(out + 8, _mm_srli_si128(lo, 8), d);
+      store8(out + 16, hi, d);
+      store8(out + 24, _mm_srli_si128(hi, 8), d);
+    }
   }
 }
 
@@ -321,7 +340,7 @@ inline void dequantize_row_v(QuantFormat format, const std::uint8_t* row, std::i
 // dequantized into `scratch` (C rows of D floats by position, so a chunk the
 // ring's end splits is one run). What streams from memory, and is
 // prefetched, is the stored row either way (`bytes` of it).
-template <class T>
+template <class V, class T>
 struct CacheRows {
   const CacheView& c;
   float* scratch;
@@ -335,7 +354,7 @@ struct CacheRows {
     if constexpr (std::is_same_v<T, float>)
       if (c.quant) {
         for (std::int64_t j = 0; j < valid; ++j)
-          dequantize_row_v(c.quant->format, c.quant->row(b, kv_head, cs(j)), D, scratch + j * D);
+          dequantize_row_v<V>(c.quant->format, c.quant->row(b, kv_head, cs(j)), D, scratch + j * D);
         return {scratch, nullptr, valid, D};
       }
     return chunk_rows<T>(c.dense, b, kv_head, cs, valid);
@@ -389,8 +408,8 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   float* s = states + n_groups * state;
   float* rescale = s + group * C;
   float* dequant = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(rescale + group) + 63) / 64 * 64);
-  const CacheRows<TK> k_cache{k, dequant, D, stored_row_bytes(k, D, sizeof(TK))};
-  const CacheRows<TV> v_cache{v, dequant + (k.quantized() ? C * D : 0), D, stored_row_bytes(v, D, sizeof(TV))};
+  const CacheRows<V, TK> k_cache{k, dequant, D, stored_row_bytes(k, D, sizeof(TK))};
+  const CacheRows<V, TV> v_cache{v, dequant + (k.quantized() ? C * D : 0), D, stored_row_bytes(v, D, sizeof(TV))};
   for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half (then as planes)
     const float* src = q.row<const float>(b, kv_head * group + r, 0);
     float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
