@@ -43,7 +43,8 @@ def build(rev: str) -> Path:
     out = ROOT / "build" / "ab" / name / "build"
     run(["cmake", "-S", str(src), "-B", str(out), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DFATTN_INSTALL=OFF"],
         stdout=subprocess.DEVNULL)
-    run(["ninja", "-C", str(out), "fattn_core"], stdout=subprocess.DEVNULL)
+    jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL")  # as `cmake --build` would (a shared machine: 2)
+    run(["ninja", "-C", str(out), *(["-j", jobs] if jobs else []), "fattn_core"], stdout=subprocess.DEVNULL)
     eigen = run(["pkg-config", "--cflags", "eigen3"], capture_output=True).stdout.split()
     driver = out / "ab_driver"
     # -march=native for the driver's own read loop only; the core picks its path at run time.

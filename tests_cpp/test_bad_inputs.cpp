@@ -90,6 +90,10 @@ struct Fixture {
     flash_attn_prefill_blk(mv, pp.kernel, g, blk_out.data(), rows, cols);
   }
   void vec_call() { flash_attn_vec(q1v, cv, cv, o1v, dp); }
+  // A q8_0 K cache [1, 2, 10, 64] with the dense V cache.
+  std::vector<std::uint8_t> qcache = std::vector<std::uint8_t>(2 * 10 * 68, 0);
+  QuantView qcv = contiguous_quant_view(qcache.data(), QuantFormat::q8_0, {1, 2, 10, 64}, false);
+  void quant_call() { flash_attn_vec(q1v, qcv, cv, o1v, dp); }
   void partials_call() { flash_attn_vec_partials(q1v, cv, cv, opv, spv, mpv, dp); }
   void reduce_call() { flash_attn_vec_reduce(opv, spv, mpv, o1v); }
 };
@@ -455,10 +459,56 @@ const std::vector<Case>& cases() {
          f.cv = with_shape(f.cv, 1, 3);
          f.vec_call();
        }},
-      {"DecodeKvSeqLenOverCapacity", Err::argument, "kv_seq_len: must be <= the cache capacity (10), got 11",
+      {"DecodeKvSeqLenOverCapacity", Err::argument, "kv_seq_len: must be <= the capacity of k_cache and v_cache (10), got 11",
        [](Fixture& f) {
          f.dp.kv_seq_len = 11;
          f.vec_call();
+       }},
+      // quantized caches
+      {"DecodeQuantUnimplementedFormat", Err::argument, "k_cache: quantized format 'affine4' is not implemented",
+       [](Fixture& f) {
+         f.qcv.format = QuantFormat::affine4;
+         f.quant_call();
+       }},
+      {"DecodeQuantUnknownFormat_regression", Err::argument, "k_cache: quantized format 'unknown",
+       [](Fixture& f) {
+         f.qcv.format = QuantFormat(9);
+         f.quant_call();
+       }},
+      {"DecodeQuantHeadDim48", Err::argument,
+       "k_cache: a quantized cache's head dim D must be a positive multiple of 32 (its block size), got 48",
+       [](Fixture& f) {
+         f.qcv.shape[3] = 48;
+         f.quant_call();
+       }},
+      {"DecodeQuantHeadDimMismatch", Err::argument, "k_cache: head dim D (q's) must be 64, got 32",
+       [](Fixture& f) {
+         f.qcv.shape[3] = 32;
+         f.quant_call();
+       }},
+      {"DecodeQuantCapacityMismatch", Err::argument, "v_cache: shape must equal k_cache's [1, 2, 10, 64], got [1, 2, 9, 64]",
+       [](Fixture& f) { flash_attn_vec(f.q1v, f.qcv, with_shape(f.cv, 2, 9), f.o1v, f.dp); }},
+      {"DecodeQuantHeadsMismatch", Err::argument, "v_cache: shape must equal k_cache's [1, 2, 10, 64], got [1, 1, 10, 64]",
+       [](Fixture& f) {
+         QuantView v = f.qcv;
+         v.shape[1] = 1;
+         flash_attn_vec(f.q1v, f.qcv, v, f.o1v, f.dp);
+       }},
+      {"DecodeQuantOverCapacity", Err::argument, "kv_seq_len: must be <= the capacity of k_cache and v_cache (10), got 11",
+       [](Fixture& f) {
+         f.dp.kv_seq_len = 11;
+         f.quant_call();
+       }},
+      {"DecodeQuantNullData", Err::argument, "v_cache: data pointer is null",
+       [](Fixture& f) {
+         QuantView v = f.qcv;
+         v.data = nullptr;
+         flash_attn_vec_partials(f.q1v, f.qcv, v, f.opv, f.spv, f.mpv, f.dp);
+       }},
+      {"DecodeQuantStrideOverflow", Err::argument, "k_cache: strides",
+       [](Fixture& f) {
+         f.qcv.stride[2] = std::numeric_limits<std::int64_t>::max() / 4;
+         f.quant_call();
        }},
       {"DecodeKvSeqLenZero", Err::argument, "kv_seq_len: must be >= 1, got 0",
        [](Fixture& f) {
@@ -674,6 +724,7 @@ TEST(BadInput, TheFixtureItselfIsValid) {
   EXPECT_NO_THROW(f.prefill_call(true, true, true));
   EXPECT_NO_THROW(f.blk_call());
   EXPECT_NO_THROW(f.vec_call());
+  EXPECT_NO_THROW(f.quant_call());
   EXPECT_NO_THROW(f.partials_call());
   EXPECT_NO_THROW(f.reduce_call());
   EXPECT_NO_THROW(prefill_geometry(PrefillKernel::llamacpp, 512));

@@ -200,7 +200,7 @@ TEST(Decode, SeedValidationErrors) {
   expect(zero, q, k, "kv_seq_len: must be >= 1");
   DecodeParams over = ok;
   over.kv_seq_len = 11;
-  expect(over, q, k, "kv_seq_len: must be <= the cache capacity (10)");
+  expect(over, q, k, "kv_seq_len: must be <= the capacity of k_cache and v_cache (10)");
   DecodeParams nwg = ok;
   nwg.nwg = 65;
   expect(nwg, q, k, "nwg: must be from 1 to 64");

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <random>
 #include <string>
@@ -150,6 +151,77 @@ TEST(IsaPaths, DecodeMatchesTheScalarModel) {
   }
 }
 
+// Quantized caches (q8_0, q4_0), alone or mixed with a dense f16 one, on
+// every path: the decode of the dequantized f32 caches (dequantize_kv) on
+// the scalar model, bit for bit. A ring whose end falls inside a chunk,
+// sinks, a window, GQA and a kv_seq_len that is no multiple of 32.
+TEST(IsaPaths, DecodeOnQuantizedCachesIsTheDequantizedCachesBits) {
+  RestoreIsa restore;
+  const std::int64_t B = 2, H = 8, Hkv = 2, cap = 300, D = 128;
+  std::mt19937 rng(8);
+  std::normal_distribution<float> nd;
+  std::vector<float> q(std::size_t(B * H * D)), k(std::size_t(B * Hkv * cap * D)), v(k.size());
+  for (auto* x : {&q, &k, &v})
+    for (auto& e : *x) e = nd(rng);
+  const std::array<std::int64_t, 4> shape{B, Hkv, cap, D};
+  // Each cache in three forms: q8_0, q4_0 and f16 (a dense cache alongside a quantized one), with the
+  // f32 values each stands for.
+  struct Form {
+    CacheView view;
+    std::vector<float> values;
+  };
+  std::vector<std::vector<std::uint8_t>> bytes;
+  std::vector<std::vector<std::uint16_t>> halves;
+  const auto forms = [&](std::vector<float>& x) {
+    std::vector<Form> out;
+    const TensorView xv = contiguous_view(x.data(), DType::f32, shape, false);
+    for (QuantFormat f : {QuantFormat::q8_0, QuantFormat::q4_0}) {
+      bytes.emplace_back(std::size_t(B * Hkv * cap * quant_row_bytes(f, D)));
+      const QuantView qv = contiguous_quant_view(bytes.back().data(), f, shape, true);
+      quantize_kv(xv, qv);
+      std::vector<float> values(x.size());
+      dequantize_kv(qv, contiguous_view(values.data(), DType::f32, shape, true));
+      out.push_back({qv, values});
+    }
+    halves.emplace_back(x.size());
+    from_f32(DType::f16, x.data(), halves.back().data(), std::int64_t(x.size()));
+    std::vector<float> values(x.size());
+    to_f32(DType::f16, halves.back().data(), values.data(), std::int64_t(x.size()));
+    out.push_back({contiguous_view(halves.back().data(), DType::f16, shape, false), values});
+    return out;
+  };
+  bytes.reserve(8);
+  halves.reserve(4);
+  const std::vector<Form> ks = forms(k), vs = forms(v);
+  DecodeParams p;
+  p.kv_seq_len = 290;
+  p.nwg = 5;
+  p.mask = DecodeMask::sliding_window;
+  p.window = 200;
+  p.sinks = {0.5f, -std::numeric_limits<float>::infinity(), 3.0f, -2.0f, 40.0f, -30.0f, 0.0f, 1.5f};
+  p.ring_start = 250;
+  const TensorView qv = contiguous_view(q.data(), DType::f32, {B, H, 1, D}, false);
+  int compared = 0;
+  for (std::size_t i = 0; i < ks.size(); ++i)
+    for (std::size_t j = 0; j < vs.size(); ++j) {
+      if (!ks[i].view.quantized() && !vs[j].view.quantized()) continue;  // dense only: the other tests'
+      simd::set_active_isa(simd::Isa::scalar);
+      std::vector<float> want(q.size());
+      std::vector<float> kf = ks[i].values, vf = vs[j].values;
+      flash_attn_vec(qv, contiguous_view(kf.data(), DType::f32, shape, false),
+                     contiguous_view(vf.data(), DType::f32, shape, false),
+                     contiguous_view(want.data(), DType::f32, {B, H, 1, D}, true), p);
+      for (const std::string& name : simd::available_isas(true)) {
+        simd::set_active_isa(simd::isa_from_name(name));
+        std::vector<float> got(q.size(), -1.0f);
+        flash_attn_vec(qv, ks[i].view, vs[j].view, contiguous_view(got.data(), DType::f32, {B, H, 1, D}, true), p);
+        EXPECT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * 4)) << name << " K form " << i << " V form " << j;
+        ++compared;
+      }
+    }
+  EXPECT_EQ(compared, 8 * int(simd::available_isas(true).size()));
+}
+
 struct TargetEntry {
   simd::Isa isa;
   std::string name, features;
@@ -211,7 +283,9 @@ TEST(Targets, OnlyTheOnesThisBuildAndCpuRunCanBeChosen) {
     for (int d = 0; d < simd::VectorKernels::kDTypes; ++d) {
       EXPECT_NE(row.prefill[d][0], nullptr) << t.name;
       EXPECT_NE(row.prefill[d][1], nullptr) << t.name;
-      EXPECT_NE(row.decode[d], nullptr) << t.name;
+      EXPECT_NE(row.decode[d][d], nullptr) << t.name;  // and a quantized (read as f32) K or V with it
+      EXPECT_NE(row.decode[d][int(DType::f32)], nullptr) << t.name;
+      EXPECT_NE(row.decode[int(DType::f32)][d], nullptr) << t.name;
       EXPECT_NE(row.sdpa[d], nullptr) << t.name;
     }
   }

@@ -354,7 +354,7 @@ VEC_BAD_CALLS = [
     ("H % H_kv", vec_arrays(q=(3, 64)), {"kv_seq_len": 5}, ValueError, "H (3) must be divisible by"),
     ("kv_seq_len 0", vec_arrays(), {"kv_seq_len": 0}, ValueError, "kv_seq_len: must be >= 1, got 0"),
     ("capacity < kv_seq_len", vec_arrays(), {"kv_seq_len": 11}, ValueError,
-     "kv_seq_len: must be <= the cache capacity (10), got 11"),
+     "kv_seq_len: must be <= the capacity of k_cache and v_cache (10), got 11"),
     ("kv_seq_len missing", vec_arrays(), {}, TypeError, "kv_seq_len"),
     ("k/v dtypes differ", vec_arrays(v_dtype=F32), {"kv_seq_len": 5}, TypeError,
      "v_cache: dtype must match k_cache (float16), got float32"),
@@ -421,7 +421,7 @@ VEC_BAD_CALLS = [
     ("huge q heads, H % H_kv", (huge((2 ** 32 + 1, 64)),) + vec_arrays()[1:], {"kv_seq_len": 5}, ValueError,
      "must be divisible by the number of K/V heads H_kv (2)"),
     ("huge cache, kv_seq_len > capacity", (np.ones((4, 64), F32), huge((2, BIG, 64), F16), huge((2, BIG, 64), F16)),
-     {"kv_seq_len": BIG + 1}, ValueError, f"kv_seq_len: must be <= the cache capacity ({BIG}), got {BIG + 1}"),
+     {"kv_seq_len": BIG + 1}, ValueError, f"kv_seq_len: must be <= the capacity of k_cache and v_cache ({BIG}), got {BIG + 1}"),
     ("huge q, nwg", (huge((BIG, 64)),) + vec_arrays(kv=(1, 10, 64))[1:], {"kv_seq_len": 5, "nwg": 100}, ValueError,
      "nwg: must be from 1 to 64, got 100"),
     ("huge batch, batch mismatch", (huge((BIG, 4, 64)), np.ones((1, 2, 10, 64), F16), np.ones((1, 2, 10, 64), F16)),
@@ -651,6 +651,66 @@ FROM_BLOCKS_BAD_CALLS = [
 ]
 
 
+class Quantized:
+    """A quantized cache as the decode takes it (fattn.QuantizedCache's attributes)."""
+
+    def __init__(self, blocks, fmt="q8_0", head_dim=64):
+        self.blocks, self.format, self.head_dim = blocks, fmt, head_dim
+
+    def __repr__(self):
+        return f"Quantized({self.format}, {getattr(self.blocks, 'shape', None)}, D={self.head_dim})"
+
+
+def quant(shape=(2, 10, 68), fmt="q8_0", head_dim=64, dtype=np.uint8):
+    return Quantized(np.zeros(shape, dtype), fmt, head_dim)
+
+
+Q64 = np.ones((4, 64), F32)
+VEC_QUANT_BAD_CALLS = [
+    ("quant capacity < kv_seq_len", (Q64, quant(), quant()), {"kv_seq_len": 11}, ValueError,
+     "kv_seq_len: must be <= the capacity of k_cache and v_cache (10), got 11"),
+    ("quant row bytes", (Q64, quant((2, 10, 66)), np.ones((2, 10, 64), F16)), {"kv_seq_len": 5}, ValueError,
+     "k_cache: a q8_0 row of D = 64 elements is 68 bytes, got blocks of 66 bytes per row"),
+    ("quant q4_0 row bytes", (Q64, np.ones((2, 10, 64), F16), quant((2, 10, 68), "q4_0")), {"kv_seq_len": 5},
+     ValueError, "v_cache: a q4_0 row of D = 64 elements is 36 bytes, got blocks of 68"),
+    ("quant blocks float32", (Q64, quant(dtype=F32), quant()), {"kv_seq_len": 5}, TypeError,
+     "k_cache: a quantized cache's blocks must be uint8, got float32"),
+    ("quant blocks int8", (Q64, quant(), quant(dtype=np.int8)), {"kv_seq_len": 5}, TypeError,
+     "v_cache: a quantized cache's blocks must be uint8, got int8"),
+    ("quant blocks not an array", (Q64, Quantized("blocks"), quant()), {"kv_seq_len": 5}, TypeError,
+     "k_cache: expected an array, got str"),
+    ("quant unknown format", (Q64, quant(fmt="q5_1"), quant()), {"kv_seq_len": 5}, ValueError,
+     "k_cache: unknown quantized format 'q5_1' (expected 'q8_0', 'q4_0', 'affine4' or 'tq4')"),
+    ("quant affine4", (Q64, quant(), quant(fmt="affine4")), {"kv_seq_len": 5}, ValueError,
+     "v_cache: quantized format 'affine4' is not implemented by the decode yet (q8_0 and q4_0 are)"),
+    ("quant tq4", (Q64, quant(fmt="tq4"), quant()), {"kv_seq_len": 5}, ValueError,
+     "k_cache: quantized format 'tq4' is not implemented"),
+    ("quant format not str", (Q64, quant(fmt=8), quant()), {"kv_seq_len": 5}, TypeError,
+     "k_cache: a quantized cache's format must be a str"),
+    ("quant head_dim float", (Q64, quant(head_dim=64.0), quant()), {"kv_seq_len": 5}, TypeError,
+     "k_cache: head_dim: expected an integer"),
+    ("quant D 48", (np.ones((4, 48), F32), quant((2, 10, 51), head_dim=48), quant((2, 10, 51), head_dim=48)),
+     {"kv_seq_len": 5}, ValueError,
+     "k_cache: a quantized cache's head dim D must be a positive multiple of 32 (its block size), got 48"),
+    ("quant D mismatch", (Q64, quant((2, 10, 34), head_dim=32), quant((2, 10, 34), head_dim=32)),
+     {"kv_seq_len": 5}, ValueError, "k_cache: head dim D (q's) must be 64, got 32"),
+    ("quant heads differ", (Q64, quant(), quant((4, 10, 68))), {"kv_seq_len": 5}, ValueError,
+     "v_cache: shape must equal k_cache's [1, 2, 10, 64], got [1, 4, 10, 64]"),
+    ("quant capacity differs", (Q64, quant(), np.ones((2, 9, 64), F16)), {"kv_seq_len": 5}, ValueError,
+     "v_cache: shape must equal k_cache's [1, 2, 10, 64], got [1, 2, 9, 64]"),
+    ("quant H % H_kv", (np.ones((3, 64), F32), quant(), quant()), {"kv_seq_len": 5}, ValueError,
+     "H (3) must be divisible by the number of K/V heads H_kv (2)"),
+    ("quant rank", (Q64, quant((1, 2, 10, 68)), quant()), {"kv_seq_len": 5}, ValueError,
+     "k_cache: expected blocks [H_kv, capacity, bytes per row] to go with q of shape (4, 64)"),
+    ("quant batch mismatch", (np.ones((2, 4, 64), F32), quant((1, 2, 10, 68)), quant((1, 2, 10, 68))),
+     {"kv_seq_len": 5}, ValueError, "k_cache: batch size B (q's) must be 2, got 1"),
+    ("quant zero capacity", (Q64, quant((2, 0, 68)), quant((2, 0, 68))), {"kv_seq_len": 1}, ValueError,
+     "k_cache: every extent must be > 0"),
+    ("quant ring_start", (Q64, quant(), quant()), {"kv_seq_len": 5, "ring_start": 10}, ValueError,
+     "ring_start: must be from 0 to capacity - 1 (9), got 10"),
+]
+
+
 # Every table, with the function it calls: one test, one row per bad call.
 BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
              + [(fattn.flash_attn_prefill,) + row for row in PREFILL_BAD_CALLS]
@@ -658,6 +718,8 @@ BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
              + [(fattn.flash_attn_vec,) + row for row in VEC_BAD_CALLS]
              + [(fattn.flash_attn_vec,) + row for row in VEC_OUT_BAD_CALLS]
              + [(fattn.flash_attn_vec_partials,) + row for row in VEC_BAD_CALLS]
+             + [(fattn.flash_attn_vec,) + row for row in VEC_QUANT_BAD_CALLS]
+             + [(fattn.flash_attn_vec_partials,) + row for row in VEC_QUANT_BAD_CALLS]
              + [(fattn.flash_attn_vec_reduce,) + row for row in REDUCE_BAD_CALLS]
              + [(fattn.merge_attention,) + row for row in MERGE_BAD_CALLS]
              + [(fattn.round_to,) + row for row in ROUND_BAD_CALLS]

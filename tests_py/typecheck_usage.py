@@ -42,6 +42,12 @@ def decode(rng: np.random.Generator) -> np.ndarray:
                                  softcap=30.0, out=np.empty_like(q))
     exact = reference.flash_attn_vec(q, cache, cache, kv_seq_len=60, nwg=4)
     assert again.shape == out.shape
+    # a quantized cache: any object with .blocks, .format, .head_dim (fattn.QuantizedCache)
+    quantized = fattn.quantize_kv(cache, "q4_0")
+    mixed: np.ndarray = fattn.flash_attn_vec(q, cache, quantized, kv_seq_len=60)
+    values: np.ndarray = reference.dequantize_kv(quantized.blocks, "q4_0", 128)
+    assert mixed.shape == q.shape and values.shape == cache.shape
+    assert reference.flash_attn_vec(q, cache, quantized, kv_seq_len=60).shape == q.shape
     with_lse, lse = fattn.flash_attn_vec(q, cache, cache, kv_seq_len=60, return_lse=True)
     ok, _, _ = fattn.bounds.within(with_lse, exact, fattn.bounds.decode_bound(q, cache, cache, kv_seq_len=60))
     assert ok.shape == with_lse.shape

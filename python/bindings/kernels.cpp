@@ -8,6 +8,8 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "views.hpp"
@@ -151,18 +153,86 @@ py::array flash_attn_prefill_blk(const py::array& mask, const py::object& kernel
 
 // Decode arrays: q [H, D] or [B, H, D]; caches one rank more. The map from
 // the caller's axes to [B, H, L, D].
-struct DecodeInputs {
-  Input q, k, v;
-  bool batched;
+// A decode cache argument: a dense array (Input), or a quantized cache: its
+// blocks (uint8 [..., capacity, bytes per row], the rows' bytes read in
+// place), its format and D, given as `quant` = (format, D).
+using QuantArg = std::optional<std::pair<std::string, std::int64_t>>;
+
+struct CacheInput {
+  Input dense;
+  std::optional<QuantView> quant;
+  py::array blocks;
+  const char* name = "";
+  bool staged = false;  // blocks whose last axis is not contiguous: copied once planned
+  CacheView view() const { return quant ? CacheView(*quant) : CacheView(dense.view); }
+  void stage() {
+    if (!quant) return dense.stage();
+    if (!staged) return;
+    blocks = py::module_::import("numpy").attr("ascontiguousarray")(blocks);
+    quant->data = const_cast<void*>(blocks.data());
+  }
+  // The blocks' last extent against the format's row (what only the binding
+  // sees: the core's view has the logical D), once the plan has checked the
+  // format and D.
+  void check_row_bytes() const {
+    if (!quant) return;
+    const std::int64_t want = quant_row_bytes(quant->format, quant->head_dim());
+    const std::int64_t got = blocks.shape(blocks.ndim() - 1);
+    require(got == want, name, ": a ", quant_format_name(quant->format), " row of D = ", quant->head_dim(),
+            " elements is ", want, " bytes, got blocks of ", got, " bytes per row (shape ", py_shape(blocks), ")");
+  }
 };
 
-DecodeInputs decode_inputs(const py::array& q, const py::array& k, const py::array& v) {
+CacheInput cache_input(const py::array& a, const QuantArg& quant, const char* name, const std::vector<int>& axes) {
+  CacheInput in;
+  in.name = name;
+  if (!quant) {
+    in.dense = input_as4(a, name, axes, dtype_of(a, name));
+    return in;
+  }
+  const py::dtype dt = a.dtype();
+  require_dtype(dt.kind() == 'u' && dt.itemsize() == 1, name, ": a quantized cache's blocks must be uint8, got ",
+                std::string(py::str(dt.attr("name"))));
+  in.blocks = a;
+  QuantView t;
+  t.data = const_cast<void*>(a.data());
+  t.format = quant_format_of(py::str(quant->first), name);
+  const py::ssize_t last = a.ndim() - 1;
+  in.staged = a.shape(last) > 1 && a.strides(last) != 1;
+  // Strides in bytes of [B, H_kv, capacity] (the C-contiguous copy's when staged).
+  std::array<std::int64_t, 4> dense{};
+  dense[std::size_t(last)] = 1;
+  for (py::ssize_t i = last - 1; i >= 0; --i) dense[std::size_t(i)] = dense[std::size_t(i + 1)] * a.shape(i + 1);
+  for (int i = 0; i < 3; ++i) {
+    const int src = axes[std::size_t(i)];
+    t.shape[std::size_t(i)] = src < 0 ? 1 : std::int64_t(a.shape(src));
+    t.stride[std::size_t(i)] = src < 0 ? 0 : in.staged ? dense[std::size_t(src)] : std::int64_t(a.strides(src));
+  }
+  t.shape[3] = quant->second;
+  in.quant = t;
+  return in;
+}
+
+struct DecodeInputs {
+  Input q;
+  CacheInput k, v;
+  bool batched;
+  void check_row_bytes() const {
+    k.check_row_bytes();
+    v.check_row_bytes();
+  }
+};
+
+DecodeInputs decode_inputs(const py::array& q, const py::array& k, const py::array& v, const QuantArg& k_quant,
+                           const QuantArg& v_quant) {
   require(q.ndim() == 2 || q.ndim() == 3, "q: expected [H, D] or [B, H, D], got shape ", py_shape(q));
   const bool batched = q.ndim() == 3;
-  for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"k_cache", &k}, {"v_cache", &v}})
+  for (const auto& [name, a, quant] : {std::tuple<const char*, const py::array*, bool>{"k_cache", &k, bool(k_quant)},
+                                       {"v_cache", &v, bool(v_quant)}})
     require(a->ndim() == q.ndim() + 1, name, ": expected ",
-            batched ? "[B, H_kv, capacity, D]" : "[H_kv, capacity, D]", " to go with q of shape ", py_shape(q),
-            ", got shape ", py_shape(*a));
+            quant ? (batched ? "blocks [B, H_kv, capacity, bytes per row]" : "blocks [H_kv, capacity, bytes per row]")
+                  : (batched ? "[B, H_kv, capacity, D]" : "[H_kv, capacity, D]"),
+            " to go with q of shape ", py_shape(q), ", got shape ", py_shape(*a));
   const py::dtype qt = q.dtype();
   const std::string q_name = py::str(qt.attr("name"));
   require_dtype((qt.kind() == 'f' && (qt.itemsize() == 4 || qt.itemsize() == 2)) || q_name == "bfloat16",
@@ -171,8 +241,8 @@ DecodeInputs decode_inputs(const py::array& q, const py::array& k, const py::arr
   const std::vector<int> c_axes = batched ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1, 0, 1, 2};
   // q is widened to f32 (exactly) when staged: only after the plan accepted the call.
   Input qi = input_as4(q, "q", q_axes, DType::f32);
-  Input ki = input_as4(k, "k_cache", c_axes, dtype_of(k, "k_cache"));
-  Input vi = input_as4(v, "v_cache", c_axes, dtype_of(v, "v_cache"));
+  CacheInput ki = cache_input(k, k_quant, "k_cache", c_axes);
+  CacheInput vi = cache_input(v, v_quant, "v_cache", c_axes);
   return {qi, ki, vi, batched};
 }
 
@@ -193,17 +263,21 @@ DecodeParams decode_params(const py::array& q, std::int64_t kv_seq_len, std::opt
 }
 
 void stage(DecodeInputs& in, DecodePlan& plan) {
-  for (Input* x : {&in.q, &in.k, &in.v}) x->stage();
-  plan.q = in.q.view, plan.k = in.k.view, plan.v = in.v.view;
+  in.q.stage();
+  in.k.stage();
+  in.v.stage();
+  plan.q = in.q.view, plan.k = in.k.view(), plan.v = in.v.view();
 }
 
 py::object flash_attn_vec(const py::array& q, const py::array& k, const py::array& v, const py::object& out,
                           std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
                           std::int64_t window, float softcap, std::int64_t nwg,
-                          const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start) {
+                          const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start,
+                          const QuantArg& k_quant, const QuantArg& v_quant) {
   const DecodeParams params = decode_params(q, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start);
-  DecodeInputs in = decode_inputs(q, k, v);
-  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view, in.v.view, params);
+  DecodeInputs in = decode_inputs(q, k, v, k_quant, v_quant);
+  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view(), in.v.view(), params);
+  in.check_row_bytes();
   const Output o = output(out, shape_of(q), py::dtype("float32"), {{"q", &q}, {"k_cache", &k}, {"v_cache", &v}});
   stage(in, plan);
   const TensorView ov = output_view_as4(o.target, DType::f32,
@@ -219,10 +293,12 @@ py::object flash_attn_vec(const py::array& q, const py::array& k, const py::arra
 py::tuple flash_attn_vec_partials(const py::array& q, const py::array& k, const py::array& v,
                                   std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
                                   std::int64_t window, float softcap, std::int64_t nwg,
-                          const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start) {
+                          const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start,
+                          const QuantArg& k_quant, const QuantArg& v_quant) {
   const DecodeParams params = decode_params(q, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start);
-  DecodeInputs in = decode_inputs(q, k, v);
-  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view, in.v.view, params);
+  DecodeInputs in = decode_inputs(q, k, v, k_quant, v_quant);
+  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view(), in.v.view(), params);
+  in.check_row_bytes();
   std::vector<py::ssize_t> lead(q.shape(), q.shape() + q.ndim() - 1), o_shape = lead, sm_shape = lead;
   o_shape.insert(o_shape.end(), {py::ssize_t(plan.nwg), py::ssize_t(plan.head_dim)});
   sm_shape.push_back(py::ssize_t(plan.nwg));
@@ -298,10 +374,12 @@ void register_kernels(py::module_& m) {
         py::arg("q_tile"), py::arg("k_tile"));
   m.def("flash_attn_vec", &flash_attn_vec, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("kv_seq_len"), py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"),
-        py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"));
+        py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"), py::arg("k_quant") = py::none(),
+        py::arg("v_quant") = py::none());
   m.def("flash_attn_vec_partials", &flash_attn_vec_partials, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("kv_seq_len"), py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"),
-        py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"));
+        py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"), py::arg("k_quant") = py::none(),
+        py::arg("v_quant") = py::none());
   m.def("flash_attn_vec_reduce", &flash_attn_vec_reduce, py::arg("o"), py::arg("s"), py::arg("m"), py::arg("out"));
 }
 

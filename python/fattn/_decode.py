@@ -8,27 +8,51 @@ from . import _core
 from ._common import (FLOAT32, ArrayLike, as_array, boolean, finish_out, integer, optional_scale, real, prepare_out,
                       require_dtype)
 
+def is_quantized_cache(cache: Any) -> bool:
+    """Whether ``cache`` is a quantized KV cache: an object with ``.blocks``, ``.format`` and
+    ``.head_dim`` (``fattn.QuantizedCache``, or anything shaped like it)."""
+    return all(hasattr(cache, name) for name in ("blocks", "format", "head_dim"))
+
+
+def _cache_arg(cache: Any, name: str) -> Tuple[np.ndarray, Optional[Tuple[str, int]]]:
+    """A cache argument as the core takes it: a dense array and None, or a quantized cache's uint8
+    blocks and ``(format, head_dim)`` (the core checks the format, D and the blocks' shape)."""
+    if not is_quantized_cache(cache):
+        return as_array(cache, name), None
+    fmt = cache.format
+    if not isinstance(fmt, str):
+        raise TypeError(f"{name}: a quantized cache's format must be a str ('q8_0', 'q4_0', ...), "
+                        f"got {type(fmt).__name__}")
+    return as_array(cache.blocks, name), (fmt, integer(cache.head_dim, f"{name}: head_dim"))
+
+
 def _decode_args(q: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any, mask: Any, window: Any,
                  softcap: Any, nwg: Any, sinks: Any, ring_start: Any) -> Tuple[Any, ...]:
     """The arrays and Python-typed arguments of a decode call, in the core's order (it checks the rest)."""
-    return (as_array(q, "q"), as_array(k_cache, "k_cache"), as_array(v_cache, "v_cache"),
+    (k_arr, k_quant), (v_arr, v_quant) = _cache_arg(k_cache, "k_cache"), _cache_arg(v_cache, "v_cache")
+    return (as_array(q, "q"), k_arr, v_arr,
             integer(kv_seq_len, "kv_seq_len"), optional_scale(scale), mask, integer(window, "window"),
             real(softcap, "softcap"), integer(nwg, "nwg"), None if sinks is None else as_array(sinks, "sinks"),
-            None if ring_start is None else integer(ring_start, "ring_start"))
+            None if ring_start is None else integer(ring_start, "ring_start"), k_quant, v_quant)
+
+
+# A KV cache argument: an array, or a quantized cache (an object with .blocks, .format and
+# .head_dim, such as fattn.QuantizedCache).
+CacheLike = Any
 
 
 @overload
-def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
                    nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...,
                    sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...) -> np.ndarray: ...
 @overload
-def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
                    nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True],
                    sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...
                    ) -> Tuple[np.ndarray, np.ndarray]: ...
-def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
                    nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False,
                    sinks: Optional[ArrayLike] = None, ring_start: Optional[int] = None
@@ -40,6 +64,16 @@ def flash_attn_vec(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_s
     ``H % H_kv == 0``; only positions ``< kv_seq_len`` are read (the rest of the capacity may hold
     anything, NaN included). D: any multiple of 32 up to 512 (the seed: 256 and 512). Output:
     float32 shaped like q.
+
+    Quantized caches: either cache (or both, mixed freely with a dense one, e.g. a float16
+    ``k_cache`` with a q4_0 ``v_cache``) may be a quantized cache, an object with ``.blocks``
+    (uint8 ``[H_kv, capacity, bytes_per_row]`` or ``[B, H_kv, capacity, bytes_per_row]``, each
+    row the format's blocks along D), ``.format`` (``"q8_0"`` or ``"q4_0"``; ``"affine4"`` and
+    ``"tq4"`` are not implemented yet) and ``.head_dim`` (D), such as ``fattn.QuantizedCache``.
+    The kernel reads the blocks in place and dequantizes each chunk of 32 rows as it goes; the
+    result is bit for bit the decode of the dequantized float32 caches (the blocks' exact values;
+    with a dense cache alongside, its values widened to float32: every cache's values are
+    widened exactly before any arithmetic, so float16 and float32 caches of equal values agree).
 
     mask: ``"none"``; ``"causal"`` (the query sits at position ``kv_seq_len - 1``, so nothing more
     is masked); ``"sliding_window"`` (only the last ``window`` positions, ``window = 0`` = all).
@@ -101,14 +135,15 @@ def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
     return lse.astype(np.float32)
 
 
-def flash_attn_vec_partials(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec_partials(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
                             softcap: float = 0.0, nwg: int = 32, sinks: Optional[ArrayLike] = None,
                             ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first half of :func:`flash_attn_vec`: per head and group, the unnormalised output and its
     softmax state. Returns ``(o, s, m)``: o float32 ``[..., H, nwg, D]``, s (sum of weights) and m
     (running max, natural-log units; ``-FLT_MAX/2`` for a group that saw no position) float32
-    ``[..., H, nwg]``. Same arguments and defaults as :func:`flash_attn_vec` (no ``out``).
+    ``[..., H, nwg]``. Same arguments and defaults as :func:`flash_attn_vec` (no ``out``), quantized
+    caches included.
     With ``sinks``, group 0's ``(o, s, m)`` already carry each head's sink (folded after its
     chunks), so :func:`flash_attn_vec_reduce` of these partials is ``flash_attn_vec(...,
     sinks=...)`` bit for bit. Numerics: docs/numerics.md, "Vec decode" steps 1-7."""

@@ -13,7 +13,7 @@ All functions take the same array types as the kernels (float32, float16,
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -453,21 +453,34 @@ def flash_attn_prefill(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mas
 _DECODE_CHUNK = 32
 
 
-def _decode_views(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike
+_QUANT_BLOCK = 32  # elements per block along D
+
+
+def _cache_values(cache: object) -> np.ndarray:
+    """A decode cache as float32: an array widened, or a quantized cache (an object with
+    ``.blocks``, ``.format``, ``.head_dim``) dequantized."""
+    if all(hasattr(cache, name) for name in ("blocks", "format", "head_dim")):
+        return dequantize_kv(getattr(cache, "blocks"), str(getattr(cache, "format")),
+                                 int(getattr(cache, "head_dim")))
+    return np.asarray(cache).astype(np.float32)
+
+
+def _decode_views(q: npt.ArrayLike, k_cache: object, v_cache: object
                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     q32 = np.asarray(q, dtype=np.float32)
-    k32, v32 = np.asarray(k_cache).astype(np.float32), np.asarray(v_cache).astype(np.float32)
+    k32, v32 = _cache_values(k_cache), _cache_values(v_cache)
     if q32.ndim == 2:
         q32, k32, v32 = q32[None], k32[None], v32[None]
     return q32, _expand_kv(k32, q32.shape[1]), _expand_kv(v32, q32.shape[1])
 
 
-def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
                             softcap: float = 0.0, nwg: int = 32, sinks: Optional[npt.ArrayLike] = None,
                             ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The vec decode kernel's per-group partials, step by step in float32 (same signature as
-    ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``).
+    ``fattn.flash_attn_vec_partials``; returns ``(o, s, m)``). A quantized cache (an object with
+    ``.blocks``, ``.format``, ``.head_dim``) is read as its exact values (:func:`dequantize_blocks`).
 
     1. ``qh = float32(float16(q))`` (Q staged as half);
     2. group ``g`` takes chunks of 32 positions ``g, g+nwg, g+2*nwg, ...`` below ``kv_seq_len``;
@@ -561,7 +574,7 @@ def flash_attn_vec_reduce(o: npt.ArrayLike, s: npt.ArrayLike, m: npt.ArrayLike) 
     return (_tree_sum(products) * inv[..., None]).astype(f32)
 
 
-def flash_attn_vec(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+def flash_attn_vec(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
                    nwg: int = 32, sinks: Optional[npt.ArrayLike] = None, ring_start: Optional[int] = None
                    ) -> np.ndarray:

@@ -181,6 +181,54 @@ void make_view(View& v, Reader& r, Filler& fill, std::array<std::int64_t, 4> sha
   if (r.byte() >= 253) v.t.data = nullptr;
 }
 
+// A quantized cache [B, H_kv, L, D]: q8_0 or q4_0 mostly, now and then a
+// format the decode does not implement or an unknown code; byte strides
+// dense, with padding between rows, or wild. Its buffer holds exactly the
+// bytes its rows reach, filled with raw bytes (scales of any f16 pattern).
+struct QView {
+  Operand mem;
+  QuantView t;
+  bool fits() const { return mem.fits; }
+};
+
+void make_quant_view(QView& v, Reader& r, Filler& fill, std::array<std::int64_t, 4> shape) {
+  if (r.byte() >= 240) shape[r.byte() % 4] = r.extent();
+  const std::uint8_t f = r.byte();
+  v.t.format = f < 120 ? QuantFormat::q8_0 : f < 240 ? QuantFormat::q4_0 : f < 250 ? QuantFormat(2 + f % 2) : QuantFormat(f);
+  v.t.shape = shape;
+  const bool known = (v.t.format == QuantFormat::q8_0 || v.t.format == QuantFormat::q4_0) && shape[3] > 0 &&
+                     shape[3] % 32 == 0 && shape[3] <= 4096;
+  const std::int64_t row = known ? shape[3] / 32 * (v.t.format == QuantFormat::q8_0 ? 34 : 18) : 1;
+  auto mul = [](std::int64_t a, std::int64_t b) {
+    std::int64_t c = 0;
+    return __builtin_mul_overflow(a, b, &c) ? kMax : c;
+  };
+  const std::uint8_t mode = r.byte();
+  const std::int64_t s2 = row + (mode < 200 ? 0 : r.byte() % 16);
+  v.t.stride = {mul(mul(shape[1], shape[2]), s2), mul(shape[2], s2), s2};
+  if (mode >= 240)
+    for (int a = 0; a < 3; ++a) v.t.stride[std::size_t(a)] = r.byte() < 200 ? std::int64_t(std::int8_t(r.byte())) : r.wild();
+  __int128 lo = 0, hi = 0;
+  bool placeable = known;
+  constexpr std::int64_t kHuge = std::int64_t(1) << 40;
+  for (int a = 0; a < 3 && placeable; ++a) {
+    const std::int64_t st = v.t.stride[std::size_t(a)], n = shape[std::size_t(a)];
+    if (n <= 0 || (st != 0 && n > 1 && (st > kHuge || st < -kHuge || n > kHuge))) placeable = false;
+    else (st < 0 ? lo : hi) += __int128(st) * (n - 1);
+  }
+  if (!placeable || hi - lo + row > kMaxBufferBytes) {
+    v.mem.bytes.assign(64, 0);  // a valid pointer; nothing may be read through it
+    v.mem.fits = false;
+    v.t.data = v.mem.bytes.data();
+  } else {
+    v.mem.bytes.resize(std::size_t(hi - lo + row));
+    for (auto& byte : v.mem.bytes) byte = std::uint8_t(fill.next());
+    v.mem.fits = true;
+    v.t.data = v.mem.bytes.data() + std::size_t(-lo);
+  }
+  if (r.byte() >= 253) v.t.data = nullptr;
+}
+
 // A mask over target [B, H, Lq, Lk]: rank-2 broadcast, full, or odd.
 struct Mask {
   Operand mem;
@@ -395,12 +443,27 @@ void fuzz_decode(Reader& r, Filler& fill, bool split) {
   make_view(k, r, fill, {d.B, d.Hkv, d.Lk, d.D}, dt, false);
   make_view(v, r, fill, {d.B, d.Hkv, d.Lk, d.D}, dt, false);
   make_view(out, r, fill, {d.B, d.H, 1, d.D}, DType::f32, true);
+  // Now and then K and/or V quantized instead (one byte after the dense views).
+  const std::uint8_t quant = r.byte();
+  QView qk, qv;
+  CacheView kc = k.t, vc = v.t;
+  bool k_fits = k.fits(), v_fits = v.fits();
+  if (quant >= 160 && (quant & 1)) {
+    make_quant_view(qk, r, fill, {d.B, d.Hkv, d.Lk, d.D});
+    kc = qk.t;
+    k_fits = qk.fits();
+  }
+  if (quant >= 160 && (quant & 2)) {
+    make_quant_view(qv, r, fill, {d.B, d.Hkv, d.Lk, d.D});
+    vc = qv.t;
+    v_fits = qv.fits();
+  }
   const auto& qs = q.t.shape;
-  bool safe = q.fits() && k.fits() && v.fits() && out.fits() && !saturating_work({qs[0], qs[1], k.t.shape[2], qs[3]}) &&
+  bool safe = q.fits() && k_fits && v_fits && out.fits() && !saturating_work({qs[0], qs[1], kc.shape()[2], qs[3]}) &&
               !saturating_work({qs[0], qs[1], 64, qs[3] + 2});
   if (!split) {
     if (!safe) out.t.writable = false;
-    expect(!safe, [&] { flash_attn_vec(q.t, k.t, v.t, out.t, p); });
+    expect(!safe, [&] { flash_attn_vec(q.t, kc, vc, out.t, p); });
     return;
   }
   const std::int64_t G = p.nwg;
@@ -411,7 +474,7 @@ void fuzz_decode(Reader& r, Filler& fill, bool split) {
   if (!safe) o.t.writable = s.t.writable = m.t.writable = out.t.writable = false;
   bool partials_ok = true;
   try {
-    flash_attn_vec_partials(q.t, k.t, v.t, o.t, s.t, m.t, p);
+    flash_attn_vec_partials(q.t, kc, vc, o.t, s.t, m.t, p);
   } catch (const InvalidArgument&) {
     partials_ok = false;
   }

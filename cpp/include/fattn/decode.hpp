@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fattn/plan.hpp"
+#include "fattn/quant.hpp"
 #include "fattn/tensor.hpp"
 
 namespace fattn {
@@ -33,11 +34,35 @@ struct DecodeParams {
 // Positions per chunk: the unit the groups are dealt and the softmax rescales by.
 inline constexpr std::int64_t kDecodeChunk = 32;
 
+// A KV cache as the decode reads it, in place: a dense view (f32, f16 or
+// bf16 [B, H_kv, capacity, D]) or a quantized one (fattn/quant.hpp: q8_0 or
+// q4_0 rows of blocks, [B, H_kv, capacity, D] in logical elements). Either
+// converts implicitly, so a TensorView or a QuantView can be passed wherever
+// a CacheView is taken; K and V are independent (e.g. f16 K with q4_0 V).
+//
+// What a quantized cache computes: the decode of its exact dequantized
+// values (dequantize_kv, f32) bit for bit; and since every cache value is
+// widened exactly to f32 before any arithmetic (f16/bf16 too), any mix of
+// caches computes the decode of the f32 caches holding the same values
+// (docs/numerics.md §5, "Quantized caches").
+struct CacheView {
+  TensorView dense;                // the cache, unless `quant` is set
+  std::optional<QuantView> quant;  // a quantized cache (`dense` is then unused)
+  CacheView() = default;
+  CacheView(const TensorView& t) : dense(t) {}  // NOLINT(google-explicit-constructor): implicit on purpose
+  CacheView(const QuantView& t) : quant(t) {}   // NOLINT(google-explicit-constructor)
+  bool quantized() const { return quant.has_value(); }
+  const std::array<std::int64_t, 4>& shape() const { return quant ? quant->shape : dense.shape; }
+  std::int64_t heads() const { return shape()[1]; }
+  std::int64_t length() const { return shape()[2]; }
+};
+
 // A checked decode call (fattn/plan.hpp): the inputs, the parameters as
 // given, and what they resolve to (q_len = 1; kv_len = params.kv_seq_len).
 struct DecodePlan : AttentionShape {
   DecodeParams params;
-  TensorView q, k, v;
+  TensorView q;
+  CacheView k, v;
   std::int64_t window_start = 0;  // first position a sliding window keeps
   std::int64_t ring_start = 0;    // slot of logical position 0 (0 without a ring)
   std::int64_t capacity = 0;      // the cache's slots (k's length)
@@ -55,8 +80,12 @@ struct DecodePlan : AttentionShape {
   std::array<std::int64_t, 4> partials_sm_shape() const { return {batch, heads, nwg, 1}; }
 };
 
-// q: f32 [B, H, 1, D]; k, v: [B, H_kv, capacity, D] in f32, f16 or bf16.
-// Throws InvalidArgument / InvalidDType; allocates nothing.
+// q: f32 [B, H, 1, D]; k, v: [B, H_kv, capacity, D], each a dense view in
+// f32, f16 or bf16 (both dense: the same dtype) or a quantized cache (q8_0,
+// q4_0; any mix), of one shape. Throws InvalidArgument / InvalidDType naming
+// the argument (k_cache, v_cache for the caches); allocates nothing.
+DecodePlan plan_flash_attn_vec(const TensorView& q, const CacheView& k, const CacheView& v,
+                               const DecodeParams& params);
 DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v,
                                const DecodeParams& params);
 // flash_attn_vec: partials in a workspace of its own, then the reduce into
@@ -74,6 +103,10 @@ ReducePlan plan_flash_attn_vec_reduce(const TensorView& o, const TensorView& s, 
 void run(const ReducePlan& plan, const TensorView& out);
 
 // Partials: o f32 [B, H, nwg, D] (unnormalised), s and m f32 [B, H, nwg, 1].
+// The caches as for plan_flash_attn_vec (the TensorView overloads are the
+// dense-only originals, kept for existing callers).
+void flash_attn_vec_partials(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& o,
+                             const TensorView& s, const TensorView& m, const DecodeParams& params);
 void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                              const TensorView& s, const TensorView& m, const DecodeParams& params);
 
@@ -83,6 +116,8 @@ void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const Tenso
 // partials + reduce, with the partials in a workspace allocated once per call.
 // out may be q itself (a head's row is written only after every partial of
 // its KV head is done); it must not overlap k or v.
+void flash_attn_vec(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& out,
+                    const DecodeParams& params);
 void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const DecodeParams& params);
 

@@ -9,11 +9,13 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "numerics/dtype_dispatch.hpp"
 #include "fattn/parallel.hpp"
 #include "decode/engine.hpp"
+#include "quant/blocks.hpp"
 #include "runtime/scratch.hpp"
 #include "runtime/isa.hpp"
 #include "simd/dispatch.hpp"
@@ -46,10 +48,25 @@ std::int64_t reduce_lanes(std::int64_t nwg) {  // the reduce's lanes: a power of
   return n;
 }
 
+// Row `row_slot` of (b, h) of a cache as exact f32 values: a dense row
+// widened, a quantized row dequantized (quant/blocks.hpp). Every later step
+// sees only these values, so a cache's type changes what is read, never the
+// arithmetic.
+void widen_row(const CacheView& c, std::int64_t b, std::int64_t h, std::int64_t row_slot, std::int64_t D,
+               float* out) {
+  if (c.quant) {
+    quant::dequantize_row(c.quant->format, c.quant->row(b, h, row_slot), D, out);
+    return;
+  }
+  detail::dispatch_dtype(c.dense.dtype, [&](auto tag) {
+    const auto* src = c.dense.row<const decltype(tag)>(b, h, row_slot);
+    for (std::int64_t d = 0; d < D; ++d) out[d] = widen(src[d]);
+  });
+}
+
 // One (batch, KV head, group): every query head of the KV head's group, so a
 // chunk of K/V is widened once for all of them.
-template <class T>
-void decode_group(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
+void decode_group(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& o_part,
                   const TensorView& s_part, const TensorView& m_part, const DecodePlan& p, std::int64_t b,
                   std::int64_t kv_head, std::int64_t g, std::vector<float>& work) {
   const std::int64_t D = p.head_dim, group = p.heads / p.kv_heads, C = kDecodeChunk;
@@ -72,12 +89,8 @@ void decode_group(const TensorView& q, const TensorView& k, const TensorView& v,
     const std::int64_t p0 = chunk * C, valid = std::min(C, p.kv_len - p0);
     if (p0 + valid <= p.window_start) continue;  // all 32 masked: the seed skips the chunk
     for (std::int64_t j = 0; j < valid; ++j) {   // never past kv_seq_len
-      const T* k_src = k.row<const T>(b, kv_head, slot(p, p0 + j));
-      const T* v_src = v.row<const T>(b, kv_head, slot(p, p0 + j));
-      for (std::int64_t d = 0; d < D; ++d) {
-        kc[j * D + d] = widen(k_src[d]);
-        vc[j * D + d] = widen(v_src[d]);
-      }
+      widen_row(k, b, kv_head, slot(p, p0 + j), D, kc + j * D);
+      widen_row(v, b, kv_head, slot(p, p0 + j), D, vc + j * D);
     }
     for (std::int64_t r = 0; r < group; ++r) {
       for (std::int64_t j = 0; j < C; ++j) {
@@ -215,7 +228,7 @@ class ReduceWhenDone {
 
 // The partials of every (batch, head) into o, s, m; with `out`, also their
 // reduce into out.
-void compute_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+void compute_partials(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& o,
                   const TensorView& s, const TensorView& m, const DecodePlan& p, const TensorView* out = nullptr) {
   const simd::Isa isa = simd::isa_for(simd::Family::decode);
   if (isa != simd::Isa::scalar) {
@@ -226,7 +239,10 @@ void compute_partials(const TensorView& q, const TensorView& k, const TensorView
     const std::int64_t want = 2 * std::int64_t(get_num_threads());
     const std::int64_t blocks = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
     const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
-    const auto groups_fn = simd::vector_kernels(isa).decode_groups(k.dtype);
+    // A quantized cache is read as f32: each chunk's rows are dequantized
+    // into a block of f32 rows the dense f32 code then reads.
+    const auto elements = [](const CacheView& c) { return c.quantized() ? DType::f32 : c.dense.dtype; };
+    const auto groups_fn = simd::vector_kernels(isa).decode_groups(elements(k), elements(v));
     ReduceWhenDone reduce(out, o, s, m, p, blocks);
     parallel_for(heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
       std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
@@ -246,10 +262,7 @@ void compute_partials(const TensorView& q, const TensorView& k, const TensorView
     std::vector<float>& reduce_work = detail::thread_scratch(detail::ScratchSlot::reduce);
     for (std::int64_t item = begin; item < end; ++item) {
       const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
-      if (p.write_idle || g < live_groups(p))
-        detail::dispatch_dtype(k.dtype, [&](auto tag) {
-          decode_group<decltype(tag)>(q, k, v, o, s, m, p, b, kv_head, g, work);
-        });
+      if (p.write_idle || g < live_groups(p)) decode_group(q, k, v, o, s, m, p, b, kv_head, g, work);
       reduce.item_done(b, kv_head, reduce_work);
     }
   });
@@ -265,24 +278,47 @@ void run_reduce(const TensorView& o, const TensorView& s, const TensorView& m, c
 
 }  // namespace
 
-DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v,
+// A cache argument: a valid dense view, or a quantized one whose format is
+// implemented and whose D fills whole blocks (checked before
+// validate_quant_view, whose messages name the format and D, not the cache).
+void validate_cache(const CacheView& c, const char* name) {
+  if (!c.quant) {
+    validate_view(c.dense, name);
+    return;
+  }
+  const QuantView& t = *c.quant;
+  require(t.format == QuantFormat::q8_0 || t.format == QuantFormat::q4_0, name, ": quantized format '",
+          quant_format_name(t.format), "' is not implemented by the decode yet (q8_0 and q4_0 are)");
+  require(t.head_dim() > 0 && t.head_dim() % kQuantBlock == 0, name, ": a quantized cache's head dim D must be a ",
+          "positive multiple of ", kQuantBlock, " (its block size), got ", t.head_dim());
+  validate_quant_view(t, name);
+}
+
+std::string shape_text(const std::array<std::int64_t, 4>& s) {
+  return "[" + std::to_string(s[0]) + ", " + std::to_string(s[1]) + ", " + std::to_string(s[2]) + ", " +
+         std::to_string(s[3]) + "]";
+}
+
+DecodePlan plan_flash_attn_vec(const TensorView& q, const CacheView& k, const CacheView& v,
                                const DecodeParams& params) {
   using namespace detail;
   validate_view(q, "q");
-  validate_view(k, "k_cache");
-  validate_view(v, "v_cache");
+  validate_cache(k, "k_cache");
+  validate_cache(v, "v_cache");
   require_dtype(q.dtype == DType::f32, "q: dtype must be float32, got ", q.dtype);
   require(q.length() == 1, "q: one query per head (L = 1), got ", q.length());
   const std::int64_t D = q.head_dim();
   require(D % 32 == 0 && D <= 512, "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got ",
           D);
-  require_same_dtype(v, "v_cache", k, "k_cache");
-  require_extent(k, "k_cache", Axis::batch, q.batch(), "batch size B (q's)");
-  require_extent(k, "k_cache", Axis::dim, D, "head dim D (q's)");
+  if (!k.quantized() && !v.quantized()) require_same_dtype(v.dense, "v_cache", k.dense, "k_cache");
+  require(k.shape()[0] == q.batch(), "k_cache: batch size B (q's) must be ", q.batch(), ", got ", k.shape()[0]);
+  require(k.shape()[3] == D, "k_cache: head dim D (q's) must be ", D, ", got ", k.shape()[3]);
   require_gqa(q.heads(), k.heads(), "k_cache");
-  require_same_shape(v, "v_cache", k, "k_cache");
+  require(v.shape() == k.shape(), "v_cache: shape must equal k_cache's ", shape_text(k.shape()), ", got ",
+          shape_text(v.shape()));
   require(params.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", params.kv_seq_len);
-  require(params.kv_seq_len <= k.length(), "kv_seq_len: must be <= the cache capacity (", k.length(), "), got ",
+  require(params.kv_seq_len <= k.length(), "kv_seq_len: must be <= the capacity of k_cache and v_cache (",
+          k.length(), "), got ",
           params.kv_seq_len);
   validate_decode_params(params);
   require(params.sinks.empty() || std::int64_t(params.sinks.size()) == q.heads(),
@@ -350,18 +386,33 @@ void run(const ReducePlan& plan, const TensorView& out) {
   run_reduce(plan.o, plan.s, plan.m, out);
 }
 
-void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+void flash_attn_vec_partials(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& o,
                              const TensorView& s, const TensorView& m, const DecodeParams& params) {
   run_partials(plan_flash_attn_vec(q, k, v, params), o, s, m);
+}
+
+void flash_attn_vec_partials(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                             const TensorView& s, const TensorView& m, const DecodeParams& params) {
+  run_partials(plan_flash_attn_vec(q, CacheView(k), CacheView(v), params), o, s, m);
 }
 
 void flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out) {
   run(plan_flash_attn_vec_reduce(o, s, m), out);
 }
 
-void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+void flash_attn_vec(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& out,
                     const DecodeParams& params) {
   run(plan_flash_attn_vec(q, k, v, params), out);
+}
+
+void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                    const DecodeParams& params) {
+  run(plan_flash_attn_vec(q, CacheView(k), CacheView(v), params), out);
+}
+
+DecodePlan plan_flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v,
+                               const DecodeParams& params) {
+  return plan_flash_attn_vec(q, CacheView(k), CacheView(v), params);
 }
 
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,

@@ -137,23 +137,26 @@ inline void lane_scores(const T* k, std::int64_t stride, std::int64_t l, std::in
 // kLanes / W lanes asks for its share of the row's lines (on Zen 1, 10% less
 // time at 128 MiB than a whole row every few lanes; where the slice is
 // issued matters more than how far ahead, see kAhead).
+// Lane `part` of `parts`' share of the cache lines of the `bytes` bytes at
+// `row` (a stored row: rows of a quantized cache need not start on a line).
+inline void prefetch_share(const char* row, std::int64_t bytes, std::int64_t part, std::int64_t parts) {
+  const std::int64_t skew = std::int64_t(reinterpret_cast<std::uintptr_t>(row) % 64);
+  const char* base = row - skew;
+  const std::int64_t span = bytes + skew, share = (span + parts - 1) / parts;
+  const std::int64_t lo = part * share, hi = std::min(span, lo + share);
+  for (std::int64_t off = lo / 64 * 64; off < hi; off += 64) _mm_prefetch(base + off, _MM_HINT_T0);
+}
+
 template <class V, class T>
 inline void block_scores(const T* k, std::int64_t stride, std::int64_t D, const typename V::F* q_bcast, std::int64_t group,
                          typename V::F* lanes, float* s, std::int64_t s_stride, const char* const* ahead,
-                         std::int64_t n_ahead) {
+                         std::int64_t n_ahead, std::int64_t k_bytes, std::int64_t v_bytes) {
   const std::int64_t groups = D / 4;
-  const std::int64_t bytes = D * std::int64_t(sizeof(T));
   constexpr std::int64_t kLanesPerRow = kLanes / V::W;
   for (std::int64_t l = 0; l < kLanes; ++l) {
     if (2 * (l / kLanesPerRow) < n_ahead) {  // each lane asks for its share of one K and one V row
-      const char* k_ahead = ahead[2 * (l / kLanesPerRow)];
-      const char* v_ahead = ahead[2 * (l / kLanesPerRow) + 1];
-      const std::int64_t share = (bytes + kLanesPerRow - 1) / kLanesPerRow;
-      const std::int64_t lo = (l % kLanesPerRow) * share, hi = std::min(bytes, lo + share);
-      for (std::int64_t off = lo / 64 * 64; off < hi; off += 64) {
-        _mm_prefetch(k_ahead + off, _MM_HINT_T0);
-        _mm_prefetch(v_ahead + off, _MM_HINT_T0);
-      }
+      prefetch_share(ahead[2 * (l / kLanesPerRow)], k_bytes, l % kLanesPerRow, kLanesPerRow);
+      prefetch_share(ahead[2 * (l / kLanesPerRow) + 1], v_bytes, l % kLanesPerRow, kLanesPerRow);
     }
     switch ((groups - l + kLanes - 1) / kLanes) {  // groups of lane l
       case 0: lane_scores<V, 0>(k, stride, l, D, q_bcast, group, lanes); break;
@@ -193,6 +196,7 @@ struct ChunkRows {
   const T* first;
   const T* wrapped;
   std::int64_t split, stride;
+  const T* row(std::int64_t j) const { return j < split ? first + j * stride : wrapped + (j - split) * stride; }
 };
 template <class T>
 inline ChunkRows<T> chunk_rows(const TensorView& t, std::int64_t b, std::int64_t kv_head, const ChunkSlots& cs,
@@ -259,18 +263,109 @@ inline std::int64_t walk_ahead(std::int64_t chunk, int steps, std::int64_t nwg, 
   }
   return chunk;
 }
-template <class T>
-inline void prefetch_row(const TensorView& t, std::int64_t b, std::int64_t kv_head, std::int64_t row_slot,
-                         std::int64_t D) {
-  const char* row = reinterpret_cast<const char*>(t.row<const T>(b, kv_head, row_slot));
+inline void prefetch_row(const char* row, std::int64_t bytes) {
   // Into L2, not L1: on an Intel Xeon (family 6 model 167) +4% (f16) to +7%
   // (f32) at 256-512 MiB caches over T0, whose requests hold L1's few fill
   // buffers; NTA ran at 40%, no prefetch at 85-90%. Zen 4 unmeasured.
-  for (std::int64_t off = 0; off < D * std::int64_t(sizeof(T)); off += 64) _mm_prefetch(row + off, _MM_HINT_T1);
+  const char* base = row - reinterpret_cast<std::uintptr_t>(row) % 64;  // a quantized row need not start a line
+  for (; base < row + bytes; base += 64) _mm_prefetch(base, _MM_HINT_T1);
 }
 
+// A block's f16 scale as f32 with F16C: exact, as quant::block_scale, for
+// every pattern but a signalling NaN, which F16C quiets (quiet bit set,
+// payload kept) where f16_to_f32 keeps it signalling. No element can tell:
+// each is the scale times an integer, and that multiply quiets a signalling
+// NaN the same way (tests_py/test_decode_quant.py, non-finite scales).
+inline float block_scale_v(const std::uint8_t* block) {
+  std::uint16_t h;
+  std::memcpy(&h, block, 2);
+  return _cvtsh_ss(h);
+}
+
+// A quantized row of D elements (quant/blocks.hpp) as its exact f32 values:
+// each int8 (q8_0) or nibble - 8 (q4_0) converted exactly, times the block's
+// scale (block_scale_v); the products are exact in f32 (at most 8 by 11
+// significant bits), so these are quant::dequantize_row's values, bit for
+// bit. On 512-bit vectors with AVX-512, else with AVX2 and F16C, which every
+// target's region includes (simd/targets.hpp).
+template <class V>
+inline void dequantize_row_v(QuantFormat format, const std::uint8_t* row, std::int64_t D, float* out) {
+  const std::int64_t blocks = D / kQuantBlock;
+  if constexpr (std::is_same_v<typename V::F, __m512>) {  // native AVX-512: 16 elements per instruction
+    const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    const auto store16 = [](float* dst, __m128i q, __m512 d) {  // 16 int8 of q, times d
+      _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d));
+    };
+    if (format == QuantFormat::q8_0) {
+      for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ8Bytes, out += kQuantBlock) {
+        const __m512 d = _mm512_set1_ps(block_scale_v(row));
+        store16(out, _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2)), d);
+        store16(out + 16, _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 18)), d);
+      }
+      return;
+    }
+    for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ4Bytes, out += kQuantBlock) {
+      const __m512 d = _mm512_set1_ps(block_scale_v(row));
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
+      store16(out, _mm_sub_epi8(_mm_and_si128(bytes, low4), eight), d);                           // 0..15
+      store16(out + 16, _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight), d);  // 16..31
+    }
+  } else {  // AVX2 (every other target, the emulated ones included)
+    const auto store8 = [](float* dst, __m128i q, __m256 d) {  // the low 8 int8 of q, times d
+      _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+    };
+    if (format == QuantFormat::q8_0) {
+      for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ8Bytes, out += kQuantBlock) {
+        const __m256 d = _mm256_set1_ps(block_scale_v(row));
+        for (int i = 0; i < 4; ++i) store8(out + 8 * i, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 2 + 8 * i)), d);
+      }
+      return;
+    }
+    const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ4Bytes, out += kQuantBlock) {
+      const __m256 d = _mm256_set1_ps(block_scale_v(row));
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
+      const __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);                     // elements 0..15
+      const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);  // elements 16..31
+      store8(out, lo, d);
+      store8(out + 8, _mm_srli_si128(lo, 8), d);
+      store8(out + 16, hi, d);
+      store8(out + 24, _mm_srli_si128(hi, 8), d);
+    }
+  }
+}
+
+// A cache's rows as the kernel reads them, elements of type T: a dense
+// cache's in place; a quantized cache's (T = float) a chunk at a time,
+// dequantized into `scratch` (C rows of D floats by position, so a chunk the
+// ring's end splits is one run). What streams from memory, and is
+// prefetched, is the stored row either way (`bytes` of it).
 template <class V, class T>
-void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o_part,
+struct CacheRows {
+  const CacheView& c;
+  float* scratch;
+  std::int64_t D, bytes;
+  const char* stored(std::int64_t b, std::int64_t kv_head, std::int64_t row_slot) const {
+    if constexpr (std::is_same_v<T, float>)
+      if (c.quant) return reinterpret_cast<const char*>(c.quant->row(b, kv_head, row_slot));
+    return reinterpret_cast<const char*>(c.dense.row<const T>(b, kv_head, row_slot));
+  }
+  ChunkRows<T> chunk(std::int64_t b, std::int64_t kv_head, const ChunkSlots& cs, std::int64_t valid) const {
+    if constexpr (std::is_same_v<T, float>)
+      if (c.quant) {
+        for (std::int64_t j = 0; j < valid; ++j)
+          dequantize_row_v<V>(c.quant->format, c.quant->row(b, kv_head, cs(j)), D, scratch + j * D);
+        return {scratch, nullptr, valid, D};
+      }
+    return chunk_rows<T>(c.dense, b, kv_head, cs, valid);
+  }
+};
+inline std::int64_t stored_row_bytes(const CacheView& c, std::int64_t D, std::int64_t element_bytes) {
+  return c.quant ? quant_row_bytes(c.quant->format, D) : D * element_bytes;
+}
+
+template <class V, class TK, class TV>
+void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& o_part,
                           const TensorView& s_part, const TensorView& m_part, const DecodePlan& p, std::int64_t b,
                           std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end,
                           std::vector<float>& work) {
@@ -298,16 +393,23 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
   const std::int64_t vectors = kByPosition ? group * kLanes + group * D : group * P + P + group * S * W;
   const std::int64_t staged = kByPosition ? group * D + W * D : 0;
   const std::int64_t state = group * (D + 2);
-  work.resize(std::size_t((vectors + 1) * W + staged + n_groups * state + group * C + group));
+  // Last, for a quantized K and V: a chunk's rows dequantized (C x D each,
+  // 64-byte aligned).
+  const std::int64_t dequantized = (k.quantized() + v.quantized()) * C * D;
+  const std::int64_t floats = (vectors + 1) * W + staged + n_groups * state + group * C + group;
+  work.resize(std::size_t(floats + (dequantized ? dequantized + 16 : 0)));
   F* qp = reinterpret_cast<F*>((reinterpret_cast<std::uintptr_t>(work.data()) + sizeof(F) - 1) / sizeof(F) * sizeof(F));
   F* kp = qp + group * P;
   F* lanes = kByPosition ? qp : kp + P;
   F* q_bcast = qp + group * kLanes;
   float* qh = reinterpret_cast<float*>(qp + vectors);
-  void* tail_block = qh + group * D;  // W rows of T: the cache's last rows, zero-padded
+  void* tail_block = qh + group * D;  // W rows of TK: the cache's last rows, zero-padded
   float* states = qh + staged;
   float* s = states + n_groups * state;
   float* rescale = s + group * C;
+  float* dequant = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(rescale + group) + 63) / 64 * 64);
+  const CacheRows<V, TK> k_cache{k, dequant, D, stored_row_bytes(k, D, sizeof(TK))};
+  const CacheRows<V, TV> v_cache{v, dequant + (k.quantized() ? C * D : 0), D, stored_row_bytes(v, D, sizeof(TV))};
   for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half (then as planes)
     const float* src = q.row<const float>(b, kv_head * group + r, 0);
     float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
@@ -338,30 +440,32 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
       const ChunkSlots cs = chunk_slots(p, p0);  // rows by slot: the ring's end may fall inside the chunk
       const std::int64_t next = walk_ahead(chunk, kAhead, p.nwg, g_begin, g_end) * C;  // rows to prefetch
       // Dot products for every head of the group, W positions at a time.
+      const ChunkRows<TK> k_rows = k_cache.chunk(b, kv_head, cs, valid);
       if constexpr (kByPosition) for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
         const std::int64_t n = std::min(W, valid - j0);
         const char* ahead[2 * W];  // K and V rows kAhead chunks on
         std::int64_t n_ahead = 0;
         for (std::int64_t j = 0; j < n && next + j0 + j < p.kv_len; ++j) {
           const std::int64_t ahead_slot = slot(p, next + j0 + j);
-          ahead[n_ahead++] = reinterpret_cast<const char*>(k.row<const T>(b, kv_head, ahead_slot));
-          ahead[n_ahead++] = reinterpret_cast<const char*>(v.row<const T>(b, kv_head, ahead_slot));
+          ahead[n_ahead++] = k_cache.stored(b, kv_head, ahead_slot);
+          ahead[n_ahead++] = v_cache.stored(b, kv_head, ahead_slot);
         }
-        const T* k_rows = k.row<const T>(b, kv_head, cs(j0));
-        std::int64_t stride = k.stride[2];
-        if (n < W || (j0 < cs.wrap && j0 + n > cs.wrap)) {
+        const TK* k_block = k_rows.row(j0);
+        std::int64_t stride = k_rows.stride;
+        if (n < W || (j0 < k_rows.split && j0 + n > k_rows.split)) {
           // The cache's last rows (copied next to zero rows: never read past
           // kv_seq_len), or a block the ring's end splits: copied by slot.
-          T* padded = static_cast<T*>(tail_block);
-          std::fill(padded, padded + W * D, T{});
+          TK* padded = static_cast<TK*>(tail_block);
+          std::fill(padded, padded + W * D, TK{});
           for (std::int64_t j = 0; j < n; ++j) {
-            const T* src = k.row<const T>(b, kv_head, cs(j0 + j));
+            const TK* src = k_rows.row(j0 + j);
             std::copy(src, src + D, padded + j * D);
           }
-          k_rows = padded;
+          k_block = padded;
           stride = D;
         }
-        block_scores<V>(k_rows, stride, D, q_bcast, group, lanes, s + j0, C, ahead, n_ahead);  // past n: -inf below
+        block_scores<V>(k_block, stride, D, q_bcast, group, lanes, s + j0, C, ahead, n_ahead, k_cache.bytes,
+                        v_cache.bytes);  // past n: -inf below
       }
       else for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
         const std::int64_t n = std::min(W, valid - j0);
@@ -373,10 +477,10 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
           const std::int64_t ahead_pos = next + j0 + j;
           if (ahead_pos < p.kv_len) {
             const std::int64_t ahead_slot = slot(p, ahead_pos);
-            prefetch_row<T>(k, b, kv_head, ahead_slot, D);
-            prefetch_row<T>(v, b, kv_head, ahead_slot, D);
+            prefetch_row(k_cache.stored(b, kv_head, ahead_slot), k_cache.bytes);
+            prefetch_row(v_cache.stored(b, kv_head, ahead_slot), v_cache.bytes);
           }
-          load_planes<V>(k.row<const T>(b, kv_head, cs(j0 + j)), D, kp);
+          load_planes<V>(k_rows.row(j0 + j), D, kp);
           for (std::int64_t r = 0; r < group; ++r) lane_sums<V>(kp, qp + r * P, segments, lanes + r * S * W + j, W);
         }
         for (std::int64_t r = 0; r < group; ++r) {
@@ -416,7 +520,7 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
         row_max[r] = new_max;
       }
       // P·V, four heads per pass over V.
-      const ChunkRows<T> v_rows = chunk_rows<T>(v, b, kv_head, cs, valid);
+      const ChunkRows<TV> v_rows = v_cache.chunk(b, kv_head, cs, valid);
       for (std::int64_t r = 0; r < group; r += 4) {
         const float* w[4];
         float* o_rows[4];
@@ -426,10 +530,10 @@ void decode_groups(const TensorView& q, const TensorView& k, const TensorView& v
           o_rows[i] = o + (r + i) * D;
         }
         switch (n) {
-          case 4: chunk_pv<V, 4, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
-          case 3: chunk_pv<V, 3, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
-          case 2: chunk_pv<V, 2, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
-          default: chunk_pv<V, 1, T>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          case 4: chunk_pv<V, 4, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          case 3: chunk_pv<V, 3, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          case 2: chunk_pv<V, 2, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          default: chunk_pv<V, 1, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
         }
       }
     }

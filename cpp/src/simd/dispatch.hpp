@@ -28,7 +28,7 @@ struct VectorKernels {
                                const PrefillPlan& p, std::int64_t b, std::int64_t h, std::int64_t row0,
                                std::vector<float>& workspace);
   // Groups [g_begin, g_end) of one (batch, KV head): decode/vector_kernel.inl.
-  using DecodeGroups = void (*)(const TensorView& q, const TensorView& k, const TensorView& v,
+  using DecodeGroups = void (*)(const TensorView& q, const CacheView& k, const CacheView& v,
                                 const TensorView& o_part, const TensorView& s_part, const TensorView& m_part,
                                 const DecodePlan& p, std::int64_t b, std::int64_t kv_head,
                                 std::int64_t g_begin, std::int64_t g_end, std::vector<float>& work);
@@ -44,12 +44,14 @@ struct VectorKernels {
   static constexpr int arith_index() { return std::is_same_v<Arith, prefill_detail::LlamaCppArithmetic> ? 1 : 0; }
 
   PrefillRows prefill[kDTypes][2];  // [dtype_index<T>][arith_index<Arith>]
-  DecodeGroups decode[kDTypes];     // [dtype_index of K and V]
+  // [element type of K][of V] (a quantized cache's is f32: its chunks are
+  // dequantized to f32); set where both are dense and alike, or one is f32.
+  DecodeGroups decode[kDTypes][kDTypes];
   SdpaRows sdpa[kDTypes];           // [dtype_index<T>]
 
   template <class T, class Arith>
   PrefillRows prefill_rows() const { return prefill[dtype_index<T>()][arith_index<Arith>()]; }
-  DecodeGroups decode_groups(DType kv) const { return decode[int(kv)]; }
+  DecodeGroups decode_groups(DType k, DType v) const { return decode[int(k)][int(v)]; }
   template <class T>
   SdpaRows sdpa_rows() const { return sdpa[dtype_index<T>()]; }
 };

@@ -24,6 +24,7 @@
 #include "decode/engine.hpp"
 #include "numerics/exp.hpp"
 #include "prefill/engine.hpp"
+#include "quant/blocks.hpp"
 #include "sdpa/engine.hpp"
 #include "simd/dispatch.hpp"
 #include "simd/ftz_scope.hpp"
@@ -47,7 +48,11 @@ constexpr void add_dtype(VectorKernels& row) {
   using V = Target::Vec;
   constexpr int d = VectorKernels::dtype_index<T>();
   ((row.prefill[d][VectorKernels::arith_index<Arith>()] = &prefill_detail::prefill_rows<V, T, Arith>), ...);
-  row.decode[d] = &decode_detail::decode_groups<V, T>;
+  row.decode[d][d] = &decode_detail::decode_groups<V, T, T>;
+  if constexpr (!std::is_same_v<T, float>) {  // a quantized (read as f32) K or V with a dense T one
+    row.decode[d][VectorKernels::dtype_index<float>()] = &decode_detail::decode_groups<V, T, float>;
+    row.decode[VectorKernels::dtype_index<float>()][d] = &decode_detail::decode_groups<V, float, T>;
+  }
   row.sdpa[d] = &sdpa_detail::sdpa_rows<V, T>;
 }
 
