@@ -680,7 +680,7 @@ VEC_QUANT_BAD_CALLS = [
     ("quant blocks not an array", (Q64, Quantized("blocks"), quant()), {"kv_seq_len": 5}, TypeError,
      "k_cache: expected an array, got str"),
     ("quant unknown format", (Q64, quant(fmt="q5_1"), quant()), {"kv_seq_len": 5}, ValueError,
-     "k_cache: unknown quantized format 'q5_1' (expected 'q8_0', 'q4_0', 'affine4' or 'tq4')"),
+     "k_cache: must be one of ('q8_0', 'q4_0', 'affine4', 'tq4'), got 'q5_1'"),
     ("quant affine4", (Q64, quant(), quant(fmt="affine4")), {"kv_seq_len": 5}, ValueError,
      "v_cache: quantized format 'affine4' is not implemented by the decode yet (q8_0 and q4_0 are)"),
     ("quant tq4", (Q64, quant(fmt="tq4"), quant()), {"kv_seq_len": 5}, ValueError,
