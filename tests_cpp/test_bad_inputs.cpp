@@ -298,17 +298,17 @@ const std::vector<Case>& cases() {
          f.sp.causal = false;
          f.sdpa_call();
        }},
-      {"SdpaSinksPerKvHead", Err::argument, "sinks: expected one per query head, length H = 4, got 2",
+      {"SdpaSinksPerKvHead", Err::argument, "sinks: expected one per query head (length H = 4), got length 2",
        [](Fixture& f) {
          f.sp.sinks = {0.0f, 0.0f};
          f.sdpa_call();
        }},
-      {"SdpaSinksNaN", Err::argument, "sinks: must not be NaN or +inf (-inf = no sink), got nan at head 3",
+      {"SdpaSinksNaN", Err::argument, "sinks: must be finite or -inf (no sink), got nan for head 3",
        [](Fixture& f) {
          f.sp.sinks = {0.0f, 1.0f, 2.0f, std::nanf("")};
          f.sdpa_call();
        }},
-      {"SdpaSinksPlusInf", Err::argument, "sinks: must not be NaN or +inf (-inf = no sink), got inf at head 1",
+      {"SdpaSinksPlusInf", Err::argument, "sinks: must be finite or -inf (no sink), got inf for head 1",
        [](Fixture& f) {
          f.sp.sinks = {0.0f, std::numeric_limits<float>::infinity(), 2.0f, 3.0f};
          f.sdpa_call();

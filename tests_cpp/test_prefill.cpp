@@ -368,11 +368,11 @@ TEST(PrefillErrors, VariantValues) {
   expect_error<InvalidArgument>([&] { call(p); }, "softcap: must be finite and >= 0");
   p = {};
   p.sinks = {0.0f};
-  expect_error<InvalidArgument>([&] { call(p); }, "sinks: expected one value per query head (2), got 1");
+  expect_error<InvalidArgument>([&] { call(p); }, "sinks: expected one per query head (length H = 2), got length 1");
   p.sinks = {0.0f, NAN};
-  expect_error<InvalidArgument>([&] { call(p); }, "sinks: values must be finite or -inf");
+  expect_error<InvalidArgument>([&] { call(p); }, "sinks: must be finite or -inf (no sink)");
   p.sinks = {kInf, 0.0f};
-  expect_error<InvalidArgument>([&] { call(p); }, "sinks: values must be finite or -inf");
+  expect_error<InvalidArgument>([&] { call(p); }, "sinks: must be finite or -inf (no sink)");
   p.sinks = {3e38f, 0.0f};
   expect_error<InvalidArgument>([&] { call(p); }, "overflows float32 in log2 units");
 }

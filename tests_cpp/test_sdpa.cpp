@@ -398,11 +398,11 @@ TEST(SdpaErrors, Window) {
 TEST(SdpaErrors, Sinks) {
   Args a({1, 2, 3, 8}, {1, 1, 5, 8});
   a.p.sinks = {0.0f};  // one per K/V head is not enough
-  expect_error<InvalidArgument>(a, "sinks: expected one per query head, length H = 2, got 1");
+  expect_error<InvalidArgument>(a, "sinks: expected one per query head (length H = 2), got length 1");
   a.p.sinks = {0.0f, std::nanf("")};
-  expect_error<InvalidArgument>(a, "sinks: must not be NaN or +inf (-inf = no sink), got nan at head 1");
+  expect_error<InvalidArgument>(a, "sinks: must be finite or -inf (no sink), got nan for head 1");
   a.p.sinks = {INFINITY, 0.0f};
-  expect_error<InvalidArgument>(a, "got inf at head 0");
+  expect_error<InvalidArgument>(a, "got inf for head 0");
   a.p.sinks = {-INFINITY, 0.0f};  // -inf: no sink for head 0, valid
   EXPECT_NO_THROW(a.call());
 }

@@ -85,7 +85,8 @@ std::vector<float> sinks_input(const std::optional<py::array>& sinks, std::int64
                 std::string(py::str(a.dtype().attr("name"))));
   require(a.ndim() == 1, "sinks: expected a 1-D array of length H = ", heads, " (one per query head), got shape ",
           py_shape(a));
-  require(a.shape(0) > 0, "sinks: expected one per query head, length H = ", heads, ", got 0 (None = no sinks)");
+  require(a.shape(0) > 0, "sinks: expected one per query head (length H = ", heads,
+          "), got length 0 (None = no sinks)");
   std::vector<float> values(std::size_t(a.shape(0)));
   const auto* base = static_cast<const char*>(a.data());
   for (py::ssize_t i = 0; i < a.shape(0); ++i)

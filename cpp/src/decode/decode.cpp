@@ -321,11 +321,7 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const CacheView& k, const Ca
           k.length(), "), got ",
           params.kv_seq_len);
   validate_decode_params(params);
-  require(params.sinks.empty() || std::int64_t(params.sinks.size()) == q.heads(),
-          "sinks: expected one per query head (length H = ", q.heads(), "), got length ", params.sinks.size());
-  for (std::size_t h = 0; h < params.sinks.size(); ++h)
-    require(!std::isnan(params.sinks[h]) && params.sinks[h] != kInf, "sinks: must be finite or -inf (no sink), got ",
-            params.sinks[h], " for head ", h);
+  detail::require_sinks(params.sinks.data(), std::int64_t(params.sinks.size()), q.heads());
   if (params.ring_start)
     require(*params.ring_start >= 0 && *params.ring_start < k.length(), "ring_start: must be from 0 to capacity - 1 (",
             k.length() - 1, "), got ", *params.ring_start);
@@ -434,9 +430,7 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
                 !__builtin_mul_overflow(sinks.heads, sinks.rows_per_head, &period) && rows % period == 0,
             "sinks: ", sinks.heads, " heads of ", sinks.rows_per_head, " rows each do not tile the ", rows,
             " rows");
-    for (std::int64_t h = 0; h < sinks.heads; ++h)
-      require(!std::isnan(sinks.values[h]) && sinks.values[h] != kInf,
-              "sinks: must be finite or -inf (no sink), got ", sinks.values[h], " for head ", h);
+    detail::require_sinks(sinks.values, sinks.heads, sinks.heads);
   }
   const std::size_t n = outputs.size();
   parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {

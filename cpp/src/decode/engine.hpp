@@ -14,6 +14,7 @@
 #include "fattn/decode.hpp"
 #include "numerics/constants.hpp"
 #include "numerics/exp.hpp"
+#include "numerics/sink.hpp"
 #include "numerics/tree_sum.hpp"
 
 namespace fattn::decode_detail {
@@ -56,12 +57,7 @@ inline ChunkSlots chunk_slots(const DecodePlan& p, std::int64_t p0) {
 // function for the scalar model and every vector path, so all agree.
 inline void fold_sink(const DecodePlan& p, std::int64_t h, float& row_max, float& row_sum, float* o) {
   if (p.params.sinks.empty()) return;
-  const float sink = p.params.sinks[std::size_t(h)];
-  if (sink == -kInf) return;
-  const float new_max = std::max(row_max, sink);
-  const float f = simd::exp_f32(row_max - new_max);
-  row_sum = row_sum * f + simd::exp_f32(sink - new_max);
-  row_max = new_max;
+  const float f = numerics::fold_sink(p.params.sinks[std::size_t(h)], row_max, row_sum, simd::exp_f32);
   if (f != 1.0f)
     for (std::int64_t d = 0; d < p.head_dim; ++d) o[d] = o[d] * f;
 }

@@ -12,6 +12,7 @@
 #include "fattn/prefill.hpp"
 #include "numerics/constants.hpp"
 #include "numerics/exp.hpp"
+#include "numerics/sink.hpp"
 #include "numerics/tanh.hpp"
 #include "numerics/tree_sum.hpp"
 
@@ -73,21 +74,6 @@ struct LlamaCppArithmetic {
 };
 
 
-
-// A learned sink (in the policy's score units) joins a finished row's
-// softmax after its last key, as llama.cpp's kernels fold theirs: m' =
-// max(m, sink), f = exp(m - m'), l' = l*f + exp(sink - m'), O' = O*f (the
-// caller's multiply; skipping it when f == 1 changes no bit). A row that saw
-// no key (l = 0, O = 0) stays 0. Returns f. -inf: no sink, nothing changes.
-template <class Arith>
-inline float fold_sink(float sink, float& row_max, float& row_sum) {
-  if (sink == -kInf) return 1.0f;
-  const float new_max = std::max(row_max, sink);
-  const float f = Arith::exp(row_max - new_max);
-  row_sum = row_sum * f + Arith::exp(sink - new_max);
-  row_max = new_max;
-  return f;
-}
 
 // softcap on: the score from the dot product, in the policy's units (the
 // plan's softcap_in carries llama.cpp's scale, candle's is in Q already).
@@ -162,7 +148,7 @@ inline void finish_row(const PrefillPlan& p, const TensorView& out, std::int64_t
                        float row_sum, float* o, std::int64_t o_step) {
   if (p.lse) *p.lse->row<float>(b, h, i) = Arith::lse(row_max, row_sum);
   if (!p.sink_terms.empty()) {
-    const float f = fold_sink<Arith>(p.sink_terms[std::size_t(h)], row_max, row_sum);
+    const float f = numerics::fold_sink(p.sink_terms[std::size_t(h)], row_max, row_sum, Arith::exp);
     if (f != 1.0f)
       for (std::int64_t d = 0; d < p.head_dim; ++d) o[d * o_step] = o[d * o_step] * f;
   }

@@ -254,14 +254,11 @@ void resolve_variants(PrefillPlan& plan, const PrefillParams& params) {
               "softcap: must be within float32's range in log2 units (softcap * log2(e)), got ", params.softcap);
     }
   }
+  detail::require_sinks(params.sinks.data(), std::int64_t(params.sinks.size()), plan.heads);
   if (!params.sinks.empty()) {
-    require(std::int64_t(params.sinks.size()) == plan.heads, "sinks: expected one value per query head (",
-            plan.heads, "), got ", params.sinks.size());
     plan.sink_terms.resize(params.sinks.size());
     for (std::size_t h = 0; h < params.sinks.size(); ++h) {
       const float sink = params.sinks[h];
-      require(!std::isnan(sink) && sink != kInf, "sinks: values must be finite or -inf (no sink), got ", sink,
-              " for head ", h);
       plan.sink_terms[h] = params.kernel == PrefillKernel::llamacpp ? sink : CandleArithmetic::sink_term(sink);
       require(sink == -kInf || std::isfinite(plan.sink_terms[h]),
               "sinks: ", sink, " for head ", h, " overflows float32 in log2 units");

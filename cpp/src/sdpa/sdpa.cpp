@@ -7,6 +7,7 @@
 
 #include "numerics/constants.hpp"
 #include "numerics/dtype_dispatch.hpp"
+#include "numerics/sink.hpp"
 #include "fattn/parallel.hpp"
 #include "sdpa/engine.hpp"
 #include "runtime/scratch.hpp"
@@ -56,10 +57,8 @@ void sdpa_row(const float* q, const TensorView& k, const TensorView& v, std::int
   // online-softmax step with no value row. A row that saw no key has m = -inf,
   // so f = 0 and acc stays 0. A -inf sink (none) is skipped: exp(-inf - -inf)
   // would be NaN in a row that saw no key.
-  if (sink != -numerics::kInf) {
-    const float new_max = std::max(running_max, sink);
-    const float f = simd::exp_f32(running_max - new_max);
-    running_sum = running_sum * f + simd::exp_f32(sink - new_max);
+  if (sink != -numerics::kInf) {  // numerics/sink.hpp; every product, as the vector path does
+    const float f = numerics::fold_sink(sink, running_max, running_sum, simd::exp_f32);
     for (std::int64_t d = 0; d < d_len; ++d) acc[d] = acc[d] * f;
   }
   // A row that sees no key (bottom-right causal with Lq > kv_seq_len, or a
@@ -132,13 +131,7 @@ SdpaPlan plan_sdpa(const TensorView& q, const TensorView& k, const TensorView& v
                            "'bottom_right' or 'top_left'), got causal=False");
     plan.window = std::min(w, std::max(plan.q_len, plan.kv_len));
   }
-  if (!params.sinks.empty()) {
-    require(std::int64_t(params.sinks.size()) == plan.heads, "sinks: expected one per query head, length H = ",
-            plan.heads, ", got ", params.sinks.size());
-    for (std::size_t h = 0; h < params.sinks.size(); ++h)
-      require(!std::isnan(params.sinks[h]) && params.sinks[h] != numerics::kInf,
-              "sinks: must not be NaN or +inf (-inf = no sink), got ", params.sinks[h], " at head ", h);
-  }
+  detail::require_sinks(params.sinks.data(), std::int64_t(params.sinks.size()), plan.heads);
   return plan;
 }
 

@@ -78,4 +78,14 @@ inline float resolve_scale(const std::optional<float>& scale, std::int64_t head_
   return *scale;
 }
 
+// A kernel's learned sinks (numerics/sink.hpp): none (empty), or one per
+// query head, each finite or -inf (none for that head).
+inline void require_sinks(const float* sinks, std::int64_t count, std::int64_t heads) {
+  if (count == 0) return;
+  require(count == heads, "sinks: expected one per query head (length H = ", heads, "), got length ", count);
+  for (std::int64_t h = 0; h < count; ++h)
+    require(!std::isnan(sinks[h]) && sinks[h] != INFINITY, "sinks: must be finite or -inf (no sink), got ", sinks[h],
+            " for head ", h);
+}
+
 }  // namespace fattn::detail
