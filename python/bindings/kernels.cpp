@@ -262,6 +262,23 @@ DecodeParams decode_params(const py::array& q, std::int64_t kv_seq_len, std::opt
   return p;
 }
 
+// The two decode bindings' first steps: the parameters and inputs as views,
+// the plan (every check, nothing allocated), then the blocks' row width.
+struct PlannedDecode {
+  DecodeInputs in;
+  DecodePlan plan;
+};
+PlannedDecode plan_decode(const py::array& q, const py::array& k, const py::array& v, std::int64_t kv_seq_len,
+                          std::optional<float> scale, const py::object& mask, std::int64_t window, float softcap,
+                          std::int64_t nwg, const std::optional<py::array>& sinks,
+                          std::optional<std::int64_t> ring_start, const QuantArg& k_quant, const QuantArg& v_quant) {
+  const DecodeParams params = decode_params(q, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start);
+  DecodeInputs in = decode_inputs(q, k, v, k_quant, v_quant);
+  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view(), in.v.view(), params);
+  in.check_row_bytes();
+  return {std::move(in), std::move(plan)};
+}
+
 void stage(DecodeInputs& in, DecodePlan& plan) {
   in.q.stage();
   in.k.stage();
@@ -274,10 +291,8 @@ py::object flash_attn_vec(const py::array& q, const py::array& k, const py::arra
                           std::int64_t window, float softcap, std::int64_t nwg,
                           const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start,
                           const QuantArg& k_quant, const QuantArg& v_quant) {
-  const DecodeParams params = decode_params(q, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start);
-  DecodeInputs in = decode_inputs(q, k, v, k_quant, v_quant);
-  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view(), in.v.view(), params);
-  in.check_row_bytes();
+  auto [in, plan] = plan_decode(q, k, v, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start, k_quant,
+                                v_quant);
   const Output o = output(out, shape_of(q), py::dtype("float32"), {{"q", &q}, {"k_cache", &k}, {"v_cache", &v}});
   stage(in, plan);
   const TensorView ov = output_view_as4(o.target, DType::f32,
@@ -293,12 +308,10 @@ py::object flash_attn_vec(const py::array& q, const py::array& k, const py::arra
 py::tuple flash_attn_vec_partials(const py::array& q, const py::array& k, const py::array& v,
                                   std::int64_t kv_seq_len, std::optional<float> scale, const py::object& mask,
                                   std::int64_t window, float softcap, std::int64_t nwg,
-                          const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start,
-                          const QuantArg& k_quant, const QuantArg& v_quant) {
-  const DecodeParams params = decode_params(q, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start);
-  DecodeInputs in = decode_inputs(q, k, v, k_quant, v_quant);
-  DecodePlan plan = plan_flash_attn_vec(in.q.view, in.k.view(), in.v.view(), params);
-  in.check_row_bytes();
+                                  const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start,
+                                  const QuantArg& k_quant, const QuantArg& v_quant) {
+  auto [in, plan] = plan_decode(q, k, v, kv_seq_len, scale, mask, window, softcap, nwg, sinks, ring_start, k_quant,
+                                v_quant);
   std::vector<py::ssize_t> lead(q.shape(), q.shape() + q.ndim() - 1), o_shape = lead, sm_shape = lead;
   o_shape.insert(o_shape.end(), {py::ssize_t(plan.nwg), py::ssize_t(plan.head_dim)});
   sm_shape.push_back(py::ssize_t(plan.nwg));
