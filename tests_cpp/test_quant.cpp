@@ -72,10 +72,16 @@ TEST(QuantFormat, RowBytesAndNames) {
   EXPECT_EQ(quant_row_bytes(QuantFormat::q4_0, 256), 8 * 18);
   EXPECT_STREQ(quant_format_name(QuantFormat::q4_0), "q4_0");
   EXPECT_STREQ(quant_format_name(QuantFormat(9)), "unknown");
-  for (QuantFormat f : {QuantFormat::affine4, QuantFormat::tq4, QuantFormat(9)})
+  for (QuantFormat f : {QuantFormat::affine4, QuantFormat(9)})
     EXPECT_NE(message_of([&] { quant_row_bytes(f, 64); }).find("format: '"), std::string::npos);
-  EXPECT_NE(message_of([&] { quant_row_bytes(QuantFormat::tq4, 64); }).find("'tq4' is not implemented yet"),
+  EXPECT_NE(message_of([&] { quant_row_bytes(QuantFormat::affine4, 64); }).find("'affine4' is not implemented yet"),
             std::string::npos);
+  EXPECT_EQ(quant_row_bytes(QuantFormat::tq4, 32), 16 + 4);
+  EXPECT_EQ(quant_row_bytes(QuantFormat::tq4, 256), 128 + 4);
+  EXPECT_EQ(quant_row_bytes(QuantFormat::tq4, 512), 256 + 8);  // two half norms
+  for (std::int64_t d : {96, 1024, 160})
+    EXPECT_NE(message_of([&] { quant_row_bytes(QuantFormat::tq4, d); }).find("head_dim: tq4 needs a head dim D that is a power of two"),
+              std::string::npos);
   // regression (review): D / 32 * 34 overflowed int64 (UB) for D near 2^63.
   const std::int64_t huge = std::numeric_limits<std::int64_t>::max() / 32 * 32;
   EXPECT_NE(message_of([&] { quant_row_bytes(QuantFormat::q8_0, huge); }).find("head_dim: head dim D = "),
@@ -388,8 +394,8 @@ TEST(QuantKv, BadCallsWriteNothing) {
   overlap.stride[2] = 0;
   check(xv, overlap, "out: its rows overlap");
   QuantView fmt = ov;
-  fmt.format = QuantFormat::tq4;
-  check(xv, fmt, "format: 'tq4' is not implemented yet");
+  fmt.format = QuantFormat::affine4;
+  check(xv, fmt, "format: 'affine4' is not implemented yet");
   QuantView null = ov;
   null.data = nullptr;
   check(xv, null, "out: data pointer is null");
@@ -410,6 +416,130 @@ TEST(QuantKv, BadCallsWriteNothing) {
   bro.writable = false;
   EXPECT_NE(message_of([&] { dequantize_kv(in, bro); }).find("out: must be writable"), std::string::npos);
   EXPECT_EQ(back, std::vector<float>(2 * 64, -1.0f));
+}
+
+// --- tq4 (mlx-native's TurboQuant rows): answers worked out from the format's definition ------
+
+float stored_norm(const std::vector<std::uint8_t>& row, std::int64_t D, int which = 0) {
+  float n;
+  std::memcpy(&n, row.data() + D / 2 + 4 * which, 4);
+  return n;
+}
+
+TEST(QuantTq4, KnownRows) {
+  // D = 64 (no sign flips): e_0 rotates to 1/8 everywhere; norm 1; u = 1 -> index 11.
+  std::vector<float> e(64, 0.0f);
+  e[0] = 1.0f;
+  std::vector<std::uint8_t> row = quantize_row(e, QuantFormat::tq4);
+  ASSERT_EQ(row.size(), 36u);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(row[std::size_t(i)], 0xBB) << i;
+  EXPECT_EQ(stored_norm(row, 64), 1.0f);
+  // Read back: centroid 11 (0.9423405) at coordinate 0, ~0 elsewhere.
+  const std::vector<float> back = dequantize_row(row, QuantFormat::tq4, 64);
+  EXPECT_NEAR(back[0], 0.9423405f, 1e-6f);
+  for (int i = 1; i < 64; ++i) EXPECT_NEAR(back[std::size_t(i)], 0.0f, 1e-6f) << i;
+  // e_0 + e_1: odd coordinates rotate to exactly 0, the boundary between centroids 7 and 8:
+  // the tie goes low (u > b), index 7; even ones to sqrt(2): index 12.
+  e[1] = 1.0f;
+  row = quantize_row(e, QuantFormat::tq4);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(row[std::size_t(i)], 12 | 7 << 4) << i;
+  EXPECT_EQ(stored_norm(row, 64), std::sqrt(2.0f));
+  // D = 256: coordinate 0's sign bit is set, so e_0 rotates to -1/16 everywhere: index 4.
+  std::vector<float> e256(256, 0.0f);
+  e256[0] = 1.0f;
+  row = quantize_row(e256, QuantFormat::tq4);
+  ASSERT_EQ(row.size(), 132u);
+  for (int i = 0; i < 128; ++i) EXPECT_EQ(row[std::size_t(i)], 0x44) << i;
+  EXPECT_EQ(stored_norm(row, 256), 1.0f);
+  // D = 512: two half RMS norms, each |f32(1/sqrt(512))|-sized; index 4 everywhere.
+  std::vector<float> e512(512, 0.0f);
+  e512[0] = 1.0f;
+  row = quantize_row(e512, QuantFormat::tq4);
+  ASSERT_EQ(row.size(), 264u);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(row[std::size_t(i)], 0x44) << i;
+  for (int h = 0; h < 2; ++h) EXPECT_NEAR(stored_norm(row, 512, h), 0.04419417f, 1e-7f);
+  // A zero row: norm 0, every coordinate exactly on the middle boundary: index 7.
+  row = quantize_row(std::vector<float>(128, 0.0f), QuantFormat::tq4);
+  for (int i = 0; i < 64; ++i) EXPECT_EQ(row[std::size_t(i)], 0x77) << i;
+  EXPECT_EQ(stored_norm(row, 128), 0.0f);
+}
+
+TEST(QuantTq4, RangeIsCheckedBeforeWriting) {
+  std::vector<float> x(64, 1.0f);
+  x[7] = 2.0e15f;  // above 2^50
+  std::vector<std::uint8_t> out(36, 0xAB);
+  const std::string m = message_of([&] {
+    quantize_kv(contiguous_view(x.data(), DType::f32, {1, 1, 1, 64}, false),
+                contiguous_quant_view(out.data(), QuantFormat::tq4, {1, 1, 1, 64}, true));
+  });
+  EXPECT_NE(m.find("x: every value must be finite with |x| <= 2^50 for tq4"), std::string::npos) << m;
+  for (std::uint8_t b : out) EXPECT_EQ(b, 0xAB);
+}
+
+// The decode on tq4 K and V equals the dense decode of the rotated values
+// with Q rotated, each live group's output rotated back (here nwg = 1: one
+// group), through the public API.
+TEST(QuantTq4, DecodeIsTheRotatedDenseDecode) {
+  const std::int64_t D = 128, L = 45;
+  std::vector<float> x(static_cast<std::size_t>(2 * L * D)), q(static_cast<std::size_t>(D));
+  std::uint32_t seed = 7;
+  auto next = [&] { seed = seed * 1664525u + 1013904223u; return float(seed >> 8) / float(1 << 24) - 0.5f; };
+  for (float& f : x) f = next();
+  for (float& f : q) f = next();
+  const std::int64_t W = quant_row_bytes(QuantFormat::tq4, D);
+  std::vector<std::uint8_t> blocks(std::size_t(2 * L * W));
+  quantize_kv(contiguous_view(x.data(), DType::f32, {2, 1, L, D}, false),
+              contiguous_quant_view(blocks.data(), QuantFormat::tq4, {2, 1, L, D}, true));
+  const QuantView kq = contiguous_quant_view(blocks.data(), QuantFormat::tq4, {1, 1, L, D}, false);
+  const QuantView vq = contiguous_quant_view(blocks.data() + L * W, QuantFormat::tq4, {1, 1, L, D}, false);
+  DecodeParams params;
+  params.kv_seq_len = L;
+  params.nwg = 1;
+  std::vector<float> out(static_cast<std::size_t>(D));
+  flash_attn_vec(contiguous_view(q.data(), DType::f32, {1, 1, 1, D}, false), CacheView(kq), CacheView(vq),
+                 contiguous_view(out.data(), DType::f32, {1, 1, 1, D}, true), params);
+  // The model: the rotated values (dequantize, then rotate again: the
+  // transform is not exactly its own inverse in f32, so build them from
+  // the codes instead): centroid * norm * f32(1/sqrt(D)).
+  static const float kCodebook[16] = {-2.7325896f, -2.0690172f, -1.6180464f, -1.2562312f, -0.9423405f, -0.6567591f,
+                                      -0.3880483f, -0.1283950f, 0.1283950f,  0.3880483f,  0.6567591f,  0.9423405f,
+                                      1.2562312f,  1.6180464f,  2.0690172f,  2.7325896f};
+  const float inv_sqrt = float(1.0 / std::sqrt(double(D)));
+  std::vector<float> rotated(std::size_t(2 * L * D));
+  for (std::int64_t r = 0; r < 2 * L; ++r) {
+    const std::uint8_t* row = blocks.data() + r * W;
+    float norm;
+    std::memcpy(&norm, row + D / 2, 4);
+    const float s = norm * inv_sqrt;
+    for (std::int64_t j = 0; j < D; ++j)
+      rotated[std::size_t(r * D + j)] = kCodebook[(j % 2 ? row[j / 2] >> 4 : row[j / 2] & 0x0f)] * s;
+  }
+  // Q rotated: the normalized Walsh-Hadamard transform (D = 128: no sign flips).
+  auto fwht = [&](std::vector<float>& v) {
+    for (std::int64_t h = 1; h < D; h *= 2)
+      for (std::int64_t i = 0; i < D; i += 2 * h)
+        for (std::int64_t j = i; j < i + h; ++j) {
+          const float a = v[std::size_t(j)], b = v[std::size_t(j + h)];
+          v[std::size_t(j)] = a + b;
+          v[std::size_t(j + h)] = a - b;
+        }
+    for (float& f : v) f = f * inv_sqrt;
+  };
+  std::vector<float> qr = q;
+  fwht(qr);
+  std::vector<float> o(static_cast<std::size_t>(D)), s(1), m(1), want(static_cast<std::size_t>(D));
+  flash_attn_vec_partials(contiguous_view(qr.data(), DType::f32, {1, 1, 1, D}, false),
+                          contiguous_view(rotated.data(), DType::f32, {1, 1, L, D}, false),
+                          contiguous_view(rotated.data() + L * D, DType::f32, {1, 1, L, D}, false),
+                          contiguous_view(o.data(), DType::f32, {1, 1, 1, D}, true),
+                          contiguous_view(s.data(), DType::f32, {1, 1, 1, 1}, true),
+                          contiguous_view(m.data(), DType::f32, {1, 1, 1, 1}, true), params);
+  fwht(o);
+  flash_attn_vec_reduce(contiguous_view(o.data(), DType::f32, {1, 1, 1, D}, false),
+                        contiguous_view(s.data(), DType::f32, {1, 1, 1, 1}, false),
+                        contiguous_view(m.data(), DType::f32, {1, 1, 1, 1}, false),
+                        contiguous_view(want.data(), DType::f32, {1, 1, 1, D}, true));
+  for (std::int64_t d = 0; d < D; ++d) EXPECT_EQ(out[std::size_t(d)], want[std::size_t(d)]) << d;
 }
 
 }  // namespace

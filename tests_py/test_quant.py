@@ -369,7 +369,7 @@ def test_non_finite_rejected(fmt, bad, dtype):
 
 
 def test_unimplemented_formats():
-    for fmt in ("affine4", "tq4"):
+    for fmt in ("affine4",):
         with pytest.raises(ValueError, match=f"format: '{fmt}' is not implemented yet"):
             fattn.quantize_kv(np.ones((2, 32), F32), fmt)
         with pytest.raises(ValueError, match=f"format: '{fmt}' is not implemented yet"):

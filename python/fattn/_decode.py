@@ -68,12 +68,15 @@ def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_s
     Quantized caches: either cache (or both, mixed freely with a dense one, e.g. a float16
     ``k_cache`` with a q4_0 ``v_cache``) may be a quantized cache, an object with ``.blocks``
     (uint8 ``[H_kv, capacity, bytes_per_row]`` or ``[B, H_kv, capacity, bytes_per_row]``, each
-    row the format's blocks along D), ``.format`` (``"q8_0"`` or ``"q4_0"``; ``"affine4"`` and
-    ``"tq4"`` are not implemented yet) and ``.head_dim`` (D), such as ``fattn.QuantizedCache``.
-    The kernel reads the blocks in place and dequantizes each chunk of 32 rows as it goes; the
-    result is bit for bit the decode of the dequantized float32 caches (the blocks' exact values;
-    with a dense cache alongside, its values widened to float32: every cache's values are
-    widened exactly before any arithmetic, so float16 and float32 caches of equal values agree).
+    row the format's blocks along D), ``.format`` (``"q8_0"``, ``"q4_0"`` or ``"tq4"``;
+    ``"affine4"`` is not implemented yet) and ``.head_dim`` (D), such as ``fattn.QuantizedCache``.
+    The kernel reads the blocks in place and dequantizes each chunk of 32 rows as it goes; for
+    q8_0/q4_0 the result is bit for bit the decode of the dequantized float32 caches (the
+    blocks' exact values; with a dense cache alongside, its values widened to float32: every
+    cache's values are widened exactly before any arithmetic, so float16 and float32 caches of
+    equal values agree). tq4 is read in its rotated domain (Q rotated with a tq4 K, each group's
+    output rotated back with a tq4 V), within ``fattn.bounds.decode_bound`` of the exact
+    attention over ``c.dequantize()`` (docs/numerics.md, "tq4 in the decode").
 
     mask: ``"none"``; ``"causal"`` (the query sits at position ``kv_seq_len - 1``, so nothing more
     is masked); ``"sliding_window"`` (only the last ``window`` positions, ``window = 0`` = all).

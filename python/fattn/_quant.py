@@ -19,9 +19,9 @@ def _format(format: Any) -> str:
 
 
 class QuantizedCache:
-    """A KV cache stored as ggml blocks: ``blocks`` (uint8 ``[..., capacity, bytes_per_row]``, one
-    row's blocks along the last axis), ``format`` (``"q8_0"`` or ``"q4_0"``) and ``head_dim``
-    (D, a multiple of 32).
+    """A quantized KV cache: ``blocks`` (uint8 ``[..., capacity, bytes_per_row]``, one row's
+    blocks along the last axis), ``format`` (``"q8_0"``, ``"q4_0"`` or ``"tq4"``) and ``head_dim``
+    (D, a multiple of 32; for tq4 a power of two from 32 to 512).
 
     Made by :func:`quantize_kv`, or by :meth:`from_blocks` around bytes made elsewhere. ``blocks``
     is the array itself, not a copy: write rows into it in place
@@ -30,7 +30,10 @@ class QuantizedCache:
 
     Layouts (little-endian, 32 elements per block): q8_0 34 bytes per block, the float16 scale
     ``d`` then 32 int8 ``q`` (element = ``q * d``); q4_0 18 bytes, ``d`` then 16 bytes whose low
-    nibble holds element ``j`` and high nibble element ``j + 16`` (element = ``(nibble - 8) * d``).
+    nibble holds element ``j`` and high nibble element ``j + 16`` (element = ``(nibble - 8) * d``);
+    tq4 (mlx-native's TurboQuant rows) one row of ``D / 2`` bytes of 4-bit codes of the
+    Hadamard-rotated row (code ``2i`` in the low nibble of byte ``i``), then its float32 norm
+    (``D = 512``: the two halves' RMS), ``D / 2 + 4`` or ``+ 8`` bytes (docs/numerics.md §9).
     """
 
     __slots__ = ("_blocks", "_format", "_head_dim")
@@ -46,7 +49,8 @@ class QuantizedCache:
         """Wraps raw blocks made elsewhere (no copy): ``blocks`` a uint8 array ``[capacity, W]``,
         ``[H, capacity, W]`` or ``[B, H, capacity, W]`` (numpy, or a uint8 torch tensor / DLPack /
         buffer-protocol object) with ``W`` the bytes per row of ``head_dim`` elements in ``format``
-        (q8_0: ``34 * head_dim / 32``, q4_0: ``18 * head_dim / 32``), its last axis contiguous; any
+        (q8_0: ``34 * head_dim / 32``, q4_0: ``18 * head_dim / 32``, tq4: ``head_dim / 2 + 4``,
+        ``+ 8`` for 512), its last axis contiguous; any
         other strides. TypeError for a non-uint8 ``blocks`` or a non-str ``format``/non-int
         ``head_dim``; ValueError (naming ``blocks``, ``format`` or ``head_dim``) for a bad rank,
         width, stride, format or head dim. The bytes themselves are not checked: any byte pattern
@@ -65,7 +69,7 @@ class QuantizedCache:
 
     @property
     def format(self) -> str:
-        """``"q8_0"`` or ``"q4_0"``."""
+        """``"q8_0"``, ``"q4_0"`` or ``"tq4"``."""
         return self._format
 
     @property
@@ -84,8 +88,9 @@ class QuantizedCache:
         return int(self._blocks.shape[-1])
 
     def dequantize(self) -> np.ndarray:
-        """The float32 values ``[..., capacity, head_dim]``: each element ``q * d`` with the block's
-        float16 scale ``d``, exact in float32 (no rounding)."""
+        """The float32 values ``[..., capacity, head_dim]``: q8_0/q4_0 each element ``q * d`` with
+        the block's float16 scale ``d``, exact in float32 (no rounding); tq4 the rotated centroids
+        ``centroid[code] * norm / sqrt(D)`` rotated back (rounded in float32)."""
         return _core.dequantize_kv(self._blocks, self._format, self._head_dim)
 
     def __repr__(self) -> str:
@@ -96,8 +101,11 @@ def quantize_kv(x: ArrayLike, format: str) -> QuantizedCache:
     """Quantizes ``x`` ``[capacity, D]``, ``[H, capacity, D]`` or ``[B, H, capacity, D]`` (float32,
     float16 or bfloat16; numpy, CPU torch tensor, DLPack or buffer protocol; any strides, a
     non-contiguous last axis is copied first) into a :class:`QuantizedCache` of ``format``
-    ``"q8_0"`` or ``"q4_0"`` (``"affine4"`` and ``"tq4"`` are reserved: ValueError, not implemented
-    yet). D must be a multiple of 32 (the block size).
+    ``"q8_0"``, ``"q4_0"`` or ``"tq4"`` (``"affine4"`` is reserved: ValueError, not implemented
+    yet). D must be a multiple of 32 (the block size); for tq4 a power of two from 32 to 512.
+    tq4 follows mlx-native's TurboQuant quantizer step by step (docs/numerics.md §9: sign flips
+    for D = 256/512, the normalized Walsh-Hadamard transform, the L2 norm (D = 512: each half's
+    RMS), the nearest of 16 Lloyd-Max centroids of N(0, 1)); ``|x| <= 2^50``.
 
     Each block of 32 elements along D follows ggml's reference quantizer bit for bit
     (docs/numerics.md, "Quantized caches"): q8_0 ``d = max|x| / 127``, ``q = round(x / d)`` half

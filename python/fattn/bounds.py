@@ -160,7 +160,7 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
     return bound, e
 
 
-def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLike, *, kv_seq_len: int,
+def decode_bound(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: int,
                  scale: Optional[float] = None, window: Optional[int] = None, softcap: float = 0.0,
                  sinks: Optional[npt.ArrayLike] = None) -> np.ndarray:
     """Per-row bound on ``|fattn.flash_attn_vec(...) - exact|`` (numerics §5, "Error bounds"),
@@ -168,19 +168,37 @@ def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLik
     2^-11, absolute 2^-25 below half's normal range), the f32 dot chain, the softcap's tanh;
     then through the softmax as for prefill. With ``sinks``, ``4·u·max|V|`` more for each head
     whose sink is not ``-inf`` (the fold's exp, sum and rescale; the exact answer is
-    ``fattn.reference.attention(..., sinks=sinks)``)."""
-    q64 = _f64(q)
-    k = np.asarray(k_cache)
-    v = np.asarray(v_cache)
-    if q64.ndim == 2:
-        q64, k, v = q64[None], k[None], v[None]
-    k64 = _expand_kv(_f64(k)[:, :, :kv_seq_len], q64.shape[1])
-    v64 = _expand_kv(_f64(v)[:, :, :kv_seq_len], q64.shape[1])
+    ``fattn.reference.attention(..., sinks=sinks)``).
+
+    Either cache may be a quantized cache (``fattn.QuantizedCache``): the exact answer is then
+    the attention over its dequantized values (``c.dequantize()``). A tq4 cache is read rotated
+    (numerics §9): a tq4 K moves the score terms into the rotated domain and adds
+    ``2·(log2 D + 2)·u·|q|·|k|`` (Q's rotation, the dequantized K's rotation back); a tq4 V
+    adds ``(2n + 10)·u·sqrt(D)·max|V_rot|`` and ``2·(log2 D + 2)·u·max|v_rot|_2`` (the sum in
+    the rotated domain, the output's and the dequantized V's rotations back)."""
+    from fattn.reference import _cache_values, _is_tq4, _kernel_values, tq4_rotate  # cycle-free
+
+    def values(cache: Any) -> np.ndarray:
+        return _cache_values(cache) if hasattr(cache, "blocks") else np.asarray(cache)
+
+    def batched(x: np.ndarray) -> np.ndarray:
+        return x[None] if np.asarray(q).ndim == 2 else x
+
+    q64 = batched(_f64(q))
+    heads = q64.shape[1]
+    k64 = _expand_kv(_f64(batched(values(k_cache)))[:, :, :kv_seq_len], heads)
+    v64 = _expand_kv(_f64(batched(values(v_cache)))[:, :, :kv_seq_len], heads)
     d = q64.shape[-1]
     s = float(np.float32(1) / np.sqrt(np.float32(d))) if scale is None else float(np.float32(scale))
-    q_err = np.maximum(np.abs(q64) * 2.0 ** -11, 2.0 ** -25)
-    score_err = s * (np.einsum("bhd,bhjd->bhj", q_err, np.abs(k64))
-                     + (d + 2) * _U32 * np.einsum("bhd,bhjd->bhj", np.abs(q64), np.abs(k64)))
+    rotation = 2 * (np.log2(d) + 2) * _U32  # one rotation there and one back, each (log2 D + 2)·u·|x|_2
+    # The kernel's operands: rotated for a tq4 K (Q turns with it).
+    qk = _f64(batched(tq4_rotate(q))) if _is_tq4(k_cache) else q64
+    kk = _expand_kv(_f64(batched(_kernel_values(k_cache)))[:, :, :kv_seq_len], heads) if _is_tq4(k_cache) else k64
+    q_err = np.maximum(np.abs(qk) * 2.0 ** -11, 2.0 ** -25)
+    score_err = s * (np.einsum("bhd,bhjd->bhj", q_err, np.abs(kk))
+                     + (d + 2) * _U32 * np.einsum("bhd,bhjd->bhj", np.abs(qk), np.abs(kk)))
+    if _is_tq4(k_cache):
+        score_err = score_err + s * rotation * np.linalg.norm(q64, axis=-1)[..., None] * np.linalg.norm(k64, axis=-1)
     if softcap > 0:
         score_err = score_err + 4 * _U32 * softcap  # tanh is 1-Lipschitz; its own rounding
     visible = np.ones(kv_seq_len, dtype=bool)
@@ -188,9 +206,16 @@ def decode_bound(q: npt.ArrayLike, k_cache: npt.ArrayLike, v_cache: npt.ArrayLik
         visible &= np.arange(kv_seq_len) >= kv_seq_len - window
     e = np.where(visible, score_err, 0.0).max(axis=-1)
     vmax = np.abs(v64).max(axis=(2, 3))
-    bound: np.ndarray = vmax * (np.expm1(2 * e) + (2 * visible.sum() + 10) * _U32)
+    sums = (2 * visible.sum() + 10) * _U32
+    v_sum_scale = vmax  # what a rounding in the kernel's V sums is relative to, per output element
+    bound: np.ndarray = vmax * np.expm1(2 * e)
+    if _is_tq4(v_cache):  # a rounding of a rotated coordinate spreads over the row: sqrt(D)·max|V_rot|
+        vr = _expand_kv(_f64(batched(_kernel_values(v_cache)))[:, :, :kv_seq_len], heads)
+        v_sum_scale = np.sqrt(d) * np.abs(vr).max(axis=(2, 3))
+        bound = bound + rotation * np.linalg.norm(vr, axis=-1).max(axis=-1)
+    bound = bound + sums * v_sum_scale
     if sinks is not None:
-        bound = bound + vmax * 4 * _U32 * (np.asarray(sinks, dtype=np.float64) != -np.inf)
+        bound = bound + v_sum_scale * 4 * _U32 * (np.asarray(sinks, dtype=np.float64) != -np.inf)
     return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry", "flash_attn_vec", "flash_attn_vec_partials",
-           "flash_attn_vec_reduce", "merge_attention", "quantize_kv", "dequantize_kv", "quant_row_bytes"]
+           "flash_attn_vec_reduce", "merge_attention", "quantize_kv", "dequantize_kv", "quant_row_bytes",
+           "tq4_rotate", "tq4_unrotate", "tq4_rotated_values"]
 
 _CAUSAL = (None, "top_left", "bottom_right")
 
@@ -465,10 +466,24 @@ def _cache_values(cache: object) -> np.ndarray:
     return np.asarray(cache).astype(np.float32)
 
 
+def _is_tq4(cache: object) -> bool:
+    return all(hasattr(cache, name) for name in ("blocks", "format", "head_dim")) and \
+        str(getattr(cache, "format")) == "tq4"
+
+
+def _kernel_values(cache: object) -> np.ndarray:
+    """What the decode kernel reads: :func:`_cache_values`, but a tq4 cache's rotated values."""
+    if _is_tq4(cache):
+        return tq4_rotated_values(getattr(cache, "blocks"), int(getattr(cache, "head_dim")))
+    return _cache_values(cache)
+
+
 def _decode_views(q: npt.ArrayLike, k_cache: object, v_cache: object
                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     q32 = np.asarray(q, dtype=np.float32)
-    k32, v32 = _cache_values(k_cache), _cache_values(v_cache)
+    if _is_tq4(k_cache):  # scores in the rotated domain: Q turns as the cache's rows did
+        q32 = tq4_rotate(q32)
+    k32, v32 = _kernel_values(k_cache), _kernel_values(v_cache)
     if q32.ndim == 2:
         q32, k32, v32 = q32[None], k32[None], v32[None]
     return q32, _expand_kv(k32, q32.shape[1]), _expand_kv(v32, q32.shape[1])
@@ -499,6 +514,10 @@ def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_
 
     ``ring_start``: logical position ``p`` is read from slot ``(ring_start + p) % capacity``;
     everything above is in logical positions.
+
+    A tq4 ``k_cache`` is read in its rotated domain with ``q`` rotated first
+    (:func:`tq4_rotate`); with a tq4 ``v_cache`` each group that saw a chunk has its ``o`` turned
+    back (:func:`tq4_unrotate`) after step 5.
     """
     f32 = np.float32
     q32, k32, v32 = _decode_views(q, k_cache, v_cache)
@@ -547,6 +566,8 @@ def flash_attn_vec_partials(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_
                 row_sum = np.where(has, row_sum * f + np.exp(sink - new_max).astype(f32), row_sum).astype(f32)
                 acc = np.where(has[..., None], acc * f[..., None], acc).astype(f32)
                 row_max = np.where(has, new_max, row_max).astype(f32)
+            if _is_tq4(v_cache) and g * _DECODE_CHUNK < kv_len:
+                acc = tq4_unrotate(acc)
             o[:, :, g], s_out[:, :, g], m_out[:, :, g] = acc, row_sum, row_max
     if np.asarray(q).ndim == 2:
         return o[0], s_out[0], m_out[0]
@@ -626,17 +647,149 @@ def merge_attention(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLi
 
 _QK = 32  # elements per block
 _BLOCK_BYTES = {"q8_0": 2 + _QK, "q4_0": 2 + _QK // 2}
-_LARGEST = {"q8_0": 65504.0 * 127, "q4_0": 65504.0 * 8}
+_LARGEST = {"q8_0": 65504.0 * 127, "q4_0": 65504.0 * 8, "tq4": 2.0 ** 50}
+_FORMATS = ("q8_0", "q4_0", "tq4")
 
 
 def quant_row_bytes(format: str, head_dim: int) -> int:
     """Bytes of one row of ``head_dim`` elements: q8_0 ``34 * head_dim / 32``, q4_0
-    ``18 * head_dim / 32``."""
-    if format not in _BLOCK_BYTES:
-        raise ValueError(f"format: {format!r} is not one of {tuple(_BLOCK_BYTES)}")
+    ``18 * head_dim / 32``, tq4 ``head_dim / 2 + 4`` (``+ 8`` for head_dim 512)."""
+    if format not in _FORMATS:
+        raise ValueError(f"format: {format!r} is not one of {_FORMATS}")
     if head_dim <= 0 or head_dim % _QK:
         raise ValueError(f"head_dim: must be a positive multiple of {_QK}, got {head_dim}")
+    if format == "tq4":
+        if head_dim > 512 or head_dim & (head_dim - 1):
+            raise ValueError(f"head_dim: tq4 needs a power of two from 32 to 512, got {head_dim}")
+        return head_dim // 2 + 4 * _tq4_norms(head_dim)
     return head_dim // _QK * _BLOCK_BYTES[format]
+
+
+# tq4, mlx-native's TurboQuant 4-bit rows (docs/numerics.md, "Quantized caches"): the row
+# rotated by a normalized Walsh-Hadamard transform (for D = 256 and 512 after fixed sign flips),
+# scaled by its norm to unit variance, each coordinate the index of the nearest Lloyd-Max
+# centroid of N(0, 1). Every step below is one float32 operation per element, in the kernel's
+# order, so the bytes equal fattn's.
+TQ4_CODEBOOK = np.array([-2.7325896, -2.0690172, -1.6180464, -1.2562312, -0.9423405, -0.6567591,
+                         -0.3880483, -0.1283950, 0.1283950, 0.3880483, 0.6567591, 0.9423405,
+                         1.2562312, 1.6180464, 2.0690172, 2.7325896], dtype=np.float32)
+TQ4_BOUNDARIES = np.array([-2.4008034, -1.8435318, -1.4371388, -1.0992859, -0.7995498, -0.5224037,
+                           -0.2582217, 0.0, 0.2582217, 0.5224037, 0.7995498, 1.0992859, 1.4371388,
+                           1.8435318, 2.4008034], dtype=np.float32)
+_TQ4_SIGN_BYTES = np.array([
+    0xa7, 0x3b, 0x91, 0xf4, 0x6d, 0xc2, 0x58, 0x0e, 0xb3, 0x7f, 0x24, 0xd6, 0x89, 0x45, 0xea, 0x1c,
+    0x63, 0xaf, 0xd8, 0x52, 0x97, 0x0b, 0xe1, 0x3d, 0x76, 0xc4, 0x19, 0xfe, 0x4a, 0x85, 0x2c, 0xdb,
+    0xd3, 0x4e, 0xa8, 0x17, 0x9c, 0x5b, 0xe6, 0x31, 0x72, 0xb9, 0x0d, 0xf5, 0x43, 0x8a, 0x6e, 0xc7,
+    0x58, 0x2f, 0x94, 0xe1, 0xb6, 0x3d, 0x0a, 0x7c, 0xc5, 0x61, 0xd8, 0x4f, 0xa3, 0x97, 0x1e, 0x85],
+    dtype=np.uint8)
+
+
+def _tq4_norms(head_dim: int) -> int:
+    return 2 if head_dim == 512 else 1
+
+
+def _tq4_signs(head_dim: int) -> np.ndarray:
+    """+1/-1 per coordinate (float32): bit j % 8 of byte j / 8 set means -1, for D = 256 and 512;
+    all +1 for smaller D (mlx-native's shared-memory kernel has no sign flips)."""
+    if head_dim < 256:
+        return np.ones(head_dim, dtype=np.float32)
+    bits = np.unpackbits(_TQ4_SIGN_BYTES, bitorder="little")[:head_dim]
+    return np.where(bits == 1, np.float32(-1), np.float32(1)).astype(np.float32)
+
+
+def _tq4_fwht(x: np.ndarray) -> np.ndarray:
+    """The normalized Walsh-Hadamard transform along the last axis in float32: butterflies
+    ``(a + b, a - b)`` on pairs ``(j, j + h)`` for ``h = 1, 2, 4, ...``, then times
+    ``float32(1/sqrt(D))``."""
+    y = np.array(x, dtype=np.float32)
+    d = y.shape[-1]
+    h = 1
+    while h < d:
+        v = y.reshape(y.shape[:-1] + (d // (2 * h), 2, h))
+        a, b = v[..., 0, :].copy(), v[..., 1, :].copy()
+        v[..., 0, :], v[..., 1, :] = a + b, a - b
+        h *= 2
+    return (y * np.float32(1.0 / np.sqrt(d))).astype(np.float32)
+
+
+def tq4_rotate(x: npt.ArrayLike) -> np.ndarray:
+    """Into tq4's rotated domain along the last axis (float32): the sign flips, then the
+    normalized transform. How the decode turns Q."""
+    x32 = np.asarray(x, dtype=np.float32)
+    return _tq4_fwht(x32 * _tq4_signs(x32.shape[-1]))
+
+
+def tq4_unrotate(x: npt.ArrayLike) -> np.ndarray:
+    """Back from tq4's rotated domain (float32): the transform, then the sign flips. How the
+    decode turns its output and :func:`dequantize_kv` its values."""
+    x32 = np.asarray(x, dtype=np.float32)
+    return (_tq4_fwht(x32) * _tq4_signs(x32.shape[-1])).astype(np.float32)
+
+
+def _tq4_square_sum(r: np.ndarray, per_lane: int) -> np.ndarray:
+    """Sum of squares over the last axis in the kernels' order: ``per_lane`` > 0, 32 (or 16)
+    lanes each adding its run of consecutive squares, then a tree; 0, the strided halving
+    ``s[i] += s[i + stride]``."""
+    sq = (r * r).astype(np.float32)
+    if per_lane:
+        runs = sq.reshape(sq.shape[:-1] + (-1, per_lane))
+        acc = np.zeros(runs.shape[:-1], dtype=np.float32)
+        for i in range(per_lane):
+            acc = (acc + runs[..., i]).astype(np.float32)
+        return _tree_sum(acc)
+    while sq.shape[-1] > 1:
+        half = sq.shape[-1] // 2
+        sq = (sq[..., :half] + sq[..., half:]).astype(np.float32)
+    return sq[..., 0]
+
+
+def _tq4_quantize(x32: np.ndarray) -> np.ndarray:
+    d = x32.shape[-1]
+    r = tq4_rotate(x32)
+    f32 = np.float32
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if d == 512:  # each half by its RMS: u = r * (1/rms)
+            halves = r.reshape(r.shape[:-1] + (2, 256))
+            rms = np.sqrt((_tq4_square_sum(halves, 16) / f32(256)).astype(f32)).astype(f32)  # [..., 2]
+            scale = np.where(rms > f32(1e-10), f32(1) / rms, f32(0)).astype(f32)
+            u = (halves * scale[..., None]).astype(f32).reshape(r.shape)
+            norms = rms
+        elif d == 256:  # u = r * ((1/norm) * 16)
+            norm = np.sqrt(_tq4_square_sum(r, 8)).astype(f32)
+            scale = (np.where(norm > f32(1e-10), f32(1) / norm, f32(0)) * f32(16)).astype(f32)
+            u = (r * scale[..., None]).astype(f32)
+            norms = norm[..., None]
+        else:  # u = (r / norm) * sqrt(D)
+            norm = np.sqrt(_tq4_square_sum(r, 0)).astype(f32)
+            unit = (r / norm[..., None]).astype(f32)
+            u = np.where((norm > f32(1e-10))[..., None], (unit * f32(np.sqrt(d))).astype(f32), f32(0))
+            norms = norm[..., None]
+    index = (u[..., None] > TQ4_BOUNDARIES).sum(axis=-1).astype(np.uint8)
+    nibbles = (index[..., 0::2] | (index[..., 1::2] << 4)).astype(np.uint8)
+    norm_bytes = np.ascontiguousarray(norms.astype("<f4")).view(np.uint8)
+    return np.concatenate([nibbles, norm_bytes], axis=-1)
+
+
+def tq4_rotated_values(blocks: npt.ArrayLike, head_dim: int) -> np.ndarray:
+    """A tq4 cache's values in the rotated domain (float32 ``[..., head_dim]``), as the decode
+    reads them: ``centroid[index] * scale`` with ``scale = float32(norm * float32(1/sqrt(D)))``,
+    or for D = 512 each half's stored RMS."""
+    b = np.asarray(blocks)
+    if b.dtype != np.uint8:
+        raise TypeError(f"blocks: dtype must be uint8, got {b.dtype}")
+    row_bytes = quant_row_bytes("tq4", head_dim)
+    if b.shape[-1] != row_bytes:
+        raise ValueError(f"blocks: the last axis must be {row_bytes} bytes, got {b.shape[-1]}")
+    half = head_dim // 2
+    nibbles = b[..., :half]
+    index = np.stack([nibbles & 0x0F, nibbles >> 4], axis=-1).reshape(b.shape[:-1] + (head_dim,))
+    norms = np.ascontiguousarray(b[..., half:]).view("<f4").astype(np.float32)
+    if head_dim == 512:
+        scale = np.repeat(norms, 256, axis=-1)
+    else:
+        scale = (norms * np.float32(1.0 / np.sqrt(head_dim))).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (TQ4_CODEBOOK[index] * scale).astype(np.float32)
 
 
 def _inverse(d: np.ndarray) -> np.ndarray:
@@ -663,7 +816,13 @@ def quantize_kv(x: npt.ArrayLike, format: str) -> np.ndarray:
     round(x * id)`` half away from zero as int8; bytes: float16(d), then the 32 q.
     q4_0 per block: ``m`` = the first element of largest ``|x|`` (+0 for a block of zeros),
     ``d = m / -8``, ``id`` as for q8_0, ``q = min(15, trunc(x * id + 8.5))``; bytes:
-    float16(d), then byte ``j`` = ``q[j] | q[j + 16] << 4``."""
+    float16(d), then byte ``j`` = ``q[j] | q[j + 16] << 4``.
+    tq4 per row (D a power of two, 32 to 512): ``r = tq4_rotate(x)``; D < 256: ``norm =
+    sqrt(sum r^2)`` (strided halving), ``u = (r / norm) * float32(sqrt(D))``; D = 256: ``norm``
+    with 32 lanes of 8 then a tree, ``u = r * ((1/norm) * 16)``; D = 512: per half of 256 ``rms =
+    sqrt(sum r^2 / 256)`` (16 lanes of 16, a tree), ``u = r * (1/rms)``; a norm <= 1e-10 gives
+    ``u = 0``; index = the count of :data:`TQ4_BOUNDARIES` below ``u`` (``u > b``); bytes: byte
+    ``i`` = ``index[2i] | index[2i+1] << 4``, then the float32 norm(s)."""
     arr = np.asarray(x)
     if arr.dtype not in (np.float32, np.float16) and arr.dtype.name != "bfloat16":
         raise TypeError(f"x: dtype must be float32, float16 or bfloat16, got {arr.dtype}")
@@ -671,6 +830,8 @@ def quantize_kv(x: npt.ArrayLike, format: str) -> np.ndarray:
     row_bytes = quant_row_bytes(format, x32.shape[-1])
     if not np.isfinite(x32).all() or (np.abs(x32) > _LARGEST[format]).any():
         raise ValueError(f"x: every value must be finite with |x| <= {_LARGEST[format]:.0f} for {format}")
+    if format == "tq4":
+        return np.ascontiguousarray(_tq4_quantize(x32))
     blocks = x32.reshape(x32.shape[:-1] + (-1, _QK))  # [..., nb, 32]
     if format == "q8_0":
         d = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float32)
@@ -697,13 +858,16 @@ def dequantize_kv(blocks: npt.ArrayLike, format: str, head_dim: int) -> np.ndarr
     """The values of ggml blocks ``[..., bytes_per_row]`` (uint8) as float32 ``[..., head_dim]``:
     q8_0 ``q * d``, q4_0 ``(nibble - 8) * d`` (low nibble of byte ``j``: element ``j``, high
     nibble: element ``j + 16``), ``d`` the block's float16 scale; each product is exact in
-    float32 (computed in float64 here, then narrowed without rounding)."""
+    float32 (computed in float64 here, then narrowed without rounding). tq4: the rotated values
+    (:func:`tq4_rotated_values`) turned back by :func:`tq4_unrotate` (float32, rounded)."""
     b = np.asarray(blocks)
     if b.dtype != np.uint8:
         raise TypeError(f"blocks: dtype must be uint8, got {b.dtype}")
     row_bytes = quant_row_bytes(format, head_dim)
     if b.shape[-1] != row_bytes:
         raise ValueError(f"blocks: the last axis must be {row_bytes} bytes, got {b.shape[-1]}")
+    if format == "tq4":
+        return tq4_unrotate(tq4_rotated_values(b, head_dim))
     per = b.reshape(b.shape[:-1] + (-1, _BLOCK_BYTES[format]))
     d = np.ascontiguousarray(per[..., :2]).view("<f2")[..., 0].astype(np.float64)
     if format == "q8_0":

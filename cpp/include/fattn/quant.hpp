@@ -9,8 +9,14 @@
 //   q4_0: ggml's block_q4_0, 18 bytes: the f16 scale d, then 16 bytes of
 //         nibbles, element j in the low nibble of byte j and element j + 16
 //         in the high nibble; element = (nibble - 8) * d (exact in f32).
-//   affine4, tq4: mlx-native's 4-bit formats (reserved; not implemented yet:
-//         InvalidArgument names them).
+//   tq4:  mlx-native's TurboQuant 4-bit rows (D a power of two, 32 to 512):
+//         D/2 bytes of centroid indices (coordinate 2i in the low nibble of
+//         byte i) of the Hadamard-rotated row, then its f32 L2 norm (D = 512:
+//         the two halves' RMS), D/2 + 4 (D/2 + 8) bytes. Not exact: values
+//         are centroids of the rotated row; the decode reads them rotated
+//         (Q rotated, output rotated back), dequantize_kv unrotated.
+//   affine4: mlx-native's rotated INT4 format (reserved; not implemented
+//         yet: InvalidArgument names it).
 //
 // docs/numerics.md, "Quantized caches", has the quantizers' rounding rules.
 #include <array>
@@ -26,7 +32,8 @@ inline constexpr std::int64_t kQuantBlock = 32;  // elements per block along D
 
 // "q8_0", "q4_0", "affine4", "tq4" ("unknown" for any other code).
 const char* quant_format_name(QuantFormat format);
-// Bytes per row of D elements: q8_0 34 * D / 32, q4_0 18 * D / 32.
+// Bytes per row of D elements: q8_0 34 * D / 32, q4_0 18 * D / 32, tq4
+// D / 2 + 4 (D = 512: + 8).
 // InvalidArgument for a format not implemented (naming "format") or D not a
 // positive multiple of 32 (naming `head_dim_name`: "head_dim", or "x" when
 // D is an array's last extent).
@@ -71,10 +78,12 @@ QuantView quant_view_over_bytes(void* data, QuantFormat format, std::int64_t hea
 // x [B, H, L, D] (f32, f16 or bf16; D a multiple of 32) into `out` (same
 // shape, writable, rows that do not overlap), block by block with ggml's
 // reference rules. Every value must be finite and small enough for the
-// block's f16 scale (|x| <= 65504 * 127 for q8_0, 65504 * 8 for q4_0):
+// block's f16 scale (|x| <= 65504 * 127 for q8_0, 65504 * 8 for q4_0; 2^50 for tq4):
 // checked before any byte is written.
 void quantize_kv(const TensorView& x, const QuantView& out);
-// The exact f32 values of a quantized array into `out` (f32, same shape, writable).
+// The f32 values of a quantized array into `out` (f32, same shape,
+// writable): exact for q8_0 and q4_0; for tq4 the rotated centroids turned
+// back to x's coordinates (the inverse transform rounds).
 void dequantize_kv(const QuantView& in, const TensorView& out);
 
 }  // namespace fattn

@@ -226,10 +226,44 @@ class ReduceWhenDone {
   std::unique_ptr<std::atomic<std::int64_t>[]> left_;
 };
 
+bool is_tq4(const CacheView& c) { return c.quant && c.quant->format == QuantFormat::tq4; }
+
+// A tq4 K cache holds rotated rows (quant/blocks.hpp): Q turns the same way
+// (scores are dot products, which an orthogonal rotation keeps), into
+// `storage`, before the kernels stage it. Other caches: q itself.
+TensorView query_for(const DecodePlan& p, std::vector<float>& storage) {
+  if (!is_tq4(p.k)) return p.q;
+  const std::int64_t B = p.batch, H = p.heads, D = p.head_dim;
+  storage.resize(std::size_t(B * H * D));
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t h = 0; h < H; ++h) {
+      const float* src = p.q.row<const float>(b, h, 0);
+      float* dst = storage.data() + (b * H + h) * D;
+      std::copy(src, src + D, dst);
+      quant::tq4_rotate(dst, D);
+    }
+  return contiguous_view(storage.data(), DType::f32, {B, H, 1, D}, false);
+}
+
+// A tq4 V cache gives each group's O in the rotated domain: turned back
+// before the partials are read (by the caller, or the reduce, which is
+// linear in them), group by group, for the groups [g0, g1) of (b, kv_head)
+// that saw a chunk (the others hold zeros, left as they are).
+void unrotate_partials(const DecodePlan& p, const TensorView& o, std::int64_t b, std::int64_t kv_head,
+                       std::int64_t g0, std::int64_t g1) {
+  if (!is_tq4(p.v)) return;
+  const std::int64_t group = p.heads / p.kv_heads;
+  g1 = std::min(g1, live_groups(p));
+  for (std::int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h)
+    for (std::int64_t g = g0; g < g1; ++g) quant::tq4_unrotate(o.row<float>(b, h, g), p.head_dim);
+}
+
 // The partials of every (batch, head) into o, s, m; with `out`, also their
 // reduce into out.
-void compute_partials(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& o,
-                  const TensorView& s, const TensorView& m, const DecodePlan& p, const TensorView* out = nullptr) {
+void compute_partials(const CacheView& k, const CacheView& v, const TensorView& o, const TensorView& s,
+                      const TensorView& m, const DecodePlan& p, const TensorView* out = nullptr) {
+  std::vector<float> rotated_q;
+  const TensorView q = query_for(p, rotated_q);
   const simd::Isa isa = simd::isa_for(simd::Family::decode);
   if (isa != simd::Isa::scalar) {
     // Each item walks its KV head's cache once, in memory order, for a block
@@ -251,6 +285,7 @@ void compute_partials(const TensorView& q, const CacheView& k, const CacheView& 
         const std::int64_t blk = item % blocks, kv_head = (item / blocks) % p.kv_heads, b = item / (blocks * p.kv_heads);
         const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
         if (g0 < g1) groups_fn(q, k, v, o, s, m, p, b, kv_head, g0, g1, work);
+        unrotate_partials(p, o, b, kv_head, g0, g1);
         reduce.item_done(b, kv_head, reduce_work);
       }
     });
@@ -263,6 +298,7 @@ void compute_partials(const TensorView& q, const CacheView& k, const CacheView& 
     for (std::int64_t item = begin; item < end; ++item) {
       const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
       if (p.write_idle || g < live_groups(p)) decode_group(q, k, v, o, s, m, p, b, kv_head, g, work);
+      unrotate_partials(p, o, b, kv_head, g, g + 1);
       reduce.item_done(b, kv_head, reduce_work);
     }
   });
@@ -287,8 +323,9 @@ void validate_cache(const CacheView& c, const char* name) {
     return;
   }
   const QuantView& t = *c.quant;
-  require(t.format == QuantFormat::q8_0 || t.format == QuantFormat::q4_0, name, ": quantized format '",
-          quant_format_name(t.format), "' is not implemented by the decode yet (q8_0 and q4_0 are)");
+  require(t.format == QuantFormat::q8_0 || t.format == QuantFormat::q4_0 || t.format == QuantFormat::tq4, name,
+          ": quantized format '", quant_format_name(t.format),
+          "' is not implemented by the decode yet (q8_0, q4_0 and tq4 are)");
   require(t.head_dim() > 0 && t.head_dim() % kQuantBlock == 0, name, ": a quantized cache's head dim D must be a ",
           "positive multiple of ", kQuantBlock, " (its block size), got ", t.head_dim());
   validate_quant_view(t, name);
@@ -349,7 +386,7 @@ void run_partials(const DecodePlan& plan, const TensorView& o, const TensorView&
   for (const auto* t : {&o, &s, &m}) detail::require_writable(*t, "partials");
   DecodePlan p = plan;
   p.write_idle = true;  // the caller may read every group's partials
-  compute_partials(p.q, p.k, p.v, o, s, m, p);
+  compute_partials(p.k, p.v, o, s, m, p);
 }
 
 void run(const DecodePlan& plan, const TensorView& out) {
@@ -366,7 +403,7 @@ void run(const DecodePlan& plan, const TensorView& out) {
   const TensorView o = contiguous_view(workspace.get(), DType::f32, {B, H, G, D}, true);
   const TensorView s = contiguous_view(workspace.get() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
   const TensorView m = contiguous_view(workspace.get() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
-  compute_partials(p.q, p.k, p.v, o, s, m, p, &out);
+  compute_partials(p.k, p.v, o, s, m, p, &out);
 }
 
 ReducePlan plan_flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m) {

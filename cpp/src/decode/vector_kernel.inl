@@ -282,6 +282,43 @@ inline float block_scale_v(const std::uint8_t* block) {
   return _cvtsh_ss(h);
 }
 
+// A tq4 row's rotated values (quant::dequantize_tq4_rotated, bit for bit):
+// per 16 (AVX-512) or 8 (AVX2) coordinates, the nibbles widened to indices,
+// the centroids gathered from registers by a permute, times the row's scale.
+template <class V>
+inline void dequantize_tq4_row_v(const std::uint8_t* row, std::int64_t D, float* out) {
+  float scales[2];
+  quant::tq4_code_scales(row, D, scales);
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  // 2n nibbles of n bytes in coordinate order: byte i's low nibble, then its high one.
+  const auto indices = [&](const std::uint8_t* bytes) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes));
+    return _mm_unpacklo_epi8(_mm_and_si128(b, low4), _mm_and_si128(_mm_srli_epi16(b, 4), low4));
+  };
+  if constexpr (std::is_same_v<typename V::F, __m512>) {
+    const __m512 codebook = _mm512_loadu_ps(quant::kTq4Codebook);
+    for (std::int64_t j = 0; j < D; j += 16) {
+      const __m512i idx = _mm512_cvtepu8_epi32(indices(row + j / 2));
+      const __m512 s = _mm512_set1_ps(scales[j >= 256 ? 1 : 0]);
+      _mm512_storeu_ps(out + j, _mm512_mul_ps(_mm512_permutexvar_ps(idx, codebook), s));
+    }
+  } else {
+    const __m256 low_half = _mm256_loadu_ps(quant::kTq4Codebook), high_half = _mm256_loadu_ps(quant::kTq4Codebook + 8);
+    for (std::int64_t j = 0; j < D; j += 16) {
+      const __m128i nibbles = indices(row + j / 2);
+      const __m256 s = _mm256_set1_ps(scales[j >= 256 ? 1 : 0]);
+      for (int part = 0; part < 2; ++part) {
+        const __m256i idx = _mm256_cvtepu8_epi32(part ? _mm_srli_si128(nibbles, 8) : nibbles);
+        // indices 8..15 (bit 3 set) from the high half: blendv reads the sign bit
+        const __m256 from_low = _mm256_permutevar8x32_ps(low_half, idx);
+        const __m256 from_high = _mm256_permutevar8x32_ps(high_half, idx);
+        const __m256 c = _mm256_blendv_ps(from_low, from_high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+        _mm256_storeu_ps(out + j + 8 * part, _mm256_mul_ps(c, s));
+      }
+    }
+  }
+}
+
 // A quantized row of D elements (quant/blocks.hpp) as its exact f32 values:
 // each int8 (q8_0) or nibble - 8 (q4_0) converted exactly, times the block's
 // scale (block_scale_v); the products are exact in f32 (at most 8 by 11
@@ -290,6 +327,7 @@ inline float block_scale_v(const std::uint8_t* block) {
 // target's region includes (simd/targets.hpp).
 template <class V>
 inline void dequantize_row_v(QuantFormat format, const std::uint8_t* row, std::int64_t D, float* out) {
+  if (format == QuantFormat::tq4) return dequantize_tq4_row_v<V>(row, D, out);
   const std::int64_t blocks = D / kQuantBlock;
   if constexpr (std::is_same_v<typename V::F, __m512>) {  // native AVX-512: 16 elements per instruction
     const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);

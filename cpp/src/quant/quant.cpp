@@ -24,10 +24,16 @@ const char* quant_format_name(QuantFormat format) {
 }
 
 std::int64_t quant_row_bytes(QuantFormat format, std::int64_t head_dim, const char* head_dim_name) {
-  require(format == QuantFormat::q8_0 || format == QuantFormat::q4_0, "format: '", quant_format_name(format),
-          "' is not implemented yet (q8_0 and q4_0 are)");
+  require(format == QuantFormat::q8_0 || format == QuantFormat::q4_0 || format == QuantFormat::tq4, "format: '",
+          quant_format_name(format), "' is not implemented yet (q8_0, q4_0 and tq4 are)");
   require(head_dim > 0 && head_dim % kQuantBlock == 0, head_dim_name,
           ": head dim D must be a positive multiple of ", kQuantBlock, " (the block size), got ", head_dim);
+  if (format == QuantFormat::tq4) {
+    require(quant::tq4_dim_ok(head_dim), head_dim_name,
+            ": tq4 needs a head dim D that is a power of two from 32 to 512 (its Hadamard rotation), got ",
+            head_dim);
+    return quant::tq4_row_bytes(head_dim);
+  }
   const std::int64_t block_bytes = format == QuantFormat::q8_0 ? quant::kQ8Bytes : quant::kQ4Bytes;
   std::int64_t row = 0;
   require(!__builtin_mul_overflow(head_dim / kQuantBlock, block_bytes, &row), head_dim_name, ": head dim D = ",
@@ -94,9 +100,13 @@ void quantize_kv(const TensorView& x, const QuantView& out) {
   const std::int64_t D = x.head_dim(), rows = x.batch() * x.heads() * x.length();
   const std::int64_t block_bytes = out.format == QuantFormat::q8_0 ? quant::kQ8Bytes : quant::kQ4Bytes;
   // Every value must be finite, and each block's f16 scale within range
-  // (max|x| / 127 for q8_0, max|x| / 8 for q4_0, at most 65504): checked
-  // over the whole input before a byte is written.
-  const float largest = out.format == QuantFormat::q8_0 ? 65504.0f * 127.0f : 65504.0f * 8.0f;
+  // (max|x| / 127 for q8_0, max|x| / 8 for q4_0, at most 65504), or for tq4
+  // a row's squared norm finite (|x| <= 2^50): checked over the whole input
+  // before a byte is written.
+  const bool tq4 = out.format == QuantFormat::tq4;
+  const float largest = tq4 ? quant::kTq4Largest : out.format == QuantFormat::q8_0 ? 65504.0f * 127.0f : 65504.0f * 8.0f;
+  const char* largest_text = tq4 ? "2^50" : out.format == QuantFormat::q8_0 ? "65504 * 127" : "65504 * 8";
+  const char* why = tq4 ? " (so a row's squared norm stays finite)" : " (so the block's f16 scale stays finite)";
   detail::dispatch_dtype(x.dtype, [&](auto tag) {
     using T = decltype(tag);
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -105,9 +115,8 @@ void quantize_kv(const TensorView& x, const QuantView& out) {
       for (std::int64_t d = 0; d < D; ++d) {
         const float value = widen(src[d]);
         require(std::isfinite(value) && std::fabs(value) <= largest, "x: every value must be finite with |x| <= ",
-                out.format == QuantFormat::q8_0 ? "65504 * 127" : "65504 * 8", " for ",
-                quant_format_name(out.format), " (so the block's f16 scale stays finite), got ", value, " at [", b,
-                ", ", h, ", ", l, ", ", d, "]");
+                largest_text, " for ", quant_format_name(out.format), why, ", got ", value, " at [", b, ", ", h,
+                ", ", l, ", ", d, "]");
       }
     }
     parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {
@@ -117,6 +126,10 @@ void quantize_kv(const TensorView& x, const QuantView& out) {
         const T* src = x.row<const T>(b, h, l);
         for (std::int64_t d = 0; d < D; ++d) row[std::size_t(d)] = widen(src[d]);
         std::uint8_t* dst = out.mutable_row(b, h, l);
+        if (tq4) {
+          quant::quantize_tq4_row(row.data(), D, dst);
+          continue;
+        }
         for (std::int64_t k = 0; k < D / kQuantBlock; ++k) {
           if (out.format == QuantFormat::q8_0)
             quant::quantize_q8_0(row.data() + k * kQuantBlock, dst + k * block_bytes);
@@ -139,7 +152,10 @@ void dequantize_kv(const QuantView& in, const TensorView& out) {
   parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t r = begin; r < end; ++r) {
       const std::int64_t l = r % in.length(), h = (r / in.length()) % in.heads(), b = r / (in.length() * in.heads());
-      quant::dequantize_row(in.format, in.row(b, h, l), in.head_dim(), out.row<float>(b, h, l));
+      float* dst = out.row<float>(b, h, l);
+      quant::dequantize_row(in.format, in.row(b, h, l), in.head_dim(), dst);
+      // tq4's stored values are rotated: back to x's coordinates.
+      if (in.format == QuantFormat::tq4) quant::tq4_unrotate(dst, in.head_dim());
     }
   });
 }
