@@ -272,6 +272,70 @@ TEST(Decode, RingStartOnARolledCacheIsBitIdentical) {
   }
 }
 
+// A paged pool [num_blocks, block_size, H_kv, D] (vLLM's layout) read
+// through a shuffled block table equals each sequence's contiguous cache.
+TEST(Decode, PagedEqualsEachSequencesContiguousCache) {
+  const std::int64_t B = 3, H = 4, H_kv = 2, cap = 96, D = 64;
+  for (const std::int64_t bs : {1, 16, 32, 48}) {
+    Cache c(B, H, H_kv, cap, D, DType::f32, 21);
+    const std::int64_t per_seq = (cap + bs - 1) / bs, num_blocks = B * per_seq + 2;
+    std::vector<float> pk(std::size_t(num_blocks * bs * H_kv * D), NAN), pv = pk;
+    std::vector<std::int32_t> table(static_cast<std::size_t>(B * per_seq));
+    std::mt19937 rng(5);
+    std::vector<std::int32_t> order(static_cast<std::size_t>(num_blocks));
+    for (std::int32_t i = 0; i < std::int32_t(num_blocks); ++i) order[std::size_t(i)] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t i = 0; i < per_seq; ++i) {
+        const std::int32_t blk = order[std::size_t(b * per_seq + i)];
+        table[std::size_t(b * per_seq + i)] = blk;
+        for (std::int64_t r = 0; r < bs && i * bs + r < cap; ++r)
+          for (std::int64_t h = 0; h < H_kv; ++h)
+            for (std::int64_t d = 0; d < D; ++d) {
+              const std::size_t to = std::size_t(((blk * bs + r) * H_kv + h) * D + d);
+              const std::size_t from = std::size_t(((b * H_kv + h) * cap + i * bs + r) * D + d);
+              pk[to] = c.k32[from];
+              pv[to] = c.v32[from];
+            }
+      }
+    // The pool as [num_blocks, H_kv, block_size, D]: heads inside a block's rows.
+    auto pool = [&](std::vector<float>& x) {
+      TensorView t = contiguous_view(x.data(), DType::f32, {num_blocks, bs, H_kv, D}, false);
+      std::swap(t.shape[1], t.shape[2]);
+      std::swap(t.stride[1], t.stride[2]);
+      return t;
+    };
+    const std::vector<std::int64_t> lens = {96, 1, 50};
+    DecodeParams p;
+    p.nwg = 3;
+    std::vector<float> out(std::size_t(B * H * D));
+    run(plan_flash_attn_vec_paged(c.qv(), pool(pk), pool(pv), BlockTableView{table.data(), B, per_seq, per_seq}, lens,
+                                  p),
+        contiguous_view(out.data(), DType::f32, {B, H, 1, D}, true));
+    for (std::int64_t b = 0; b < B; ++b) {
+      DecodeParams one = p;
+      one.kv_seq_len = lens[std::size_t(b)];
+      std::vector<float> want(static_cast<std::size_t>(H * D));
+      TensorView q1 = c.qv(), k1 = c.kv(), v1 = c.vv();
+      for (TensorView* t : {&q1, &k1, &v1}) {
+        t->data = static_cast<float*>(t->data) + b * t->stride[0];
+        t->shape[0] = 1;
+      }
+      flash_attn_vec(q1, k1, v1, contiguous_view(want.data(), DType::f32, {1, H, 1, D}, true), one);
+      EXPECT_EQ(0, std::memcmp(want.data(), out.data() + b * H * D, want.size() * 4)) << "block size " << bs << " b " << b;
+    }
+    // A table entry past the pool, or too few entries for a length, is refused.
+    std::vector<std::int32_t> bad = table;
+    bad[1] = std::int32_t(num_blocks);
+    EXPECT_THROW(plan_flash_attn_vec_paged(c.qv(), pool(pk), pool(pv), BlockTableView{bad.data(), B, per_seq, per_seq},
+                                           lens, p),
+                 InvalidArgument);
+    EXPECT_THROW(plan_flash_attn_vec_paged(c.qv(), pool(pk), pool(pv), BlockTableView{table.data(), B, 1, per_seq},
+                                           lens, p),
+                 InvalidArgument);
+  }
+}
+
 TEST(Merge, SinksJoinTheMergedDenominator) {
   // Rows [2 heads][2 rows each] of D = 2: row r's sink is sinks[(r / 2) % 2].
   // One part with LSE 0 and output x: with a sink s the result is x / (1 + e^s).

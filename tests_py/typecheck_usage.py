@@ -48,6 +48,15 @@ def decode(rng: np.random.Generator) -> np.ndarray:
     values: np.ndarray = reference.dequantize_kv(quantized.blocks, "q4_0", 128)
     assert mixed.shape == q.shape and values.shape == cache.shape
     assert reference.flash_attn_vec(q, cache, quantized, kv_seq_len=60).shape == q.shape
+    tq = fattn.quantize_kv(cache, "tq4")
+    rotated: np.ndarray = fattn.flash_attn_vec(q, tq, tq, kv_seq_len=60)
+    assert fattn.bounds.within(rotated, rotated, fattn.bounds.decode_bound(q, tq, tq, kv_seq_len=60))[0].all()
+    pool = rng.standard_normal((10, 16, 2, 128)).astype(np.float16)  # a paged pool
+    table = np.arange(10, dtype=np.int32).reshape(2, 5)
+    paged: np.ndarray = fattn.flash_attn_vec(np.stack([q, q]), pool, pool, kv_seq_len=np.array([60, 0]),
+                                             block_table=table)
+    po, ps, pm = fattn.flash_attn_vec_partials(np.stack([q, q]), pool, pool, kv_seq_len=60, block_table=table)
+    assert paged.shape == (2,) + q.shape and po.shape[:2] == ps.shape[:2] == pm.shape[:2]
     with_lse, lse = fattn.flash_attn_vec(q, cache, cache, kv_seq_len=60, return_lse=True)
     ok, _, _ = fattn.bounds.within(with_lse, exact, fattn.bounds.decode_bound(q, cache, cache, kv_seq_len=60))
     assert ok.shape == with_lse.shape

@@ -329,6 +329,115 @@ py::tuple flash_attn_vec_partials(const py::array& q, const py::array& k, const 
   return py::make_tuple(o, s, m);
 }
 
+// Paged decode (issue 21): q [B, H, D]; k, v pools [num_blocks, block_size,
+// H_kv, D] (or their blocks [num_blocks, block_size, H_kv, bytes per row]);
+// kv_seq_lens int64 [B]; block_table int32 [B, max_blocks] (the front turns
+// other integer tables into int32).
+struct PlannedPagedDecode {
+  DecodeInputs in;
+  py::array table;  // kept alive: the plan points into it
+  PagedDecodePlan plan;
+};
+PlannedPagedDecode plan_paged(const py::array& q, const py::array& k, const py::array& v, const py::array& kv_seq_lens,
+                              const py::array& block_table, std::optional<float> scale, const py::object& mask,
+                              std::int64_t window, float softcap, std::int64_t nwg,
+                              const std::optional<py::array>& sinks, std::optional<std::int64_t> ring_start,
+                              const QuantArg& k_quant, const QuantArg& v_quant) {
+  require(q.ndim() == 3, "q: expected [B, H, D] with block_table, got shape ", py_shape(q));
+  for (const auto& [name, a, quant] : {std::tuple<const char*, const py::array*, bool>{"k_cache", &k, bool(k_quant)},
+                                       {"v_cache", &v, bool(v_quant)}})
+    require(a->ndim() == 4, name, ": expected ",
+            quant ? "blocks [num_blocks, block_size, H_kv, bytes per row]" : "[num_blocks, block_size, H_kv, D]",
+            " with block_table, got shape ", py_shape(*a));
+  const py::dtype lt = kv_seq_lens.dtype();
+  require_dtype(lt.kind() == 'i' && lt.itemsize() == 8, "kv_seq_len: expected int64 lengths, got ",
+                std::string(py::str(lt.attr("name"))));
+  require(kv_seq_lens.ndim() == 1, "kv_seq_len: expected one length per sequence, shape [B], got shape ",
+          py_shape(kv_seq_lens));
+  const py::dtype tt = block_table.dtype();
+  require_dtype(tt.kind() == 'i' && tt.itemsize() == 4, "block_table: dtype must be int32, got ",
+                std::string(py::str(tt.attr("name"))));
+  require(block_table.ndim() == 2, "block_table: expected [B, max_blocks], got shape ", py_shape(block_table));
+  const py::array table = py::module_::import("numpy").attr("ascontiguousarray")(block_table);
+  std::vector<std::int64_t> lens(std::size_t(kv_seq_lens.shape(0)));
+  for (std::size_t i = 0; i < lens.size(); ++i)
+    lens[i] = *static_cast<const std::int64_t*>(kv_seq_lens.data(py::ssize_t(i)));
+  DecodeParams params = decode_params(q, 1, scale, mask, window, softcap, nwg, sinks, ring_start);
+  const py::dtype qt = q.dtype();
+  const std::string q_name = py::str(qt.attr("name"));
+  require_dtype((qt.kind() == 'f' && (qt.itemsize() == 4 || qt.itemsize() == 2)) || q_name == "bfloat16",
+                "q: dtype must be float32, float16 or bfloat16 (the seed stages it to float16 itself), got ", q_name);
+  DecodeInputs in{input_as4(q, "q", {0, 1, -1, 2}, DType::f32), cache_input(k, k_quant, "k_cache", {0, 2, 1, 3}),
+                  cache_input(v, v_quant, "v_cache", {0, 2, 1, 3}), true};
+  const BlockTableView tv{static_cast<const std::int32_t*>(table.data()), std::int64_t(table.shape(0)),
+                          std::int64_t(table.shape(1)), std::int64_t(table.shape(1))};
+  PagedDecodePlan plan = plan_flash_attn_vec_paged(in.q.view, in.k.view(), in.v.view(), tv, lens, params);
+  in.check_row_bytes();
+  return {std::move(in), table, std::move(plan)};
+}
+
+// The staged views into every sequence's plan (the pages stay the plan's).
+void stage(DecodeInputs& in, PagedDecodePlan& plan) {
+  in.q.stage();
+  in.k.stage();
+  in.v.stage();
+  for (std::int64_t b = 0; b < plan.batch; ++b) {
+    DecodePlan& seq = plan.sequences[std::size_t(b)];
+    const CacheView k = in.k.view(), v = in.v.view();
+    const std::int32_t* pages = seq.k.pages;
+    const std::int64_t page_size = seq.k.page_size;
+    seq.k = k;
+    seq.v = v;
+    seq.k.pages = seq.v.pages = pages;
+    seq.k.page_size = seq.v.page_size = page_size;
+    seq.q = in.q.view;
+    seq.q.data = static_cast<float*>(in.q.view.data) + b * in.q.view.stride[0];
+    seq.q.shape[0] = 1;
+  }
+}
+
+py::object flash_attn_vec_paged(const py::array& q, const py::array& k, const py::array& v, const py::object& out,
+                                const py::array& kv_seq_lens, const py::array& block_table,
+                                std::optional<float> scale, const py::object& mask, std::int64_t window,
+                                float softcap, std::int64_t nwg, const std::optional<py::array>& sinks,
+                                std::optional<std::int64_t> ring_start, const QuantArg& k_quant,
+                                const QuantArg& v_quant) {
+  auto [in, table, plan] = plan_paged(q, k, v, kv_seq_lens, block_table, scale, mask, window, softcap, nwg, sinks,
+                                      ring_start, k_quant, v_quant);
+  const Output o = output(out, shape_of(q), py::dtype("float32"), {{"q", &q}, {"k_cache", &k}, {"v_cache", &v}});
+  stage(in, plan);
+  const TensorView ov = output_view_as4(o.target, DType::f32, {0, 1, -1, 2});
+  {
+    py::gil_scoped_release nogil;
+    run(plan, ov);
+  }
+  o.finish();
+  return o.array;
+}
+
+py::tuple flash_attn_vec_partials_paged(const py::array& q, const py::array& k, const py::array& v,
+                                        const py::array& kv_seq_lens, const py::array& block_table,
+                                        std::optional<float> scale, const py::object& mask, std::int64_t window,
+                                        float softcap, std::int64_t nwg, const std::optional<py::array>& sinks,
+                                        std::optional<std::int64_t> ring_start, const QuantArg& k_quant,
+                                        const QuantArg& v_quant) {
+  auto [in, table, plan] = plan_paged(q, k, v, kv_seq_lens, block_table, scale, mask, window, softcap, nwg, sinks,
+                                      ring_start, k_quant, v_quant);
+  const py::dtype f32("float32");
+  const py::ssize_t B = q.shape(0), H = q.shape(1);
+  py::array o(f32, std::vector<py::ssize_t>{B, H, py::ssize_t(plan.nwg), py::ssize_t(plan.head_dim)});
+  py::array s(f32, std::vector<py::ssize_t>{B, H, py::ssize_t(plan.nwg)});
+  py::array m(f32, std::vector<py::ssize_t>{B, H, py::ssize_t(plan.nwg)});
+  stage(in, plan);
+  const TensorView ov = output_view_as4(o, DType::f32, {0, 1, 2, 3}), sv = output_view_as4(s, DType::f32, {0, 1, 2, -1}),
+                   mv = output_view_as4(m, DType::f32, {0, 1, 2, -1});
+  {
+    py::gil_scoped_release nogil;
+    run_partials(plan, ov, sv, mv);
+  }
+  return py::make_tuple(o, s, m);
+}
+
 py::object flash_attn_vec_reduce(const py::array& o, const py::array& s, const py::array& m, const py::object& out) {
   for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"o", &o}, {"s", &s}, {"m", &m}})
     require_dtype(a->dtype().kind() == 'f' && a->itemsize() == 4, name, ": dtype must be float32, got ",
@@ -392,6 +501,14 @@ void register_kernels(py::module_& m) {
   m.def("flash_attn_vec_partials", &flash_attn_vec_partials, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("kv_seq_len"), py::arg("scale"), py::arg("mask"), py::arg("window"), py::arg("softcap"),
         py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"), py::arg("k_quant") = py::none(),
+        py::arg("v_quant") = py::none());
+  m.def("flash_attn_vec_paged", &flash_attn_vec_paged, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("kv_seq_lens"), py::arg("block_table"), py::arg("scale"), py::arg("mask"), py::arg("window"),
+        py::arg("softcap"), py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"), py::arg("k_quant") = py::none(),
+        py::arg("v_quant") = py::none());
+  m.def("flash_attn_vec_partials_paged", &flash_attn_vec_partials_paged, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("kv_seq_lens"), py::arg("block_table"), py::arg("scale"), py::arg("mask"), py::arg("window"),
+        py::arg("softcap"), py::arg("nwg"), py::arg("sinks"), py::arg("ring_start"), py::arg("k_quant") = py::none(),
         py::arg("v_quant") = py::none());
   m.def("flash_attn_vec_reduce", &flash_attn_vec_reduce, py::arg("o"), py::arg("s"), py::arg("m"), py::arg("out"));
 }

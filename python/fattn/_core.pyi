@@ -37,8 +37,18 @@ def flash_attn_vec_partials(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_seq_
                             mask: Any, window: int, softcap: float, nwg: int, sinks: Optional[np.ndarray],
                             ring_start: Optional[int], k_quant: Optional[Tuple[str, int]] = ...,
                             v_quant: Optional[Tuple[str, int]] = ...) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-# Test-only: the core's quantize_kv over x [..., L, D] into uint8 blocks [..., L, bytes per row]
-# (to be folded into the public quantize API's binding).
+# Paged decode: q [B, H, D]; k, v pools [num_blocks, block_size, H_kv, D] (or blocks); lengths int64 [B];
+# block_table int32 [B, max_blocks].
+def flash_attn_vec_paged(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: Optional[np.ndarray],
+                         kv_seq_lens: np.ndarray, block_table: np.ndarray, scale: Optional[float], mask: Any,
+                         window: int, softcap: float, nwg: int, sinks: Optional[np.ndarray],
+                         ring_start: Optional[int], k_quant: Optional[Tuple[str, int]] = ...,
+                         v_quant: Optional[Tuple[str, int]] = ...) -> np.ndarray: ...
+def flash_attn_vec_partials_paged(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_seq_lens: np.ndarray,
+                                  block_table: np.ndarray, scale: Optional[float], mask: Any, window: int,
+                                  softcap: float, nwg: int, sinks: Optional[np.ndarray], ring_start: Optional[int],
+                                  k_quant: Optional[Tuple[str, int]] = ..., v_quant: Optional[Tuple[str, int]] = ...
+                                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def flash_attn_vec_reduce(o: np.ndarray, s: np.ndarray, m: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray: ...
 def merge_attention(outputs: Sequence[np.ndarray], lses: Sequence[np.ndarray], out: np.ndarray,
                     out_lse: Optional[np.ndarray], sinks: Optional[np.ndarray], heads: int,

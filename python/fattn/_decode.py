@@ -36,6 +36,31 @@ def _decode_args(q: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, scale: Any
             None if ring_start is None else integer(ring_start, "ring_start"), k_quant, v_quant)
 
 
+def _paged_args(q: Any, k_cache: Any, v_cache: Any, kv_seq_len: Any, block_table: Any, scale: Any, mask: Any,
+                window: Any, softcap: Any, nwg: Any, sinks: Any, ring_start: Any) -> Tuple[Any, ...]:
+    """A paged decode call's arguments in the core's order: the lengths as int64 ``[B]`` (an int
+    is every sequence's), the table as int32 (any integer table; entries outside int32 become
+    -1, which the core refuses where it reads them)."""
+    (k_arr, k_quant), (v_arr, v_quant) = _cache_arg(k_cache, "k_cache"), _cache_arg(v_cache, "v_cache")
+    q_arr = as_array(q, "q")
+    lens = np.asarray(kv_seq_len)
+    if lens.dtype == object or lens.dtype.kind not in "iu":
+        raise TypeError(f"kv_seq_len: expected an int or an integer array [B] with block_table, got "
+                        f"{type(kv_seq_len).__name__} of dtype {lens.dtype}")
+    if lens.ndim == 0:
+        lens = np.full(q_arr.shape[0] if q_arr.ndim == 3 else 1, lens)
+    lens = lens.astype(np.int64)
+    table = as_array(block_table, "block_table")
+    if table.dtype.kind not in "iu":
+        raise TypeError(f"block_table: dtype must be int32 (or another integer type), got {table.dtype}")
+    if table.dtype != np.int32:
+        wide = table.astype(np.int64)
+        table = np.where((wide < -2 ** 31) | (wide >= 2 ** 31), -1, wide).astype(np.int32)
+    return (q_arr, k_arr, v_arr, lens, table, optional_scale(scale), mask, integer(window, "window"),
+            real(softcap, "softcap"), integer(nwg, "nwg"), None if sinks is None else as_array(sinks, "sinks"),
+            None if ring_start is None else integer(ring_start, "ring_start"), k_quant, v_quant)
+
+
 # A KV cache argument: an array, or a quantized cache (an object with .blocks, .format and
 # .head_dim, such as fattn.QuantizedCache).
 CacheLike = Any
@@ -45,17 +70,19 @@ CacheLike = Any
 def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
                    nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...,
-                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...) -> np.ndarray: ...
+                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...,
+                   block_table: Optional[ArrayLike] = ...) -> np.ndarray: ...
 @overload
 def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
                    nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True],
-                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...
-                   ) -> Tuple[np.ndarray, np.ndarray]: ...
+                   sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...,
+                   block_table: Optional[ArrayLike] = ...) -> Tuple[np.ndarray, np.ndarray]: ...
 def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
                    nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False,
-                   sinks: Optional[ArrayLike] = None, ring_start: Optional[int] = None
+                   sinks: Optional[ArrayLike] = None, ring_start: Optional[int] = None,
+                   block_table: Optional[ArrayLike] = None
                    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Vec decode (mlx-native's ``flash_attn_vec``, seed 002): one query per head against a KV cache.
 
@@ -114,13 +141,30 @@ def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_s
     The output is bit-identical with or without it. The LSE is over the keys only, without the
     sink (so results merge; apply the sink once, at the final :func:`merge_attention`): with
     ``sinks`` it comes from a second partials pass without them (twice the cache reads).
+
+    block_table: a paged cache (vLLM's and flash-attention's ``block_table``). q ``[B, H, D]``;
+    ``k_cache``/``v_cache`` pools of blocks ``[num_blocks, block_size, H_kv, D]`` (a quantized
+    cache: its blocks ``[num_blocks, block_size, H_kv, bytes_per_row]``); ``kv_seq_len`` an
+    integer array ``[B]`` (or one int for every sequence), lengths >= 0; ``block_table`` int32
+    ``[B, max_blocks]`` (other integer dtypes are converted): position ``p`` of sequence ``b``
+    is row ``p % block_size`` of block ``block_table[b, p // block_size]``. Only the first
+    ``ceil(kv_seq_len[b] / block_size)`` entries of row ``b`` are read, each must be in ``[0,
+    num_blocks)``; blocks may be shared and in any order. Each sequence's result is bit for bit
+    ``flash_attn_vec`` on its blocks gathered into a contiguous cache; a sequence of length 0
+    gives 0 (LSE ``-inf``). ``ring_start`` cannot be combined with it.
     """
     if boolean(return_lse, "return_lse"):
         kw: Dict[str, Any] = dict(kv_seq_len=kv_seq_len, scale=scale, mask=mask, window=window, softcap=softcap,
-                                  nwg=nwg, ring_start=ring_start)
+                                  nwg=nwg, ring_start=ring_start, block_table=block_table)
         parts = flash_attn_vec_partials(q, k_cache, v_cache, sinks=sinks, **kw)
         keys_only = parts if sinks is None else flash_attn_vec_partials(q, k_cache, v_cache, **kw)
         return flash_attn_vec_reduce(*parts, out=out), _lse_from_partials(keys_only[1], keys_only[2])
+    if block_table is not None:
+        q_arr, k_arr, v_arr, *paged = _paged_args(q, k_cache, v_cache, kv_seq_len, block_table, scale, mask, window,
+                                                  softcap, nwg, sinks, ring_start)
+        result = _core.flash_attn_vec_paged(q_arr, k_arr, v_arr, None if out is None else as_array(out, "out"),
+                                            *paged)
+        return result if out is None else cast(np.ndarray, out)
     q_arr, k_arr, v_arr, *params = _decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window, softcap, nwg,
                                                 sinks, ring_start)
     result = _core.flash_attn_vec(q_arr, k_arr, v_arr, None if out is None else as_array(out, "out"), *params)
@@ -141,15 +185,22 @@ def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
 def flash_attn_vec_partials(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
                             softcap: float = 0.0, nwg: int = 32, sinks: Optional[ArrayLike] = None,
-                            ring_start: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            ring_start: Optional[int] = None, block_table: Optional[ArrayLike] = None
+                            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first half of :func:`flash_attn_vec`: per head and group, the unnormalised output and its
     softmax state. Returns ``(o, s, m)``: o float32 ``[..., H, nwg, D]``, s (sum of weights) and m
     (running max, natural-log units; ``-FLT_MAX/2`` for a group that saw no position) float32
     ``[..., H, nwg]``. Same arguments and defaults as :func:`flash_attn_vec` (no ``out``), quantized
-    caches included.
+    caches and ``block_table`` included (paged: o ``[B, H, nwg, D]``, a sequence of length 0 has
+    every group's untouched state).
     With ``sinks``, group 0's ``(o, s, m)`` already carry each head's sink (folded after its
     chunks), so :func:`flash_attn_vec_reduce` of these partials is ``flash_attn_vec(...,
     sinks=...)`` bit for bit. Numerics: docs/numerics.md, "Vec decode" steps 1-7."""
+    if block_table is not None:
+        o, s, m = _core.flash_attn_vec_partials_paged(*_paged_args(q, k_cache, v_cache, kv_seq_len, block_table,
+                                                                   scale, mask, window, softcap, nwg, sinks,
+                                                                   ring_start))
+        return o, s, m
     o, s, m = _core.flash_attn_vec_partials(*_decode_args(q, k_cache, v_cache, kv_seq_len, scale, mask, window,
                                                           softcap, nwg, sinks, ring_start))
     return o, s, m

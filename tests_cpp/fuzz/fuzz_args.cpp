@@ -491,6 +491,61 @@ void fuzz_decode(Reader& r, Filler& fill, bool split) {
   }
 }
 
+// Paged decode (issue 21): a pool of blocks [num_blocks, H_kv, block_size,
+// D] (dense or quantized views as for fuzz_decode), a block table of int32
+// entries from the reader (in range mostly, now and then negative or past
+// the pool) and per-sequence lengths (now and then negative or longer than
+// the table covers). Whatever the core accepts must read only the blocks the
+// table names: ASan/UBSan watch; refusals are InvalidArgument.
+void fuzz_paged(Reader& r, Filler& fill) {
+  Dims d = read_dims(r);
+  static const std::int64_t dims[] = {32, 64, 128, 256};
+  d.D = dims[r.byte() % 4];
+  const std::int64_t num_blocks = 1 + r.byte() % 9, block_size = 1 + r.byte() % 40, cols = 1 + r.byte() % 6;
+  const DType dt = DType(r.byte() % 3);
+  DecodeParams p;
+  p.scale = r.scale();
+  p.mask = DecodeMask(r.byte() % 3);
+  p.window = r.byte() % 80;
+  p.softcap = r.byte() < 200 ? 0.0f : r.scalar();
+  p.nwg = 1 + r.byte() % 64;
+  View q, k, v, out;
+  make_view(q, r, fill, {d.B, d.H, 1, d.D}, DType::f32, false);
+  make_view(k, r, fill, {num_blocks, d.Hkv, block_size, d.D}, dt, false);
+  make_view(v, r, fill, {num_blocks, d.Hkv, block_size, d.D}, dt, false);
+  make_view(out, r, fill, {d.B, d.H, 1, d.D}, DType::f32, true);
+  QView qk;
+  CacheView kc = k.t, vc = v.t;
+  bool k_fits = k.fits();
+  if (r.byte() >= 160) {
+    make_quant_view(qk, r, fill, {num_blocks, d.Hkv, block_size, d.D});
+    kc = qk.t;
+    k_fits = qk.fits();
+  }
+  // Unlike a dense view, a table cannot be checked against its buffer:
+  // it is built to fit, so only its values vary.
+  const std::int64_t rows = std::max<std::int64_t>(1, std::min<std::int64_t>(q.t.shape[0], 64));
+  std::vector<std::int32_t> table(static_cast<std::size_t>(rows * cols));
+  for (auto& e : table) {
+    const std::uint8_t t = r.byte();
+    e = t < 230 ? std::int32_t(t % num_blocks) : t < 240 ? -1 - t % 3 : std::int32_t(num_blocks + t % 4);
+  }
+  std::vector<std::int64_t> lens(static_cast<std::size_t>(rows));
+  for (auto& n : lens) {
+    const std::uint8_t t = r.byte();
+    n = t < 200 ? std::int64_t(t) % (cols * block_size + 1) : t < 230 ? cols * block_size + t % 3 : -std::int64_t(t % 4);
+  }
+  const BlockTableView tv{table.data(), rows, cols, cols};
+  const auto& qs = q.t.shape;
+  if (!(q.fits() && k_fits && v.fits() && out.fits()) || saturating_work({qs[0], qs[1], cols * block_size, qs[3]}) ||
+      saturating_work({qs[0], qs[1], 64, qs[3] + 2}))
+    return;  // views that do not fit their buffers are fuzz_decode's subject
+  try {
+    run(plan_flash_attn_vec_paged(q.t, kc, vc, tv, lens, p), out.t);
+  } catch (const InvalidArgument&) {
+  }
+}
+
 void fuzz_merge(Reader& r, Filler& fill) {
   const int n = r.byte() % 5;  // 0 = no inputs
   std::int64_t rows = 1 + r.byte() % 9, head_dim = 1 + r.byte() % 70;
@@ -697,7 +752,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (op >= 128) fuzz_quant(r, fill);
         else fuzz_pure(r, fill);
         break;
-      default: fuzz_pure(r, fill); break;
+      default:
+        if (op >= 128) fuzz_paged(r, fill);
+        else fuzz_pure(r, fill);
+        break;
     }
   } catch (const InvalidArgument&) {
     // fattn's own error from a setup call: fine.

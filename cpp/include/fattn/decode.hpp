@@ -55,6 +55,23 @@ struct CacheView {
   const std::array<std::int64_t, 4>& shape() const { return quant ? quant->shape : dense.shape; }
   std::int64_t heads() const { return shape()[1]; }
   std::int64_t length() const { return shape()[2]; }
+
+  // A paged cache (issue 21), set per sequence by plan_flash_attn_vec_paged:
+  // the view is then the pool of blocks [num_blocks, H_kv, block_size, D]
+  // and slot s of the sequence is row s % block_size of block
+  // pages[s / block_size] (b is not used).
+  const std::int32_t* pages = nullptr;
+  std::int64_t page_size = 0;
+  bool paged() const { return pages != nullptr; }
+  template <class T>
+  const T* dense_row(std::int64_t b, std::int64_t h, std::int64_t slot) const {
+    if (pages) return dense.row<const T>(pages[slot / page_size], h, slot % page_size);
+    return dense.row<const T>(b, h, slot);
+  }
+  const std::uint8_t* quant_row(std::int64_t b, std::int64_t h, std::int64_t slot) const {
+    if (pages) return quant->row(pages[slot / page_size], h, slot % page_size);
+    return quant->row(b, h, slot);
+  }
 };
 
 // A checked decode call (fattn/plan.hpp): the inputs, the parameters as
@@ -120,6 +137,34 @@ void flash_attn_vec(const TensorView& q, const CacheView& k, const CacheView& v,
                     const DecodeParams& params);
 void flash_attn_vec(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                     const DecodeParams& params);
+
+// Paged KV decode (issue 21): q f32 [B, H, 1, D]; k, v pools of blocks
+// [num_blocks, H_kv, block_size, D] (dense or quantized, as above); the block
+// table int32 [B, max_blocks] (row_stride: entries from one row to the
+// next); kv_seq_lens[b] >= 0 positions for sequence b, position p at row
+// p % block_size of block table[b][p / block_size]. Only the first
+// ceil(kv_seq_lens[b] / block_size) entries of a row are read, and each
+// must be in [0, num_blocks). Each sequence computes exactly what
+// flash_attn_vec computes on its blocks gathered into a contiguous cache
+// (params.kv_seq_len is not used; ring_start is refused). A sequence of
+// length 0 sees no key: output 0, partials the untouched state.
+struct BlockTableView {
+  const std::int32_t* data = nullptr;
+  std::int64_t rows = 0, cols = 0;
+  std::int64_t row_stride = 0;  // entries
+};
+struct PagedDecodePlan {
+  std::vector<DecodePlan> sequences;  // one per batch entry (kv_len 0: an empty sequence)
+  TensorView q;
+  std::int64_t batch = 0, heads = 0, head_dim = 0, nwg = 0;
+  std::array<std::int64_t, 4> out_shape() const { return {batch, heads, 1, head_dim}; }
+  std::array<std::int64_t, 4> partials_o_shape() const { return {batch, heads, nwg, head_dim}; }
+};
+PagedDecodePlan plan_flash_attn_vec_paged(const TensorView& q, const CacheView& k, const CacheView& v,
+                                          const BlockTableView& block_table,
+                                          const std::vector<std::int64_t>& kv_seq_lens, const DecodeParams& params);
+void run(const PagedDecodePlan& plan, const TensorView& out);
+void run_partials(const PagedDecodePlan& plan, const TensorView& o, const TensorView& s, const TensorView& m);
 
 // Sinks for merge_attention: one logit per head (-inf = none); row r
 // belongs to head (r / rows_per_head) % heads, i.e. the rows are

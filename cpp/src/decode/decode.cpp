@@ -55,11 +55,11 @@ std::int64_t reduce_lanes(std::int64_t nwg) {  // the reduce's lanes: a power of
 void widen_row(const CacheView& c, std::int64_t b, std::int64_t h, std::int64_t row_slot, std::int64_t D,
                float* out) {
   if (c.quant) {
-    quant::dequantize_row(c.quant->format, c.quant->row(b, h, row_slot), D, out);
+    quant::dequantize_row(c.quant->format, c.quant_row(b, h, row_slot), D, out);
     return;
   }
   detail::dispatch_dtype(c.dense.dtype, [&](auto tag) {
-    const auto* src = c.dense.row<const decltype(tag)>(b, h, row_slot);
+    const auto* src = c.dense_row<decltype(tag)>(b, h, row_slot);
     for (std::int64_t d = 0; d < D; ++d) out[d] = widen(src[d]);
   });
 }
@@ -336,8 +336,11 @@ std::string shape_text(const std::array<std::int64_t, 4>& s) {
          std::to_string(s[3]) + "]";
 }
 
-DecodePlan plan_flash_attn_vec(const TensorView& q, const CacheView& k, const CacheView& v,
-                               const DecodeParams& params) {
+namespace {
+// What every decode call checks of its operands: q, the caches' views and
+// dtypes, D, GQA, and that K and V have one shape. `k_batch`: the batch k
+// must have (q's; a paged pool has any number of blocks: -1).
+void check_decode_operands(const TensorView& q, const CacheView& k, const CacheView& v, std::int64_t k_batch) {
   using namespace detail;
   validate_view(q, "q");
   validate_cache(k, "k_cache");
@@ -348,11 +351,40 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const CacheView& k, const Ca
   require(D % 32 == 0 && D <= 512, "q: head dim D must be a multiple of 32 up to 512 (the seed has 256 and 512), got ",
           D);
   if (!k.quantized() && !v.quantized()) require_same_dtype(v.dense, "v_cache", k.dense, "k_cache");
-  require(k.shape()[0] == q.batch(), "k_cache: batch size B (q's) must be ", q.batch(), ", got ", k.shape()[0]);
+  if (k_batch >= 0)
+    require(k.shape()[0] == k_batch, "k_cache: batch size B (q's) must be ", k_batch, ", got ", k.shape()[0]);
   require(k.shape()[3] == D, "k_cache: head dim D (q's) must be ", D, ", got ", k.shape()[3]);
   require_gqa(q.heads(), k.heads(), "k_cache");
   require(v.shape() == k.shape(), "v_cache: shape must equal k_cache's ", shape_text(k.shape()), ", got ",
           shape_text(v.shape()));
+}
+
+// The plan of checked operands for kv_len valid positions in `capacity` slots.
+DecodePlan make_decode_plan(const TensorView& q, const CacheView& k, const CacheView& v, const DecodeParams& params,
+                            std::int64_t kv_len, std::int64_t capacity) {
+  const std::int64_t D = q.head_dim();
+  DecodePlan plan;
+  static_cast<AttentionShape&>(plan) = {q.batch(), q.heads(), k.heads(), 1, kv_len, D};
+  plan.params = params;
+  plan.params.kv_seq_len = kv_len;
+  plan.q = q;
+  plan.k = k;
+  plan.v = v;
+  plan.nwg = params.nwg;
+  plan.ring_start = params.ring_start.value_or(0);
+  plan.capacity = capacity;
+  plan.scale = detail::resolve_scale(params.scale, D);
+  plan.softcap = params.softcap;
+  plan.scale_over_cap = params.softcap > 0.0f ? plan.scale / params.softcap : 0.0f;
+  if (params.mask == DecodeMask::sliding_window && params.window > 0)
+    plan.window_start = std::max<std::int64_t>(0, kv_len - params.window);
+  return plan;
+}
+}  // namespace
+
+DecodePlan plan_flash_attn_vec(const TensorView& q, const CacheView& k, const CacheView& v,
+                               const DecodeParams& params) {
+  check_decode_operands(q, k, v, q.batch());
   require(params.kv_seq_len >= 1, "kv_seq_len: must be >= 1, got ", params.kv_seq_len);
   require(params.kv_seq_len <= k.length(), "kv_seq_len: must be <= the capacity of k_cache and v_cache (",
           k.length(), "), got ",
@@ -362,20 +394,52 @@ DecodePlan plan_flash_attn_vec(const TensorView& q, const CacheView& k, const Ca
   if (params.ring_start)
     require(*params.ring_start >= 0 && *params.ring_start < k.length(), "ring_start: must be from 0 to capacity - 1 (",
             k.length() - 1, "), got ", *params.ring_start);
-  DecodePlan plan;
-  static_cast<AttentionShape&>(plan) = {q.batch(), q.heads(), k.heads(), 1, params.kv_seq_len, D};
-  plan.params = params;
+  return make_decode_plan(q, k, v, params, params.kv_seq_len, k.length());
+}
+
+namespace {
+// Row b of a [B, ...] view, as a view of batch 1.
+TensorView batch_slice(const TensorView& t, std::int64_t b) {
+  TensorView s = t;
+  s.data = static_cast<char*>(t.data) + b * t.stride[0] * std::int64_t(dtype_size(t.dtype));
+  s.shape[0] = 1;
+  return s;
+}
+}  // namespace
+
+PagedDecodePlan plan_flash_attn_vec_paged(const TensorView& q, const CacheView& k, const CacheView& v,
+                                          const BlockTableView& table, const std::vector<std::int64_t>& kv_seq_lens,
+                                          const DecodeParams& params) {
+  check_decode_operands(q, k, v, -1);
+  const std::int64_t B = q.batch(), num_blocks = k.shape()[0], block_size = k.length();
+  require(std::int64_t(kv_seq_lens.size()) == B, "kv_seq_len: expected one length per sequence (B = ", B,
+          "), got ", kv_seq_lens.size());
+  require(table.data != nullptr && table.rows == B && table.cols >= 1, "block_table: expected [B, max_blocks] = [",
+          B, ", >= 1], got [", table.rows, ", ", table.cols, "]");
+  require(!params.ring_start, "ring_start: not supported with block_table (a paged cache places positions by its table)");
+  validate_decode_params(params);
+  detail::require_sinks(params.sinks.data(), std::int64_t(params.sinks.size()), q.heads());
+  PagedDecodePlan plan;
   plan.q = q;
-  plan.k = k;
-  plan.v = v;
+  plan.batch = B;
+  plan.heads = q.heads();
+  plan.head_dim = q.head_dim();
   plan.nwg = params.nwg;
-  plan.ring_start = params.ring_start.value_or(0);
-  plan.capacity = k.length();
-  plan.scale = resolve_scale(params.scale, D);
-  plan.softcap = params.softcap;
-  plan.scale_over_cap = params.softcap > 0.0f ? plan.scale / params.softcap : 0.0f;
-  if (params.mask == DecodeMask::sliding_window && params.window > 0)
-    plan.window_start = std::max<std::int64_t>(0, params.kv_seq_len - params.window);
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t len = kv_seq_lens[std::size_t(b)];
+    require(len >= 0, "kv_seq_len: every length must be >= 0, got ", len, " for sequence ", b);
+    const std::int64_t blocks = (len + block_size - 1) / block_size;
+    require(blocks <= table.cols, "block_table: sequence ", b, " needs ", blocks, " blocks for kv_seq_len ", len,
+            " (block size ", block_size, "), but a row has ", table.cols);
+    const std::int32_t* row = table.data + b * table.row_stride;
+    for (std::int64_t i = 0; i < blocks; ++i)
+      require(row[i] >= 0 && row[i] < num_blocks, "block_table: entry [", b, ", ", i, "] = ", row[i],
+              " is not a block (0 to num_blocks - 1 = ", num_blocks - 1, ")");
+    CacheView kb = k, vb = v;
+    kb.pages = vb.pages = row;
+    kb.page_size = vb.page_size = block_size;
+    plan.sequences.push_back(make_decode_plan(batch_slice(q, b), kb, vb, params, len, blocks * block_size));
+  }
   return plan;
 }
 
@@ -404,6 +468,39 @@ void run(const DecodePlan& plan, const TensorView& out) {
   const TensorView s = contiguous_view(workspace.get() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
   const TensorView m = contiguous_view(workspace.get() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
   compute_partials(p.k, p.v, o, s, m, p, &out);
+}
+
+void run(const PagedDecodePlan& plan, const TensorView& out) {
+  detail::validate_output(out, "out", plan.out_shape(), DType::f32, false);
+  for (std::int64_t b = 0; b < plan.batch; ++b) {
+    const DecodePlan& seq = plan.sequences[std::size_t(b)];
+    const TensorView o = batch_slice(out, b);
+    if (seq.kv_len > 0) {
+      run(seq, o);
+      continue;
+    }
+    for (std::int64_t h = 0; h < plan.heads; ++h) std::fill_n(o.row<float>(0, h, 0), plan.head_dim, 0.0f);
+  }
+}
+
+void run_partials(const PagedDecodePlan& plan, const TensorView& o, const TensorView& s, const TensorView& m) {
+  validate_partials(o, s, m, "flash_attn_vec_partials");
+  require(o.shape == plan.partials_o_shape(), "o: shape must be [B, H, nwg, D] = [", plan.batch, ", ", plan.heads,
+          ", ", plan.nwg, ", ", plan.head_dim, "]");
+  for (const auto* t : {&o, &s, &m}) detail::require_writable(*t, "partials");
+  for (std::int64_t b = 0; b < plan.batch; ++b) {
+    const DecodePlan& seq = plan.sequences[std::size_t(b)];
+    if (seq.kv_len > 0) {
+      run_partials(seq, batch_slice(o, b), batch_slice(s, b), batch_slice(m, b));
+      continue;
+    }
+    for (std::int64_t h = 0; h < plan.heads; ++h)  // no chunk anywhere: every group's untouched state
+      for (std::int64_t g = 0; g < plan.nwg; ++g) {
+        std::fill_n(o.row<float>(b, h, g), plan.head_dim, 0.0f);
+        *s.row<float>(b, h, g) = 0.0f;
+        *m.row<float>(b, h, g) = kInitialMax;
+      }
+  }
 }
 
 ReducePlan plan_flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m) {

@@ -378,6 +378,11 @@ inline void dequantize_row_v(QuantFormat format, const std::uint8_t* row, std::i
 // dequantized into `scratch` (C rows of D floats by position, so a chunk the
 // ring's end splits is one run). What streams from memory, and is
 // prefetched, is the stored row either way (`bytes` of it).
+//
+// A paged cache (CacheView::pages) places the chunk's rows block by block: a
+// chunk (32 positions from a multiple of 32; no ring) that spans at most two
+// blocks is read in place as two runs, as a ring's end is; one spread over
+// more (possible for blocks of fewer than 32 rows) is copied into `scratch` first.
 template <class V, class T>
 struct CacheRows {
   const CacheView& c;
@@ -385,17 +390,28 @@ struct CacheRows {
   std::int64_t D, bytes;
   const char* stored(std::int64_t b, std::int64_t kv_head, std::int64_t row_slot) const {
     if constexpr (std::is_same_v<T, float>)
-      if (c.quant) return reinterpret_cast<const char*>(c.quant->row(b, kv_head, row_slot));
-    return reinterpret_cast<const char*>(c.dense.row<const T>(b, kv_head, row_slot));
+      if (c.quant) return reinterpret_cast<const char*>(c.quant_row(b, kv_head, row_slot));
+    return reinterpret_cast<const char*>(c.dense_row<T>(b, kv_head, row_slot));
   }
   ChunkRows<T> chunk(std::int64_t b, std::int64_t kv_head, const ChunkSlots& cs, std::int64_t valid) const {
     if constexpr (std::is_same_v<T, float>)
       if (c.quant) {
         for (std::int64_t j = 0; j < valid; ++j)
-          dequantize_row_v<V>(c.quant->format, c.quant->row(b, kv_head, cs(j)), D, scratch + j * D);
+          dequantize_row_v<V>(c.quant->format, c.quant_row(b, kv_head, cs(j)), D, scratch + j * D);
         return {scratch, nullptr, valid, D};
       }
-    return chunk_rows<T>(c.dense, b, kv_head, cs, valid);
+    if (!c.paged()) return chunk_rows<T>(c.dense, b, kv_head, cs, valid);
+    const std::int64_t first = cs(0), in_first = std::min(valid, c.page_size - first % c.page_size);
+    if (valid - in_first <= c.page_size) {  // one or two blocks: two runs in place
+      const T* second = in_first < valid ? c.dense_row<T>(b, kv_head, first + in_first) : nullptr;
+      return {c.dense_row<T>(b, kv_head, first), second, in_first, c.dense.stride[2]};
+    }
+    T* rows = reinterpret_cast<T*>(scratch);
+    for (std::int64_t j = 0; j < valid; ++j) {
+      const T* src = c.dense_row<T>(b, kv_head, cs(j));
+      std::copy(src, src + D, rows + j * D);
+    }
+    return {rows, nullptr, valid, D};
   }
 };
 inline std::int64_t stored_row_bytes(const CacheView& c, std::int64_t D, std::int64_t element_bytes) {
@@ -433,7 +449,10 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   const std::int64_t state = group * (D + 2);
   // Last, for a quantized K and V: a chunk's rows dequantized (C x D each,
   // 64-byte aligned).
-  const std::int64_t dequantized = (k.quantized() + v.quantized()) * C * D;
+  // (Also for a paged dense cache with blocks of fewer than 32 rows, whose
+  // chunks may spread over more than two blocks: their rows gathered.)
+  const auto gathered = [&](const CacheView& c) { return c.quantized() || (c.paged() && c.page_size < 32); };
+  const std::int64_t dequantized = (gathered(k) + gathered(v)) * C * D;
   const std::int64_t floats = (vectors + 1) * W + staged + n_groups * state + group * C + group;
   work.resize(std::size_t(floats + (dequantized ? dequantized + 16 : 0)));
   F* qp = reinterpret_cast<F*>((reinterpret_cast<std::uintptr_t>(work.data()) + sizeof(F) - 1) / sizeof(F) * sizeof(F));
@@ -447,7 +466,7 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   float* rescale = s + group * C;
   float* dequant = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(rescale + group) + 63) / 64 * 64);
   const CacheRows<V, TK> k_cache{k, dequant, D, stored_row_bytes(k, D, sizeof(TK))};
-  const CacheRows<V, TV> v_cache{v, dequant + (k.quantized() ? C * D : 0), D, stored_row_bytes(v, D, sizeof(TV))};
+  const CacheRows<V, TV> v_cache{v, dequant + (gathered(k) ? C * D : 0), D, stored_row_bytes(v, D, sizeof(TV))};
   for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half (then as planes)
     const float* src = q.row<const float>(b, kv_head * group + r, 0);
     float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
