@@ -67,18 +67,18 @@ CacheLike = Any
 
 
 @overload
-def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
+def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: Union[int, ArrayLike],
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
                    nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[False] = ...,
                    sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...,
                    block_table: Optional[ArrayLike] = ...) -> np.ndarray: ...
 @overload
-def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
+def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: Union[int, ArrayLike],
                    scale: Optional[float] = ..., mask: str = ..., window: int = ..., softcap: float = ...,
                    nwg: int = ..., out: Optional[ArrayLike] = ..., return_lse: Literal[True],
                    sinks: Optional[ArrayLike] = ..., ring_start: Optional[int] = ...,
                    block_table: Optional[ArrayLike] = ...) -> Tuple[np.ndarray, np.ndarray]: ...
-def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
+def flash_attn_vec(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: Union[int, ArrayLike],
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
                    nwg: int = 32, out: Optional[ArrayLike] = None, return_lse: bool = False,
                    sinks: Optional[ArrayLike] = None, ring_start: Optional[int] = None,
@@ -182,7 +182,7 @@ def _lse_from_partials(s: np.ndarray, m: np.ndarray) -> np.ndarray:
     return lse.astype(np.float32)
 
 
-def flash_attn_vec_partials(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: int,
+def flash_attn_vec_partials(q: ArrayLike, k_cache: CacheLike, v_cache: CacheLike, *, kv_seq_len: Union[int, ArrayLike],
                             scale: Optional[float] = None, mask: str = "none", window: int = 0,
                             softcap: float = 0.0, nwg: int = 32, sinks: Optional[ArrayLike] = None,
                             ring_start: Optional[int] = None, block_table: Optional[ArrayLike] = None

@@ -723,7 +723,8 @@ def tq4_unrotate(x: npt.ArrayLike) -> np.ndarray:
     """Back from tq4's rotated domain (float32): the transform, then the sign flips. How the
     decode turns its output and :func:`dequantize_kv` its values."""
     x32 = np.asarray(x, dtype=np.float32)
-    return (_tq4_fwht(x32) * _tq4_signs(x32.shape[-1])).astype(np.float32)
+    out: np.ndarray = (_tq4_fwht(x32) * _tq4_signs(x32.shape[-1])).astype(np.float32)
+    return out
 
 
 def _tq4_square_sum(r: np.ndarray, per_lane: int) -> np.ndarray:
@@ -740,7 +741,8 @@ def _tq4_square_sum(r: np.ndarray, per_lane: int) -> np.ndarray:
     while sq.shape[-1] > 1:
         half = sq.shape[-1] // 2
         sq = (sq[..., :half] + sq[..., half:]).astype(np.float32)
-    return sq[..., 0]
+    last: np.ndarray = sq[..., 0]
+    return last
 
 
 def _tq4_quantize(x32: np.ndarray) -> np.ndarray:
