@@ -151,3 +151,23 @@ def test_bad_paged_calls_name_the_argument(rng, bad, exc, message):
     with pytest.raises(exc) as info:
         fattn.flash_attn_vec(q, k, v, **kw)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("isa", ALL_PATHS)
+@pytest.mark.parametrize("kind", [F16, "q4_0"])
+def test_heads_side_by_side_cache_equals_the_contiguous_one(rng, restore_isa, isa, kind):
+    # A [B, L, H_kv, D] cache viewed as [B, H_kv, L, D] is read position by position for all its
+    # KV heads together (compute_partials): the same bits as the contiguous layout.
+    fattn.set_isa(isa)
+    x, y = (rng.standard_normal((2, 150, 4, 64)).astype(F32) for _ in range(2))  # [B, L, H_kv, D]
+    q = rng.standard_normal((2, 8, 64)).astype(F32)
+    opts = dict(kv_seq_len=137, nwg=6, sinks=rng.standard_normal(8).astype(F32), mask="sliding_window", window=90)
+    if kind == "q4_0":
+        kc, vc = (fattn.quantize_kv(a, "q4_0") for a in (x, y))
+        side = [fattn.QuantizedCache.from_blocks(c.blocks.transpose(0, 2, 1, 3), "q4_0", head_dim=64) for c in (kc, vc)]
+        flat = [fattn.QuantizedCache.from_blocks(np.ascontiguousarray(c.blocks.transpose(0, 2, 1, 3)), "q4_0",
+                                                 head_dim=64) for c in (kc, vc)]
+    else:
+        side = [a.astype(kind).transpose(0, 2, 1, 3) for a in (x, y)]
+        flat = [np.ascontiguousarray(a) for a in side]
+    assert same_bits(fattn.flash_attn_vec(q, *side, **opts), fattn.flash_attn_vec(q, *flat, **opts))

@@ -421,7 +421,7 @@ inline std::int64_t stored_row_bytes(const CacheView& c, std::int64_t D, std::in
 template <class V, class TK, class TV>
 void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, const TensorView& o_part,
                           const TensorView& s_part, const TensorView& m_part, const DecodePlan& p, std::int64_t b,
-                          std::int64_t kv_head, std::int64_t g_begin, std::int64_t g_end,
+                          std::int64_t kv_begin, std::int64_t kv_end, std::int64_t g_begin, std::int64_t g_end,
                           std::vector<float>& work) {
   using F = typename V::F;
   constexpr std::int64_t W = V::W;  // floats per vector
@@ -443,8 +443,15 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   // (group x D: a multiply takes it from memory, no broadcast per use); the
   // floats start with Q staged (group x D) and room for a block of W K rows
   // (the cache's last, zero-padded).
+  //
+  // KV heads [kv_begin, kv_end) go together, position by position: each has
+  // its own staged Q (nkv x the above) and states; the chunk's temporaries
+  // are shared (a cache whose heads sit side by side in each position, as a
+  // paged pool's, is then read in memory order).
   constexpr bool kByPosition = V::kDecodePositionLanes;
-  const std::int64_t vectors = kByPosition ? group * kLanes + group * D : group * P + P + group * S * W;
+  const std::int64_t nkv = kv_end - kv_begin;
+  const std::int64_t q_vectors = kByPosition ? group * D : group * P;  // per KV head
+  const std::int64_t vectors = kByPosition ? group * kLanes + nkv * q_vectors : nkv * q_vectors + P + group * S * W;
   const std::int64_t staged = kByPosition ? group * D + W * D : 0;
   const std::int64_t state = group * (D + 2);
   // Last, for a quantized K and V: a chunk's rows dequantized (C x D each,
@@ -453,32 +460,35 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   // chunks may spread over more than two blocks: their rows gathered.)
   const auto gathered = [&](const CacheView& c) { return c.quantized() || (c.paged() && c.page_size < 32); };
   const std::int64_t dequantized = (gathered(k) + gathered(v)) * C * D;
-  const std::int64_t floats = (vectors + 1) * W + staged + n_groups * state + group * C + group;
+  const std::int64_t floats = (vectors + 1) * W + staged + nkv * n_groups * state + group * C + group;
   work.resize(std::size_t(floats + (dequantized ? dequantized + 16 : 0)));
   F* qp = reinterpret_cast<F*>((reinterpret_cast<std::uintptr_t>(work.data()) + sizeof(F) - 1) / sizeof(F) * sizeof(F));
-  F* kp = qp + group * P;
+  F* const q_base = kByPosition ? qp + group * kLanes : qp;  // KV head i's Q at q_base + i * q_vectors
+  F* kp = qp + nkv * q_vectors;
   F* lanes = kByPosition ? qp : kp + P;
-  F* q_bcast = qp + group * kLanes;
   float* qh = reinterpret_cast<float*>(qp + vectors);
   void* tail_block = qh + group * D;  // W rows of TK: the cache's last rows, zero-padded
-  float* states = qh + staged;
-  float* s = states + n_groups * state;
+  float* const state_base = qh + staged;  // KV head i's states at state_base + i * n_groups * state
+  float* s = state_base + nkv * n_groups * state;
   float* rescale = s + group * C;
   float* dequant = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(rescale + group) + 63) / 64 * 64);
   const CacheRows<V, TK> k_cache{k, dequant, D, stored_row_bytes(k, D, sizeof(TK))};
   const CacheRows<V, TV> v_cache{v, dequant + (gathered(k) ? C * D : 0), D, stored_row_bytes(v, D, sizeof(TV))};
-  for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half (then as planes)
-    const float* src = q.row<const float>(b, kv_head * group + r, 0);
-    float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
-    for (std::int64_t d = 0; d < D; ++d) dst[d] = f16_to_f32(f32_to_f16(src[d]));
-    if constexpr (!kByPosition) load_planes<V>(dst, D, qp + r * P);
-    else for (std::int64_t d = 0; d < D; ++d) q_bcast[r * D + d] = V::set1(dst[d]);
-  }
-  for (std::int64_t gi = 0; gi < n_groups; ++gi) {
-    float* st = states + gi * state;
-    std::fill(st, st + group * D, 0.0f);
-    std::fill(st + group * D, st + group * (D + 1), kInitialMax);
-    std::fill(st + group * (D + 1), st + state, 0.0f);
+  for (std::int64_t kv = 0; kv < nkv; ++kv) {
+    F* qk = q_base + kv * q_vectors;
+    for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half (then as planes)
+      const float* src = q.row<const float>(b, (kv_begin + kv) * group + r, 0);
+      float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
+      for (std::int64_t d = 0; d < D; ++d) dst[d] = f16_to_f32(f32_to_f16(src[d]));
+      if constexpr (!kByPosition) load_planes<V>(dst, D, qk + r * P);
+      else for (std::int64_t d = 0; d < D; ++d) qk[r * D + d] = V::set1(dst[d]);
+    }
+    for (std::int64_t gi = 0; gi < n_groups; ++gi) {
+      float* st = state_base + (kv * n_groups + gi) * state;
+      std::fill(st, st + group * D, 0.0f);
+      std::fill(st + group * D, st + group * (D + 1), kInitialMax);
+      std::fill(st + group * (D + 1), st + state, 0.0f);
+    }
   }
 
   // Chunks in memory order; each updates its own group's state, so every
@@ -490,12 +500,15 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
       if (p0 >= p.kv_len) break;
       const std::int64_t valid = std::min(C, p.kv_len - p0);
       if (p0 + valid <= p.window_start) continue;
-      float* st = states + (g - g_begin) * state;
+      const ChunkSlots cs = chunk_slots(p, p0);  // rows by slot: the ring's end may fall inside the chunk
+      const std::int64_t next = walk_ahead(chunk, kAhead, p.nwg, g_begin, g_end) * C;  // rows to prefetch
+      for (std::int64_t kv_head = kv_begin; kv_head < kv_end; ++kv_head) {
+      float* st = state_base + ((kv_head - kv_begin) * n_groups + (g - g_begin)) * state;
+      F* const q_bcast = q_base + (kv_head - kv_begin) * q_vectors;  // this KV head's staged Q
+      F* const q_planes = q_bcast;
       float* o = st;
       float* row_max = st + group * D;
       float* row_sum = row_max + group;
-      const ChunkSlots cs = chunk_slots(p, p0);  // rows by slot: the ring's end may fall inside the chunk
-      const std::int64_t next = walk_ahead(chunk, kAhead, p.nwg, g_begin, g_end) * C;  // rows to prefetch
       // Dot products for every head of the group, W positions at a time.
       const ChunkRows<TK> k_rows = k_cache.chunk(b, kv_head, cs, valid);
       if constexpr (kByPosition) for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
@@ -538,7 +551,8 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
             prefetch_row(v_cache.stored(b, kv_head, ahead_slot), v_cache.bytes);
           }
           load_planes<V>(k_rows.row(j0 + j), D, kp);
-          for (std::int64_t r = 0; r < group; ++r) lane_sums<V>(kp, qp + r * P, segments, lanes + r * S * W + j, W);
+          for (std::int64_t r = 0; r < group; ++r)
+            lane_sums<V>(kp, q_planes + r * P, segments, lanes + r * S * W + j, W);
         }
         for (std::int64_t r = 0; r < group; ++r) {
           F tree[S];
@@ -593,8 +607,11 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
           default: chunk_pv<V, 1, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
         }
       }
+      }  // KV heads
     }
   }
+  for (std::int64_t kv_head = kv_begin; kv_head < kv_end; ++kv_head) {
+  float* const states = state_base + (kv_head - kv_begin) * n_groups * state;
   if (g_begin == 0 && n_groups > 0)  // the sinks join group 0 once it has seen its chunks (even none)
     for (std::int64_t r = 0; r < group; ++r)
       fold_sink(p, kv_head * group + r, states[group * D + r], states[group * (D + 1) + r], states + r * D);
@@ -615,6 +632,7 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
       *m_part.row<float>(b, h, g) = st[group * D + r];
     }
   }
+  }  // KV heads
 }
 
 }  // namespace

@@ -30,7 +30,7 @@ struct VectorKernels {
   // Groups [g_begin, g_end) of one (batch, KV head): decode/vector_kernel.inl.
   using DecodeGroups = void (*)(const TensorView& q, const CacheView& k, const CacheView& v,
                                 const TensorView& o_part, const TensorView& s_part, const TensorView& m_part,
-                                const DecodePlan& p, std::int64_t b, std::int64_t kv_head,
+                                const DecodePlan& p, std::int64_t b, std::int64_t kv_begin, std::int64_t kv_end,
                                 std::int64_t g_begin, std::int64_t g_end, std::vector<float>& work);
   // Up to kSdpaRows query rows from row0 of (b, h): sdpa/vector_kernel.inl.
   using SdpaRows = void (*)(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
