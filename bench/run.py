@@ -4,7 +4,7 @@ in one process, with this machine's measured peaks.
     make bench                      # everything (several minutes)
     make bench BENCH_ARGS="--quick --section sdpa"
     .venv/bin/python bench/run.py --quick
-    .venv/bin/python bench/run.py --section prefill|decode|blk|sdpa|short
+    .venv/bin/python bench/run.py --section prefill|decode|qdecode|paged|blk|sdpa|short|variants
 
 Prints a table, writes bench/results/bench.csv and bench/results/prefill.png.
 FLOP counts: prefill 4*B*H*D*(visible query-key pairs) (two matmuls, 2 flops per multiply-add);
@@ -74,7 +74,7 @@ def path_family(record):
     """The build_info()["isa_paths"] key of the path a record's fattn call ran with."""
     if record["kind"] in ("decode", "sdpa"):
         return record["kind"]
-    if record["kind"] == "qdecode":
+    if record["kind"] in ("qdecode", "paged"):
         return "decode"
     if record["kind"] == "short" and int(record["length"]) <= 8:  # the query rows
         return "prefill_short"
@@ -238,11 +238,50 @@ def quantized_decode_case(rng, repeats, records, peaks, kv_len):
                             ratio_to_f16=med / base))
 
 
+def paged_decode_case(rng, repeats, records, kv_len):
+    """The issue-21 paged decode: block size 16, f16, B = 4 sequences of kv_len positions, H = 16,
+    H_kv = 8, D = 128, 2 threads; the contiguous batch [B, H_kv, L, D] against the same rows in a
+    shuffled pool [num_blocks, 16, H_kv, D] read through a block table, called in turn: median,
+    spread and the paged call's speed as a fraction of the contiguous one's (target >= 90%)."""
+    b, h, h_kv, d, bs = 4, 16, 8, 128, 16
+    q = rng.standard_normal((b, h, d), dtype=np.float32)
+    k, v = (rng.standard_normal((b, h_kv, kv_len, d), dtype=np.float32).astype(np.float16) for _ in range(2))
+    per_seq = kv_len // bs
+    table = rng.permutation(b * per_seq).reshape(b, per_seq).astype(np.int32)
+    pools = []
+    for x in (k, v):
+        pool = np.empty((b * per_seq, bs, h_kv, d), np.float16)
+        for i in range(b):
+            pool[table[i]] = x[i].reshape(h_kv, per_seq, bs, d).transpose(1, 2, 0, 3)
+        pools.append(pool)
+    lens = np.full(b, kv_len)
+    calls = {"contiguous": lambda: fattn.flash_attn_vec(q, k, v, kv_seq_len=kv_len),
+             "paged": lambda: fattn.flash_attn_vec(q, pools[0], pools[1], kv_seq_len=lens, block_table=table)}
+    assert np.array_equal(calls["contiguous"](), calls["paged"]())  # the same bits
+    times = {n: [] for n in calls}
+    for r in range(repeats):
+        for n in list(calls)[r % 2:] + list(calls)[:r % 2]:
+            t0 = time.perf_counter()
+            calls[n]()
+            times[n].append(time.perf_counter() - t0)
+    base = statistics.median(times["contiguous"])
+    print(f"\npaged decode (block size 16, f16, B=4 x {kv_len}, H=16, H_kv=8, D=128, t=2; issue 21 target: paged "
+          f">= 90% of the contiguous speed)\n{'cache':12s} {'median ms':>10s} {'spread':>8s} {'speed':>7s}")
+    for n, t in times.items():
+        med = statistics.median(t)
+        print(f"{n:12s} {med * 1e3:10.3f} {(max(t) - min(t)) * 1e3:8.3f} {base / med * 100:6.1f}%")
+        records.append(dict(kind="paged", case=f"{n} B=4x{kv_len} H=16 H_kv=8 D=128 bs=16 t=2", system="fattn",
+                            dtype="float16", head_dim=d, h_kv=h_kv, length=kv_len, causal=False, kernel="vec",
+                            threads=2, median_s=med, spread_s=max(t) - min(t), gflops=float("nan"),
+                            fraction_of_peak=float("nan"), speed_vs_contiguous=base / med))
+
+
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--section", choices=["all", "prefill", "decode", "qdecode", "blk", "sdpa", "short", "variants"],
+    ap.add_argument("--section", choices=["all", "prefill", "decode", "qdecode", "paged", "blk", "sdpa", "short",
+                                          "variants"],
                     default="all")
     ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
@@ -336,6 +375,9 @@ def main(argv):
     if args.section in ("all", "decode", "qdecode"):
         fattn.set_num_threads(2)
         quantized_decode_case(rng, repeats * 4, records, peaks, 8192 if args.quick else 32768)
+    if args.section in ("all", "decode", "paged"):
+        fattn.set_num_threads(2)
+        paged_decode_case(rng, repeats * 4, records, 2048 if args.quick else 8192)
     if args.section in ("all", "blk"):
         blk_case(rng, repeats, records, peaks)
     if args.section in ("all", "sdpa"):
@@ -350,7 +392,7 @@ def main(argv):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["kind", "case", "system", "dtype", "head_dim", "h_kv", "length", "causal",
                                                "kernel", "threads", "median_s", "spread_s", "gflops",
-                                               "fraction_of_peak", "paired_read_fraction", "default_over_fastest", "ratio_to_f16", "cpu", "cpu_family_model",
+                                               "fraction_of_peak", "paired_read_fraction", "default_over_fastest", "ratio_to_f16", "speed_vs_contiguous", "cpu", "cpu_family_model",
                                                "cpu_features", "fattn_path"], restval="")
         writer.writeheader()
         for r in records:  # the path fattn's kernel family ran with (the other systems have none)
@@ -518,6 +560,10 @@ def targets(records):
             target = {"q8_0": 0.65, "q4_0": 0.45, "tq4": 0.5}[r["dtype"]]
             lines.append(f"{r['case']:48s} {r['ratio_to_f16']:.3f}x the f16 cache's time (issue 20: <= {target}x): "
                          f"{'met' if r['ratio_to_f16'] <= target else 'missed'}")
+    for r in records:
+        if r["kind"] == "paged" and r["case"].startswith("paged"):
+            lines.append(f"{r['case']:48s} {r['speed_vs_contiguous'] * 100:.1f}% of the contiguous batch's speed "
+                         f"(issue 21: >= 90%): {'met' if r['speed_vs_contiguous'] >= 0.9 else 'missed'}")
     ratios = [(r["default_over_fastest"], r["case"]) for r in records if "default_over_fastest" in r]
     if ratios:
         worst, case = max(ratios)
