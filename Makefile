@@ -158,7 +158,7 @@ typecheck: $(VENV)/.typecheck-deps
 # the DLPack path is also exercised there with NumPy's own exporter); this target installs it,
 # as `make bench` does, and runs the interop tests with torch tensors.
 $(VENV)/.torch-deps: $(VENV)/.py-deps
-	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 transformers==5.25.0
 	@touch $@
 
 test-interop: $(VENV)/.fattn-installed $(VENV)/.torch-deps

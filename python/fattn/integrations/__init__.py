@@ -1,0 +1,11 @@
+"""Integrations with other frameworks, each a submodule imported on its own (``import fattn`` imports
+none of them, nor torch or transformers):
+
+- :mod:`fattn.integrations.torch`: fattn's kernels as ``torch.library`` custom ops
+  (``torch.ops.fattn.flash_attn_prefill``, ``torch.ops.fattn.flash_attn_vec``,
+  ``torch.ops.fattn.sdpa``), with fake implementations for ``torch.compile`` and ``torch.export``.
+- :mod:`fattn.integrations.transformers`: ``register()`` makes ``attn_implementation="fattn"``
+  run a Hugging Face transformers model's attention layers on those ops.
+
+They add no arithmetic of their own: every result is the kernel's (docs/numerics.md).
+"""
