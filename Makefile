@@ -163,7 +163,7 @@ $(VENV)/.torch-deps: $(VENV)/.py-deps
 
 test-interop: $(VENV)/.fattn-installed $(VENV)/.torch-deps
 	@echo "== pytest (interop, with torch)"
-	@$(PY) -m pytest -q -p no:cacheprovider tests_py/test_interop.py
+	@$(PY) -m pytest -q -p no:cacheprovider tests_py/test_interop.py tests_py/test_torch_ops.py tests_py/test_transformers.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)
