@@ -130,9 +130,10 @@ bench: $(VENV)/.fattn-installed $(VENV)/.bench-deps bench-probe
 # --- examples ---------------------------------------------------------------------------
 # Every examples/*.py except helper modules (_*.py), with matplotlib's file-only backend. All
 # of them run; the target fails if any exits non-zero. Figures go to examples/out/.
+# transformers_numerics.py needs torch and transformers: installed as for test-interop.
 EXAMPLES := $(sort $(filter-out examples/_%,$(wildcard examples/*.py)))
 
-examples: $(VENV)/.fattn-installed
+examples: $(VENV)/.fattn-installed $(VENV)/.torch-transformers-deps
 	@$(PY) -c 'import matplotlib' 2>/dev/null || \
 	  { echo "== installing matplotlib into $(VENV)"; $(PY) -m pip install -q --disable-pip-version-check matplotlib; }
 	@failed=""; \
@@ -156,12 +157,14 @@ typecheck: $(VENV)/.typecheck-deps
 
 # PyTorch is not a dependency of `make test` (about 200 MB installed for a handful of tests;
 # the DLPack path is also exercised there with NumPy's own exporter); this target installs it,
-# as `make bench` does, and runs the interop tests with torch tensors.
-$(VENV)/.torch-deps: $(VENV)/.py-deps
+# as `make bench` does, with transformers (pinned: fattn.integrations.transformers follows its
+# "sdpa" path's conventions), and runs the interop tests with torch tensors, the torch.ops.fattn
+# operators and tiny transformers models (tests_py/test_torch_ops.py, test_transformers.py).
+$(VENV)/.torch-transformers-deps: $(VENV)/.py-deps
 	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 transformers==5.25.0
 	@touch $@
 
-test-interop: $(VENV)/.fattn-installed $(VENV)/.torch-deps
+test-interop: $(VENV)/.fattn-installed $(VENV)/.torch-transformers-deps
 	@echo "== pytest (interop, with torch)"
 	@$(PY) -m pytest -q -p no:cacheprovider tests_py/test_interop.py tests_py/test_torch_ops.py tests_py/test_transformers.py
 

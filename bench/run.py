@@ -4,7 +4,7 @@ in one process, with this machine's measured peaks.
     make bench                      # everything (several minutes)
     make bench BENCH_ARGS="--quick --section sdpa"
     .venv/bin/python bench/run.py --quick
-    .venv/bin/python bench/run.py --section prefill|decode|qdecode|paged|blk|sdpa|short|variants
+    .venv/bin/python bench/run.py --section prefill|decode|qdecode|paged|blk|sdpa|short|variants|transformers
 
 Prints a table, writes bench/results/bench.csv and bench/results/prefill.png.
 FLOP counts: prefill 4*B*H*D*(visible query-key pairs) (two matmuls, 2 flops per multiply-add);
@@ -281,7 +281,7 @@ def main(argv):
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--section", choices=["all", "prefill", "decode", "qdecode", "paged", "blk", "sdpa", "short",
-                                          "variants"],
+                                          "variants", "transformers"],
                     default="all")
     ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
@@ -386,6 +386,8 @@ def main(argv):
         variants_case(rng, repeats, records)
     if args.section in ("all", "short"):
         short_query_cases(rng, repeats, records, peaks, [1, 8, 33] if args.quick else [1, 4, 8, 16, 33])
+    if args.section in ("all", "transformers"):
+        transformers_case(repeats, records)
     targets(records)
 
     path = os.path.join(RESULTS, "bench.csv" if args.section == "all" else f"bench-{args.section}.csv")
@@ -499,6 +501,79 @@ def variants_case(rng, repeats, records):
                                 h_kv=h, length=4096 if "4096" in key else 2048, causal=True, kernel="auto",
                                 threads=2, median_s=med[key], spread_s=spread[key], gflops=float("nan"),
                                 fraction_of_peak=float("nan")))
+
+
+def transformers_case(repeats, records):
+    """A transformers model's forward with attn_implementation="fattn" against "sdpa" (issue 22):
+    a Llama-shaped decoder (4 layers, hidden 512, 8 query heads and 4 KV heads of D = 64, random
+    weights from its config), a batch of 8 prompts of 512 tokens, f32 and bf16, 2 threads (fattn
+    and torch), under torch.no_grad. Two batches: without padding (transformers elides the mask:
+    causal) and with the last 128 tokens of every other prompt padding (a boolean mask). The
+    systems alternate call by call; medians of the rounds. The attention alone, one layer's shapes
+    (causal), for scale: how much of the forward attention is."""
+    try:
+        import transformers
+        import fattn.integrations.transformers as fattn_transformers
+    except ImportError as e:
+        print(f"\ntransformers: skipped ({e}; `make bench` installs torch, `make test-interop` transformers)")
+        return
+    if torch is None:
+        print("\ntransformers: skipped (torch is not installed)")
+        return
+    fattn_transformers.register()
+    fattn.set_num_threads(2)
+    torch.set_num_threads(2)
+    batch, length, layers, hidden, heads, kv_heads, d = 8, 512, 4, 512, 8, 4, 64
+    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=hidden, intermediate_size=1408,
+                                      num_hidden_layers=layers, num_attention_heads=heads,
+                                      num_key_value_heads=kv_heads, head_dim=d, max_position_embeddings=length)
+    torch.manual_seed(0)
+    base = transformers.LlamaModel(config).eval()
+    ids = torch.randint(0, config.vocab_size, (batch, length))
+    padded = torch.ones(batch, length, dtype=torch.long)
+    padded[1::2, length - 128:] = 0
+    rounds = repeats * 2
+    print(f"\ntransformers {transformers.__version__}: LlamaModel forward, {layers} layers, hidden {hidden}, "
+          f"H={heads} H_kv={kv_heads} D={d}, batch {batch} x {length} tokens, t=2 (alternated, median of {rounds} "
+          f"rounds)")
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        models = {}
+        for impl in ("sdpa", "fattn"):
+            m = transformers.LlamaModel(config).to(dtype).eval()
+            m.load_state_dict(base.state_dict())
+            m.set_attn_implementation(impl)
+            models[impl] = m
+        for batch_name, mask in (("no padding", None), ("padded", padded)):
+            def call(m, mask=mask):
+                with torch.no_grad():
+                    return m(input_ids=ids, attention_mask=mask).last_hidden_state
+            times = {impl: [] for impl in models}
+            for m in models.values():
+                call(m)  # warm-up
+            for _ in range(rounds):
+                for impl, m in models.items():
+                    t0 = time.perf_counter()
+                    call(m)
+                    times[impl].append(time.perf_counter() - t0)
+            med = {impl: statistics.median(t) for impl, t in times.items()}
+            print(f"  {name:9s} {batch_name:10s} sdpa {med['sdpa'] * 1e3:8.1f} ms  fattn {med['fattn'] * 1e3:8.1f} ms"
+                  f"  fattn/sdpa time {med['fattn'] / med['sdpa']:.2f}")
+            for impl, t in times.items():
+                records.append(dict(kind="transformers", case=f"llama forward {name} {batch_name}",
+                                    system="torch" if impl == "sdpa" else "fattn", dtype=name, head_dim=d,
+                                    h_kv=kv_heads, length=length, causal=True, kernel=impl, threads=2,
+                                    median_s=med[impl], spread_s=max(t) - min(t), gflops=float("nan"),
+                                    fraction_of_peak=float("nan")))
+        q = torch.randn(batch, heads, length, d).to(dtype)
+        k, v = (torch.randn(batch, kv_heads, length, d).to(dtype) for _ in range(2))
+        layer = {
+            "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+            "fattn": lambda: torch.ops.fattn.flash_attn_prefill(q, k, v, causal="top_left"),
+        }
+        one = {impl: timed(fn, repeats)[0] for impl, fn in layer.items()}
+        print(f"  {name:9s} one layer's attention alone: sdpa {one['sdpa'] * 1e3:.1f} ms, fattn {one['fattn'] * 1e3:.1f} "
+              f"ms ({layers} per forward)")
 
 
 def blk_case(rng, repeats, records, peaks):
