@@ -274,3 +274,26 @@ def test_hidden_states_of_every_layer_are_close_in_bfloat16():
     assert len(errs["fattn"]) == 3
     for ours, base in zip(errs["fattn"], errs["sdpa"]):
         assert ours <= 1.5 * base + 1e-6
+
+
+def test_from_pretrained_with_attn_implementation_fattn(tmp_path):
+    """The README's line: a saved model (here a tiny one written to a temporary directory) loads
+    with attn_implementation="fattn" and runs on it."""
+    model_as("llama", torch.float32, "eager").save_pretrained(tmp_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="fattn",
+                                                              dtype=torch.float32).eval()
+    assert model.config._attn_implementation == "fattn"
+    calls = []
+    original = fattn_tf.attention_forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    transformers.AttentionInterface.register("fattn", spy)
+    try:
+        with torch.no_grad():
+            model(input_ids=inputs()[0])
+    finally:
+        fattn_tf.register()
+    assert len(calls) == model.config.num_hidden_layers
