@@ -297,3 +297,21 @@ def test_from_pretrained_with_attn_implementation_fattn(tmp_path):
     finally:
         fattn_tf.register()
     assert len(calls) == model.config.num_hidden_layers
+
+
+def test_a_model_on_fattn_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) over a whole model's forward (the attention function reaches
+    torch through a module global and calls the torch.ops.fattn operators: nothing breaks the
+    graph). The rest of the model is the compiler's arithmetic, hence a tolerance, not bits."""
+    m = model_as("mistral", torch.float32, "fattn")
+    ids, mask = inputs()
+
+    def logits(ids, mask):
+        return m(input_ids=ids, attention_mask=mask).logits
+
+    torch._dynamo.reset()
+    compiled = torch.compile(logits, fullgraph=True)
+    with torch.no_grad():
+        for attention_mask in (mask, None):  # a boolean mask; no mask (causal)
+            got, want = compiled(ids, attention_mask), logits(ids, attention_mask)
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()

@@ -43,6 +43,18 @@ VEC_MIN_KV = 256
 
 _NAME = "fattn"
 
+# torch, once register() (or a first call) has imported it: a module global, not an import inside
+# attention_forward, so that torch.compile traces a model through it without a graph break.
+_torch: Any = None
+
+
+def _import_torch() -> Any:
+    global _torch
+    if _torch is None:
+        importlib.import_module("fattn.integrations.torch")  # the torch.ops.fattn operators
+        _torch = importlib.import_module("torch")
+    return _torch
+
 
 def register(name: str = _NAME) -> None:
     """Registers ``name`` (default ``"fattn"``) with transformers' ``AttentionInterface`` and
@@ -51,7 +63,7 @@ def register(name: str = _NAME) -> None:
     Imports torch and transformers; calling it again changes nothing."""
     if not isinstance(name, str):
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
-    importlib.import_module("fattn.integrations.torch")  # the torch.ops.fattn operators
+    _import_torch()
     try:
         modeling_utils = importlib.import_module("transformers.modeling_utils")
         masking_utils = importlib.import_module("transformers.masking_utils")
@@ -76,7 +88,7 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     additive 4-D mask a caller passes. Returns ``(attn_output [B, Lq, H, D], None)`` in query's
     dtype (no attention weights). Options as the ``"sdpa"`` path reads them (``scaling``, the
     module's ``is_causal``), plus ``softcap`` and ``s_aux`` (sinks), which ``"sdpa"`` has not."""
-    torch = importlib.import_module("torch")
+    torch = _torch if _torch is not None else _import_torch()
     ops = torch.ops.fattn
     if dropout:
         raise _unsupported("attention dropout", f"(p={dropout}) is not implemented: the model is in training mode "
