@@ -315,3 +315,22 @@ def test_a_model_on_fattn_compiles_without_graph_breaks():
         for attention_mask in (mask, None):  # a boolean mask; no mask (causal)
             got, want = compiled(ids, attention_mask), logits(ids, attention_mask)
             assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_a_prompt_in_two_chunks_through_the_cache_matches_eager(name):
+    """The second chunk of a prompt against the cache of the first (transformers builds the mask
+    with the chunk's offset: queries 20..39 against keys 0..39), float32."""
+    ids = inputs(seed=4)[0][:, :40]
+    logits = {}
+    for impl in ("eager", "fattn"):
+        m = model_as(name, torch.float32, impl)
+        with torch.no_grad():
+            first = m(input_ids=ids[:, :20], use_cache=True)
+            logits[impl] = m(input_ids=ids[:, 20:], past_key_values=first.past_key_values).logits
+    ref = model_as(name, torch.float64, "eager")
+    with torch.no_grad():
+        exact = ref(input_ids=ids).logits[:, 20:]
+    base = (logits["eager"].double() - exact).abs().max().item()
+    ours = (logits["fattn"].double() - exact).abs().max().item()
+    assert ours <= 1.5 * base

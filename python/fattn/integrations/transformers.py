@@ -108,6 +108,9 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     if value.shape[-1] != d or key.shape[-1] != d:
         raise _unsupported("head dims", f"must agree: query and key {d}, value {value.shape[-1]} "
                            "(config.head_dim / v_head_dim)")
+    if d > 4096:  # the prefill kernel's range (docs/numerics.md §4), said here in the model's terms
+        raise _unsupported(f"head_dim {d}", "is not supported: fattn's prefill takes head dims 1 to 4096 "
+                           "(config.head_dim)")
     sinks = None if s_aux is None else s_aux.to(torch.float32)
     cap = float(softcap) if softcap else 0.0
     if is_causal is None:
