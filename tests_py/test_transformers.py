@@ -327,7 +327,7 @@ def test_a_prompt_in_two_chunks_through_the_cache_matches_eager(name):
         m = model_as(name, torch.float32, impl)
         with torch.no_grad():
             first = m(input_ids=ids[:, :20], use_cache=True)
-            logits[impl] = m(input_ids=ids[:, 20:], past_key_values=first.past_key_values).logits
+            logits[impl] = m(input_ids=ids[:, 20:], cache=first.past_key_values).logits
     ref = model_as(name, torch.float64, "eager")
     with torch.no_grad():
         exact = ref(input_ids=ids).logits[:, 20:]
