@@ -15,6 +15,7 @@ fraction of the measured streaming-read bandwidth. The peaks come from bench/pro
 fattn_probe, which `make bench` builds into build/probe).
 """
 import argparse
+import copy
 import csv
 import os
 
@@ -540,10 +541,14 @@ def transformers_case(repeats, records):
         name = str(dtype).replace("torch.", "")
         models = {}
         for impl in ("sdpa", "fattn"):
-            m = transformers.LlamaModel(config).to(dtype).eval()
+            # A config of its own: set_attn_implementation writes the model's config, and a shared
+            # one would leave both models on the implementation set last.
+            m = transformers.LlamaModel(copy.deepcopy(config)).to(dtype).eval()
             m.load_state_dict(base.state_dict())
             m.set_attn_implementation(impl)
+            assert m.config._attn_implementation == impl
             models[impl] = m
+        assert models["sdpa"].config._attn_implementation == "sdpa"
         for batch_name, mask in (("no padding", None), ("padded", padded)):
             def call(m, mask=mask):
                 with torch.no_grad():

@@ -50,6 +50,7 @@ keep = attention_mask.bool()
 def hidden_states(dtype, impl):
     model = copy.deepcopy(reference_model).to(dtype)
     model.set_attn_implementation(impl)
+    assert model.config._attn_implementation == impl
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=attention_mask, output_hidden_states=True)
     return [h.to(torch.float64) for h in out.hidden_states]

@@ -93,6 +93,7 @@ def base_model(name):
 def model_as(name, dtype, impl):
     m = copy.deepcopy(base_model(name)).to(dtype)
     m.set_attn_implementation(impl)
+    assert m.config._attn_implementation == impl and m.config is not base_model(name).config
     return m.eval()
 
 
