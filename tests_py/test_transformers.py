@@ -175,11 +175,11 @@ def test_the_variants_change_the_output():
 @pytest.mark.parametrize("decode", ["prefill_kernel", "vec_kernel", "static_cache"])
 def test_greedy_generation_gives_eagers_tokens(name, decode, monkeypatch):
     """Greedy decoding with a KV cache, float32: the same tokens as "eager". Decode steps run on
-    the prefill kernel with one query row (caches shorter than VEC_MIN_KV, as here) or, with the
+    the prefill kernel with one query row (steps smaller than VEC_MIN_WORK, as here) or, with the
     threshold at 0, on flash_attn_vec. With a static cache the prompt sees a cache longer than
     itself with no mask (causal, top-left aligned) and each step a boolean mask."""
     if decode == "vec_kernel":
-        monkeypatch.setattr(fattn_tf, "VEC_MIN_KV", 0)
+        monkeypatch.setattr(fattn_tf, "VEC_MIN_WORK", 0)
     cache = dict(cache_implementation="static") if decode == "static_cache" else {}
     ids = inputs(seed=1)[0][:1, :24]
     tokens = {}

@@ -20,8 +20,8 @@ Every attention layer then runs on fattn's kernels through the ``torch.ops.fattn
   the layer's ``scaling``, its ``softcap`` (Gemma 2) and its sinks (``s_aux``, gpt-oss));
 - a single-token decode step without a mask, head dim a multiple of 32 up to 512:
   ``torch.ops.fattn.flash_attn_vec`` over the whole KV cache (its query is rounded to float16 as
-  mlx-native's decode kernel does; docs/numerics.md §5) when the cache holds at least
-  :data:`VEC_MIN_KV` positions, where it is the faster of the two.
+  mlx-native's decode kernel does; docs/numerics.md §5) when the step is large enough for it to
+  be the faster of the two: ``B * H * Lk * D >= VEC_MIN_WORK``.
 
 Query, key and value are read in place through DLPack (the ``[B, L, H, D]`` views of the layer's
 ``[B, H, L, D]`` tensors), and the output is written in the ``[B, L, H, D]`` layout transformers
@@ -35,11 +35,13 @@ from __future__ import annotations
 import importlib
 from typing import Any, Optional, Tuple
 
-__all__ = ["register", "attention_forward", "VEC_MIN_KV"]
+__all__ = ["register", "attention_forward", "VEC_MIN_WORK"]
 
-#: The decode step runs on ``flash_attn_vec`` from this many cached positions on (below, the
-#: prefill kernel with one query row is as fast or faster).
-VEC_MIN_KV = 256
+#: A decode step runs on ``flash_attn_vec`` when ``B * H * Lk * D`` (its query-key products) is at
+#: least this; below, the prefill kernel with one query row was as fast or faster (2 threads,
+#: f32 and bf16, H 4 to 32, D 32 to 128: the decode kernel took 0.9x the time or less from 2**19
+#: on, 0.7-1.2x below it).
+VEC_MIN_WORK = 1 << 19
 
 _NAME = "fattn"
 
@@ -116,7 +118,8 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     q_len, kv_len = query.shape[2], key.shape[2]
-    if attention_mask is None and q_len == 1 and kv_len >= VEC_MIN_KV and d % 32 == 0 and d <= 512:
+    if (attention_mask is None and q_len == 1 and d % 32 == 0 and d <= 512
+            and query.shape[0] * query.shape[1] * kv_len * d >= VEC_MIN_WORK):
         # A decode step: the one query sees every cached position (transformers elides the mask
         # only when nothing is masked; a sliding window is then wider than the cache).
         out = ops.flash_attn_vec(query[:, :, 0], key, value, kv_seq_len=kv_len, scale=scaling, softcap=cap,
