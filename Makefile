@@ -28,7 +28,7 @@ help:
 	@echo "make example-cpp - install the C++ core into build/install, build and run examples/cpp against it"
 	@echo "make fuzz   - libFuzzer (clang, ASan + UBSan) on the C++ API for FUZZ_SECONDS (default 60)"
 	@echo "make typecheck - mypy --strict over the package and tests_py/typecheck_usage.py"
-	@echo "make test-interop - the interop tests with PyTorch installed (CPU build, local disk)"
+	@echo "make test-interop - the interop tests with PyTorch and transformers installed (torch.ops.fattn, tiny models)"
 	@echo "make clean  - remove build/ and .venv/"
 
 # --- set-up ---------------------------------------------------------------------------

@@ -3,12 +3,12 @@
 Tiny models built from configs with random weights (nothing is downloaded), one per feature the
 integration maps onto a kernel argument: a BERT encoder with padding (a bidirectional boolean
 mask), a Llama with grouped-query heads, a Mistral with a sliding window shorter than the prompt,
-a Gemma 2 with an attention softcap, and a gpt-oss with sinks. Each runs in float32 and bfloat16;
-its output must be within the error of transformers' own attention at that dtype ("sdpa", or
-"eager" where "sdpa" cannot run the model: Gemma 2's softcap, gpt-oss's sinks) against the same
-model run in float64 with "eager". Greedy generation with a KV cache must give eager's tokens in
-float32, on the prefill kernel and on the decode kernel. Skipped without torch and transformers
-(`make test-interop` installs both).
+a Gemma 2 with an attention softcap, and a gpt-oss with sinks. Each runs in float32, bfloat16
+and float16; its output must be within the error of transformers' own attention at that dtype
+("sdpa", or "eager" where "sdpa" cannot run the model: Gemma 2's softcap, gpt-oss's sinks)
+against the same model run in float64 with "eager". Greedy generation with a KV cache must give
+eager's tokens in float32, on the prefill kernel and on the decode kernel. Skipped without torch
+and transformers (`make test-interop` installs both).
 """
 import copy
 
@@ -127,7 +127,7 @@ def error(name, dtype, impl):
     return err, err / ref[keep].abs().max().item()
 
 
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
