@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 
 import fattn
-from helpers import BF16, F16, F32
+from helpers import BF16, F16, F32, same_bits
 
 ALL_PATHS = fattn.available_isas(include_emulated=True)
-
-
-@pytest.fixture
-def restore_isa():
-    saved = fattn.build_info()["isa"]
-    yield
-    fattn.set_isa(saved)
-
-
-def same_bits(a, b):
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 class Pool:
