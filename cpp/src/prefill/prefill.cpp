@@ -551,7 +551,10 @@ VarlenPrefillPlan plan_flash_attn_varlen(const TensorView& q, const TensorView& 
   validate_packed(q, "q", "total_q");
   validate_packed(k, "k", "total_k");
   validate_packed(v, "v", "total_k");
-  detail::require_same_shape(v, "v", k, "k");
+  // In the packed arrays' own terms ([total, H, D]); the prefill's plan checks the rest.
+  require(k.head_dim() == q.head_dim(), "k: head dim D (q.shape[2]) must be ", q.head_dim(), ", got ", k.head_dim());
+  require(v.shape == k.shape, "v: shape must equal k's (total_k, H_kv, D) = (", k.length(), ", ", k.heads(), ", ",
+          k.head_dim(), "), got (", v.length(), ", ", v.heads(), ", ", v.head_dim(), ")");
   require(params.q_offset == 0, "q_offset: must be 0 for a varlen call (each sequence's causal alignment sets its "
           "offset), got ", params.q_offset);
   VarlenPrefillPlan plan;
