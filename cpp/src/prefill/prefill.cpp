@@ -125,20 +125,20 @@ std::int64_t ceil_div(std::int64_t n, std::int64_t d) { return n / d + (n % d !=
 // may be its own), then 32-row groups on a vector path or q_tile blocks on
 // the scalar model. Every path gives the scalar model's bits.
 struct PrefillPath {
-  simd::Isa isa = simd::Isa::scalar;
-  simd::VectorKernels::PrefillRows rows_fn = nullptr;  // the vector path's entry
+  simd::VectorKernels::PrefillRows rows_fn = nullptr;  // the vector path's entry; null: the scalar model
   std::int64_t rows_per_item = 1;
 
-  PrefillPath() = default;
   template <class T, class Arith>
   static PrefillPath choose(std::int64_t q_len, std::int64_t q_tile) {
     const simd::Family family = q_len <= simd::kShortPrefillRows ? simd::Family::prefill_short
                                 : std::is_same_v<T, float>        ? simd::Family::prefill_f32
                                                                   : simd::Family::prefill;
     PrefillPath path;
-    path.isa = simd::isa_for(family);
-    if (path.isa != simd::Isa::scalar) {
-      path.rows_fn = simd::vector_kernels(path.isa).prefill_rows<T, Arith>();
+    const simd::Isa isa = simd::isa_for(family);
+    if (isa != simd::Isa::scalar) {
+      // 32 rows per item, one per vector lane; each row keeps its own
+      // block's tile range, so the result is the scalar model's to the bit.
+      path.rows_fn = simd::vector_kernels(isa).prefill_rows<T, Arith>();
       path.rows_per_item = kSimdRows;
     } else {
       path.rows_per_item = q_tile;
