@@ -474,9 +474,10 @@ def variants_case(rng, repeats, records):
 def varlen_case(rng, repeats, records, cpu):
     """Issue 21: one flash_attn_varlen call over 64 packed sequences of 32-512 tokens against the
     loop of per-sequence flash_attn_prefill calls it replaces (bf16, H=8, D=128, causal, 2 threads),
-    timed in alternation (one of each per round; median and spread of the rounds). The varlen call
-    deals the (sequence, head, query block) items of all sequences to the threads at once; the loop
-    pays a call, a parallel region and its tail per sequence."""
+    timed in alternation (one of each per round; median and spread (IQR) of the rounds). The varlen
+    call deals the (sequence, head, query block) items of all sequences to the threads at once; the
+    loop pays a call, a parallel region and its tail per sequence, and allocates 64 outputs. The same
+    two with out= given (no allocation) separate the two effects."""
     fattn.set_num_threads(2)
     h, d, count = 8, 128, 64
     lengths = rng.integers(32, 513, size=count)
@@ -484,33 +485,40 @@ def varlen_case(rng, repeats, records, cpu):
     q, k, v = (rng.standard_normal((int(cu[-1]), h, d), dtype=np.float32).astype(ml_dtypes.bfloat16)
                for _ in range(3))
     spans = [(int(a), int(b)) for a, b in zip(cu[:-1], cu[1:])]
-
-    def varlen():
-        return fattn.flash_attn_varlen(q, k, v, cu, cu, causal=True)
-
-    def loop():
-        return [fattn.flash_attn_prefill(q[None, a:b], k[None, a:b], v[None, a:b], causal=True, layout="blhd")
-                for a, b in spans]
-
-    packed, parts = varlen(), loop()  # warm-up, and the promise: the same bits
+    out = np.empty_like(q)
+    outs = [out[None, a:b] for a, b in spans]
+    calls = {
+        "varlen": lambda: fattn.flash_attn_varlen(q, k, v, cu, cu, causal=True),
+        "loop": lambda: [fattn.flash_attn_prefill(q[None, a:b], k[None, a:b], v[None, a:b], causal=True,
+                                                  layout="blhd") for a, b in spans],
+        "varlen out=": lambda: fattn.flash_attn_varlen(q, k, v, cu, cu, causal=True, out=out),
+        "loop out=": lambda: [fattn.flash_attn_prefill(q[None, a:b], k[None, a:b], v[None, a:b], causal=True,
+                                                       layout="blhd", out=o) for (a, b), o in zip(spans, outs)],
+    }
+    packed, parts = calls["varlen"](), calls["loop"]()  # warm-up, and the promise: the same bits
     assert all(np.array_equal(packed[a:b].view(np.uint16), p[0].view(np.uint16)) for (a, b), p in zip(spans, parts))
+    for fn in calls.values():
+        fn()
     rounds = repeats * 4
-    times = {"varlen": [], "loop": []}
+    times = {key: [] for key in calls}
     for _ in range(rounds):
-        for key, fn in (("varlen", varlen), ("loop", loop)):
+        for key, fn in calls.items():
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)
     med = {key: statistics.median(x) for key, x in times.items()}
     spread = {key: float(np.percentile(x, 75) - np.percentile(x, 25)) for key, x in times.items()}
     print(f"\nvarlen ({count} sequences of {lengths.min()}-{lengths.max()} tokens, total {int(cu[-1])}, bfloat16, "
-          f"H={h}, D={d}, causal, t=2; alternated, median of {rounds} rounds; CPU: {cpu})")
-    for key, label in (("varlen", "one flash_attn_varlen call"), ("loop", f"{count} flash_attn_prefill calls")):
-        print(f"  {label:32s} {med[key] * 1e3:9.2f} ms (spread {spread[key] * 1e3:.2f})")
-        records.append(dict(kind="varlen", case=f"varlen {label}", system="fattn", dtype="bfloat16", head_dim=d,
+          f"H={h}, D={d}, causal, t=2; alternated, median (IQR) of {rounds} rounds; CPU: {cpu})")
+    labels = {"varlen": "one flash_attn_varlen call", "loop": f"{count} flash_attn_prefill calls",
+              "varlen out=": "  the same with out=", "loop out=": "  the same with out="}
+    for key in ("varlen", "loop", "varlen out=", "loop out="):
+        print(f"  {labels[key]:32s} {med[key] * 1e3:9.2f} ms (spread {spread[key] * 1e3:.2f})")
+        records.append(dict(kind="varlen", case=f"varlen {key}", system="fattn", dtype="bfloat16", head_dim=d,
                             h_kv=h, length=int(cu[-1]), causal=True, kernel="auto", threads=2, median_s=med[key],
                             spread_s=spread[key], gflops=float("nan"), fraction_of_peak=float("nan")))
-    print(f"  loop / varlen: {med['loop'] / med['varlen']:.2f}x")
+    print(f"  loop / varlen: {med['loop'] / med['varlen']:.2f}x (issue 21: >= 1.2x); with out=: "
+          f"{med['loop out='] / med['varlen out=']:.2f}x")
 
 
 def blk_case(rng, repeats, records, peaks):
