@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "fattn/fattn.hpp"
 #include "runtime/isa.hpp"
 
@@ -189,20 +190,6 @@ TEST(Varlen, RowsThatSeeNoKeyAreZeroWithLseMinusInfinity) {
 }
 
 // --- bad calls --------------------------------------------------------------------
-
-namespace {
-
-template <class E, class F>
-void expect_error(F&& call, const std::string& fragment) {
-  try {
-    call();
-    FAIL() << "expected an error mentioning '" << fragment << "'";
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
-
-}  // namespace
 
 TEST(VarlenErrors, OffsetsAndShapesAreCheckedNamingTheArgument) {
   std::mt19937 rng(24);
