@@ -290,7 +290,9 @@ void compute_partials(const CacheView& k, const CacheView& v, const TensorView& 
     // out of every 2 KiB at a third of the contiguous rate.
     const std::int64_t together = heads_side_by_side(k, p) && heads_side_by_side(v, p) ? p.kv_heads : 1;
     const std::int64_t heads = p.batch * p.kv_heads / together;  // items per group block
-    const std::int64_t want = 2 * std::int64_t(get_num_threads());
+    // (Heads together: as few group blocks as keep the threads busy, so each
+    // item walks long runs of positions: 2 or 4 per thread measured slower.)
+    const std::int64_t want = (together > 1 ? 1 : 2) * std::int64_t(get_num_threads());
     const std::int64_t blocks = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
     const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
     // A quantized cache is read as f32: each chunk's rows are dequantized
