@@ -487,8 +487,9 @@ PagedDecodePlan plan_flash_attn_vec_paged(const TensorView& q, const CacheView& 
   const std::int64_t B = q.batch(), num_blocks = k.shape()[0], block_size = k.length();
   require(std::int64_t(kv_seq_lens.size()) == B, "kv_seq_len: expected one length per sequence (B = ", B,
           "), got ", kv_seq_lens.size());
-  require(table.data != nullptr && table.rows == B && table.cols >= 1, "block_table: expected [B, max_blocks] = [",
-          B, ", >= 1], got [", table.rows, ", ", table.cols, "]");
+  require(table.rows == B && table.cols >= 0, "block_table: expected [B, max_blocks] = [", B, ", >= 0], got [",
+          table.rows, ", ", table.cols, "]");
+  require(table.cols == 0 || table.data != nullptr, "block_table: data pointer is null");
   require(!params.ring_start, "ring_start: not supported with block_table (a paged cache places positions by its table)");
   validate_decode_params(params);
   detail::require_sinks(params.sinks.data(), std::int64_t(params.sinks.size()), q.heads());
