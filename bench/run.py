@@ -4,7 +4,7 @@ in one process, with this machine's measured peaks.
     make bench                      # everything (several minutes)
     make bench BENCH_ARGS="--quick --section sdpa"
     .venv/bin/python bench/run.py --quick
-    .venv/bin/python bench/run.py --section prefill|decode|qdecode|paged|blk|sdpa|short|variants|transformers
+    .venv/bin/python bench/run.py --section prefill|decode|qdecode|paged|blk|sdpa|short|variants|varlen|transformers
 
 Prints a table, writes bench/results/bench.csv and bench/results/prefill.png.
 FLOP counts: prefill 4*B*H*D*(visible query-key pairs) (two matmuls, 2 flops per multiply-add);
@@ -282,7 +282,7 @@ def main(argv):
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--section", choices=["all", "prefill", "decode", "qdecode", "paged", "blk", "sdpa", "short",
-                                          "variants", "transformers"],
+                                          "variants", "varlen", "transformers"],
                     default="all")
     ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
@@ -385,6 +385,8 @@ def main(argv):
         sdpa_case(rng, repeats, records, peaks)
     if args.section in ("all", "variants"):
         variants_case(rng, repeats, records)
+    if args.section in ("all", "varlen"):
+        varlen_case(rng, repeats, records, machine["cpu"])
     if args.section in ("all", "short"):
         short_query_cases(rng, repeats, records, peaks, [1, 8, 33] if args.quick else [1, 4, 8, 16, 33])
     if args.section in ("all", "transformers"):
@@ -579,6 +581,59 @@ def transformers_case(repeats, records):
         one = {impl: timed(fn, repeats)[0] for impl, fn in layer.items()}
         print(f"  {name:9s} one layer's attention alone: sdpa {one['sdpa'] * 1e3:.1f} ms, fattn {one['fattn'] * 1e3:.1f} "
               f"ms ({layers} per forward)")
+
+
+def varlen_case(rng, repeats, records, cpu):
+    """Issue 21: one flash_attn_varlen call over 64 packed sequences of 32-512 tokens against the
+    loop of per-sequence flash_attn_prefill calls it replaces (bf16, H=8, D=128, causal, 2 threads),
+    timed in alternation (one of each per round; median and spread (IQR) of the rounds). The varlen
+    call deals the (sequence, head, query block) items of all sequences to the threads at once; the
+    loop pays a call, a parallel region and its tail per sequence, and allocates 64 outputs. The same
+    two with out= given (no allocation) separate the two effects."""
+    fattn.set_num_threads(2)
+    h, d, count = 8, 128, 64
+    lengths = rng.integers(32, 513, size=count)
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    q, k, v = (rng.standard_normal((int(cu[-1]), h, d), dtype=np.float32).astype(ml_dtypes.bfloat16)
+               for _ in range(3))
+    spans = [(int(a), int(b)) for a, b in zip(cu[:-1], cu[1:])]
+    out = np.empty_like(q)
+    outs = [out[None, a:b] for a, b in spans]
+    calls = {
+        "varlen": lambda: fattn.flash_attn_varlen(q, k, v, cu, cu, causal=True),
+        "loop": lambda: [fattn.flash_attn_prefill(q[None, a:b], k[None, a:b], v[None, a:b], causal=True,
+                                                  layout="blhd") for a, b in spans],
+        "varlen out=": lambda: fattn.flash_attn_varlen(q, k, v, cu, cu, causal=True, out=out),
+        "loop out=": lambda: [fattn.flash_attn_prefill(q[None, a:b], k[None, a:b], v[None, a:b], causal=True,
+                                                       layout="blhd", out=o) for (a, b), o in zip(spans, outs)],
+    }
+    packed, parts = calls["varlen"](), calls["loop"]()  # warm-up, and the promise: the same bits
+    assert all(np.array_equal(packed[a:b].view(np.uint16), p[0].view(np.uint16)) for (a, b), p in zip(spans, parts))
+    for fn in calls.values():
+        fn()
+    rounds = repeats * 4
+    times = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    med = {key: statistics.median(x) for key, x in times.items()}
+    spread = {key: float(np.percentile(x, 75) - np.percentile(x, 25)) for key, x in times.items()}
+    print(f"\nvarlen ({count} sequences of {lengths.min()}-{lengths.max()} tokens, total {int(cu[-1])}, bfloat16, "
+          f"H={h}, D={d}, causal, t=2; alternated, median (IQR) of {rounds} rounds; CPU: {cpu})")
+    labels = {"varlen": "one flash_attn_varlen call", "loop": f"{count} flash_attn_prefill calls",
+              "varlen out=": "  the same with out=", "loop out=": "  the same with out="}
+    for key in ("varlen", "loop", "varlen out=", "loop out="):
+        print(f"  {labels[key]:32s} {med[key] * 1e3:9.2f} ms (spread {spread[key] * 1e3:.2f}, "
+              f"best {min(times[key]) * 1e3:.2f})")
+        records.append(dict(kind="varlen", case=f"varlen {key}", system="fattn", dtype="bfloat16", head_dim=d,
+                            h_kv=h, length=int(cu[-1]), causal=True, kernel="auto", threads=2, median_s=med[key],
+                            spread_s=spread[key], gflops=float("nan"), fraction_of_peak=float("nan")))
+    best = {key: min(x) for key, x in times.items()}
+    print(f"  loop / varlen: {med['loop'] / med['varlen']:.2f}x (issue 21: >= 1.2x; best rounds "
+          f"{best['loop'] / best['varlen']:.2f}x); with out=: {med['loop out='] / med['varlen out=']:.2f}x (best "
+          f"{best['loop out='] / best['varlen out=']:.2f}x)")
 
 
 def blk_case(rng, repeats, records, peaks):

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "expect_error.hpp"
 #include "fattn/fattn.hpp"
 
 using namespace fattn;
@@ -239,16 +240,6 @@ TEST(PrefillGeometry, SeedPresets) {
 }
 
 // --- the seed's validation errors ----------------------------------------------
-
-template <class E, class F>
-void expect_error(F&& call, const std::string& fragment) {
-  try {
-    call();
-    FAIL() << "expected an error mentioning '" << fragment << "'";
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
 
 TEST(PrefillErrors, SeedValidationList) {
   const Shape s{1, 4, 2, 3, 5, 64};

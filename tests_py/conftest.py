@@ -27,3 +27,12 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def restore_isa():
+    """Puts back the instruction-set choice a test changed with fattn.set_isa."""
+    import fattn
+    saved = fattn.get_isa()
+    yield
+    fattn.set_isa(saved)

@@ -29,3 +29,8 @@ def bits(x):
 
 def as64(x):
     return np.asarray(x).astype(np.float64)
+
+
+def same_bits(a, b):
+    """Same shape and the same bytes: bit-for-bit equality (NaN payloads and signed zeros included)."""
+    return a.shape == b.shape and a.tobytes() == b.tobytes()

@@ -19,12 +19,6 @@ PATHS = fattn.available_isas(include_emulated=True)
 TINY = np.float64(2.0 ** -126)
 
 
-@pytest.fixture
-def restore_isa():
-    yield
-    fattn.set_isa("auto")
-
-
 def _daz(x):
     """Denormal inputs read as zero (keeping the sign)."""
     return np.where(np.abs(x) < TINY, np.copysign(0.0, x), x)

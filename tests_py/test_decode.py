@@ -247,12 +247,6 @@ def test_half_precision_q_is_widened_exactly(q_dtype):
 ALL_PATHS = fattn.available_isas(include_emulated=True)
 
 
-@pytest.fixture
-def restore_isa():
-    yield
-    fattn.set_isa("auto")  # the default, whatever a test fixed
-
-
 def sink_values(rng, h):
     """One logit per head over the range that matters: near the scores, far above them (the
     sink takes nearly all the weight), far below, and -inf (no sink for that head)."""

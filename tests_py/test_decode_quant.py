@@ -7,7 +7,7 @@ import pytest
 
 import fattn
 from fattn import reference
-from helpers import BF16, F16, F32
+from helpers import BF16, F16, F32, same_bits
 
 FORMATS = ["q8_0", "q4_0"]
 ALL_PATHS = fattn.available_isas(include_emulated=True)
@@ -35,17 +35,6 @@ class Blocks:
 def values(cache):
     """What a cache stands for, in float32: the exact values every path must compute with."""
     return cache.values() if isinstance(cache, QuantCache) else cache.astype(F32)
-
-
-@pytest.fixture
-def restore_isa():
-    saved = fattn.build_info()["isa"]
-    yield
-    fattn.set_isa(saved)
-
-
-def same_bits(a, b):
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 # --- the NumPy dequantizer against the block definitions -----------------------------------------

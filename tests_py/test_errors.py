@@ -714,10 +714,79 @@ VEC_QUANT_BAD_CALLS = [
 ]
 
 
+def packed(total_q=5, total_k=7, h=4, h_kv=2, d=8, dtype=F32, k_dtype=None, v_shape=None):
+    """q [total_q, H, D], k, v [total_k, H_kv, D] for flash_attn_varlen."""
+    return (np.ones((total_q, h, d), dtype), np.ones((total_k, h_kv, d), k_dtype or dtype),
+            np.ones(v_shape or (total_k, h_kv, d), dtype))
+
+
+def cu(*offsets, dtype=np.int32):
+    return np.array(offsets, dtype=dtype)
+
+
+CU_Q, CU_K = cu(0, 2, 5), cu(0, 3, 7)
+VARLEN_BAD_CALLS = [
+    ("cu_seqlens_q not from 0", packed() + (cu(3, 4, 5), CU_K), {}, ValueError, "cu_seqlens_q: must start at 0, got 3"),
+    ("cu_seqlens_k decreasing", packed() + (CU_Q, cu(0, 5, 3, dtype=np.int64)[[0, 1, 2]]), {}, ValueError,
+     "cu_seqlens_k: must be non-decreasing, got 5 then 3 at index 2"),
+    ("cu_seqlens_q negative", packed() + (cu(0, -1, 5), CU_K), {}, ValueError,
+     "cu_seqlens_q: must be non-decreasing, got 0 then -1 at index 1"),
+    ("cu_seqlens_q past total_q", packed() + (cu(0, 2, 6), CU_K), {}, ValueError,
+     "cu_seqlens_q: the last entry must equal the packed rows (total_q = 5), got 6"),
+    ("cu_seqlens_k short of total_k", packed() + (CU_Q, cu(0, 3, 6)), {}, ValueError,
+     "cu_seqlens_k: the last entry must equal the packed rows (total_k = 7), got 6"),
+    ("cu_seqlens_q float", packed() + (CU_Q.astype(F32), CU_K), {}, TypeError,
+     "cu_seqlens_q: dtype must be int32 or int64, got float32"),
+    ("cu_seqlens_k uint64", packed() + (CU_Q, CU_K.astype(np.uint64)), {}, TypeError,
+     "cu_seqlens_k: dtype must be int32 or int64, got uint64"),
+    ("cu_seqlens_q int16", packed() + (CU_Q.astype(np.int16), CU_K), {}, TypeError,
+     "cu_seqlens_q: dtype must be int32 or int64, got int16"),
+    ("cu_seqlens_q 2-D", packed() + (CU_Q[None], CU_K), {}, ValueError,
+     "cu_seqlens_q: expected a 1-D array [B + 1], got shape (1, 3)"),
+    ("cu_seqlens_k empty", packed(total_q=0, total_k=0) + (cu(0), cu()), {}, ValueError,
+     "cu_seqlens_k: must have as many entries as cu_seqlens_q (B + 1 = 1), got 0"),
+    ("cu_seqlens_q empty", packed(total_q=0, total_k=0) + (cu(), cu()), {}, ValueError,
+     "cu_seqlens_q: must have B + 1 >= 1 entries, got 0"),
+    ("cu_seqlens B differs", packed() + (CU_Q, cu(0, 3, 7, 7)), {}, ValueError,
+     "cu_seqlens_k: must have as many entries as cu_seqlens_q (B + 1 = 3), got 4"),
+    ("cu_seqlens_q a list", packed() + ([0, 2, 5], CU_K), {}, TypeError, "cu_seqlens_q: expected an array, got list"),
+    ("sequence over 2^30 rows", (huge((BIG, 4, 8)), huge((1, 2, 8)), huge((1, 2, 8)), cu(0, BIG, dtype=np.int64),
+                                 cu(0, 1)), {}, ValueError,
+     "cu_seqlens_q: sequence 0 has 4294967299 rows, more than 2^30 (1073741824)"),
+    ("q 4-D", (np.ones((1, 5, 4, 8), F32),) + packed()[1:] + (CU_Q, CU_K), {}, ValueError,
+     "q: expected a 3-D array [total_q, H, D], got shape (1, 5, 4, 8)"),
+    ("v 2-D", packed()[:2] + (np.ones((7, 8), F32), CU_Q, CU_K), {}, ValueError,
+     "v: expected a 3-D array [total_k, H_kv, D], got shape (7, 8)"),
+    ("k dtype differs", packed(k_dtype=BF16) + (CU_Q, CU_K), {}, TypeError,
+     "k: dtype must match q (float32), got bfloat16"),
+    ("q int", packed(dtype=np.int32) + (CU_Q, CU_K), {}, TypeError, "q: dtype must be one of float32, float16, bfloat16"),
+    ("D differs", packed()[:1] + (np.ones((7, 2, 16), F32), np.ones((7, 2, 16), F32), CU_Q, CU_K), {}, ValueError,
+     "k: head dim D (q.shape[2]) must be 8, got 16"),
+    ("v shape differs", packed(v_shape=(6, 2, 8)) + (CU_Q, CU_K), {}, ValueError,
+     "v: shape must equal k's (total_k, H_kv, D) = (7, 2, 8), got (6, 2, 8)"),
+    ("H % H_kv", packed(h=3) + (CU_Q, CU_K), {}, ValueError,
+     "H (3) must be divisible by the number of K/V heads H_kv (2)"),
+    ("zero heads", packed(h=0) + (CU_Q, CU_K), {}, ValueError, "q: every extent must be > 0, got H = 0"),
+    ("llamacpp D", packed() + (CU_Q, CU_K), {"kernel": "llamacpp"}, ValueError,
+     "q: head dim D must be 512 for kernel='llamacpp', got 8"),
+    ("unknown kernel", packed() + (CU_Q, CU_K), {"kernel": "flash"}, ValueError, "kernel: must be one of"),
+    ("window 0", packed() + (CU_Q, CU_K), {"window": 0}, ValueError, "window: must be an int >= 1"),
+    ("softcap negative", packed() + (CU_Q, CU_K), {"softcap": -1.0}, ValueError, "softcap: must be finite and >= 0"),
+    ("sinks length", packed() + (CU_Q, CU_K), {"sinks": np.zeros(3, F32)}, ValueError,
+     "sinks: expected one per query head (length H = 4), got length 3"),
+    ("causal unknown", packed() + (CU_Q, CU_K), {"causal": "diagonal"}, TypeError, "causal: expected a bool"),
+    ("out shape", packed() + (CU_Q, CU_K), {"out": np.zeros((5, 4, 4), F32)}, ValueError,
+     "out: shape must be (5, 4, 8), got (5, 4, 4)"),
+    ("out dtype", packed() + (CU_Q, CU_K), {"out": np.zeros((5, 4, 8), F16)}, TypeError, "out: dtype must be float32"),
+    ("out read-only", packed() + (CU_Q, CU_K), {"out": read_only((5, 4, 8))}, ValueError, "out: must be writable"),
+]
+
+
 # Every table, with the function it calls: one test, one row per bad call.
 BAD_CALLS = ([(fattn.sdpa,) + row for row in SDPA_BAD_CALLS]
              + [(fattn.flash_attn_prefill,) + row for row in PREFILL_BAD_CALLS]
              + [(fattn.flash_attn_prefill_blk,) + row for row in BLK_BAD_CALLS]
+             + [(fattn.flash_attn_varlen,) + row for row in VARLEN_BAD_CALLS]
              + [(fattn.flash_attn_vec,) + row for row in VEC_BAD_CALLS]
              + [(fattn.flash_attn_vec,) + row for row in VEC_OUT_BAD_CALLS]
              + [(fattn.flash_attn_vec_partials,) + row for row in VEC_BAD_CALLS]
@@ -754,7 +823,7 @@ def names_an_argument(fn, message):
 
 def test_every_public_function_has_rows():
     called = {row[0].__name__ for row in BAD_CALLS}
-    assert called >= {"sdpa", "flash_attn_prefill", "flash_attn_prefill_blk", "flash_attn_vec",
+    assert called >= {"sdpa", "flash_attn_prefill", "flash_attn_prefill_blk", "flash_attn_varlen", "flash_attn_vec",
                       "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention", "round_to",
                       "quantize_kv", "from_blocks"}
 

@@ -48,11 +48,14 @@ def kernels(rng, dtype):
     o, s, m = fattn.flash_attn_vec_partials(qd, kd, vd, kv_seq_len=50, nwg=4)
     out1, lse1 = fattn.flash_attn_prefill(q, k, v, return_lse=True)
     out2, lse2 = fattn.flash_attn_prefill(q, k[:, :, ::-1], v, return_lse=True)
+    qp, kp, vp = (np.ascontiguousarray(x[0].transpose(1, 0, 2)) for x in (q, k, v))  # packed [total, H, D]
+    cu_q, cu_k = np.array([0, 15, 40], np.int32), np.array([0, 25, 40], np.int32)
     return {
         "sdpa": lambda c: fattn.sdpa(c(q), c(k), c(v)),
         "flash_attn_prefill": lambda c: fattn.flash_attn_prefill(c(q), c(k), c(v), c(mask)),
         "flash_attn_prefill_with_blk": lambda c: fattn.flash_attn_prefill(c(q), c(k), c(v), c(mask), blk=c(blk)),
         "flash_attn_prefill_blk": lambda c: fattn.flash_attn_prefill_blk(c(mask), head_dim=64),
+        "flash_attn_varlen": lambda c: fattn.flash_attn_varlen(c(qp), c(kp), c(vp), c(cu_q), c(cu_k), causal=True),
         "flash_attn_vec": lambda c: fattn.flash_attn_vec(c(qd), c(kd), c(vd), kv_seq_len=50, nwg=4),
         "flash_attn_vec_partials": lambda c: fattn.flash_attn_vec_partials(c(qd), c(kd), c(vd), kv_seq_len=50,
                                                                             nwg=4),

@@ -12,12 +12,6 @@ from helpers import BF16, DTYPES, F16, F32
 PATHS = [isa for isa in fattn.available_isas(include_emulated=True) if isa != "scalar"]
 
 
-@pytest.fixture
-def restore_isa():
-    yield
-    fattn.set_isa("auto")  # the default, whatever a test fixed
-
-
 def bits(x):
     return np.ascontiguousarray(x).view(np.uint8)
 

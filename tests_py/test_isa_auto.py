@@ -25,13 +25,6 @@ def fresh(env_isa=None, code="import fattn, json; bi = fattn.build_info(); "
     return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
 
 
-@pytest.fixture
-def restore_isa():
-    saved = fattn.get_isa()
-    yield
-    fattn.set_isa(saved)
-
-
 def test_auto_is_the_default_and_picks_a_native_path_per_family():
     info, _ = fresh()
     assert info["isa"] == "auto"

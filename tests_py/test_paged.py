@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 
 import fattn
-from helpers import BF16, F16, F32
+from helpers import BF16, F16, F32, same_bits
 
 ALL_PATHS = fattn.available_isas(include_emulated=True)
-
-
-@pytest.fixture
-def restore_isa():
-    saved = fattn.build_info()["isa"]
-    yield
-    fattn.set_isa(saved)
-
-
-def same_bits(a, b):
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 class Pool:
@@ -103,6 +92,13 @@ def test_one_length_for_every_sequence_and_int64_tables(rng):
     assert same_bits(out, a)
 
 
+def test_an_empty_table_for_empty_sequences(rng):
+    k = rng.standard_normal((3, 16, 2, 64)).astype(F16)
+    q = rng.standard_normal((2, 4, 64)).astype(F32)
+    out = fattn.flash_attn_vec(q, k, k, kv_seq_len=np.array([0, 0]), block_table=np.zeros((2, 0), np.int32))
+    assert out.shape == q.shape and not out.any()
+
+
 def test_shared_blocks(rng):
     # Two sequences that share their first block (a common prefix), read twice.
     pool = Pool(rng, [32, 32], 16, 2, 64, F32)
@@ -121,7 +117,8 @@ BAD = [
     (dict(kv_seq_len=np.array([40, 3])), ValueError, "block_table: sequence 0 needs 3 blocks for kv_seq_len 40"),
     (dict(table=lambda t: t.astype(np.float32)), TypeError, "block_table: dtype must be int32"),
     (dict(table=lambda t: t[:, :, None]), ValueError, "block_table: expected [B, max_blocks]"),
-    (dict(table=lambda t: t[:1]), ValueError, "block_table: expected [B, max_blocks] = [2, >= 1], got [1, 2]"),
+    (dict(table=lambda t: t[:1]), ValueError, "block_table: expected [B, max_blocks] = [2, >= 0], got [1, 2]"),
+    (dict(table=lambda t: t[:, :0]), ValueError, "block_table: sequence 0 needs 2 blocks for kv_seq_len 20"),
     (dict(entry=-1), ValueError, "block_table: entry [1, 0] = -1 is not a block (0 to num_blocks - 1 = 5)"),
     (dict(entry=6), ValueError, "block_table: entry [1, 0] = 6 is not a block"),
     (dict(entry=2 ** 40), ValueError, "block_table: entry [1, 0] = -1 is not a block"),

@@ -12,12 +12,6 @@ from helpers import BF16, DTYPES, F16, F32, prefill_exact_bound, random_inputs, 
 PATHS = fattn.available_isas(include_emulated=True)  # "scalar" first: the model
 
 
-@pytest.fixture
-def restore_isa():
-    yield
-    fattn.set_isa("auto")
-
-
 def make(rng, dtype, b, h, h_kv, lq, lk, d, layout="bhld"):
     shapes = [(b, h, lq, d), (b, h_kv, lk, d), (b, h_kv, lk, d)]
     if layout == "blhd":

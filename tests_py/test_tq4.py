@@ -8,21 +8,10 @@ import pytest
 
 import fattn
 from fattn import bounds, reference
-from helpers import BF16, F16, F32
+from helpers import BF16, F16, F32, same_bits
 
 DIMS = [32, 64, 128, 256, 512]
 ALL_PATHS = fattn.available_isas(include_emulated=True)
-
-
-@pytest.fixture
-def restore_isa():
-    saved = fattn.build_info()["isa"]
-    yield
-    fattn.set_isa(saved)
-
-
-def same_bits(a, b):
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def norms_of(blocks, d):

@@ -85,6 +85,21 @@ def naive(rng: np.random.Generator) -> np.ndarray:
     return fattn.round_to(y, np.float32)
 
 
+def varlen(rng: np.random.Generator) -> np.ndarray:
+    cu_q = np.array([0, 5, 5, 12], dtype=np.int32)
+    cu_k = np.array([0, 8, 10, 12], dtype=np.int64)
+    q = rng.standard_normal((12, 4, 64)).astype(np.float32)
+    kv = rng.standard_normal((12, 2, 64)).astype(np.float32)
+    packed = fattn.flash_attn_varlen(q, kv, kv, cu_q, cu_k, causal=True, window=4, softcap=30.0,
+                                     sinks=np.zeros(4, np.float32), return_lse=True)
+    assert isinstance(packed, tuple)
+    out = np.empty_like(q)
+    again = fattn.flash_attn_varlen(q, kv, kv, cu_q, cu_k, causal="top_left", scale=0.125, kernel="candle", out=out)
+    assert again is out
+    lse: np.ndarray = packed[1]
+    return lse
+
+
 def quantized(rng: np.random.Generator) -> np.ndarray:
     k = rng.standard_normal((2, 16, 64)).astype(np.float32)
     cache: fattn.QuantizedCache = fattn.quantize_kv(k, "q8_0")
@@ -107,6 +122,7 @@ def _rejected_by_the_type_checker(q: np.ndarray) -> None:
     fattn.sdpa([[1.0]], q, q)  # type: ignore[arg-type]
     fattn.flash_attn_vec(q, q, q, kv_seq_len="5")  # type: ignore[call-overload]
     fattn.merge_attention([q], [1.0])  # type: ignore[list-item]
+    fattn.flash_attn_varlen(q, q, q, q, q, window="4")  # type: ignore[arg-type]
     fattn.quantize_kv(q, 8)  # type: ignore[arg-type]
     fattn.QuantizedCache.from_blocks(q, "q8_0", head_dim="32")  # type: ignore[arg-type]
 
@@ -134,6 +150,7 @@ def main() -> None:
     prefill_and_merge(rng)
     decode(rng)
     naive(rng)
+    varlen(rng)
     quantized(rng)
     with_buffers()
     print(version, "ok")

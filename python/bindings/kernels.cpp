@@ -6,6 +6,7 @@
 
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -109,6 +110,71 @@ py::object flash_attn_prefill(const py::array& q, const py::array& k, const py::
     const auto s = plan.lse_shape();
     lse = py::array(py::dtype("float32"), std::vector<py::ssize_t>{s[0], s[1], s[2]});
     lv = contiguous_view(lse.mutable_data(), DType::f32, s, true);
+  }
+  {
+    py::gil_scoped_release nogil;
+    run(plan, ov, return_lse ? &lv : nullptr);
+  }
+  o.finish();
+  if (return_lse) return py::make_tuple(o.array, lse);
+  return o.array;
+}
+
+// cu_seqlens as the core takes them: a 1-D integer array (int32 or int64, any
+// stride) copied out as int64. Its values are the core's to check.
+std::vector<std::int64_t> cu_seqlens_input(const py::array& a, const char* name) {
+  const py::dtype dt = a.dtype();
+  require_dtype(dt.kind() == 'i' && (dt.itemsize() == 4 || dt.itemsize() == 8), name,
+                ": dtype must be int32 or int64, got ", std::string(py::str(dt.attr("name"))));
+  require(a.ndim() == 1, name, ": expected a 1-D array [B + 1], got shape ", py_shape(a));
+  std::vector<std::int64_t> values(std::size_t(a.shape(0)));
+  const auto* base = static_cast<const char*>(a.data());
+  for (py::ssize_t i = 0; i < a.shape(0); ++i) {
+    const char* at = base + i * a.strides(0);
+    if (dt.itemsize() == 4) {
+      std::int32_t x = 0;
+      std::memcpy(&x, at, 4);
+      values[std::size_t(i)] = x;
+    } else {
+      std::memcpy(&values[std::size_t(i)], at, 8);
+    }
+  }
+  return values;
+}
+
+// A packed [total, H, D] array, read as [1, H, total, D].
+Input packed_input(const py::array& a, const char* name, const char* axes) {
+  require(a.ndim() == 3, name, ": expected a 3-D array ", axes, ", got shape ", py_shape(a));
+  return input_as4(a, name, {-1, 1, 0, 2}, dtype_of(a, name));
+}
+
+py::object flash_attn_varlen(const py::array& q, const py::array& k, const py::array& v, const py::array& cu_seqlens_q,
+                             const py::array& cu_seqlens_k, const py::object& out, bool causal,
+                             const std::optional<std::string>& causal_align, std::optional<float> scale,
+                             float softcap, std::optional<std::int64_t> window, const std::optional<py::array>& sinks,
+                             const py::object& kernel, bool return_lse) {
+  Input qi = packed_input(q, "q", "[total_q, H, D]"), ki = packed_input(k, "k", "[total_k, H_kv, D]"),
+        vi = packed_input(v, "v", "[total_k, H_kv, D]");
+  const std::vector<std::int64_t> cu_q = cu_seqlens_input(cu_seqlens_q, "cu_seqlens_q"),
+                                  cu_k = cu_seqlens_input(cu_seqlens_k, "cu_seqlens_k");
+  VarlenPrefillParams params;  // causal=True: bottom-right per sequence, flash-attention's varlen
+  set_causal(causal, causal_align, params.causal, params.causal_align);
+  params.scale = scale;
+  params.kernel = kernel_of(kernel);
+  params.softcap = softcap;
+  params.window = window;
+  params.sinks = sinks_input(sinks, qi.view.shape[1]);
+  VarlenPrefillPlan plan = plan_flash_attn_varlen(qi.view, ki.view, vi.view, cu_q.data(), std::int64_t(cu_q.size()),
+                                                  cu_k.data(), std::int64_t(cu_k.size()), params);
+  const Output o = output(out, shape_of(q), q.dtype(), {{"q", &q}, {"k", &k}, {"v", &v}});
+  for (Input* in : {&qi, &ki, &vi}) in->stage();
+  plan.shared.q = qi.view, plan.shared.k = ki.view, plan.shared.v = vi.view;
+  const TensorView ov = output_view_as4(o.target, plan.out_dtype(), {-1, 1, 0, 2});
+  py::array lse;
+  TensorView lv;
+  if (return_lse) {
+    lse = py::array(py::dtype("float32"), std::vector<py::ssize_t>{plan.shared.q_len, plan.shared.heads});
+    lv = output_view_as4(lse, DType::f32, {-1, 1, 0, -1});
   }
   {
     py::gil_scoped_release nogil;
@@ -484,6 +550,9 @@ void register_kernels(py::module_& m) {
         py::arg("blk"), py::arg("out"), py::arg("causal"), py::arg("causal_align"), py::arg("scale"), py::arg("layout"), py::arg("kernel"),
         py::arg("nsg"), py::arg("q_tile"), py::arg("k_tile"), py::arg("return_lse"), py::arg("verify_blk"),
         py::arg("softcap"), py::arg("window"), py::arg("sinks"), py::arg("q_offset"));
+  m.def("flash_attn_varlen", &flash_attn_varlen, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens_q"),
+        py::arg("cu_seqlens_k"), py::arg("out"), py::arg("causal"), py::arg("causal_align"), py::arg("scale"),
+        py::arg("softcap"), py::arg("window"), py::arg("sinks"), py::arg("kernel"), py::arg("return_lse"));
   m.def(
       "prefill_geometry",
       [](const py::object& kernel, std::optional<std::int64_t> head_dim, std::optional<std::int64_t> q_tile,

@@ -1,7 +1,8 @@
 """fattn: mlx-native's attention kernels on the CPU, and float64 NumPy references to hold them against.
 
 Kernels: :func:`flash_attn_prefill` (tiled prefill) with its tile-skip map
-:func:`flash_attn_prefill_blk`, :func:`flash_attn_vec` (split-KV decode) with its halves
+:func:`flash_attn_prefill_blk`, :func:`flash_attn_varlen` (packed variable-length prefill),
+:func:`flash_attn_vec` (split-KV decode) with its halves
 :func:`flash_attn_vec_partials` / :func:`flash_attn_vec_reduce`, :func:`merge_attention`,
 :func:`sdpa` (naive fused SDPA). Quantized KV caches (ggml's q8_0 / q4_0 blocks):
 :func:`quantize_kv`, :class:`QuantizedCache`. Threads: :func:`set_num_threads`,
@@ -20,7 +21,7 @@ from numpy.typing import DTypeLike
 
 from ._common import BFLOAT16, FLOAT16, FLOAT32, ArrayLike, as_array
 from ._decode import flash_attn_vec, flash_attn_vec_partials, flash_attn_vec_reduce, merge_attention
-from ._prefill import flash_attn_prefill, flash_attn_prefill_blk, prefill_geometry
+from ._prefill import flash_attn_prefill, flash_attn_prefill_blk, flash_attn_varlen, prefill_geometry
 from ._quant import QuantizedCache, quantize_kv
 from ._sdpa import sdpa
 
@@ -31,7 +32,7 @@ if "ignored" in _core.isa_origin():  # a FATTN_ISA this build or CPU cannot hono
     warnings.warn(f"fattn: {_core.isa_origin()}", RuntimeWarning, stacklevel=2)
 
 __all__ = ["flash_attn_vec", "flash_attn_vec_partials", "flash_attn_vec_reduce", "merge_attention",
-           "flash_attn_prefill", "flash_attn_prefill_blk", "prefill_geometry", "sdpa", "quantize_kv", "QuantizedCache", "reference", "bounds", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "get_isa", "__version__"]
+           "flash_attn_prefill", "flash_attn_prefill_blk", "flash_attn_varlen", "prefill_geometry", "sdpa", "quantize_kv", "QuantizedCache", "reference", "bounds", "set_num_threads", "get_num_threads", "build_info", "round_to", "available_isas", "set_isa", "get_isa", "__version__"]
 
 
 def set_num_threads(n: int) -> None:

@@ -24,6 +24,10 @@ def flash_attn_prefill(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Option
                        layout: Any, kernel: Any, nsg: int, q_tile: Optional[int], k_tile: Optional[int],
                        return_lse: bool, verify_blk: bool, softcap: float, window: Optional[int],
                        sinks: Optional[np.ndarray], q_offset: int) -> Any: ...
+def flash_attn_varlen(q: np.ndarray, k: np.ndarray, v: np.ndarray, cu_seqlens_q: np.ndarray,
+                      cu_seqlens_k: np.ndarray, out: Optional[np.ndarray], causal: bool,
+                      causal_align: Optional[str], scale: Optional[float], softcap: float, window: Optional[int],
+                      sinks: Optional[np.ndarray], kernel: Any, return_lse: bool) -> Any: ...
 def prefill_geometry(kernel: Any, head_dim: Optional[int], q_tile: Optional[int],
                      k_tile: Optional[int]) -> Tuple[int, int]: ...
 def flash_attn_prefill_blk(mask: np.ndarray, kernel: Any, head_dim: Optional[int], q_tile: Optional[int],

@@ -107,6 +107,61 @@ def flash_attn_prefill(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: Optional[
     return (cast(np.ndarray, out), result[1]) if return_lse else cast(np.ndarray, out)
 
 
+def flash_attn_varlen(q: ArrayLike, k: ArrayLike, v: ArrayLike, cu_seqlens_q: ArrayLike, cu_seqlens_k: ArrayLike, *,
+                      causal: Union[bool, str] = False, scale: Optional[float] = None, softcap: float = 0.0,
+                      window: Optional[int] = None, sinks: Optional[ArrayLike] = None, kernel: str = "auto",
+                      return_lse: bool = False, out: Optional[ArrayLike] = None
+                      ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """Prefill of B variable-length sequences packed along the rows, in one call (flash-attention's
+    varlen layout).
+
+    Shapes: q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``, ``H % H_kv == 0``; any strides.
+    Sequence b is rows ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` of q and
+    ``cu_seqlens_k[b]:cu_seqlens_k[b+1]`` of k and v. ``cu_seqlens_q`` and ``cu_seqlens_k``:
+    int32 or int64 ``[B + 1]`` (B >= 0), starting at 0, non-decreasing, ending at ``total_q`` and
+    ``total_k``; a sequence may be empty on either side (no keys: its rows are 0, LSE ``-inf``).
+
+    Dtypes: bfloat16 (``ml_dtypes.bfloat16``), float16 or float32, one for q, k, v; the output has
+    q's dtype and shape ``[total_q, H, D]``.
+
+    Each sequence's rows are bit for bit those of :func:`flash_attn_prefill` on that sequence alone
+    (``layout="blhd"``, ``q[None, a:b]``, ...) with the same arguments, on any thread count and
+    vector path; the call spreads the (sequence, head, query block) work items of all sequences over
+    the threads at once.
+
+    causal: ``True`` (or ``"bottom_right"``) is bottom-right per sequence, as flash-attention's
+    varlen: query i of a sequence with Lq queries and Lk keys sees keys ``j <= Lk - Lq + i`` (with
+    Lq > Lk the first ``Lq - Lk`` queries see none and give 0, LSE ``-inf``): per sequence it is
+    ``flash_attn_prefill(..., causal="bottom_right")``, i.e. ``causal=True, q_offset=Lk - Lq`` when
+    Lk >= Lq. ``"top_left"`` aligns query i with key i instead.
+
+    window: ``W >= 1`` (or None): query i sees keys ``Lk - Lq + i - W < j <= Lk - Lq + i`` (the last
+    W positions, its own included; counted from the same alignment as causal, bottom-right unless
+    ``causal="top_left"``); implies causal.
+
+    softcap, sinks ``[H]`` (float32), scale, kernel (``"auto"`` = ``"candle"``; ``"llamacpp"`` for
+    D = 512): as :func:`flash_attn_prefill`.
+
+    return_lse: also return the float32 natural-log log-sum-exp of each row, ``[total_q, H]``.
+
+    out: an array of q's dtype and shape ``[total_q, H, D]`` to write into (any strides that do not
+    overlap); it is what is returned (with the LSE when ``return_lse``).
+
+    Bad arguments raise ``ValueError`` (shapes, cu_seqlens values) or ``TypeError`` (dtypes), naming
+    the argument, before anything is read. Numerics: docs/numerics.md, "Tiled prefill" (variable
+    length).
+    """
+    on, align = causal_arg(causal)
+    result = _core.flash_attn_varlen(
+        as_array(q, "q"), as_array(k, "k"), as_array(v, "v"), as_array(cu_seqlens_q, "cu_seqlens_q"),
+        as_array(cu_seqlens_k, "cu_seqlens_k"), None if out is None else as_array(out, "out"), on, align,
+        optional_scale(scale), real(softcap, "softcap"), None if window is None else integer(window, "window"),
+        None if sinks is None else as_array(sinks, "sinks"), kernel, boolean(return_lse, "return_lse"))
+    if out is None:
+        return cast(_Result, result)
+    return (cast(np.ndarray, out), result[1]) if return_lse else cast(np.ndarray, out)
+
+
 def prefill_geometry(head_dim: int, *, kernel: str = "auto", q_tile: Optional[int] = None,
                      k_tile: Optional[int] = None) -> Tuple[int, int]:
     """The (BQ, BK) tile geometry ``flash_attn_prefill`` uses for this head dim (>= 1) and kernel

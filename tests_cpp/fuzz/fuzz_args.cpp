@@ -11,7 +11,7 @@
 // read-only output: then the call must throw, and never reaches a kernel.
 //
 // Operations: the first byte modulo 8 (6 with the first byte >= 128: the
-// quantized caches). Build and run: make fuzz (FUZZ_SECONDS=60).
+// quantized caches; 7 below 128: the packed varlen prefill). Build and run: make fuzz (FUZZ_SECONDS=60).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -396,6 +396,60 @@ void fuzz_sdpa_or_prefill(Reader& r, Filler& fill, bool prefill) {
   });
 }
 
+// The packed varlen prefill: B + 1 offsets per side, a valid mix of lengths
+// (empty sequences included) now and then corrupted (not from 0, a step
+// back, a wrong last entry, a wild value, a B that differs, a null pointer),
+// over packed views [1, H, total, D] placed like any other.
+void fuzz_varlen(Reader& r, Filler& fill) {
+  const std::int64_t sequences = r.byte() % 6;
+  std::vector<std::int64_t> cu_q{0}, cu_k{0};
+  for (std::int64_t b = 0; b < sequences; ++b) {
+    cu_q.push_back(cu_q.back() + r.byte() % 40);
+    cu_k.push_back(cu_k.back() + r.byte() % 40);
+  }
+  const std::int64_t total_q = cu_q.back(), total_k = cu_k.back();
+  const std::uint8_t corrupt = r.byte();
+  if (corrupt >= 200) {
+    std::vector<std::int64_t>& cu = corrupt & 1 ? cu_q : cu_k;
+    std::int64_t& entry = cu[r.byte() % cu.size()];
+    entry = r.byte() < 128 ? step(entry, std::int8_t(r.byte())) : r.wild();
+  }
+  if (corrupt >= 250) cu_k.push_back(cu_k.back());
+  Dims d = read_dims(r);
+  if (r.byte() < 200) d.D = r.byte() < 200 ? 64 : 512;
+  const DType dt = DType(r.byte() % 3);
+  View q, k, v, out, lse;
+  make_view(q, r, fill, {1, d.H, total_q, d.D}, dt, false);
+  make_view(k, r, fill, {1, d.Hkv, total_k, d.D}, dt, false);
+  make_view(v, r, fill, {1, d.Hkv, total_k, d.D}, dt, false);
+  make_view(out, r, fill, {1, d.H, total_q, d.D}, dt, true);
+  VarlenPrefillParams p;
+  p.causal = r.flag();
+  const std::uint8_t align = r.byte();
+  if (align >= 128) p.causal_align = align < 250 ? CausalAlign(align % 2) : CausalAlign(align);
+  p.scale = r.scale();
+  const std::uint8_t kern = r.byte();
+  p.kernel = kern < 160 ? PrefillKernel::candle : kern < 250 ? PrefillKernel::llamacpp : PrefillKernel(kern);
+  if (r.byte() >= 200) p.window = r.byte() < 240 ? r.byte() % 80 : r.wild();
+  if (r.byte() >= 200) p.softcap = r.scalar();
+  if (r.byte() >= 200) p.q_offset = r.wild();
+  if (r.byte() >= 200) p.sinks.assign(std::size_t(r.byte() % 9), r.scalar());
+  const auto& qs = q.t.shape;
+  bool safe = q.fits() && k.fits() && v.fits() && out.fits() &&
+              !saturating_work({qs[0], qs[1], qs[2], k.t.shape[2], qs[3]});
+  const bool with_lse = r.flag();
+  if (with_lse) {
+    make_view(lse, r, fill, {1, d.H, total_q, 1}, DType::f32, true);
+    safe = safe && lse.fits();
+  }
+  if (!safe) out.t.writable = false;
+  const std::uint8_t null_offsets = r.byte();
+  expect(!safe, [&] {
+    flash_attn_varlen(q.t, k.t, v.t, out.t, null_offsets >= 250 ? nullptr : cu_q.data(), std::int64_t(cu_q.size()),
+                      cu_k.data(), std::int64_t(cu_k.size()), with_lse ? &lse.t : nullptr, p);
+  });
+}
+
 void fuzz_blk(Reader& r, Filler& fill) {
   const std::array<std::int64_t, 4> target = {r.extent(), r.extent(), r.extent(), r.extent()};
   Mask mask;
@@ -752,10 +806,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (op >= 128) fuzz_quant(r, fill);
         else fuzz_pure(r, fill);
         break;
-      default:
-        if (op >= 128) fuzz_paged(r, fill);
+      case 7:  // varlen below 128; paged from 128 to 191; the seeds of fuzz_pure for 7 are 192 and above
+        if (op < 128) fuzz_varlen(r, fill);
+        else if (op < 192) fuzz_paged(r, fill);
         else fuzz_pure(r, fill);
         break;
+      default: fuzz_pure(r, fill); break;
     }
   } catch (const InvalidArgument&) {
     // fattn's own error from a setup call: fine.

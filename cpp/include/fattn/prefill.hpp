@@ -118,6 +118,64 @@ void flash_attn_prefill(const TensorView& q, const TensorView& k, const TensorVi
                         const MaskView* mask, const BlkView* blk, const TensorView* lse,
                         const PrefillParams& params = {});
 
+// --- Packed variable-length prefill (issue 21) ---------------------------------
+//
+// B sequences packed along the rows, flash-attention's varlen layout:
+// q [total_q, H, D], k and v [total_k, H_kv, D], sequence b at rows
+// cu_seqlens_q[b]..cu_seqlens_q[b+1] of q and cu_seqlens_k[b]..cu_seqlens_k[b+1]
+// of k and v. The views read each packed array as [1, H, total, D] (a
+// seq-major view with a batch of 1: seq_major_view(data, dtype, {1, total, H, D})).
+// Each sequence's rows are exactly flash_attn_prefill's on that sequence alone
+// (its rows as views with the same strides, the same params), bit for bit;
+// a sequence with no keys gives 0 and LSE -inf, one with no queries nothing.
+
+// PrefillParams with flash-attention's varlen alignment as the default:
+// causal is bottom-right per sequence (query i of a sequence of Lq queries and
+// Lk keys sees keys j <= Lk - Lq + i), and a window counts back from there.
+// q_offset must stay 0 (each sequence's alignment sets its offset).
+struct VarlenPrefillParams : PrefillParams {
+  VarlenPrefillParams() { causal_align = CausalAlign::bottom_right; }
+};
+
+// A checked varlen call. `shared` is what every sequence's plan shares
+// (params, geometry, scale, softcap, sink terms) over the packed views, with
+// q_len/kv_len the packed totals; sequence(b) is sequence b's own plan.
+struct VarlenPrefillPlan {
+  PrefillPlan shared;
+  std::vector<std::int64_t> cu_seqlens_q, cu_seqlens_k;  // B + 1 entries each, checked
+
+  std::int64_t sequences() const { return std::int64_t(cu_seqlens_q.size()) - 1; }
+  std::int64_t q_rows(std::int64_t b) const { return cu_seqlens_q[std::size_t(b + 1)] - cu_seqlens_q[std::size_t(b)]; }
+  std::int64_t kv_rows(std::int64_t b) const { return cu_seqlens_k[std::size_t(b + 1)] - cu_seqlens_k[std::size_t(b)]; }
+  // Sequence b alone, as plan_flash_attn_prefill plans it on its rows
+  // (batch 1; with lse when the call has one).
+  PrefillPlan sequence(std::int64_t b) const;
+  // out: q's packed view [1, H, total_q, D] and dtype; LSE f32 [1, H, total_q, 1].
+  std::array<std::int64_t, 4> out_shape() const { return shared.q.shape; }
+  DType out_dtype() const { return shared.q.dtype; }
+  std::array<std::int64_t, 4> lse_shape() const { return {1, shared.heads, shared.q_len, 1}; }
+};
+
+// q [1, H, total_q, D]; k, v [1, H_kv, total_k, D] (a total may be 0); one
+// dtype. cu_seqlens_q and cu_seqlens_k: B + 1 entries each (B >= 0),
+// starting at 0, non-decreasing, ending at total_q and total_k; each
+// sequence at most 2^30 rows (positions live in 32-bit lanes). Every rule of
+// plan_flash_attn_prefill holds for the params (kernel, nsg, D, tiles,
+// scale, window, softcap, sinks); q_offset must be 0. Reads no tensor data.
+// Throws InvalidArgument / InvalidDType.
+VarlenPrefillPlan plan_flash_attn_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                                         const std::int64_t* cu_seqlens_q, std::int64_t cu_seqlens_q_count,
+                                         const std::int64_t* cu_seqlens_k, std::int64_t cu_seqlens_k_count,
+                                         const VarlenPrefillParams& params = {});
+// out: out_shape()/out_dtype(); lse (optional): f32 lse_shape(). One
+// parallel_for over every sequence's (head, query block) items.
+void run(const VarlenPrefillPlan& plan, const TensorView& out, const TensorView* lse = nullptr);
+// plan_flash_attn_varlen + run.
+void flash_attn_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                       const std::int64_t* cu_seqlens_q, std::int64_t cu_seqlens_q_count,
+                       const std::int64_t* cu_seqlens_k, std::int64_t cu_seqlens_k_count, const TensorView* lse,
+                       const VarlenPrefillParams& params = {});
+
 // Builds the tile-skip map for `mask` (shape [B, H, Lq, Lk], broadcasting
 // allowed; a tile is classified over every batch and head) for the given
 // kernel and geometry into out[rows * cols]. A tile is 0 only when every

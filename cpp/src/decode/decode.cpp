@@ -205,11 +205,14 @@ void validate_partials(const TensorView& o, const TensorView& s, const TensorVie
 class ReduceWhenDone {
  public:
   ReduceWhenDone(const TensorView* out, const TensorView& o, const TensorView& s, const TensorView& m,
-                 const DecodePlan& p, std::int64_t items_per_head)
-      : out_(out), o_(o), s_(s), m_(m), p_(p) {
+                 const DecodePlan& p)
+      : out_(out), o_(o), s_(s), m_(m), p_(p) {}
+  // Before the items run: each (batch, KV head) is reduced after its
+  // `items_per_head`-th item_done.
+  void start(std::int64_t items_per_head) {
     if (!out_) return;
-    left_ = std::make_unique<std::atomic<std::int64_t>[]>(std::size_t(p.batch * p.kv_heads));
-    for (std::int64_t i = 0; i < p.batch * p.kv_heads; ++i) left_[std::size_t(i)].store(items_per_head);
+    left_ = std::make_unique<std::atomic<std::int64_t>[]>(std::size_t(p_.batch * p_.kv_heads));
+    for (std::int64_t i = 0; i < p_.batch * p_.kv_heads; ++i) left_[std::size_t(i)].store(items_per_head);
   }
   void item_done(std::int64_t b, std::int64_t kv_head, std::vector<float>& work) {
     if (!out_ || left_[std::size_t(b * p_.kv_heads + kv_head)].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
@@ -272,12 +275,23 @@ void unrotate_partials(const DecodePlan& p, const TensorView& o, std::int64_t b,
 
 // The partials of every (batch, head) into o, s, m; with `out`, also their
 // reduce into out.
-void compute_partials(const CacheView& k, const CacheView& v, const TensorView& o, const TensorView& s,
-                      const TensorView& m, const DecodePlan& p, const TensorView* out = nullptr) {
-  std::vector<float> rotated_q;
-  const TensorView q = query_for(p, rotated_q);
-  const simd::Isa isa = simd::isa_for(simd::Family::decode);
-  if (isa != simd::Isa::scalar) {
+// One plan's partials (and, with `out`, their reduce) as independent work
+// items, so one call's plan, or every sequence's of a paged call, runs in a
+// single parallel region.
+class PartialsItems {
+ public:
+  // `sharing`: how many such jobs run in the same region (their items
+  // together keep the threads busy).
+  PartialsItems(const DecodePlan& p, const TensorView& o, const TensorView& s, const TensorView& m,
+                const TensorView* out, std::int64_t sharing = 1)
+      : p_(p), q_(query_for(p, rotated_q_)), o_(o), s_(s), m_(m), isa_(simd::isa_for(simd::Family::decode)),
+        reduce_(out, o_, s_, m_, p) {
+    const CacheView &k = p.k, &v = p.v;
+    if (isa_ == simd::Isa::scalar) {  // one item per (batch, KV head, group): the scalar model's decode_group
+      count_ = p.batch * p.kv_heads * p.nwg;
+      reduce_.start(p.nwg);
+      return;
+    }
     // Each item walks its KV head's cache once, in memory order, for a block
     // of groups; blocks split the groups only when there are too few heads
     // to keep every thread busy.
@@ -288,44 +302,79 @@ void compute_partials(const CacheView& k, const CacheView& v, const TensorView& 
     // every H_kv rows, ran at 58% of the contiguous layout's speed on an
     // Intel Xeon (family 6 model 167), whose memory streams a 256-byte row
     // out of every 2 KiB at a third of the contiguous rate.
-    const std::int64_t together = heads_side_by_side(k, p) && heads_side_by_side(v, p) ? p.kv_heads : 1;
-    const std::int64_t heads = p.batch * p.kv_heads / together;  // items per group block
-    const std::int64_t want = 2 * std::int64_t(get_num_threads());
-    const std::int64_t blocks = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
-    const std::int64_t per_block = (p.nwg + blocks - 1) / blocks;
+    together_ = heads_side_by_side(k, p) && heads_side_by_side(v, p) ? p.kv_heads : 1;
+    const std::int64_t heads = p.batch * p.kv_heads / together_;  // items per group block
+    // (Heads together: as few group blocks as keep the threads busy, so each
+    // item walks long runs of positions: 2 or 4 per thread measured slower.)
+    const std::int64_t want =
+        std::max<std::int64_t>(1, (together_ > 1 ? 1 : 2) * std::int64_t(get_num_threads()) / sharing);
+    blocks_ = heads >= want ? 1 : std::min<std::int64_t>(p.nwg, (want + heads - 1) / heads);
+    per_block_ = (p.nwg + blocks_ - 1) / blocks_;
     // A quantized cache is read as f32: each chunk's rows are dequantized
     // into a block of f32 rows the dense f32 code then reads.
     const auto elements = [](const CacheView& c) { return c.quantized() ? DType::f32 : c.dense.dtype; };
-    const auto groups_fn = simd::vector_kernels(isa).decode_groups(elements(k), elements(v));
-    ReduceWhenDone reduce(out, o, s, m, p, blocks);
-    parallel_for(heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
-      std::vector<float>& reduce_work = detail::thread_scratch(detail::ScratchSlot::reduce);
-      const std::int64_t kv_items = p.kv_heads / together;
-      for (std::int64_t item = begin; item < end; ++item) {
-        const std::int64_t blk = item % blocks, kv0 = (item / blocks) % kv_items * together,
-                           b = item / (blocks * kv_items);
-        const std::int64_t g0 = blk * per_block, g1 = std::min(p.nwg, g0 + per_block);
-        if (g0 < g1) groups_fn(q, k, v, o, s, m, p, b, kv0, kv0 + together, g0, g1, work);
-        for (std::int64_t kv_head = kv0; kv_head < kv0 + together; ++kv_head) {
-          unrotate_partials(p, o, b, kv_head, g0, g1);
-          reduce.item_done(b, kv_head, reduce_work);
-        }
-      }
-    });
-    return;
+    groups_fn_ = simd::vector_kernels(isa_).decode_groups(elements(k), elements(v));
+    count_ = heads * blocks_;
+    reduce_.start(blocks_);
   }
-  ReduceWhenDone reduce(out, o, s, m, p, p.nwg);
-  parallel_for(p.batch * p.kv_heads * p.nwg, 1, [&](std::int64_t begin, std::int64_t end) {
+  PartialsItems(const PartialsItems&) = delete;
+  PartialsItems& operator=(const PartialsItems&) = delete;
+
+  std::int64_t count() const { return count_; }
+
+  void run(std::int64_t item, std::vector<float>& work, std::vector<float>& reduce_work) {
+    const DecodePlan& p = p_;
+    if (isa_ == simd::Isa::scalar) {
+      const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
+      if (p.write_idle || g < live_groups(p)) decode_group(q_, p.k, p.v, o_, s_, m_, p, b, kv_head, g, work);
+      unrotate_partials(p, o_, b, kv_head, g, g + 1);
+      reduce_.item_done(b, kv_head, reduce_work);
+      return;
+    }
+    const std::int64_t kv_items = p.kv_heads / together_;
+    const std::int64_t blk = item % blocks_, kv0 = (item / blocks_) % kv_items * together_,
+                       b = item / (blocks_ * kv_items);
+    const std::int64_t g0 = blk * per_block_, g1 = std::min(p.nwg, g0 + per_block_);
+    if (g0 < g1) groups_fn_(q_, p.k, p.v, o_, s_, m_, p, b, kv0, kv0 + together_, g0, g1, work);
+    for (std::int64_t kv_head = kv0; kv_head < kv0 + together_; ++kv_head) {
+      unrotate_partials(p, o_, b, kv_head, g0, g1);
+      reduce_.item_done(b, kv_head, reduce_work);
+    }
+  }
+
+ private:
+  const DecodePlan& p_;
+  std::vector<float> rotated_q_;
+  TensorView q_, o_, s_, m_;
+  simd::Isa isa_;
+  simd::VectorKernels::DecodeGroups groups_fn_ = nullptr;
+  std::int64_t together_ = 1, blocks_ = 1, per_block_ = 1, count_ = 0;
+  ReduceWhenDone reduce_;
+};
+
+// Every item of every job in one parallel region (jobs in order, items of a
+// job in order: a thread's range may span two jobs).
+void run_items(const std::vector<std::unique_ptr<PartialsItems>>& jobs) {
+  std::vector<std::int64_t> starts(jobs.size() + 1, 0);
+  for (std::size_t i = 0; i < jobs.size(); ++i) starts[i + 1] = starts[i] + jobs[i]->count();
+  parallel_for(starts.back(), 1, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float>& work = detail::thread_scratch(detail::ScratchSlot::work);
     std::vector<float>& reduce_work = detail::thread_scratch(detail::ScratchSlot::reduce);
+    std::size_t job = std::size_t(std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin()) - 1;
     for (std::int64_t item = begin; item < end; ++item) {
-      const std::int64_t g = item % p.nwg, kv_head = (item / p.nwg) % p.kv_heads, b = item / (p.nwg * p.kv_heads);
-      if (p.write_idle || g < live_groups(p)) decode_group(q, k, v, o, s, m, p, b, kv_head, g, work);
-      unrotate_partials(p, o, b, kv_head, g, g + 1);
-      reduce.item_done(b, kv_head, reduce_work);
+      while (item >= starts[job + 1]) ++job;
+      jobs[job]->run(item - starts[job], work, reduce_work);
     }
   });
+}
+
+// The partials of every (batch, head) into o, s, m; with `out`, also their
+// reduce into out.
+void compute_partials(const TensorView& o, const TensorView& s, const TensorView& m, const DecodePlan& p,
+                      const TensorView* out = nullptr) {
+  std::vector<std::unique_ptr<PartialsItems>> jobs;
+  jobs.push_back(std::make_unique<PartialsItems>(p, o, s, m, out));
+  run_items(jobs);
 }
 
 void run_reduce(const TensorView& o, const TensorView& s, const TensorView& m, const TensorView& out) {
@@ -438,8 +487,9 @@ PagedDecodePlan plan_flash_attn_vec_paged(const TensorView& q, const CacheView& 
   const std::int64_t B = q.batch(), num_blocks = k.shape()[0], block_size = k.length();
   require(std::int64_t(kv_seq_lens.size()) == B, "kv_seq_len: expected one length per sequence (B = ", B,
           "), got ", kv_seq_lens.size());
-  require(table.data != nullptr && table.rows == B && table.cols >= 1, "block_table: expected [B, max_blocks] = [",
-          B, ", >= 1], got [", table.rows, ", ", table.cols, "]");
+  require(table.rows == B && table.cols >= 0, "block_table: expected [B, max_blocks] = [", B, ", >= 0], got [",
+          table.rows, ", ", table.cols, "]");
+  require(table.cols == 0 || table.data != nullptr, "block_table: data pointer is null");
   require(!params.ring_start, "ring_start: not supported with block_table (a paged cache places positions by its table)");
   validate_decode_params(params);
   detail::require_sinks(params.sinks.data(), std::int64_t(params.sinks.size()), q.heads());
@@ -474,7 +524,7 @@ void run_partials(const DecodePlan& plan, const TensorView& o, const TensorView&
   for (const auto* t : {&o, &s, &m}) detail::require_writable(*t, "partials");
   DecodePlan p = plan;
   p.write_idle = true;  // the caller may read every group's partials
-  compute_partials(p.k, p.v, o, s, m, p);
+  compute_partials(o, s, m, p);
 }
 
 void run(const DecodePlan& plan, const TensorView& out) {
@@ -491,20 +541,38 @@ void run(const DecodePlan& plan, const TensorView& out) {
   const TensorView o = contiguous_view(workspace.get(), DType::f32, {B, H, G, D}, true);
   const TensorView s = contiguous_view(workspace.get() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
   const TensorView m = contiguous_view(workspace.get() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
-  compute_partials(p.k, p.v, o, s, m, p, &out);
+  compute_partials(o, s, m, p, &out);
 }
 
+// Every sequence of a paged call in one parallel region (a sequence's own
+// run would take one each: on 2 threads, 4 sequences of 8192 positions ran
+// at 76% of the contiguous batch that way, one region for all at 82%).
 void run(const PagedDecodePlan& plan, const TensorView& out) {
   detail::validate_output(out, "out", plan.out_shape(), DType::f32, false);
-  for (std::int64_t b = 0; b < plan.batch; ++b) {
-    const DecodePlan& seq = plan.sequences[std::size_t(b)];
-    const TensorView o = batch_slice(out, b);
-    if (seq.kv_len > 0) {
-      run(seq, o);
+  const std::int64_t B = plan.batch, H = plan.heads, G = plan.nwg, D = plan.head_dim;
+  std::int64_t floats = 0;
+  require(!__builtin_mul_overflow(B * H, G * (D + 2), &floats), "q: B * H = ", B * H,
+          " query rows need a partials workspace larger than 64 bits can count");
+  const std::unique_ptr<float[]> workspace(new float[std::size_t(floats)]);  // written before it is read
+  const TensorView o = contiguous_view(workspace.get(), DType::f32, {B, H, G, D}, true);
+  const TensorView s = contiguous_view(workspace.get() + B * H * G * D, DType::f32, {B, H, G, 1}, true);
+  const TensorView m = contiguous_view(workspace.get() + B * H * G * (D + 1), DType::f32, {B, H, G, 1}, true);
+  std::vector<DecodePlan> plans = plan.sequences;
+  std::vector<TensorView> outs;
+  outs.reserve(std::size_t(B));
+  std::vector<std::unique_ptr<PartialsItems>> jobs;
+  for (std::int64_t b = 0; b < B; ++b) {
+    DecodePlan& seq = plans[std::size_t(b)];
+    outs.push_back(batch_slice(out, b));
+    if (seq.kv_len == 0) {  // no key: 0
+      for (std::int64_t h = 0; h < H; ++h) std::fill_n(outs.back().row<float>(0, h, 0), D, 0.0f);
       continue;
     }
-    for (std::int64_t h = 0; h < plan.heads; ++h) std::fill_n(o.row<float>(0, h, 0), plan.head_dim, 0.0f);
+    seq.write_idle = false;  // the workspace is read only by the reduce
+    jobs.push_back(std::make_unique<PartialsItems>(seq, batch_slice(o, b), batch_slice(s, b), batch_slice(m, b),
+                                                   &outs.back(), B));
   }
+  run_items(jobs);
 }
 
 void run_partials(const PagedDecodePlan& plan, const TensorView& o, const TensorView& s, const TensorView& m) {
@@ -512,19 +580,24 @@ void run_partials(const PagedDecodePlan& plan, const TensorView& o, const Tensor
   require(o.shape == plan.partials_o_shape(), "o: shape must be [B, H, nwg, D] = [", plan.batch, ", ", plan.heads,
           ", ", plan.nwg, ", ", plan.head_dim, "]");
   for (const auto* t : {&o, &s, &m}) detail::require_writable(*t, "partials");
+  std::vector<DecodePlan> plans = plan.sequences;
+  std::vector<std::unique_ptr<PartialsItems>> jobs;
   for (std::int64_t b = 0; b < plan.batch; ++b) {
-    const DecodePlan& seq = plan.sequences[std::size_t(b)];
-    if (seq.kv_len > 0) {
-      run_partials(seq, batch_slice(o, b), batch_slice(s, b), batch_slice(m, b));
+    DecodePlan& seq = plans[std::size_t(b)];
+    if (seq.kv_len == 0) {  // no chunk anywhere: every group's untouched state
+      for (std::int64_t h = 0; h < plan.heads; ++h)
+        for (std::int64_t g = 0; g < plan.nwg; ++g) {
+          std::fill_n(o.row<float>(b, h, g), plan.head_dim, 0.0f);
+          *s.row<float>(b, h, g) = 0.0f;
+          *m.row<float>(b, h, g) = kInitialMax;
+        }
       continue;
     }
-    for (std::int64_t h = 0; h < plan.heads; ++h)  // no chunk anywhere: every group's untouched state
-      for (std::int64_t g = 0; g < plan.nwg; ++g) {
-        std::fill_n(o.row<float>(b, h, g), plan.head_dim, 0.0f);
-        *s.row<float>(b, h, g) = 0.0f;
-        *m.row<float>(b, h, g) = kInitialMax;
-      }
+    seq.write_idle = true;  // the caller may read every group's partials
+    jobs.push_back(std::make_unique<PartialsItems>(seq, batch_slice(o, b), batch_slice(s, b), batch_slice(m, b),
+                                                   nullptr, plan.batch));
   }
+  run_items(jobs);
 }
 
 ReducePlan plan_flash_attn_vec_reduce(const TensorView& o, const TensorView& s, const TensorView& m) {

@@ -28,6 +28,7 @@ void to_f32(DType src_type, const void* src, float* dst, std::int64_t n) {
   require(n >= 0, "to_f32: n must be >= 0, got ", n);
   require_dtype(is_valid_dtype(src_type), "to_f32: src_type: unknown dtype code ", int(src_type));
   require(n == 0 || (src != nullptr && dst != nullptr), "to_f32: src and dst must not be null");
+  if (n == 0) return;  // memcpy from a null pointer is undefined even for 0 bytes
   const auto* h = static_cast<const std::uint16_t*>(src);
   switch (src_type) {
     case DType::f32: std::memcpy(dst, src, std::size_t(n) * 4); break;
@@ -40,6 +41,7 @@ void from_f32(DType dst_type, const float* src, void* dst, std::int64_t n) {
   require(n >= 0, "from_f32: n must be >= 0, got ", n);
   require_dtype(is_valid_dtype(dst_type), "from_f32: dst_type: unknown dtype code ", int(dst_type));
   require(n == 0 || (src != nullptr && dst != nullptr), "from_f32: src and dst must not be null");
+  if (n == 0) return;  // memcpy from a null pointer is undefined even for 0 bytes
   auto* h = static_cast<std::uint16_t*>(dst);
   switch (dst_type) {
     case DType::f32: std::memcpy(dst, src, std::size_t(n) * 4); break;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -115,35 +116,101 @@ void prefill_block(const TensorView& q, const TensorView& k, const TensorView& v
                          &w.o[std::size_t(r * D)], 1);
 }
 
-template <class T, class Arith>
-void prefill_kernel(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                    const PrefillPlan& p) {
-  const simd::Family family = p.q_len <= simd::kShortPrefillRows ? simd::Family::prefill_short
-                              : std::is_same_v<T, float>          ? simd::Family::prefill_f32
+// ceil(n / d) for n >= 0, d >= 1, without the overflow of (n + d - 1) / d.
+std::int64_t ceil_div(std::int64_t n, std::int64_t d) { return n / d + (n % d != 0); }
+
+// The path a plan's rows take and how they split into work items: the
+// instruction set chosen for the plan's kernel family (a few rows, f32 or
+// 16-bit: runtime/isa.hpp; chosen on the calling thread, whose isa setting
+// may be its own), then 32-row groups on a vector path or q_tile blocks on
+// the scalar model. Every path gives the scalar model's bits.
+struct PrefillPath {
+  simd::VectorKernels::PrefillRows rows_fn = nullptr;  // the vector path's entry; null: the scalar model
+  std::int64_t rows_per_item = 1;
+
+  template <class T, class Arith>
+  static PrefillPath choose(std::int64_t q_len, std::int64_t q_tile) {
+    const simd::Family family = q_len <= simd::kShortPrefillRows ? simd::Family::prefill_short
+                                : std::is_same_v<T, float>        ? simd::Family::prefill_f32
                                                                   : simd::Family::prefill;
-  const simd::Isa isa = simd::isa_for(family);
-  if (isa != simd::Isa::scalar) {
-    // 32 rows per item, one per vector lane; each row keeps its own block's
-    // tile range, so the result is the scalar model's to the bit.
-    const auto rows_fn = simd::vector_kernels(isa).prefill_rows<T, Arith>();
-    const std::int64_t groups = (p.q_len + kSimdRows - 1) / kSimdRows;
-    parallel_for(p.batch * p.heads * groups, 1, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<float>& workspace = detail::thread_scratch(detail::ScratchSlot::work);
-      for (std::int64_t item = begin; item < end; ++item) {
-        const std::int64_t group = item % groups, h = (item / groups) % p.heads, b = item / (groups * p.heads);
-        rows_fn(q, k, v, out, p, b, h, group * kSimdRows, workspace);
-      }
-    });
+    PrefillPath path;
+    const simd::Isa isa = simd::isa_for(family);
+    if (isa != simd::Isa::scalar) {
+      // 32 rows per item, one per vector lane; each row keeps its own
+      // block's tile range, so the result is the scalar model's to the bit.
+      path.rows_fn = simd::vector_kernels(isa).prefill_rows<T, Arith>();
+      path.rows_per_item = kSimdRows;
+    } else {
+      path.rows_per_item = q_tile;
+    }
+    return path;
+  }
+  // Items per (batch item, head).
+  std::int64_t blocks(std::int64_t q_len) const { return ceil_div(q_len, rows_per_item); }
+};
+
+// One work item of a plan: rows [block * rows_per_item, ...) of head h of
+// batch item b. `scratch` is the scalar model's, made on first use (its
+// size depends only on the geometry and D).
+template <class T, class Arith>
+void run_item(const PrefillPath& path, const PrefillPlan& p, const TensorView& out, std::int64_t b, std::int64_t h,
+              std::int64_t block, std::optional<Scratch>& scratch) {
+  if (path.rows_fn) {
+    std::vector<float>& workspace = detail::thread_scratch(detail::ScratchSlot::work);
+    path.rows_fn(p.q, p.k, p.v, out, p, b, h, block * kSimdRows, workspace);
     return;
   }
-  const std::int64_t q_blocks = (p.q_len + p.geometry.q_tile - 1) / p.geometry.q_tile;
-  parallel_for(p.batch * p.heads * q_blocks, 1, [&](std::int64_t begin, std::int64_t end) {
-    Scratch scratch(p);
+  if (!scratch) scratch.emplace(p);
+  prefill_block<T, Arith>(p.q, p.k, p.v, out, p, b, h, block, *scratch);
+}
+
+// One parallel_for over every (b, h, block) item of the plan.
+template <class T, class Arith>
+void prefill_kernel(const PrefillPlan& p, const TensorView& out) {
+  const PrefillPath path = PrefillPath::choose<T, Arith>(p.q_len, p.geometry.q_tile);
+  const std::int64_t blocks = path.blocks(p.q_len);
+  parallel_for(p.batch * p.heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
+    std::optional<Scratch> scratch;
     for (std::int64_t item = begin; item < end; ++item) {
-      const std::int64_t q_block = item % q_blocks;
-      const std::int64_t h = (item / q_blocks) % p.heads;
-      const std::int64_t b = item / (q_blocks * p.heads);
-      prefill_block<T, Arith>(q, k, v, out, p, b, h, q_block, scratch);
+      const std::int64_t block = item % blocks, h = (item / blocks) % p.heads, b = item / (blocks * p.heads);
+      run_item<T, Arith>(path, p, out, b, h, block, scratch);
+    }
+  });
+}
+
+// Rows [row0, row0 + n) of a packed view [1, H, total, D], with its strides
+// (no rows: the view's own address, never one past its end).
+TensorView packed_rows(const TensorView& t, std::int64_t row0, std::int64_t n) {
+  TensorView rows = t;
+  if (n > 0) rows.data = static_cast<char*>(t.data) + row0 * t.stride[2] * dtype_size(t.dtype);
+  rows.shape[2] = n;
+  return rows;
+}
+
+// One parallel_for over every sequence's (head, block) items: sequence b's
+// items, numbered from first_item[b], run on sequence b's own plan and path,
+// so each sequence gets its lone call's bits while the threads share the
+// work of all of them.
+template <class T, class Arith>
+void varlen_kernel(const VarlenPrefillPlan& vp, const TensorView& out) {
+  const std::int64_t sequences = vp.sequences(), heads = vp.shared.heads;
+  std::vector<PrefillPath> paths(static_cast<std::size_t>(sequences));
+  std::vector<std::int64_t> first_item(std::size_t(sequences + 1), 0);
+  for (std::int64_t b = 0; b < sequences; ++b) {
+    const std::int64_t q_len = vp.q_rows(b);
+    paths[std::size_t(b)] = PrefillPath::choose<T, Arith>(q_len, vp.shared.geometry.q_tile);
+    first_item[std::size_t(b + 1)] = first_item[std::size_t(b)] + heads * paths[std::size_t(b)].blocks(q_len);
+  }
+  parallel_for(first_item.back(), 1, [&](std::int64_t begin, std::int64_t end) {
+    std::optional<Scratch> scratch;
+    for (std::int64_t item = begin; item < end; ++item) {
+      // The last sequence whose first item is <= item (empty sequences own no items).
+      const std::int64_t b = std::upper_bound(first_item.begin() + 1, first_item.end(), item) - (first_item.begin() + 1);
+      const PrefillPlan p = vp.sequence(b);
+      const PrefillPath& path = paths[std::size_t(b)];
+      const std::int64_t local = item - first_item[std::size_t(b)], blocks = path.blocks(p.q_len);
+      run_item<T, Arith>(path, p, packed_rows(out, vp.cu_seqlens_q[std::size_t(b)], p.q_len), 0, local / blocks,
+                         local % blocks, scratch);
     }
   });
 }
@@ -154,9 +221,6 @@ void require_kernel(PrefillKernel kernel) {
   require(kernel == PrefillKernel::candle || kernel == PrefillKernel::llamacpp, "kernel: unknown kernel code ",
           int(kernel), " (expected candle or llamacpp)");
 }
-
-// ceil(n / d) for n >= 0, d >= 1, without the overflow of (n + d - 1) / d.
-std::int64_t ceil_div(std::int64_t n, std::int64_t d) { return n / d + (n % d != 0); }
 
 // Classifying tiles on the mask values as the kernel adds them is what makes
 // the tile-skip map exact. Clears `blocked` unless keys [j0, j0 + n) of mask row (b, h, i) all add
@@ -219,11 +283,18 @@ PrefillGeometry prefill_geometry(PrefillKernel kernel, std::int64_t head_dim, st
   return g;
 }
 
-// Issue 19's variants, checked and put in the kernel's units. The vector
-// paths hold positions in 32-bit lanes: an offset up to 2^30, with rows and
-// keys that fit in memory, keeps them there.
-void resolve_variants(PrefillPlan& plan, const PrefillParams& params) {
-  constexpr std::int64_t kMaxOffset = std::int64_t(1) << 30;
+// The vector paths hold positions in 32-bit lanes: an offset up to 2^30,
+// with rows and keys that fit in memory, keeps them there.
+constexpr std::int64_t kMaxOffset = std::int64_t(1) << 30;
+
+// Where the plan's query rows sit among its keys, for its q_len and kv_len:
+// causal, the causal offset (the alignment's, or q_offset) and the window,
+// checked. A varlen call resolves each sequence's plan through this too.
+void resolve_positions(PrefillPlan& plan, const PrefillParams& params) {
+  plan.causal = params.causal;
+  require(params.causal_align == CausalAlign::top_left || params.causal_align == CausalAlign::bottom_right,
+          "causal: unknown alignment code ", int(params.causal_align), " (expected top_left or bottom_right)");
+  plan.causal_offset = causal_offset(params.causal_align, plan.q_len, plan.kv_len);
   require(params.q_offset >= 0 && params.q_offset <= kMaxOffset, "q_offset: must be an int from 0 to 2^30 (",
           kMaxOffset, "), got ", params.q_offset);
   if (params.q_offset != 0) {
@@ -240,6 +311,10 @@ void resolve_variants(PrefillPlan& plan, const PrefillParams& params) {
     const std::int64_t widest = std::max<std::int64_t>(plan.causal_offset + plan.q_len, 0) + 1;
     plan.window = std::min(*params.window, widest);
   }
+}
+
+// Issue 19's score variants (softcap, sinks), checked and put in the kernel's units.
+void resolve_scores(PrefillPlan& plan, const PrefillParams& params) {
   require(std::isfinite(params.softcap) && params.softcap >= 0.0f,
           "softcap: must be finite and >= 0 (0 = off), got ", params.softcap);
   if (params.softcap > 0.0f) {
@@ -283,11 +358,8 @@ PrefillPlan plan_flash_attn_prefill(const TensorView& q, const TensorView& k, co
   plan.v = v;
   plan.geometry = prefill_geometry(params.kernel, q.head_dim(), params.q_tile, params.k_tile);
   plan.scale = resolve_scale(params.scale, q.head_dim());
-  plan.causal = params.causal;
-  require(params.causal_align == CausalAlign::top_left || params.causal_align == CausalAlign::bottom_right,
-          "causal: unknown alignment code ", int(params.causal_align), " (expected top_left or bottom_right)");
-  plan.causal_offset = causal_offset(params.causal_align, plan.q_len, plan.kv_len);
-  resolve_variants(plan, params);
+  resolve_positions(plan, params);
+  resolve_scores(plan, params);
   const PrefillGeometry& geometry = plan.geometry;
   const std::int64_t q_len = plan.q_len, kv_len = plan.kv_len;
   if (mask) plan.mask = broadcast_mask(*mask, {q.batch(), q.heads(), q_len, kv_len}, "mask");
@@ -339,9 +411,9 @@ void run(const PrefillPlan& plan, const TensorView& out, const TensorView* lse) 
   dispatch_dtype(p.q.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (p.params.kernel == PrefillKernel::llamacpp)
-      prefill_kernel<T, LlamaCppArithmetic>(p.q, p.k, p.v, out, p);
+      prefill_kernel<T, LlamaCppArithmetic>(p, out);
     else
-      prefill_kernel<T, CandleArithmetic>(p.q, p.k, p.v, out, p);
+      prefill_kernel<T, CandleArithmetic>(p, out);
   });
 }
 
@@ -409,6 +481,123 @@ void run(const PrefillBlkPlan& plan, std::uint8_t* out) {
       out[t] = all_blocked ? 0 : all_zero ? 2 : 1;
     }
   });
+}
+
+// --- varlen -----------------------------------------------------------------------
+
+namespace {
+
+// A packed array [1, H, total, D], checked as any view; with no rows it is
+// checked as one dense row (nothing is read or written through it, and its
+// strides may be anything: NumPy gives an empty array strides of 0).
+TensorView with_a_row(TensorView t) {
+  if (t.shape[2] != 0) return t;
+  t.shape[2] = 1;
+  std::int64_t row = 0;
+  if (!__builtin_mul_overflow(t.shape[1], t.shape[3], &row)) t.stride = {row, t.shape[3], row, 1};
+  return t;
+}
+
+void validate_packed(const TensorView& t, const char* name, const char* total_name) {
+  validate_view(with_a_row(t), name);
+  require(t.batch() == 1, name, ": packed sequences are read as [1, H, ", total_name, ", D] (a batch of 1), got B = ",
+          t.batch());
+}
+
+// cu_seqlens: B + 1 offsets, 0 first, non-decreasing, `total` last; each
+// sequence within the vector lanes' positions (kMaxOffset).
+void validate_cu_seqlens(const std::int64_t* cu, std::int64_t count, const char* name, std::int64_t total,
+                         const char* total_name) {
+  require(count >= 1, name, ": must have B + 1 >= 1 entries, got ", count);
+  require(cu != nullptr, name, ": data pointer is null");
+  require(cu[0] == 0, name, ": must start at 0, got ", cu[0]);
+  for (std::int64_t i = 1; i < count; ++i) {
+    require(cu[i] >= cu[i - 1], name, ": must be non-decreasing, got ", cu[i - 1], " then ", cu[i], " at index ", i);
+    require(cu[i] - cu[i - 1] <= kMaxOffset, name, ": sequence ", i - 1, " has ", cu[i] - cu[i - 1],
+            " rows, more than 2^30 (", kMaxOffset, ")");
+  }
+  require(cu[count - 1] == total, name, ": the last entry must equal the packed rows (", total_name, " = ", total,
+          "), got ", cu[count - 1]);
+}
+
+// An output of the packed call: validate_output, with no rows checked as one
+// row (nothing is written).
+void validate_packed_output(const TensorView& t, const char* name, std::array<std::int64_t, 4> shape, DType dtype,
+                            bool dtype_of_q, const char* of) {
+  const bool no_rows = shape[2] == 0 && t.shape[2] == 0;
+  if (no_rows) shape[2] = 1;
+  detail::validate_output(no_rows ? with_a_row(t) : t, name, shape, dtype, dtype_of_q, of);
+}
+
+}  // namespace
+
+PrefillPlan VarlenPrefillPlan::sequence(std::int64_t b) const {
+  PrefillPlan p = shared;
+  const std::int64_t q0 = cu_seqlens_q[std::size_t(b)], k0 = cu_seqlens_k[std::size_t(b)];
+  p.q_len = q_rows(b);
+  p.kv_len = kv_rows(b);
+  p.q = packed_rows(shared.q, q0, p.q_len);
+  p.k = packed_rows(shared.k, k0, p.kv_len);
+  p.v = packed_rows(shared.v, k0, p.kv_len);
+  if (shared.lse) p.lse = packed_rows(*shared.lse, q0, p.q_len);
+  resolve_positions(p, p.params);  // this sequence's causal offset and window
+  return p;
+}
+
+VarlenPrefillPlan plan_flash_attn_varlen(const TensorView& q, const TensorView& k, const TensorView& v,
+                                         const std::int64_t* cu_seqlens_q, std::int64_t cu_seqlens_q_count,
+                                         const std::int64_t* cu_seqlens_k, std::int64_t cu_seqlens_k_count,
+                                         const VarlenPrefillParams& params) {
+  validate_packed(q, "q", "total_q");
+  validate_packed(k, "k", "total_k");
+  validate_packed(v, "v", "total_k");
+  // In the packed arrays' own terms ([total, H, D]); the prefill's plan checks the rest.
+  require(k.head_dim() == q.head_dim(), "k: head dim D (q.shape[2]) must be ", q.head_dim(), ", got ", k.head_dim());
+  require(v.shape == k.shape, "v: shape must equal k's (total_k, H_kv, D) = (", k.length(), ", ", k.heads(), ", ",
+          k.head_dim(), "), got (", v.length(), ", ", v.heads(), ", ", v.head_dim(), ")");
+  require(params.q_offset == 0, "q_offset: must be 0 for a varlen call (each sequence's causal alignment sets its "
+          "offset), got ", params.q_offset);
+  VarlenPrefillPlan plan;
+  // Every other rule is the prefill's: its plan over the packed arrays (the
+  // positions it resolves are the totals'; sequence(b) resolves each one's).
+  plan.shared = plan_flash_attn_prefill(with_a_row(q), with_a_row(k), with_a_row(v), nullptr, nullptr, params);
+  plan.shared.q = q;
+  plan.shared.k = k;
+  plan.shared.v = v;
+  plan.shared.q_len = q.length();
+  plan.shared.kv_len = k.length();
+  validate_cu_seqlens(cu_seqlens_q, cu_seqlens_q_count, "cu_seqlens_q", q.length(), "total_q");
+  require(cu_seqlens_k_count == cu_seqlens_q_count, "cu_seqlens_k: must have as many entries as cu_seqlens_q (B + 1 = ",
+          cu_seqlens_q_count, "), got ", cu_seqlens_k_count);
+  validate_cu_seqlens(cu_seqlens_k, cu_seqlens_k_count, "cu_seqlens_k", k.length(), "total_k");
+  plan.cu_seqlens_q.assign(cu_seqlens_q, cu_seqlens_q + cu_seqlens_q_count);
+  plan.cu_seqlens_k.assign(cu_seqlens_k, cu_seqlens_k + cu_seqlens_k_count);
+  return plan;
+}
+
+void run(const VarlenPrefillPlan& plan, const TensorView& out, const TensorView* lse) {
+  validate_packed_output(out, "out", plan.out_shape(), plan.out_dtype(), true, "q's");
+  VarlenPrefillPlan p = plan;  // the kernels read the LSE target from the plan
+  p.shared.lse.reset();
+  if (lse) {
+    validate_packed_output(*lse, "lse", plan.lse_shape(), DType::f32, false, "[1, H, total_q, 1] =");
+    p.shared.lse = *lse;
+  }
+  detail::dispatch_dtype(p.shared.q.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (p.shared.params.kernel == PrefillKernel::llamacpp)
+      varlen_kernel<T, LlamaCppArithmetic>(p, out);
+    else
+      varlen_kernel<T, CandleArithmetic>(p, out);
+  });
+}
+
+void flash_attn_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                       const std::int64_t* cu_seqlens_q, std::int64_t cu_seqlens_q_count,
+                       const std::int64_t* cu_seqlens_k, std::int64_t cu_seqlens_k_count, const TensorView* lse,
+                       const VarlenPrefillParams& params) {
+  run(plan_flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_q_count, cu_seqlens_k, cu_seqlens_k_count, params),
+      out, lse);
 }
 
 }  // namespace fattn
