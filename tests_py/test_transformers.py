@@ -337,3 +337,19 @@ def test_a_prompt_in_two_chunks_through_the_cache_matches_eager(name):
     base = (logits["eager"].double() - exact).abs().max().item()
     ours = (logits["fattn"].double() - exact).abs().max().item()
     assert ours <= 1.5 * base
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_without_a_mask_the_elided_paths_match(name):
+    """No attention mask at all: transformers elides it, and the layer's is_causal decides
+    (BERT: every token sees every token; Llama: causal, top-left). float32, against float64 eager,
+    within the error of "sdpa"."""
+    ids = inputs()[0]
+    outs = {}
+    for dtype, impl in ((torch.float64, "eager"), (torch.float32, "sdpa"), (torch.float32, "fattn")):
+        with torch.no_grad():
+            out = model_as(name, dtype, impl)(input_ids=ids)
+        outs[impl] = (out.last_hidden_state if name == "bert" else out.logits).double()
+    base = (outs["sdpa"] - outs["eager"]).abs().max().item()
+    ours = (outs["fattn"] - outs["eager"]).abs().max().item()
+    assert ours <= 1.5 * base
