@@ -353,3 +353,27 @@ def test_without_a_mask_the_elided_paths_match(name):
     base = (outs["sdpa"] - outs["eager"]).abs().max().item()
     ours = (outs["fattn"] - outs["eager"]).abs().max().item()
     assert ours <= 1.5 * base
+
+
+def test_a_decode_step_with_a_window_mask_runs_the_decode_kernels_window(monkeypatch):
+    """A sliding layer's decode-step mask that keeps exactly the last W positions is flash_attn_vec's
+    "sliding_window" (the same bits); one row with padding in it keeps the mask on the prefill kernel."""
+    import numpy as np
+
+    import fattn
+    monkeypatch.setattr(fattn_tf, "VEC_MIN_WORK", 0)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(2, 4, 1, 64, generator=g), torch.randn(2, 2, 50, 64, generator=g), \
+        torch.randn(2, 2, 50, 64, generator=g)
+
+    class Layer(torch.nn.Module):
+        is_causal = True
+
+    window = (torch.arange(50) >= 50 - 16).expand(2, 1, 1, 50)
+    out, _ = fattn_tf.attention_forward(Layer(), q, k, v, window, sliding_window=16)
+    want = fattn.flash_attn_vec(q[:, :, 0], k, v, kv_seq_len=50, mask="sliding_window", window=16)
+    assert np.array_equal(out[:, 0].numpy(), want)
+    padded = window.clone()
+    padded[1, 0, 0, -3:] = False
+    out, _ = fattn_tf.attention_forward(Layer(), q, k, v, padded, sliding_window=16)
+    assert np.array_equal(out.transpose(1, 2).numpy(), fattn.flash_attn_prefill(q, k, v, padded))

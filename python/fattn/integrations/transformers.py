@@ -18,7 +18,8 @@ Every attention layer then runs on fattn's kernels through the ``torch.ops.fattn
   (the model's padding or sliding-window mask as a boolean mask; causal, top-left aligned, when
   transformers elides the mask, as its ``"sdpa"`` path does; grouped-query heads read in place;
   the layer's ``scaling``, its ``softcap`` (Gemma 2) and its sinks (``s_aux``, gpt-oss));
-- a single-token decode step without a mask, head dim a multiple of 32 up to 512:
+- a single-token decode step without a mask, or with a sliding layer's mask that keeps exactly the
+  last W positions (no padding), head dim a multiple of 32 up to 512:
   ``torch.ops.fattn.flash_attn_vec`` over the whole KV cache (its query is rounded to float16 as
   mlx-native's decode kernel does; docs/numerics.md §5) when the step is large enough for it to
   be the faster of the two: ``B * H * Lk * D >= VEC_MIN_WORK``.
@@ -80,6 +81,18 @@ def _unsupported(option: str, why: str) -> NotImplementedError:
     return NotImplementedError(f"attn_implementation='fattn': {option} {why}")
 
 
+def _window_of(torch: Any, mask: Any, sliding_window: Optional[int], kv_len: int) -> int:
+    """W if ``mask`` (a decode step's, ``[B, 1, 1, Lk]``) is True at exactly the last
+    ``W = min(sliding_window, Lk)`` positions of every row, else 0. Reads the mask, so not while
+    torch.compile traces (the prefill kernel takes the mask there)."""
+    if (not sliding_window or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1
+            or mask.shape[2] != 1 or torch.compiler.is_compiling()):
+        return 0
+    w = min(int(sliding_window), kv_len)
+    window_row = torch.arange(kv_len, device=mask.device) >= kv_len - w
+    return w if bool(torch.equal(mask, window_row.expand(mask.shape))) else 0
+
+
 def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                       dropout: float = 0.0, scaling: Optional[float] = None, sliding_window: Optional[int] = None,
                       softcap: Optional[float] = None, s_aux: Any = None, is_causal: Optional[bool] = None,
@@ -118,13 +131,20 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     q_len, kv_len = query.shape[2], key.shape[2]
-    if (attention_mask is None and q_len == 1 and d % 32 == 0 and d <= 512
+    if (q_len == 1 and d % 32 == 0 and d <= 512
             and query.shape[0] * query.shape[1] * kv_len * d >= VEC_MIN_WORK):
-        # A decode step: the one query sees every cached position (transformers elides the mask
-        # only when nothing is masked; a sliding window is then wider than the cache).
-        out = ops.flash_attn_vec(query[:, :, 0], key, value, kv_seq_len=kv_len, scale=scaling, softcap=cap,
-                                 sinks=sinks)
-        return out.to(query.dtype).unsqueeze(1), None
+        # A decode step. Without a mask the one query sees every cached position (transformers
+        # elides the mask only when nothing is masked; a sliding window is then wider than the
+        # cache). A sliding layer's mask that keeps exactly the last W positions of every row (no
+        # padding, a dynamic cache) is the decode kernel's own "sliding_window".
+        vec_mask, vec_window = "none", 0
+        if attention_mask is not None:
+            vec_window = _window_of(torch, attention_mask, sliding_window, kv_len)
+            vec_mask = "sliding_window" if vec_window else ""
+        if vec_mask:
+            out = ops.flash_attn_vec(query[:, :, 0], key, value, kv_seq_len=kv_len, scale=scaling,
+                                     mask=vec_mask, window=vec_window, softcap=cap, sinks=sinks)
+            return out.to(query.dtype).unsqueeze(1), None
     mask = blk = window = None
     causal = "none"
     if attention_mask is not None:
