@@ -168,3 +168,15 @@ def test_heads_side_by_side_cache_equals_the_contiguous_one(rng, restore_isa, is
         side = [a.astype(kind).transpose(0, 2, 1, 3) for a in (x, y)]
         flat = [np.ascontiguousarray(a) for a in side]
     assert same_bits(fattn.flash_attn_vec(q, *side, **opts), fattn.flash_attn_vec(q, *flat, **opts))
+
+
+def test_the_numpy_twin_follows_the_paged_call(rng):
+    # fattn.reference.flash_attn_vec with block_table: each sequence's gathered cache through the
+    # NumPy model (dot products rounded once there: a few float32 ulps from the kernel).
+    from fattn import reference
+    pool = Pool(rng, [70, 0, 33], 16, 2, 64, "q8_0")
+    q = rng.standard_normal((3, 4, 64)).astype(F32)
+    ours = fattn.flash_attn_vec(q, pool.k, pool.v, kv_seq_len=pool.lens, block_table=pool.table)
+    ref = reference.flash_attn_vec(q, pool.k, pool.v, kv_seq_len=pool.lens, block_table=pool.table)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    assert not ref[1].any()

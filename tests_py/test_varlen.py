@@ -13,12 +13,6 @@ from helpers import BF16, DTYPES, F16, F32, bits, prefill_exact_bound, random_in
 PATHS = fattn.available_isas(include_emulated=True)  # "scalar" first: the model
 
 
-@pytest.fixture
-def restore_isa():
-    yield
-    fattn.set_isa("auto")
-
-
 def packed(rng, dtype, lengths_q, lengths_k, h, h_kv, d):
     """q [total_q, H, D], k, v [total_k, H_kv, D] and the int32 offsets of the given lengths."""
     cu_q = np.concatenate([[0], np.cumsum(lengths_q)]).astype(np.int32)
@@ -182,3 +176,16 @@ def test_causal_is_bottom_right_per_sequence():
     top = fattn.flash_attn_varlen(q, k, v, cu_q, cu_k, causal="top_left", return_lse=True)
     assert_same_bits(top, per_sequence(q, k, v, cu_q, cu_k, causal="top_left"))
     assert not np.array_equal(top[0][:10], fattn.flash_attn_varlen(q, k, v, cu_q, cu_k, causal=True)[:10])
+
+
+def test_the_numpy_twin_follows_the_call():
+    # fattn.reference.flash_attn_varlen: reference.flash_attn_prefill on each sequence alone.
+    rng = np.random.default_rng(3)
+    cu_q, cu_k = np.array([0, 5, 5, 40, 41]), np.array([0, 9, 12, 30, 50])
+    q = rng.standard_normal((41, 4, 64)).astype(F32)
+    k, v = (rng.standard_normal((50, 2, 64)).astype(F32) for _ in range(2))
+    for causal in (False, True):
+        ours, ours_lse = fattn.flash_attn_varlen(q, k, v, cu_q, cu_k, causal=causal, return_lse=True)
+        ref, ref_lse = reference.flash_attn_varlen(q, k, v, cu_q, cu_k, causal=causal, return_lse=True)
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ours_lse, ref_lse, rtol=1e-5, atol=1e-5)  # -inf where both are

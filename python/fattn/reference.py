@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 __all__ = ["attention", "sdpa", "flash_attn_prefill", "prefill_geometry", "flash_attn_vec", "flash_attn_vec_partials",
            "flash_attn_vec_reduce", "merge_attention", "quantize_kv", "dequantize_kv", "quant_row_bytes",
-           "tq4_rotate", "tq4_unrotate", "tq4_rotated_values"]
+           "tq4_rotate", "tq4_unrotate", "tq4_rotated_values", "flash_attn_varlen", "gather_paged"]
 
 _CAUSAL = (None, "top_left", "bottom_right")
 
@@ -457,6 +457,47 @@ _DECODE_CHUNK = 32
 _QUANT_BLOCK = 32  # elements per block along D
 
 
+def flash_attn_varlen(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, cu_seqlens_q: npt.ArrayLike,
+                      cu_seqlens_k: npt.ArrayLike, *, causal: Union[bool, str] = False, scale: Optional[float] = None,
+                      softcap: float = 0.0, window: Optional[int] = None, sinks: Optional[npt.ArrayLike] = None,
+                      kernel: str = "auto", return_lse: bool = False
+                      ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+    """``fattn.flash_attn_varlen``'s arithmetic: :func:`flash_attn_prefill` on each packed sequence
+    alone (``layout="blhd"``; ``causal=True`` is bottom-right per sequence, ``"top_left"`` as
+    given; a window aligns as causal does). Rows of a sequence with no key are 0 (LSE ``-inf``).
+    Returns ``[total_q, H, D]`` in q's dtype (and the LSE ``[total_q, H]``)."""
+    q_arr, k_arr, v_arr = np.asarray(q), np.asarray(k), np.asarray(v)
+    cq, ck = (np.asarray(c).astype(np.int64) for c in (cu_seqlens_q, cu_seqlens_k))
+    out = np.zeros(q_arr.shape, dtype=q_arr.dtype)
+    lse = np.full(q_arr.shape[:2], -np.inf, dtype=np.float32)
+    align = "top_left" if causal == "top_left" else "bottom_right"
+    for b in range(len(cq) - 1):
+        (a, e), (ka, ke) = (cq[b], cq[b + 1]), (ck[b], ck[b + 1])
+        if e == a or ke == ka:
+            continue  # no query, or no key: zeros and -inf
+        seq = flash_attn_prefill(q_arr[None, a:e], k_arr[None, ka:ke], v_arr[None, ka:ke],
+                                 causal=align if (causal or window) else False, scale=scale, softcap=softcap,
+                                 window=window, sinks=sinks, layout="blhd", kernel=kernel, return_lse=True)
+        out[a:e], lse[a:e] = seq[0][0], np.moveaxis(seq[1][0], 0, -1)
+    return (out, lse) if return_lse else out
+
+
+def gather_paged(pool: Any, block_table: npt.ArrayLike, kv_seq_len: int, b: int) -> Any:
+    """Sequence ``b``'s cache gathered from a paged pool ``[num_blocks, block_size, H_kv, D]``
+    (or a quantized pool: an object with ``.blocks [num_blocks, block_size, H_kv, W]``,
+    ``.format``, ``.head_dim``): ``[H_kv, kv_seq_len, D]`` (or a quantized cache of those rows),
+    position ``p`` from row ``p % block_size`` of block ``block_table[b, p // block_size]``."""
+    blocks = getattr(pool, "blocks", pool)
+    arr = np.asarray(blocks)
+    pos = np.arange(int(kv_seq_len))
+    rows = arr[np.asarray(block_table)[b, pos // arr.shape[1]], pos % arr.shape[1]]  # [L, H_kv, W or D]
+    gathered = np.ascontiguousarray(np.moveaxis(rows, 0, 1))
+    if arr is blocks and not hasattr(pool, "blocks"):
+        return gathered
+    return type("Gathered", (), {"blocks": gathered, "format": str(getattr(pool, "format")),
+                                 "head_dim": int(getattr(pool, "head_dim"))})()
+
+
 def _cache_values(cache: object) -> np.ndarray:
     """A decode cache as float32: an array widened, or a quantized cache (an object with
     ``.blocks``, ``.format``, ``.head_dim``) dequantized."""
@@ -595,12 +636,23 @@ def flash_attn_vec_reduce(o: npt.ArrayLike, s: npt.ArrayLike, m: npt.ArrayLike) 
     return (_tree_sum(products) * inv[..., None]).astype(f32)
 
 
-def flash_attn_vec(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: int,
+def flash_attn_vec(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: Any,
                    scale: Optional[float] = None, mask: str = "none", window: int = 0, softcap: float = 0.0,
-                   nwg: int = 32, sinks: Optional[npt.ArrayLike] = None, ring_start: Optional[int] = None
-                   ) -> np.ndarray:
+                   nwg: int = 32, sinks: Optional[npt.ArrayLike] = None, ring_start: Optional[int] = None,
+                   block_table: Optional[npt.ArrayLike] = None) -> np.ndarray:
     """The vec decode kernel's arithmetic in NumPy: partials, then reduce (same signature as
-    ``fattn.flash_attn_vec``)."""
+    ``fattn.flash_attn_vec``). With ``block_table``: each sequence on its cache gathered from the
+    pools (:func:`gather_paged`); a sequence of length 0 gives 0."""
+    if block_table is not None:
+        q32 = np.asarray(q, dtype=np.float32)
+        lens = np.broadcast_to(np.asarray(kv_seq_len), (q32.shape[0],))
+        out = np.zeros(q32.shape, dtype=np.float32)
+        for b, n in enumerate(lens):
+            if n > 0:
+                out[b] = flash_attn_vec(q32[b], gather_paged(k_cache, block_table, int(n), b),
+                                        gather_paged(v_cache, block_table, int(n), b), kv_seq_len=int(n),
+                                        scale=scale, mask=mask, window=window, softcap=softcap, nwg=nwg, sinks=sinks)
+        return out
     return flash_attn_vec_reduce(*flash_attn_vec_partials(q, k_cache, v_cache, kv_seq_len=kv_seq_len, scale=scale,
                                                           mask=mask, window=window, softcap=softcap, nwg=nwg,
                                                           sinks=sinks, ring_start=ring_start))
