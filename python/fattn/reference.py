@@ -13,6 +13,7 @@ All functions take the same array types as the kernels (float32, float16,
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -492,10 +493,9 @@ def gather_paged(pool: Any, block_table: npt.ArrayLike, kv_seq_len: int, b: int)
     pos = np.arange(int(kv_seq_len))
     rows = arr[np.asarray(block_table)[b, pos // arr.shape[1]], pos % arr.shape[1]]  # [L, H_kv, W or D]
     gathered = np.ascontiguousarray(np.moveaxis(rows, 0, 1))
-    if arr is blocks and not hasattr(pool, "blocks"):
+    if not hasattr(pool, "blocks"):
         return gathered
-    return type("Gathered", (), {"blocks": gathered, "format": str(getattr(pool, "format")),
-                                 "head_dim": int(getattr(pool, "head_dim"))})()
+    return SimpleNamespace(blocks=gathered, format=str(getattr(pool, "format")), head_dim=int(getattr(pool, "head_dim")))
 
 
 def _cache_values(cache: object) -> np.ndarray:
