@@ -166,7 +166,7 @@ $(VENV)/.torch-transformers-deps: $(VENV)/.py-deps
 
 test-interop: $(VENV)/.fattn-installed $(VENV)/.torch-transformers-deps
 	@echo "== pytest (interop, with torch)"
-	@$(PY) -m pytest -q -p no:cacheprovider tests_py/test_interop.py tests_py/test_torch_ops.py tests_py/test_transformers.py
+	@$(PY) -m pytest -q -p no:cacheprovider tests_py/test_interop.py tests_py/test_torch_ops.py tests_py/test_transformers.py tests_py/test_distributed.py
 
 clean:
 	rm -rf $(BUILD) $(VENV)

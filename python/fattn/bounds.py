@@ -9,10 +9,13 @@ are the bounds fattn's own test suite asserts, so a result outside them is a bug
 - :func:`prefill_bound`: ``fattn.flash_attn_prefill``, both kernels, masks, causal, layouts (§4).
 - :func:`decode_bound`: ``fattn.flash_attn_vec`` (§5).
 - :func:`merge_bound`: ``fattn.merge_attention`` against ``fattn.reference.merge_attention`` (§6).
+- :func:`ring_bound`, :func:`sharded_decode_bound`: ``fattn.integrations.distributed``'s
+  ``ring_attention`` and ``decode_sharded`` against the exact attention over the whole sequence
+  (§10), on the same schedule the ranks run.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import ml_dtypes
 import numpy as np
@@ -162,7 +165,7 @@ def prefill_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, mask: Op
 
 def decode_bound(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: int,
                  scale: Optional[float] = None, window: Optional[int] = None, softcap: float = 0.0,
-                 sinks: Optional[npt.ArrayLike] = None) -> np.ndarray:
+                 sinks: Optional[npt.ArrayLike] = None, _terms: Optional[Dict[str, Any]] = None) -> np.ndarray:
     """Per-row bound on ``|fattn.flash_attn_vec(...) - exact|`` (numerics §5, "Error bounds"),
     shaped ``[..., H, 1]`` for q ``[H, D]`` or ``[B, H, D]``: Q's rounding to float16 (relative
     2^-11, absolute 2^-25 below half's normal range), the f32 dot chain, the softcap's tanh;
@@ -216,6 +219,10 @@ def decode_bound(q: npt.ArrayLike, k_cache: Any, v_cache: Any, *, kv_seq_len: in
     bound = bound + sums * v_sum_scale
     if sinks is not None:
         bound = bound + v_sum_scale * 4 * _U32 * (np.asarray(sinks, dtype=np.float64) != -np.inf)
+    if _terms is not None:  # for sharded_decode_bound: the score error, its share of the bound, the keys
+        score_part = vmax * np.expm1(2 * e)
+        _terms.update(e=e if np.asarray(q).ndim == 3 else e[0], n=int(visible.sum()),
+                      score_part=score_part if np.asarray(q).ndim == 3 else score_part[0])
     return bound[..., None] if np.asarray(q).ndim == 3 else bound[0][..., None]
 
 
@@ -239,6 +246,153 @@ def merge_bound(outputs: Sequence[npt.ArrayLike], lses: Sequence[npt.ArrayLike],
     out_bound: np.ndarray = np.where(empty, 0.0, factor * _U32 * vmax)[..., None]
     lse_bound: np.ndarray = np.where(empty, 0.0, (1.4 * n + 1) * _U32 + _U32 * np.abs(np.where(empty, 0.0, lse)))
     return out_bound, lse_bound
+
+
+class _Chain:
+    """The error of a running merge, per row (numerics §10). Every part's scores come from one
+    kernel call and carry that call's score error; the merge of parts computed from perturbed
+    scores is, up to rounding, the softmax over all the perturbed scores, so the score errors do
+    not add up: ``score`` keeps their maximum (it costs ``(e^{2·score} - 1)·V`` once, at the end).
+    The rest is rounding: ``eps`` bounds the output's distance from the attention over the
+    perturbed scores merged so far, ``rho`` its LSE's; ``vmax`` bounds the parts' ``|V|``; ``lse``
+    is the exact LSE so far. Rows no part has reached are exact (0, -inf)."""
+
+    def __init__(self, shape: Tuple[int, ...]):
+        self.eps, self.rho, self.score, self.vmax = (np.zeros(shape) for _ in range(4))
+        self.lse = np.full(shape, -np.inf)
+
+    def merge(self, rows: Any, eps: np.ndarray, rho: np.ndarray, score: np.ndarray, vmax: np.ndarray,
+              lse: np.ndarray, parts: int = 2) -> None:
+        """Merge a part (its rounding bounds ``eps``/``rho``, its score error ``score``) into ``rows``
+        with one ``merge_attention`` of ``parts`` inputs: §6's "errors the parts bring" with the
+        parts' rounding only, plus the merge's own ``(3n + 5)·u·V`` and ``(1.4n + 1)·u + u·|lse|``.
+        The first part a row sees is copied (exact)."""
+        e0, r0, v0, l0 = self.eps[rows], self.rho[rows], self.vmax[rows], self.lse[rows]
+        fresh = np.isneginf(l0)
+        size = np.maximum(v0 + e0, vmax + eps)  # bounds every |output| the merge reads
+        rho_in = np.maximum(r0, rho)
+        merged_eps = np.maximum(e0, eps) + (np.expm1(2 * rho_in) + (3 * parts + 5) * _U32) * size
+        new_lse = np.logaddexp(l0, lse)
+        merged_rho = rho_in + (1.4 * parts + 1) * _U32 + _U32 * (np.abs(np.where(np.isneginf(new_lse), 0.0, new_lse))
+                                                                 + self.score[rows] + score + rho_in)
+        self.eps[rows] = np.where(fresh, eps, merged_eps)
+        self.rho[rows] = np.where(fresh, rho, merged_rho)
+        self.score[rows] = np.maximum(self.score[rows], score)
+        self.vmax[rows] = np.maximum(v0, vmax)
+        self.lse[rows] = new_lse
+
+    def sink(self, parts: int = 1) -> None:
+        """The final merge with the sinks (``parts`` inputs): the merge's own ``(3n + 5)·u·V`` and
+        sink term ``(2 + ln n)·u·V``; the running LSE's rounding moves the sink's share by at most
+        ``(e^{2·rho} - 1)·V`` (a perturbed part against an exact sink)."""
+        size = self.vmax + self.eps
+        self.eps = self.eps + (np.expm1(2 * self.rho) + (3 * parts + 7 + np.log(parts)) * _U32) * size
+
+    def bound(self) -> np.ndarray:
+        """The bound against the exact attention: the rounding plus the score error, once."""
+        return np.asarray(self.eps + np.expm1(2 * self.score) * self.vmax)
+
+
+def _prefill_lse_rounding(lse: np.ndarray, keys: int, head_dim: int, kernel: str) -> np.ndarray:
+    """§4's LSE bound without the score error: ``(4T + BK/G + 6)·u + u·|lse|``, ``T`` every tile of
+    ``keys``."""
+    from fattn.reference import prefill_geometry
+
+    _, bk = prefill_geometry(head_dim, kernel=kernel)
+    group = 64 if kernel == "llamacpp" else 8
+    tiles = -(-keys // bk)
+    return (4 * tiles + bk / group + 6) * _U32 + _U32 * np.abs(np.where(np.isneginf(lse), 0.0, lse))
+
+
+def ring_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, world_size: int,
+               causal: bool = False, scale: Optional[float] = None, kernel: str = "auto", softcap: float = 0.0,
+               window: Optional[int] = None, sinks: Optional[npt.ArrayLike] = None,
+               order: str = "contiguous", lengths: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Per-row bound ``[B, H, L, 1]`` on ``|ring_attention - exact|`` for the whole sequences q
+    ``[B, H, L, D]``, k, v ``[B, H_kv, L, D]`` split over ``world_size`` equal shards in ``order``
+    (``fattn.integrations.distributed.ring_attention``; the exact answer is
+    ``fattn.reference.attention(q, k, v, causal="top_left" if causal else None, window=window,
+    softcap=softcap, sinks=sinks)``). It follows the schedule the ranks run (``fattn._ring``):
+    each part's §4 output bound with its store to the I/O type and §4's LSE bound, carried through
+    the running merges as §10 derives; :func:`within` adds the final store's half ulp."""
+    from fattn import _ring  # the schedule the distributed call runs
+    from fattn.reference import attention
+
+    qa, ka, va = np.asarray(q), np.asarray(k), np.asarray(v)
+    b, h, length, d = qa.shape
+    if lengths is None:
+        if length % world_size:
+            raise ValueError(f"q: length {length} is not divisible by world_size {world_size}")
+        lengths = [length // world_size] * world_size
+    if len(lengths) != world_size or sum(lengths) != length:
+        raise ValueError(f"lengths: expected {world_size} shard lengths adding up to {length}, got {list(lengths)}")
+    causal_on = bool(causal) or window is not None
+    segments = _ring.shard_segments(list(lengths), order)
+    result = np.zeros((b, h, length, 1))
+    for rank in range(world_size):
+        chains = [_Chain((b, h, s.length)) for s in segments[rank]]
+        for part in _ring.parts(rank, segments, causal_on, window):
+            qs, ks = segments[rank][part.q_seg], segments[part.block][part.k_seg]
+            qp = qa[:, :, qs.start + part.row_begin:qs.start + part.row_end]
+            kp, vp = ka[:, :, ks.start:ks.start + ks.length], va[:, :, ks.start:ks.start + ks.length]
+            kw: Dict[str, Any] = dict(scale=scale, softcap=softcap, window=window)
+            if causal_on:
+                kw["q_offset"] = part.q_offset
+            bound, e = prefill_bound(qp, kp, vp, causal=causal_on, kernel=kernel, **kw)
+            exact, lse = attention(qp, kp, vp, causal="top_left" if causal_on else None, return_lse=True, **kw)
+            vmax = np.broadcast_to(np.abs(_expand_kv(_f64(vp), h)).max(axis=(2, 3))[..., None], e.shape)
+            rounding = bound[..., 0] - np.expm1(2 * e) * vmax  # §4's bound without its score term
+            eps = rounding + 0.5 * ulp(np.abs(exact) + bound, qa.dtype).max(axis=-1)  # and the part's store
+            chains[part.q_seg].merge((slice(None), slice(None), slice(part.row_begin, part.row_end)),
+                                     eps, _prefill_lse_rounding(lse, ks.length, d, kernel), e, vmax, lse)
+        for s, chain in zip(segments[rank], chains):
+            if sinks is not None:
+                chain.sink()
+            result[:, :, s.start:s.start + s.length, 0] = chain.bound()
+    return result
+
+
+def sharded_decode_bound(q: npt.ArrayLike, k_shards: Sequence[Any], v_shards: Sequence[Any],
+                         kv_seq_lens: Sequence[int], *, scale: Optional[float] = None, window: Optional[int] = None,
+                         softcap: float = 0.0, sinks: Optional[npt.ArrayLike] = None) -> np.ndarray:
+    """Per-row bound (shaped as :func:`decode_bound`'s) on ``|decode_sharded - exact|`` for dense
+    shards ``k_shards[r]``/``v_shards[r]`` with ``kv_seq_lens[r]`` valid positions each
+    (``fattn.integrations.distributed.decode_sharded``; the exact answer is the attention over the
+    shards' valid positions concatenated in rank order, the last ``window`` of them with a window,
+    with the sinks): each shard's §5 bound and LSE bound ``E + (2n + 10)·u + u·|lse|``, then one
+    merge of ``W`` parts (§6's bound with the parts' errors, §10)."""
+    from fattn.reference import attention
+
+    qa = _f64(q)
+    batched = qa.ndim == 3
+    q4 = (qa if batched else qa[None])[:, :, None]  # [B, H, 1, D]
+    world = len(k_shards)
+    total = sum(int(n) for n in kv_seq_lens)
+    heads = qa.shape[-2]
+    chain = _Chain(qa.shape[:-1])
+    parts, start = 0, 0
+    for r in range(world):
+        n = int(kv_seq_lens[r])
+        first = max(0, total - window - start) if window else 0
+        start += n
+        if first >= n:
+            continue
+        kr, vr = (np.asarray(x)[..., first:n, :] for x in (k_shards[r], v_shards[r]))
+        terms: Dict[str, Any] = {}
+        bound = decode_bound(q, kr, vr, kv_seq_len=n - first, scale=scale, softcap=softcap, _terms=terms)[..., 0]
+        k4, v4 = (_f64(x if batched else x[None]) for x in (kr, vr))
+        _, lse = attention(q4, k4, v4, scale=scale, softcap=softcap, return_lse=True)
+        lse = lse[..., 0] if batched else lse[0, ..., 0]
+        rho = (2 * terms["n"] + 10) * _U32 + _U32 * np.abs(lse)  # the LSE's sums and its f32 store
+        vmax = np.abs(_expand_kv(v4, heads)).max(axis=(2, 3))
+        chain.merge(..., bound - terms["score_part"], rho, terms["e"], vmax if batched else vmax[0], lse,
+                    parts=world)
+        parts += 1
+    if parts == 0:  # no visible key anywhere: 0, exactly
+        return np.zeros(qa.shape[:-1] + (1,))
+    if sinks is not None:  # the same single merge's sink term, and the LSE rounding against the sink
+        chain.eps = chain.eps + (np.expm1(2 * chain.rho) + (2 + np.log(world)) * _U32) * (chain.vmax + chain.eps)
+    return chain.bound()[..., None]
 
 
 def within(out: npt.ArrayLike, exact: npt.ArrayLike, bound: npt.ArrayLike
