@@ -4,7 +4,7 @@ in one process, with this machine's measured peaks.
     make bench                      # everything (several minutes)
     make bench BENCH_ARGS="--quick --section sdpa"
     .venv/bin/python bench/run.py --quick
-    .venv/bin/python bench/run.py --section prefill|decode|qdecode|paged|blk|sdpa|short|variants|varlen|transformers
+    .venv/bin/python bench/run.py --section prefill|decode|qdecode|paged|blk|sdpa|short|variants|varlen|transformers|ring
 
 Prints a table, writes bench/results/bench.csv and bench/results/prefill.png.
 FLOP counts: prefill 4*B*H*D*(visible query-key pairs) (two matmuls, 2 flops per multiply-add);
@@ -282,7 +282,7 @@ def main(argv):
     ap.add_argument("--quick", action="store_true", help="a few representative cases only")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--section", choices=["all", "prefill", "decode", "qdecode", "paged", "blk", "sdpa", "short",
-                                          "variants", "varlen", "transformers"],
+                                          "variants", "varlen", "transformers", "ring"],
                     default="all")
     ap.add_argument("--plot-from", metavar="CSV", help="only redraw the plot from an earlier run's CSV")
     args = ap.parse_args(argv)
@@ -391,6 +391,9 @@ def main(argv):
         short_query_cases(rng, repeats, records, peaks, [1, 8, 33] if args.quick else [1, 4, 8, 16, 33])
     if args.section in ("all", "transformers"):
         transformers_case(repeats, records)
+    if args.section in ("all", "ring") and torch is not None:
+        import ring  # bench/ring.py: its worker must be importable by the spawned ranks
+        ring.ring_case(repeats, records, machine["cpu"], quick=args.quick)
     targets(records)
 
     path = os.path.join(RESULTS, "bench.csv" if args.section == "all" else f"bench-{args.section}.csv")
