@@ -1,5 +1,7 @@
 """What each rank runs in tests_py/test_distributed.py (a module of its own: the ranks are
 started with the spawn method and import their function by name)."""
+import time
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -63,9 +65,11 @@ def error_cases(rank, world, cases):
     return results
 
 
-def one_rank_stops(rank, world, q, k, v):
-    """The last rank returns without calling; the others must get an error, not hang."""
+def one_rank_stops(rank, world, q, k, v, linger=0.0):
+    """The last rank does not call (it returns at once, or after ``linger`` seconds alive); the
+    others must get an error, not hang."""
     if rank == world - 1:
+        time.sleep(linger)
         return None
     try:
         fd.ring_attention(q, k, v, causal=True)

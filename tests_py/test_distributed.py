@@ -204,6 +204,17 @@ def test_a_rank_that_stops_makes_the_others_raise_not_hang(rng):
     assert time.monotonic() - start < 60  # (the launch itself is bounded; this names the expectation)
 
 
+def test_a_rank_that_is_alive_but_never_calls_times_out_on_the_others(rng):
+    """The process group's timeout (5 s here) ends the wait of a rank whose peer never calls."""
+    q, k, v = (tensor(rng, (1, 2, 16, 64), torch.float32) for _ in range(3))
+    start = time.monotonic()
+    results = fd.launch_local(dist_workers.one_rank_stops, 2, (q, k, v, 15.0), timeout=90.0, threads=1,
+                              group_timeout=5.0)
+    assert results[0] is not None and results[0][0] == "RuntimeError", results[0]
+    assert "ring_attention: rank 0: the argument check" in results[0][1]
+    assert time.monotonic() - start < 60
+
+
 def test_calls_without_a_process_group_and_launch_errors():
     q = torch.zeros(1, 1, 4, 64)
     with pytest.raises(RuntimeError, match="no process group"):

@@ -446,7 +446,7 @@ def _local_main(fn: Any, rank: int, world: int, store: str, timeout: float, thre
 
 
 def launch_local(fn: Any, world_size: int, args: Tuple[Any, ...] = (), *, timeout: float = 120.0,
-                 threads: Optional[int] = None) -> List[Any]:
+                 threads: Optional[int] = None, group_timeout: Optional[float] = None) -> List[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` local processes, each in a gloo process
     group on this machine's loopback interface (rendezvous through a file, no port), and return
     their return values in rank order.
@@ -455,8 +455,9 @@ def launch_local(fn: Any, world_size: int, args: Tuple[Any, ...] = (), *, timeou
     launcher and call :func:`ring_attention` / :func:`decode_sharded` in each process (README,
     "Across processes"). ``fn`` must be importable by name (a module-level function: the ranks are
     started with the ``spawn`` method) and its arguments and return value picklable. ``timeout``
-    (seconds) bounds both the process group's operations and the whole run: past it the ranks are
-    killed and ``TimeoutError`` raised. ``threads``: each rank's fattn and torch thread count. A
+    (seconds) bounds the whole run: past it the ranks are killed and ``TimeoutError`` raised;
+    ``group_timeout`` (seconds, default ``timeout``) is the process group's own timeout, after
+    which a rank waiting for one that stopped gets a ``RuntimeError``. ``threads``: each rank's fattn and torch thread count. A
     rank that raises makes this raise ``RuntimeError`` with that rank's traceback (the others'
     errors too); a rank that dies without reporting is named with its exit code.
     """
@@ -469,7 +470,8 @@ def launch_local(fn: Any, world_size: int, args: Tuple[Any, ...] = (), *, timeou
     results = mp.Queue()
     with tempfile.TemporaryDirectory(prefix="fattn-dist-") as tmp:
         store = os.path.join(tmp, "store")
-        procs = [mp.Process(target=_local_main, args=(fn, r, world_size, store, timeout, threads, args, results),
+        group_seconds = timeout if group_timeout is None else group_timeout
+        procs = [mp.Process(target=_local_main, args=(fn, r, world_size, store, group_seconds, threads, args, results),
                             daemon=True) for r in range(world_size)]
         for p in procs:
             p.start()
