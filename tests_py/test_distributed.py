@@ -25,6 +25,7 @@ LAUNCH_TIMEOUT = 240.0  # seconds for a whole launch (every case of a world size
 
 
 def to_numpy(t):
+    t = t.detach()
     return t.float().numpy().astype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
 
 
@@ -39,7 +40,8 @@ RING_CASES = {
         (torch.bfloat16, 2, 4, 1, [32, 32], 64, dict(causal=True, order="zigzag")),
         (torch.float32, 1, 4, 4, [70, 27], 64, dict(causal=True, sinks=True)),
         (torch.float16, 1, 2, 1, [40, 40], 64, dict(window=25, softcap=20.0)),
-        (torch.bfloat16, 1, 8, 2, [64, 64], 64, dict(causal=False, sinks=True))],
+        (torch.bfloat16, 1, 8, 2, [64, 64], 64, dict(causal=False, sinks=True)),
+        (torch.float32, 1, 2, 2, [24, 24], 512, dict(causal=True, kernel="llamacpp"))],
     4: [(torch.float32, 1, 4, 2, [16, 40, 33, 8], 64, dict(causal=True)),
         (torch.bfloat16, 1, 4, 4, [24] * 4, 64, dict(causal=False)),
         (torch.bfloat16, 1, 4, 2, [32] * 4, 128, dict(causal=True, order="zigzag", sinks=True)),
@@ -54,6 +56,7 @@ def build_ring_cases(world, rng):
         total = sum(lengths)
         q, k, v = tensor(rng, (b, h, total, d), dtype), tensor(rng, (b, hkv, total, d), dtype), \
             tensor(rng, (b, hkv, total, d), dtype)
+        q.requires_grad_(len(cases) == 0)  # the first case's query requires grad: read through a detached view
         kw = dict(kw)
         if kw.get("sinks"):
             kw["sinks"] = torch.from_numpy(rng.standard_normal(h).astype(np.float32))
@@ -72,7 +75,8 @@ def test_ring_attention_on_local_ranks(world, rng):
         flag = bool(kw.get("causal")) or kw.get("window") is not None
         sinks = None if kw.get("sinks") is None else kw["sinks"].numpy()
         qn, kn, vn = (to_numpy(x) for x in (q, k, v))
-        args = dict(causal=flag, window=kw.get("window"), softcap=kw.get("softcap", 0.0), sinks=sinks)
+        args = dict(causal=flag, window=kw.get("window"), softcap=kw.get("softcap", 0.0), sinks=sinks,
+                    kernel=kw.get("kernel", "auto"))
         # 1. bit for bit its own arithmetic model, in one process
         model = _ring.simulate(qn, kn, vn, lengths, order=order, **args)
         for rank in range(world):

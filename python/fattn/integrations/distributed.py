@@ -79,10 +79,12 @@ def last_stats() -> Optional[CommStats]:
 
 
 def _tensor(x: Any, name: str) -> Any:
+    """A CPU tensor the kernels may read: one that requires grad is read through a detached view
+    (the same memory; these calls record no graph and have no backward)."""
     if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
         raise TypeError(f"{name}: expected a CPU torch.Tensor, got {type(x).__name__}"
                         + (f" on {x.device}" if isinstance(x, torch.Tensor) else ""))
-    return x
+    return x.detach()
 
 
 def _causal_flag(causal: Any) -> bool:
@@ -191,8 +193,9 @@ def ring_attention(q: Any, k: Any, v: Any, *, causal: Union[bool, str] = False, 
     merge (``merge_attention(..., sinks=)``). return_lse: also return the float32 LSE ``[B, H, L_r]``
     over the keys (without the sink).
 
-    Returns a new tensor of q's dtype and shape (each row the float32 merge rounded once to the
-    I/O type). Error against the exact attention: ``fattn.bounds.ring_bound`` (docs/numerics.md
+    Returns a new tensor of q's dtype and shape, without autograd history (no backward; inputs that
+    require grad are read through detached views), each row the float32 merge rounded once to the
+    I/O type. Error against the exact attention: ``fattn.bounds.ring_bound`` (docs/numerics.md
     §10). :func:`last_stats` has the bytes sent and the time spent.
     """
     global _last
@@ -309,8 +312,8 @@ def decode_sharded(q: Any, k_shard: Any, v_shard: Any, *, kv_seq_len: int, group
     error: Optional[BaseException] = None
     meta: Dict[str, Any] = {}
     try:
-        if isinstance(q, torch.Tensor):
-            _tensor(q, "q")
+        q, k_shard, v_shard = (_tensor(x, name) if isinstance(x, torch.Tensor) else x
+                               for x, name in ((q, "q"), (k_shard, "k_shard"), (v_shard, "v_shard")))
         if isinstance(kv_seq_len, (bool, np.bool_)) or not isinstance(kv_seq_len, (int, np.integer)):
             raise TypeError(f"kv_seq_len: expected an int, got {type(kv_seq_len).__name__}")
         n = int(kv_seq_len)
