@@ -202,7 +202,7 @@ def test_bad_shards_raise_the_same_error_on_every_rank(rng):
 def test_a_rank_that_stops_makes_the_others_raise_not_hang(rng):
     q, k, v = (tensor(rng, (1, 2, 16, 64), torch.float32) for _ in range(3))
     start = time.monotonic()
-    results = fd.launch_local(dist_workers.one_rank_stops, 2, (q, k, v), timeout=60.0, threads=1)
+    results = fd.launch_local(dist_workers.one_rank_stops, 2, (q, k, v), timeout=60.0, threads=1, group_timeout=20.0)
     assert results[1] is None
     assert results[0] is not None and results[0][0] == "RuntimeError" and "ring_attention: rank 0:" in results[0][1]
     assert time.monotonic() - start < 60  # (the launch itself is bounded; this names the expectation)
