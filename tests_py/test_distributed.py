@@ -25,6 +25,8 @@ LAUNCH_TIMEOUT = 240.0  # seconds for a whole launch (every case of a world size
 
 
 def to_numpy(t):
+    if isinstance(t, fattn.QuantizedCache):
+        return t
     t = t.detach()
     return t.float().numpy().astype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
 
@@ -120,7 +122,8 @@ DECODE_CASES = {
     4: [((2, 8, 64), torch.float16, 2, [10, 0, 33, 5], {}),
         ((4, 128), torch.float32, 2, [0, 0, 7, 0], dict(sinks=True)),
         ((4, 64), torch.float16, 4, [0, 0, 0, 0], {}),
-        ((2, 4, 64), torch.float16, 1, [12, 20, 0, 9], dict(mask="sliding_window", window=25, softcap=30.0))],
+        ((2, 4, 64), torch.float16, 1, [12, 20, 0, 9], dict(mask="sliding_window", window=25, softcap=30.0)),
+        ((4, 64), "q8_0", 2, [40, 3, 0, 21], dict(sinks=True))],
 }
 
 
@@ -130,8 +133,10 @@ def test_decode_sharded_on_local_ranks(world, rng):
     for q_shape, dtype, hkv, lens, kw in DECODE_CASES[world]:
         q = tensor(rng, q_shape, torch.float32)
         batch = q_shape[:-2]
-        ks = [tensor(rng, batch + (hkv, n + 3, q_shape[-1]), dtype) for n in lens]
-        vs = [tensor(rng, batch + (hkv, n + 3, q_shape[-1]), dtype) for n in lens]
+        ks = [tensor(rng, batch + (hkv, n + 3, q_shape[-1]), torch.float32 if dtype == "q8_0" else dtype) for n in lens]
+        vs = [tensor(rng, batch + (hkv, n + 3, q_shape[-1]), torch.float16 if dtype == "q8_0" else dtype) for n in lens]
+        if dtype == "q8_0":  # quantized K shards (read in place), float16 V
+            ks = [fattn.quantize_kv(x.numpy(), "q8_0") for x in ks]
         kw = dict(kw)
         if kw.get("sinks"):
             kw["sinks"] = rng.standard_normal(q_shape[-2]).astype(np.float32)
@@ -142,11 +147,12 @@ def test_decode_sharded_on_local_ranks(world, rng):
         assert all(o.view(np.uint32).tolist() == outs[0].view(np.uint32).tolist() for o in outs)  # same bits
         qn = q.numpy()
         kn, vn = [to_numpy(x) for x in ks], [to_numpy(x) for x in vs]
+        k_values = [x.dequantize() if isinstance(x, fattn.QuantizedCache) else x for x in kn]
         total = sum(lens)
         window = kw.get("window") if kw.get("mask") == "sliding_window" else None
         lo = max(0, total - window) if window else 0
-        kc = np.concatenate([x[..., :n, :] for x, n in zip(kn, lens)], axis=-2)
-        vc = np.concatenate([x[..., :n, :] for x, n in zip(vn, lens)], axis=-2)
+        kc = np.concatenate([x[..., :n, :] for x, n in zip(k_values, lens)], axis=-2)
+        vc = np.concatenate([x[..., :n, :] for x, n in zip(vn, lens)], axis=-2).astype(kc.dtype)  # exact
         sinks, softcap = kw.get("sinks"), kw.get("softcap", 0.0)
         if total == 0:
             assert (outs[0] == 0).all() and np.isneginf(results[0][i][1].numpy()).all()

@@ -186,3 +186,38 @@ def test_sharded_decode_bound_holds_for_shard_by_shard_merges(rng):
         assert ok.all(), (lens, window, with_sinks, (err / allowed).max())
         single = bounds.decode_bound(q, kc[:, :, lo:], vc[:, :, lo:], kv_seq_len=total - lo, sinks=sinks)
         assert (bound <= 1.5 * single).all()  # about the one-process decode's own bound
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(world=st.integers(1, 6), per=st.integers(1, 9), zigzag=st.booleans(), causal=st.booleans(),
+       window=st.one_of(st.none(), st.integers(1, 40)), data=st.data())
+def test_schedule_property(world, per, zigzag, causal, window, data):
+    """Any shard lengths, order, causal flag and window: every visible pair once, every block a
+    rank needs reaches it, and none travels beyond the last rank that needs it."""
+    if zigzag:
+        lengths = [2 * per] * world
+    else:
+        lengths = data.draw(st.lists(st.integers(1, 12), min_size=world, max_size=world))
+    order = "zigzag" if zigzag else "contiguous"
+    count, _ = coverage(lengths, order, causal, window)
+    assert (count == visible_matrix(sum(lengths), causal, window)).all()
+    segments = _ring.shard_segments(lengths, order)
+    flag = causal or window is not None
+    for rank in range(world):
+        # every block a rank needs reaches it: each rank on the way from its owner sent it on
+        for block in range(world):
+            if _ring.needs(rank, block, segments, flag, window):
+                hops = (rank - block) % world
+                assert all(_ring.forwards((block + s) % world, s, segments, flag, window) for s in range(hops))
+        # and no block goes further than the last rank that needs it
+        for step in range(world - 1):
+            block = _ring.block_at(rank, step, world)
+            if _ring.forwards(rank, step, segments, flag, window):
+                assert any(_ring.needs((block + s) % world, block, segments, flag, window)
+                           for s in range(step + 1, world))
+        # a rank computes against a block exactly when it needs it
+        blocks_used = {p.block for p in _ring.parts(rank, segments, flag, window)}
+        assert blocks_used == {j for j in range(world) if _ring.needs(rank, j, segments, flag, window)}

@@ -352,11 +352,23 @@ def ring_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, world_si
     return result
 
 
+def _positions(cache: Any, first: int, end: int) -> Any:
+    """Positions ``first .. end - 1`` of a dense cache or a quantized one (its blocks' rows)."""
+    if hasattr(cache, "blocks"):
+        return type(cache).from_blocks(cache.blocks[..., first:end, :], cache.format, head_dim=cache.head_dim)
+    return np.asarray(cache)[..., first:end, :]
+
+
+def _values(cache: Any) -> np.ndarray:
+    """What a cache holds as values: a quantized cache's dequantized float32 values."""
+    return np.asarray(cache.dequantize()) if hasattr(cache, "blocks") else np.asarray(cache)
+
+
 def sharded_decode_bound(q: npt.ArrayLike, k_shards: Sequence[Any], v_shards: Sequence[Any],
                          kv_seq_lens: Sequence[int], *, scale: Optional[float] = None, window: Optional[int] = None,
                          softcap: float = 0.0, sinks: Optional[npt.ArrayLike] = None) -> np.ndarray:
-    """Per-row bound (shaped as :func:`decode_bound`'s) on ``|decode_sharded - exact|`` for dense
-    shards ``k_shards[r]``/``v_shards[r]`` with ``kv_seq_lens[r]`` valid positions each
+    """Per-row bound (shaped as :func:`decode_bound`'s) on ``|decode_sharded - exact|`` for
+    shards ``k_shards[r]``/``v_shards[r]`` (dense, or quantized caches: their dequantized values) with ``kv_seq_lens[r]`` valid positions each
     (``fattn.integrations.distributed.decode_sharded``; the exact answer is the attention over the
     shards' valid positions concatenated in rank order, the last ``window`` of them with a window,
     with the sinks): each shard's §5 bound and LSE bound ``E + (2n + 10)·u + u·|lse|``, then one
@@ -377,10 +389,10 @@ def sharded_decode_bound(q: npt.ArrayLike, k_shards: Sequence[Any], v_shards: Se
         start += n
         if first >= n:
             continue
-        kr, vr = (np.asarray(x)[..., first:n, :] for x in (k_shards[r], v_shards[r]))
+        kr, vr = (_positions(x, first, n) for x in (k_shards[r], v_shards[r]))
         terms: Dict[str, Any] = {}
         bound = decode_bound(q, kr, vr, kv_seq_len=n - first, scale=scale, softcap=softcap, _terms=terms)[..., 0]
-        k4, v4 = (_f64(x if batched else x[None]) for x in (kr, vr))
+        k4, v4 = (_f64(x if batched else x[None]) for x in (_values(kr), _values(vr)))
         _, lse = attention(q4, k4, v4, scale=scale, softcap=softcap, return_lse=True)
         lse = lse[..., 0] if batched else lse[0, ..., 0]
         rho = (2 * terms["n"] + 10) * _U32 + _U32 * np.abs(lse)  # the LSE's sums and its f32 store
