@@ -13,7 +13,7 @@ kernels do the arithmetic: ``flash_attn_prefill(..., return_lse=True)`` /
 to combine them. Nothing here is a kernel of its own.
 
 Before any block moves, the ranks check collectively that their shards and arguments agree (one
-``all_gather_object``): an argument the kernels reject on one rank, or a shard that does not match
+``all_gather`` of a small fixed-size header; the messages follow only when something is wrong): an argument the kernels reject on one rank, or a shard that does not match
 the others', raises the same ``ValueError``/``TypeError`` on every rank, naming the rank. A rank
 that dies or stops calling makes the others' communication fail with ``RuntimeError`` once the
 process group's timeout passes (``init_process_group(timeout=...)``; the default is long).
@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -49,7 +50,7 @@ ORDERS = _ring.ORDERS
 class CommStats:
     """What one call did on this rank. ``bytes_sent``/``bytes_received``: payload bytes of the
     tensors this rank handed to ``torch.distributed`` (K/V blocks; decode partial results),
-    not counting the argument check's few hundred pickled bytes (``check_bytes``);
+    not counting the argument check's header (``check_bytes``: 8 bytes per checked field);
     ``seconds_compute``: fattn's kernels and merges; ``seconds_waiting``: blocked on
     communication (the argument check included) — with ``overlap=True`` only the part not
     hidden behind compute."""
@@ -127,19 +128,36 @@ class _Group:
             raise self.failed(what, e) from e
         self.stats.seconds_waiting += time.perf_counter() - t
 
-    def check(self, local: Tuple[Optional[BaseException], Dict[str, Any]], rules: Sequence[str]) -> List[Dict[str, Any]]:
+    def check(self, local: Tuple[Optional[BaseException], Dict[str, Any]], rules: Sequence[str],
+              count: str) -> List[int]:
         """Share every rank's local outcome and description; raise the same error on every rank
-        if any rank failed, or if any field in ``rules`` differs from rank 0's."""
+        if any rank failed, or if any field in ``rules`` differs from rank 0's; return every
+        rank's ``meta[count]`` (its length). One ``all_gather`` of a fixed-size int64 header
+        (a status, a CRC-32 of each rule field's repr, the count) does it when all agree; only
+        then, on a failure or a difference, a second exchange (``all_gather_object``) brings the
+        messages and values the error names."""
         error, meta = local
-        mine = (None if error is None else (type(error).__name__, str(error)), meta)
-        gathered: List[Any] = [None] * self.world
+        header = torch.zeros(len(rules) + 2, dtype=torch.int64)
+        if error is None:
+            header[1:-1] = torch.tensor([zlib.crc32(repr(meta[key]).encode()) for key in rules])
+            header[-1] = int(meta[count])
+        else:
+            header[0] = 1
+        headers = [torch.empty_like(header) for _ in range(self.world)]
         t = time.perf_counter()
         try:
-            dist.all_gather_object(gathered, mine, group=self.group)
+            dist.all_gather(headers, header, group=self.group)
+            agreed = all(int(h[0]) == 0 and torch.equal(h[1:-1], headers[0][1:-1]) for h in headers)
+            gathered: List[Any] = [None] * self.world
+            if not agreed:  # the failure path: bring the messages and the values
+                mine = (None if error is None else (type(error).__name__, str(error)), meta)
+                dist.all_gather_object(gathered, mine, group=self.group)
         except RuntimeError as e:
-            raise self.failed("the argument check (all_gather_object)", e) from e
+            raise self.failed("the argument check", e) from e
         self.stats.seconds_waiting += time.perf_counter() - t
-        self.stats.check_bytes = len(repr(mine))
+        self.stats.check_bytes = header.numel() * 8
+        if agreed:
+            return [int(h[-1]) for h in headers]
         for r, (err, _) in enumerate(gathered):
             if err is not None:
                 kind = TypeError if err[0] == "TypeError" else ValueError
@@ -150,7 +168,7 @@ class _Group:
                 if m[key] != metas[0][key]:
                     raise ValueError(f"{self.op}: the ranks' shards or arguments do not match: rank {r} has "
                                      f"{key} = {m[key]}, rank 0 has {metas[0][key]}")
-        return metas
+        raise RuntimeError(f"{self.op}: the argument check disagreed, but no field differs (a CRC-32 collision?)")
 
 
 def _to_torch_dtype(a: np.ndarray, dtype: Any) -> Any:
@@ -227,9 +245,8 @@ def ring_attention(q: Any, k: Any, v: Any, *, causal: Union[bool, str] = False, 
                     sinks=None if sinks is None else [float(x) for x in np.asarray(sinks, np.float64).ravel()])
     except (TypeError, ValueError) as e:
         error = e
-    metas = g.check((error, meta), ["batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "scale", "kernel",
-                                    "softcap", "window", "order", "sinks", "return_lse"])
-    lengths = [m["length"] for m in metas]
+    lengths = g.check((error, meta), ["batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "scale", "kernel",
+                                      "softcap", "window", "order", "sinks", "return_lse"], "length")
     try:
         segments = _ring.shard_segments(lengths, order)
     except ValueError as e:
@@ -311,6 +328,7 @@ def decode_sharded(q: Any, k_shard: Any, v_shard: Any, *, kv_seq_len: int, group
     t_start = time.perf_counter()
     error: Optional[BaseException] = None
     meta: Dict[str, Any] = {}
+    local: Optional[Tuple[np.ndarray, np.ndarray]] = None
     try:
         q, k_shard, v_shard = (_tensor(x, name) if isinstance(x, torch.Tensor) else x
                                for x, name in ((q, "q"), (k_shard, "k_shard"), (v_shard, "v_shard")))
@@ -324,9 +342,15 @@ def decode_sharded(q: Any, k_shard: Any, v_shard: Any, *, kv_seq_len: int, group
         if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)) or window < 0:
             raise ValueError(f"window: expected an int >= 0 (0 = all positions), got {window!r}")
         capacity = _capacity(k_shard)
-        if n > 0 or capacity > 0:  # the kernel's own checks (one position when the shard is empty)
-            _decode.flash_attn_vec(q, k_shard, v_shard, kv_seq_len=max(n, 1), scale=scale, softcap=softcap,
-                                   nwg=nwg)
+        windowed = mask == "sliding_window" and window > 0
+        t = time.perf_counter()
+        if n > 0 and not windowed:  # the shard's whole share, which the other ranks do not change
+            local = _decode.flash_attn_vec(q, k_shard, v_shard, kv_seq_len=n, scale=scale, softcap=softcap, nwg=nwg,
+                                           return_lse=True)
+        elif n > 0 or capacity > 0:  # only the kernel's own checks, at the cost of one chunk (one visible position)
+            _decode.flash_attn_vec(q, k_shard, v_shard, kv_seq_len=max(n, 1), scale=scale, softcap=softcap, nwg=nwg,
+                                   mask="sliding_window", window=1)
+        g.stats.seconds_compute += time.perf_counter() - t
         if sinks is not None:
             sinks_np = np.asarray(sinks)
             _decode.merge_attention([np.zeros((int(q.shape[-2]), 1), np.float32)],
@@ -336,9 +360,9 @@ def decode_sharded(q: Any, k_shard: Any, v_shard: Any, *, kv_seq_len: int, group
                     sinks=None if sinks is None else [float(x) for x in np.asarray(sinks, np.float64).ravel()])
     except (TypeError, ValueError) as e:
         error = e
-    metas = g.check((error, meta), ["q_shape", "scale", "mask", "window", "softcap", "sinks", "return_lse"])
+    lengths = g.check((error, meta), ["q_shape", "scale", "mask", "window", "softcap", "sinks", "return_lse"],
+                      "kv_seq_len")
     stats = g.stats
-    lengths = [m["kv_seq_len"] for m in metas]
     start, total = sum(lengths[:g.rank]), sum(lengths)
     # The window's share of this shard: global positions >= total - window, i.e. local >= first.
     first = max(0, total - window - start) if mask == "sliding_window" and window > 0 else 0
@@ -348,10 +372,12 @@ def decode_sharded(q: Any, k_shard: Any, v_shard: Any, *, kv_seq_len: int, group
     t = time.perf_counter()
     packed = torch.empty((rows, d + 1), dtype=torch.float32)  # output and LSE, one message
     if first < n:
-        kw: Dict[str, Any] = dict(kv_seq_len=n, scale=scale, softcap=softcap, nwg=nwg)
-        if first > 0:
-            kw.update(mask="sliding_window", window=n - first)
-        o, lse = _decode.flash_attn_vec(q, k_shard, v_shard, return_lse=True, **kw)
+        if local is None:  # the window's share of this shard, now that the lengths are known
+            kw: Dict[str, Any] = dict(kv_seq_len=n, scale=scale, softcap=softcap, nwg=nwg)
+            if first > 0:
+                kw.update(mask="sliding_window", window=n - first)
+            local = _decode.flash_attn_vec(q, k_shard, v_shard, return_lse=True, **kw)
+        o, lse = local
         packed[:, :d] = torch.from_numpy(np.ascontiguousarray(o).reshape(rows, d))
         packed[:, d] = torch.from_numpy(np.ascontiguousarray(lse).reshape(rows))
         stats.parts = 1
