@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "../cpp/src/runtime/isa.hpp"
 #include "fattn/fattn.hpp"
 
 using namespace fattn;
@@ -366,6 +367,37 @@ TEST(Merge, TwoHalvesEqualTheWhole) {
   EXPECT_NEAR(lse[0], std::log(4.0f), 1e-6);
   EXPECT_EQ(lse[1], 2.0f);
   EXPECT_THROW(merge_attention({a.data()}, {}, 2, 4, out.data(), nullptr), InvalidArgument);
+}
+
+TEST(Merge, InPlaceIntoTheFirstPartGivesTheSameBits) {
+  // A running result merged into in place (out = outputs[0], out_lse =
+  // lses[0]), on every path this build and CPU run, D with a vector tail.
+  const std::int64_t rows = 37, D = 41;
+  std::vector<float> a(static_cast<std::size_t>(rows * D)), b(a.size()), la(static_cast<std::size_t>(rows)),
+      lb(la.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    a[i] = std::sin(0.37f * float(i));
+    b[i] = std::cos(0.11f * float(i)) * 3.0f;
+  }
+  for (std::size_t r = 0; r < la.size(); ++r) {
+    la[r] = r % 5 == 0 ? -std::numeric_limits<float>::infinity() : 0.3f * float(r);
+    lb[r] = r % 7 == 0 ? -std::numeric_limits<float>::infinity() : 4.0f - 0.2f * float(r);
+  }
+  const bool was_auto = simd::isa_is_auto();
+  const simd::Isa saved = simd::active_isa();
+  for (const std::string& name : simd::available_isas(true)) {
+    simd::set_active_isa(simd::isa_from_name(name));
+    std::vector<float> out(a.size()), lse(la.size()), acc = a, acc_lse = la;
+    merge_attention({a.data(), b.data()}, {la.data(), lb.data()}, rows, D, out.data(), lse.data());
+    merge_attention({acc.data(), b.data()}, {acc_lse.data(), lb.data()}, rows, D, acc.data(), acc_lse.data());
+    EXPECT_EQ(std::memcmp(out.data(), acc.data(), out.size() * sizeof(float)), 0) << name;
+    EXPECT_EQ(std::memcmp(lse.data(), acc_lse.data(), lse.size() * sizeof(float)), 0) << name;
+  }
+  if (was_auto) {
+    simd::set_isa_auto();
+  } else {
+    simd::set_active_isa(saved);
+  }
 }
 
 }  // namespace

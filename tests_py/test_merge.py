@@ -72,3 +72,24 @@ def test_merge_sinks_bound_is_not_vacuous(rng):
     assert not bounds.within(wrong.astype(np.float32), want, out_bound)[0].all()
     got = fattn.merge_attention(outs, lses, sinks=sinks)
     assert bounds.within(got, want, out_bound)[0].all()
+
+
+@pytest.mark.parametrize("d", [1, 7, 16, 40, 128, 129])
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_merge_is_bit_identical_on_every_path(rng, d, n, restore_isa):
+    """The weighted sums run on the decode family's vector path (the same fma chain per element,
+    a vector of elements at a time, the tail masked): every path, emulated ones included, gives
+    the scalar loop's bits, with and without sinks."""
+    outs, lses = parts(rng, n, 67, d, 3.0, 20.0, 0.2)
+    sinks = rng.standard_normal(67).astype(np.float32)
+    fattn.set_isa("scalar")
+    want = fattn.merge_attention(outs, lses, return_lse=True)
+    want_sink = fattn.merge_attention([o[None] for o in outs], [lse[None] for lse in lses], sinks=sinks,
+                                      head_axis=1)
+    for isa in fattn.available_isas(include_emulated=True):
+        fattn.set_isa(isa)
+        got = fattn.merge_attention(outs, lses, return_lse=True)
+        assert (got[0].view(np.uint32) == want[0].view(np.uint32)).all() and (got[1] == want[1]).all(), isa
+        got_sink = fattn.merge_attention([o[None] for o in outs], [lse[None] for lse in lses], sinks=sinks,
+                                         head_axis=1)
+        assert (got_sink.view(np.uint32) == want_sink.view(np.uint32)).all(), isa

@@ -143,6 +143,7 @@ class RankResult:
         ``block_at(rank, step)``'s, ``[B, H_kv, L_block, D]``) and merge them in."""
         import numpy as np
 
+        from . import _core
         from ._decode import merge_attention
         from ._prefill import flash_attn_prefill
 
@@ -156,14 +157,20 @@ class RankResult:
             o, lse = flash_attn_prefill(self.q[:, :, qs.offset + part.row_begin:qs.offset + part.row_end],
                                         k_block[:, :, keys], v_block[:, :, keys], causal=self.causal,
                                         q_offset=part.q_offset if self.causal else 0, return_lse=True, **self.kw)
-            acc_o, acc_l = self.out[part.q_seg], self.lse[part.q_seg]
+            acc_o, acc_l = self.out[part.q_seg][:, :, rows], self.lse[part.q_seg][:, :, rows]
             # Rows no part has reached yet are 0 with LSE -inf, and a merge with such a part is
             # exact (its weight is exactly 0), so the first part is copied instead: the same bits.
-            if np.isneginf(acc_l[:, :, rows]).all():
-                acc_o[:, :, rows], acc_l[:, :, rows] = o, lse
+            if np.isneginf(acc_l).all():
+                acc_o[...], acc_l[...] = o, lse
+            elif acc_o.flags.c_contiguous and acc_l.flags.c_contiguous:
+                # merge_attention's arithmetic, written into the running result in place (the core
+                # reads each row before writing it), without a temporary of the query shard's size
+                d = acc_o.shape[-1]
+                _core.merge_attention([acc_o.reshape(-1, d), np.ascontiguousarray(o, np.float32).reshape(-1, d)],
+                                      [acc_l.reshape(-1), lse.reshape(-1)], acc_o.reshape(-1, d), acc_l.reshape(-1),
+                                      None, 0, 1)
             else:
-                acc_o[:, :, rows], acc_l[:, :, rows] = merge_attention(
-                    [acc_o[:, :, rows], o], [acc_l[:, :, rows], lse], return_lse=True)
+                acc_o[...], acc_l[...] = merge_attention([acc_o, o], [acc_l, lse], return_lse=True)
             self.computed += 1
 
     def finish(self, sinks: Any = None) -> Tuple[Any, Any]:

@@ -181,6 +181,8 @@ struct MergeSinks {
 // contiguous. A row with no key anywhere is 0 with LSE -inf. With sinks,
 // each row's sink joins the merged softmax's denominator (applied once,
 // here); out_lse stays the LSE over the keys only, so merges compose.
+// out may be outputs[0] and out_lse lses[0] (a running result merged into in
+// place: each row's inputs are read before it is written); no other overlap.
 void merge_attention(const std::vector<const float*>& outputs, const std::vector<const float*>& lses,
                      std::int64_t rows, std::int64_t head_dim, float* out, float* out_lse,
                      const MergeSinks& sinks = {});

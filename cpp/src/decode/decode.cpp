@@ -664,6 +664,11 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
     detail::require_sinks(sinks.values, sinks.heads, sinks.heads);
   }
   const std::size_t n = outputs.size();
+  // The rows' weighted sums on the decode family's vector path (the same fma
+  // chain per element, W elements at a time) or the scalar loop below.
+  const simd::Isa isa = simd::isa_for(simd::Family::decode);
+  const simd::VectorKernels::MergeRow vector_row =
+      isa == simd::Isa::scalar ? nullptr : simd::vector_kernels(isa).merge_row;
   parallel_for(rows, 64, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> weight(n);
     for (std::int64_t r = begin; r < end; ++r) {
@@ -687,10 +692,14 @@ void merge_attention(const std::vector<const float*>& outputs, const std::vector
         if (sink != -kInf) denominator = total + simd::exp_f32(sink - global_max);
       }
       const float inv = 1.0f / denominator;
-      for (std::int64_t d = 0; d < head_dim; ++d) {
-        float acc = 0.0f;
-        for (std::size_t i = 0; i < n; ++i) acc = std::fma(outputs[i][r * head_dim + d], weight[i], acc);
-        dst[d] = acc * inv;
+      if (vector_row) {
+        vector_row(outputs.data(), weight.data(), n, r * head_dim, head_dim, inv, dst);
+      } else {
+        for (std::int64_t d = 0; d < head_dim; ++d) {
+          float acc = 0.0f;
+          for (std::size_t i = 0; i < n; ++i) acc = std::fma(outputs[i][r * head_dim + d], weight[i], acc);
+          dst[d] = acc * inv;
+        }
       }
       if (out_lse) out_lse[r] = float(double(global_max) + std::log(double(total)));
     }

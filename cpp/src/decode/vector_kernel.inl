@@ -635,5 +635,29 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   }  // KV heads
 }
 
+// merge_attention's row (decode.cpp): the same fma chain per element as the
+// scalar loop — parts in order, from 0 — then one multiply, W elements at a
+// time; the parts' order inside each element is all that fixes the bits. The
+// destination may be part 0's row (each element is read before it is written).
+template <class V>
+void merge_row(const float* const* parts, const float* weights, std::size_t n, std::int64_t offset,
+               std::int64_t head_dim, float inv, float* dst) {
+  using F = typename V::F;
+  const F scale = V::set1(inv);
+  std::int64_t d = 0;
+  for (; d + V::W <= head_dim; d += V::W) {
+    F acc = V::zero();
+    for (std::size_t i = 0; i < n; ++i) acc = V::fmadd(V::load(parts[i] + offset + d), V::set1(weights[i]), acc);
+    V::store(dst + d, V::mul(acc, scale));
+  }
+  if (d < head_dim) {
+    const std::int64_t rest = head_dim - d;
+    F acc = V::zero();
+    for (std::size_t i = 0; i < n; ++i)
+      acc = V::fmadd(V::load_n(parts[i] + offset + d, rest), V::set1(weights[i]), acc);
+    V::store_n(dst + d, V::mul(acc, scale), rest);
+  }
+}
+
 }  // namespace
 }  // namespace fattn::decode_detail

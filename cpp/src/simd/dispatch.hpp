@@ -3,6 +3,7 @@
 // of every family by element type. Each target's file simd/<id>.cpp (through
 // simd/target_kernels.inl) defines its row; a kernel call looks the active
 // target's row up once and runs the entry for its types. No intrinsics here.
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -37,6 +38,11 @@ struct VectorKernels {
                             const SdpaPlan& s, std::int64_t b, std::int64_t h, std::int64_t row0,
                             std::vector<float>& work);
 
+  // One merge_attention row: dst[d] = (fma chain over i of parts[i][offset + d]
+  // times weights[i], from 0) * inv, for d < head_dim: decode/vector_kernel.inl.
+  using MergeRow = void (*)(const float* const* parts, const float* weights, std::size_t n, std::int64_t offset,
+                            std::int64_t head_dim, float inv, float* dst);
+
   static constexpr int kDTypes = 3;
   template <class T>
   static constexpr int dtype_index() { return int(dtype_of<T>::value); }
@@ -48,6 +54,7 @@ struct VectorKernels {
   // dequantized to f32); set where both are dense and alike, or one is f32.
   DecodeGroups decode[kDTypes][kDTypes];
   SdpaRows sdpa[kDTypes];           // [dtype_index<T>]
+  MergeRow merge_row;
 
   template <class T, class Arith>
   PrefillRows prefill_rows() const { return prefill[dtype_index<T>()][arith_index<Arith>()]; }

@@ -61,6 +61,7 @@ template <class... T>
 constexpr VectorKernels make_row() {
   VectorKernels row{};
   (add_dtype<T, prefill_detail::CandleArithmetic, prefill_detail::LlamaCppArithmetic>(row), ...);
+  row.merge_row = &decode_detail::merge_row<Target::Vec>;
   return row;
 }
 
