@@ -193,12 +193,15 @@ def test_bad_shards_raise_the_same_error_on_every_rank(rng):
                     dict(args=(q[0, :1, 0], k[0, :1], v[0, :1]), kwargs=dict(kv_seq_len=4))]),  # H differs
         ("decode", [dict(args=(q[0, :, 0], k[0], v[0]), kwargs=dict(kv_seq_len=4)),
                     dict(args=(q[0, :, 0], k[0], v[0]), kwargs=dict(kv_seq_len=-1))]),
+        ("decode", [dict(args=(q[0, :, 0], k[0], v[0]), kwargs=dict(kv_seq_len=4)),
+                    dict(args=(q[0, :, 1], k[0], v[0]), kwargs=dict(kv_seq_len=4))]),           # another query
     ]
     results = fd.launch_local(dist_workers.error_cases, 2, (cases,), timeout=LAUNCH_TIMEOUT, threads=1)
     expected = [("ValueError", "rank 1: "), ("TypeError", "rank 1: "), ("ValueError", "rank 1 has causal = False"),
                 ("ValueError", "same, even number of positions"), ("ValueError", "rank 1: k, v: must hold the same"),
                 ("TypeError", "rank 1: q: expected a CPU torch.Tensor"), ("ValueError", "rank 1: kv_seq_len"),
-                ("ValueError", "rank 1 has q_shape = (1, 64)"), ("ValueError", "rank 1: kv_seq_len: must be >= 0")]
+                ("ValueError", "rank 1 has q_shape = (1, 64)"), ("ValueError", "rank 1: kv_seq_len: must be >= 0"),
+                ("ValueError", "rank 1 has q_crc32 = ")]
     for i, (kind, text) in enumerate(expected):
         got = [results[r][i] for r in range(2)]
         assert got[0] is not None and got[0] == got[1], (i, got)  # the same error on both ranks

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import _decode, _prefill, _ring
+from .._common import as_array
 
 try:
     torch: Any = importlib.import_module("torch")
@@ -305,7 +306,7 @@ def decode_sharded(q: Any, k_shard: Any, v_shard: Any, *, kv_seq_len: int, group
     """Decode against a KV cache sharded by position across the ranks; every rank returns the
     full output.
 
-    q ``[H, D]`` or ``[B, H, D]`` (the same query on every rank); ``k_shard``/``v_shard`` this
+    q ``[H, D]`` or ``[B, H, D]`` (the same query on every rank: its bytes' CRC-32 is checked); ``k_shard``/``v_shard`` this
     rank's part of the cache, ``[H_kv, capacity_r, D]`` or ``[B, H_kv, capacity_r, D]`` CPU torch
     tensors or NumPy arrays (float32, float16, bfloat16) or ``fattn.QuantizedCache`` objects, as
     ``fattn.flash_attn_vec`` takes them; ``kv_seq_len`` the valid positions of this shard (0
@@ -355,13 +356,16 @@ def decode_sharded(q: Any, k_shard: Any, v_shard: Any, *, kv_seq_len: int, group
             sinks_np = np.asarray(sinks)
             _decode.merge_attention([np.zeros((int(q.shape[-2]), 1), np.float32)],
                                     [np.zeros(int(q.shape[-2]), np.float32)], sinks=sinks_np)
-        meta = dict(q_shape=tuple(int(x) for x in q.shape), kv_seq_len=n, scale=scale, mask=mask, window=int(window),
+        # The same query on every rank, or the merged output would silently mix different queries.
+        q_crc32 = zlib.crc32(np.ascontiguousarray(as_array(q, "q")).tobytes())
+        meta = dict(q_shape=tuple(int(x) for x in q.shape), q_crc32=q_crc32, kv_seq_len=n, scale=scale, mask=mask,
+                    window=int(window),
                     softcap=float(softcap), return_lse=bool(return_lse),
                     sinks=None if sinks is None else [float(x) for x in np.asarray(sinks, np.float64).ravel()])
     except (TypeError, ValueError) as e:
         error = e
-    lengths = g.check((error, meta), ["q_shape", "scale", "mask", "window", "softcap", "sinks", "return_lse"],
-                      "kv_seq_len")
+    lengths = g.check((error, meta), ["q_shape", "q_crc32", "scale", "mask", "window", "softcap", "sinks",
+                                      "return_lse"], "kv_seq_len")
     stats = g.stats
     start, total = sum(lengths[:g.rank]), sum(lengths)
     # The window's share of this shard: global positions >= total - window, i.e. local >= first.
