@@ -82,3 +82,15 @@ def rank_one_raises(rank, world):
     if rank == 1:
         raise ValueError("boom on rank 1")
     return rank
+
+
+def ring_in_subgroups(rank, world, cases):
+    """Ranks split into two groups of world // 2 (0, 1, ... and the rest), each running its own
+    ring on its own case through ``group=`` (context parallel inside data parallel)."""
+    half = world // 2
+    groups = [dist.new_group(list(range(half))), dist.new_group(list(range(half, world)))]
+    mine = rank // half
+    q, k, v, kw = cases[mine]
+    local = rank % half
+    shard = [fd.shard(x, local, half) for x in (q, k, v)]
+    return fd.ring_attention(*shard, group=groups[mine], **kw), fd.last_stats()

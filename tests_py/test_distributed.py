@@ -115,6 +115,22 @@ def test_ring_attention_on_local_ranks(world, rng):
             assert sum(len(results[r][i][3]) for r in range(world)) == world * (world - 1) // 2
 
 
+def test_ring_attention_in_subgroups(rng):
+    """group=: two rings of 2 ranks inside a world of 4, on different data; each equals its own
+    one-process model (the ring's neighbours are the group's, mapped to global ranks)."""
+    cases = []
+    for causal in (True, False):
+        q, k, v = (tensor(rng, (1, 2, 48, 64), torch.float32) for _ in range(3))
+        cases.append((q, k, v, dict(causal=causal)))
+    results = fd.launch_local(dist_workers.ring_in_subgroups, 4, (cases,), timeout=LAUNCH_TIMEOUT, threads=1)
+    for g, (q, k, v, kw) in enumerate(cases):
+        model = _ring.simulate(q.numpy(), k.numpy(), v.numpy(), [24, 24], causal=kw["causal"])
+        for local in range(2):
+            out, stats = results[2 * g + local]
+            assert stats.world_size == 2 and stats.rank == local
+            assert (out.numpy().view(np.uint32) == model[local][0].view(np.uint32)).all(), (g, local)
+
+
 DECODE_CASES = {
     2: [((4, 64), torch.float16, 2, [9, 30], {}),
         ((2, 4, 64), torch.float32, 1, [0, 17], dict(sinks=True)),
