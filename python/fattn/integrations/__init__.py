@@ -6,6 +6,9 @@ none of them, nor torch or transformers):
   ``torch.ops.fattn.sdpa``), with fake implementations for ``torch.compile`` and ``torch.export``.
 - :mod:`fattn.integrations.transformers`: ``register()`` makes ``attn_implementation="fattn"``
   run a Hugging Face transformers model's attention layers on those ops.
+- :mod:`fattn.integrations.distributed`: ``ring_attention`` (sequence-parallel prefill) and
+  ``decode_sharded`` (a KV cache sharded across ranks) on ``torch.distributed``, with
+  ``launch_local`` to run local ranks.
 
 They add no arithmetic of their own: every result is the kernel's (docs/numerics.md).
 """
