@@ -25,6 +25,16 @@ def test_the_torch_integration_says_torch_is_missing():
         importlib.import_module("fattn.integrations.torch")
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
+def test_the_distributed_integration_says_torch_is_missing():
+    with pytest.raises(ModuleNotFoundError, match="fattn.integrations.distributed needs PyTorch"):
+        importlib.import_module("fattn.integrations.distributed")
+
+
+def test_the_ring_schedule_and_its_bound_need_no_torch():
+    assert imported_after("import fattn, fattn._ring, fattn.bounds; fattn.bounds.ring_bound") == "['ml_dtypes']"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is not None, reason="transformers is installed")
 def test_register_says_transformers_is_missing():
     import fattn.integrations.transformers as fattn_tf
