@@ -83,6 +83,8 @@ def test_bad_orders_and_zigzag_lengths():
         _ring.shard_segments([4, 6], "zigzag")
     with pytest.raises(ValueError, match="same, even number of positions"):
         _ring.shard_segments([5, 5], "zigzag")
+    with pytest.raises(ValueError, match="every shard needs at least one position"):
+        _ring.shard_segments([0, 6], "contiguous")
 
 
 def gathered(results, lengths, order, dtype):

@@ -49,6 +49,8 @@ class Part:
 def shard_segments(lengths: Sequence[int], order: str) -> List[List[Segment]]:
     """Each rank's segments, for shards of ``lengths[r]`` positions (every one >= 1)."""
     world = len(lengths)
+    if world < 1 or any(n < 1 for n in lengths):
+        raise ValueError(f"lengths: every shard needs at least one position, got {list(lengths)}")
     if order == "contiguous":
         result, start = [], 0
         for n in lengths:
