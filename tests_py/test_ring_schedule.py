@@ -25,7 +25,8 @@ def visible_matrix(length, causal, window):
 
 
 def coverage(lengths, order, causal, window):
-    """How many parts compute each (query position, key position) pair, and each rank's pairs."""
+    """How many parts compute each (query position, key position) pair — by each part's own mask,
+    in its local coordinates (what flash_attn_prefill does with it) — and each rank's pairs."""
     segments = _ring.shard_segments(lengths, order)
     total = sum(lengths)
     count = np.zeros((total, total), int)
@@ -34,10 +35,17 @@ def coverage(lengths, order, causal, window):
     for rank in range(len(lengths)):
         pairs = 0
         for part in _ring.parts(rank, segments, causal, window):
-            qs, ks = segments[rank][part.q_seg], segments[part.block][part.k_seg]
+            qs = segments[rank][part.q_seg]
             rows = np.arange(qs.start + part.row_begin, qs.start + part.row_end)
-            keys = np.arange(ks.start, ks.start + ks.length)
-            seen = visible_matrix(total, causal, window)[np.ix_(rows, keys)]
+            block_positions = np.concatenate([np.arange(k.start, k.start + k.length) for k in segments[part.block]])
+            keys = block_positions[part.key_begin:part.key_end]
+            i = np.arange(len(rows))[:, None]
+            t = np.arange(len(keys))[None, :]
+            seen = np.ones((len(rows), len(keys)), bool)
+            if part.causal:
+                seen &= t <= part.q_offset + i
+                if window is not None:
+                    seen &= t > part.q_offset + i - window
             count[np.ix_(rows, keys)] += seen
             pairs += seen.sum()
         work.append(pairs)

@@ -34,15 +34,20 @@ class Segment:
 @dataclass(frozen=True)
 class Part:
     """One prefill call of the schedule: local query rows ``row_begin .. row_end - 1`` of query
-    segment ``q_seg`` against key segment ``k_seg`` of rank ``block``'s K/V block, which the rank
-    holds at ring step ``step``. With causal/window, the rows sit at ``q_offset + i`` relative to the
-    key segment's first position (``flash_attn_prefill``'s ``q_offset``)."""
+    segment ``q_seg`` against keys ``key_begin .. key_end - 1`` of rank ``block``'s K/V block (in
+    the block's local order: its segments concatenated), which the rank holds at ring step
+    ``step``. ``causal``: row i of the call sees the call's keys ``t <= q_offset + i``
+    (``flash_attn_prefill``'s ``q_offset``), and with a window ``t > q_offset + i - window``;
+    otherwise every key. The calls of a step together cover exactly the (query, key) pairs the
+    global mask makes visible, each once."""
     step: int
     block: int
     q_seg: int
-    k_seg: int
     row_begin: int
     row_end: int
+    key_begin: int
+    key_end: int
+    causal: bool
     q_offset: int
 
 
@@ -99,17 +104,57 @@ def forwards(rank: int, step: int, segments: Sequence[Sequence[Segment]], causal
     return any(needs((block + later) % world, block, segments, causal, window) for later in range(step + 1, world))
 
 
+def _one_call(q: Segment, block: Sequence[Segment]) -> Optional[Tuple[int, int, int]]:
+    """Causal, no window: the block's keys a query row sees are a prefix of the block's local
+    order (its segments are in increasing positions), ``count(p)`` keys for the row at position p.
+    One call covers the query segment when, from the first row that sees any key, the count
+    grows by one per row up to its last value m: then rows ``begin ..`` with keys ``0 .. m - 1``
+    and ``q_offset = count(first row) - 1`` are exactly the visible pairs. Returns
+    ``(row_begin, m, q_offset)``, or None if no row sees a key or the counts have another shape
+    (the caller then makes one call per key segment)."""
+    import numpy as np
+
+    positions = q.start + np.arange(q.length)
+    count = np.zeros(q.length, dtype=np.int64)
+    for k in block:
+        count += np.clip(positions - k.start + 1, 0, k.length)
+    seen = np.flatnonzero(count > 0)
+    if seen.size == 0:
+        return None
+    begin = int(seen[0])
+    m = int(count[-1])
+    expected = np.minimum(count[begin] + np.arange(q.length - begin), m)
+    if not np.array_equal(count[begin:], expected):
+        return None
+    return begin, m, int(count[begin]) - 1
+
+
 def parts(rank: int, segments: Sequence[Sequence[Segment]], causal: bool, window: Optional[int]) -> List[Part]:
-    """The prefill calls ``rank`` makes, in the order it makes and merges them."""
+    """The prefill calls ``rank`` makes, in the order it makes and merges them: per step and query
+    segment one call over the block's keys where one call can express the mask (always without
+    causal or window; causal zigzag and contiguous shards too), else one per key segment."""
     world = len(segments)
     result = []
     for step in range(world):
         block = block_at(rank, step, world)
-        for ki, k in enumerate(segments[block]):
-            for qi, q in enumerate(segments[rank]):
+        length = sum(k.length for k in segments[block])
+        for qi, q in enumerate(segments[rank]):
+            if not causal and window is None:
+                result.append(Part(step, block, qi, 0, q.length, 0, length, False, 0))
+                continue
+            one = _one_call(q, segments[block]) if window is None else None
+            if one is not None:
+                begin, m, offset = one
+                # Rows that all see the same m keys need no mask: a plain call (the causal kernel
+                # would check every tile against the diagonal for nothing).
+                full = offset + 1 >= m
+                result.append(Part(step, block, qi, begin, q.length, 0, m, not full, 0 if full else offset))
+                continue
+            for k in segments[block]:
                 rows = visible_rows(q, k, causal, window)
                 if rows is not None:
-                    result.append(Part(step, block, qi, ki, *rows))
+                    result.append(Part(step, block, qi, rows[0], rows[1], k.offset, k.offset + k.length, True,
+                                       rows[2]))
     return result
 
 
@@ -149,16 +194,15 @@ class RankResult:
         from ._decode import merge_attention
         from ._prefill import flash_attn_prefill
 
-        block = block_at(self.rank, step, len(self.segments))
         for part in self.parts:
             if part.step != step:
                 continue
-            qs, ks = self.segments[self.rank][part.q_seg], self.segments[block][part.k_seg]
+            qs = self.segments[self.rank][part.q_seg]
             rows = slice(part.row_begin, part.row_end)
-            keys = slice(ks.offset, ks.offset + ks.length)
+            keys = slice(part.key_begin, part.key_end)
             o, lse = flash_attn_prefill(self.q[:, :, qs.offset + part.row_begin:qs.offset + part.row_end],
-                                        k_block[:, :, keys], v_block[:, :, keys], causal=self.causal,
-                                        q_offset=part.q_offset if self.causal else 0, return_lse=True, **self.kw)
+                                        k_block[:, :, keys], v_block[:, :, keys], causal=part.causal,
+                                        q_offset=part.q_offset, return_lse=True, **self.kw)
             acc_o, acc_l = self.out[part.q_seg][:, :, rows], self.lse[part.q_seg][:, :, rows]
             # Rows no part has reached yet are 0 with LSE -inf, and a merge with such a part is
             # exact (its weight is exactly 0), so the first part is copied instead: the same bits.

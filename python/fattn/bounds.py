@@ -332,19 +332,22 @@ def ring_bound(q: npt.ArrayLike, k: npt.ArrayLike, v: npt.ArrayLike, *, world_si
     for rank in range(world_size):
         chains = [_Chain((b, h, s.length)) for s in segments[rank]]
         for part in _ring.parts(rank, segments, causal_on, window):
-            qs, ks = segments[rank][part.q_seg], segments[part.block][part.k_seg]
+            qs = segments[rank][part.q_seg]
             qp = qa[:, :, qs.start + part.row_begin:qs.start + part.row_end]
-            kp, vp = ka[:, :, ks.start:ks.start + ks.length], va[:, :, ks.start:ks.start + ks.length]
+            # the part's keys: the block's segments in its local order, then the part's range
+            kp, vp = (np.concatenate([x[:, :, k.start:k.start + k.length] for k in segments[part.block]],
+                                     axis=2)[:, :, part.key_begin:part.key_end] for x in (ka, va))
             kw: Dict[str, Any] = dict(scale=scale, softcap=softcap, window=window)
-            if causal_on:
+            if part.causal:
                 kw["q_offset"] = part.q_offset
-            bound, e = prefill_bound(qp, kp, vp, causal=causal_on, kernel=kernel, **kw)
-            exact, lse = attention(qp, kp, vp, causal="top_left" if causal_on else None, return_lse=True, **kw)
+            bound, e = prefill_bound(qp, kp, vp, causal=part.causal, kernel=kernel, **kw)
+            exact, lse = attention(qp, kp, vp, causal="top_left" if part.causal else None, return_lse=True, **kw)
             vmax = np.broadcast_to(np.abs(_expand_kv(_f64(vp), h)).max(axis=(2, 3))[..., None], e.shape)
             rounding = bound[..., 0] - np.expm1(2 * e) * vmax  # §4's bound without its score term
             eps = rounding + 0.5 * ulp(np.abs(exact) + bound, qa.dtype).max(axis=-1)  # and the part's store
             chains[part.q_seg].merge((slice(None), slice(None), slice(part.row_begin, part.row_end)),
-                                     eps, _prefill_lse_rounding(lse, ks.length, d, kernel), e, vmax, lse)
+                                     eps, _prefill_lse_rounding(lse, part.key_end - part.key_begin, d, kernel), e,
+                                     vmax, lse)
         for s, chain in zip(segments[rank], chains):
             if sinks is not None:
                 chain.sink()

@@ -200,7 +200,8 @@ def ring_attention(q: Any, k: Any, v: Any, *, causal: Union[bool, str] = False, 
     q_offset=..., return_lse=True)`` while the block moves on to rank r + 1 (``overlap=True``:
     ``isend``/``irecv`` posted before the kernel runs; ``False`` waits for them first), and merges
     the part into a float32 running result with ``merge_attention``. With ``causal`` or a
-    ``window``, a pair in which no query sees any key is skipped, and a block stops travelling once
+    ``window``, keys no query of the shard sees are skipped (and, where the mask allows, a block's
+    keys go to the kernel in one call: docs/numerics.md §10), and a block stops travelling once
     no rank further round the ring needs it: causal ``contiguous`` sends ``W(W-1)/2`` blocks in
     all instead of ``W(W-1)`` (rank r sends r + 1 blocks, the last rank none), and rank r computes
     r + 1 of the W² pairs, so the last rank does about twice the average work — ``"zigzag"``
