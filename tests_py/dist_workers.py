@@ -1,5 +1,6 @@
 """What each rank runs in tests_py/test_distributed.py (a module of its own: the ranks are
 started with the spawn method and import their function by name)."""
+import os
 import time
 
 import numpy as np
@@ -65,17 +66,25 @@ def error_cases(rank, world, cases):
     return results
 
 
-def one_rank_stops(rank, world, q, k, v, linger=0.0):
-    """The last rank does not call (it returns at once, or after ``linger`` seconds alive); the
-    others must get an error, not hang."""
+def one_rank_stops(rank, world, q, k, v, alive_until=None):
+    """The last rank does not call: it returns at once, or, given ``alive_until`` (a file path),
+    stays alive until the others have raised and written that file (so the others can only end
+    their wait through the process group's timeout, whatever the machine's speed)."""
     if rank == world - 1:
-        time.sleep(linger)
+        if alive_until is not None:
+            for _ in range(3000):  # the launch's own timeout ends a hang long before this
+                if os.path.exists(alive_until):
+                    break
+                time.sleep(0.1)
         return None
     try:
         fd.ring_attention(q, k, v, causal=True)
         return None
     except Exception as e:
         return (type(e).__name__, str(e))
+    finally:
+        if alive_until is not None:
+            open(alive_until, "w").close()
 
 
 def rank_one_raises(rank, world):

@@ -4,7 +4,6 @@ bit for bit) and is within fattn.bounds.ring_bound of the exact attention, as is
 flash_attn_prefill; decode_sharded gives every rank the same bits, within
 fattn.bounds.sharded_decode_bound, empty shards included; the bytes sent are what the ring needs;
 bad shards and a rank that stops raise on every rank (docs/numerics.md §10)."""
-import time
 
 import ml_dtypes
 import numpy as np
@@ -226,22 +225,21 @@ def test_bad_shards_raise_the_same_error_on_every_rank(rng):
 
 def test_a_rank_that_stops_makes_the_others_raise_not_hang(rng):
     q, k, v = (tensor(rng, (1, 2, 16, 64), torch.float32) for _ in range(3))
-    start = time.monotonic()
-    results = fd.launch_local(dist_workers.one_rank_stops, 2, (q, k, v), timeout=60.0, threads=1, group_timeout=20.0)
+    # (launch_local bounds the run: a hang fails with TimeoutError; no clock is read here)
+    results = fd.launch_local(dist_workers.one_rank_stops, 2, (q, k, v), timeout=120.0, threads=1,
+                              group_timeout=30.0)
     assert results[1] is None
     assert results[0] is not None and results[0][0] == "RuntimeError" and "ring_attention: rank 0:" in results[0][1]
-    assert time.monotonic() - start < 60  # (the launch itself is bounded; this names the expectation)
 
 
-def test_a_rank_that_is_alive_but_never_calls_times_out_on_the_others(rng):
-    """The process group's timeout (5 s here) ends the wait of a rank whose peer never calls."""
+def test_a_rank_that_is_alive_but_never_calls_times_out_on_the_others(rng, tmp_path):
+    """The process group's timeout (5 s here) ends the wait of a rank whose peer is alive but
+    never calls (the peer stays alive until rank 0 has raised)."""
     q, k, v = (tensor(rng, (1, 2, 16, 64), torch.float32) for _ in range(3))
-    start = time.monotonic()
-    results = fd.launch_local(dist_workers.one_rank_stops, 2, (q, k, v, 15.0), timeout=90.0, threads=1,
-                              group_timeout=5.0)
+    results = fd.launch_local(dist_workers.one_rank_stops, 2, (q, k, v, str(tmp_path / "raised")), timeout=120.0,
+                              threads=1, group_timeout=5.0)
     assert results[0] is not None and results[0][0] == "RuntimeError", results[0]
     assert "ring_attention: rank 0: the argument check" in results[0][1]
-    assert time.monotonic() - start < 60
 
 
 def test_calls_without_a_process_group_and_launch_errors():
