@@ -78,6 +78,8 @@ CASES = [  # (batched, H, H_kv, capacity, kv_seq_len, D)
     (True, 4, 2, 300, 290, 128),  # GQA 2, spare capacity, no multiple of 32
     (False, 8, 2, 130, 97, 64),   # GQA 4
     (True, 2, 1, 40, 33, 512),    # D 512, one position past a chunk
+    (False, 3, 1, 50, 45, 192),   # GQA 3, 3 plane segments of 64 (AVX-512's planes_scores)
+    (False, 2, 2, 24, 21, 448),   # 7 segments: the K planes spill registers
 ]
 OPTIONS = [
     dict(nwg=1),
