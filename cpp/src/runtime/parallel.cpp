@@ -11,9 +11,6 @@
 #include <vector>
 
 #include "fattn/error.hpp"
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 namespace fattn {
 namespace {
@@ -28,8 +25,8 @@ namespace {
 constexpr auto kSpinWindow = std::chrono::microseconds(200);
 
 inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_ia32_pause();  // the builtin, not <immintrin.h>: a FATTN_SIMD=OFF build includes no intrinsics header
 #else
   std::this_thread::yield();
 #endif
