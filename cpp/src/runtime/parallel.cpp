@@ -32,7 +32,9 @@ inline void cpu_relax() {
 #endif
 }
 
-// Polls `ready` until it holds or the window ends; whether it held.
+// Polls `ready` until it holds or the window ends; whether it held. Each
+// round ends in a yield, so a thread of another process (pytest-xdist's, a
+// second library's pool) that waits for this CPU gets it at once.
 template <class Ready>
 bool spin_until(const Ready& ready) {
   const auto end = std::chrono::steady_clock::now() + kSpinWindow;
@@ -42,6 +44,7 @@ bool spin_until(const Ready& ready) {
       cpu_relax();
     }
     if (std::chrono::steady_clock::now() >= end) return ready();
+    std::this_thread::yield();
   }
 }
 
