@@ -456,8 +456,11 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   // that the batch's V rows (keys x D floats) stay within L1 (32 KB).
   const std::int64_t batch_keys_max = std::max<std::int64_t>(8, std::min<std::int64_t>(kPvBatchKeys, 8192 / D));
   const std::int64_t batch_tiles = std::max<std::int64_t>(1, batch_keys_max / BK);
-  workspace.resize(std::size_t(D * R + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + R * D + 2 * R + D));
-  float* qT = workspace.data();        // [D][R]: staged Q, transposed so rows are lanes
+  // 16 floats more, so the buffers can start on a 64-byte line: every vector
+  // load of Q, the scores and O then stays within one line (malloc's 16-byte
+  // alignment split most of them in two).
+  workspace.resize(std::size_t(D * R + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + R * D + 2 * R + D + 16));
+  float* qT = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(workspace.data()) + 63) / 64 * 64);  // [D][R]: staged Q, transposed so rows are lanes
   float* kw = qT + D * R;              // [BK][D]: the K tile in f32
   float* vw = kw + BK * D;             // [batch][BK][D]: the batch's V tiles in f32
   float* sT_batch = vw + batch_tiles * BK * D;  // [batch][BK][R]: scores, then weights
