@@ -127,6 +127,26 @@ struct Vec256 {
   static F fold128(F a, F b) {
     return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
   }
+  // dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < W: a W x W
+  // block moved between a row-major and a lanes-major buffer (the prefill's
+  // staged Q and its output), 24 shuffles instead of 64 single-lane moves.
+  static void transpose(const float* src, std::int64_t src_stride, float* dst, std::int64_t dst_stride) {
+    F r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = load(src + i * src_stride);
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);      // rows i, i+1: columns 0 1 | 4 5 interleaved
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);  // columns 2 3 | 6 7
+    }
+    for (int i = 0; i < 8; i += 4)
+      for (int j = 0; j < 2; ++j) {
+        r[i + 2 * j] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0x44);      // rows i..i+3, column 2j (| +4)
+        r[i + 2 * j + 1] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0xEE);  // column 2j + 1 (| +4)
+      }
+    for (int c = 0; c < 4; ++c) {
+      store(dst + c * dst_stride, _mm256_permute2f128_ps(r[c], r[c + 4], 0x20));
+      store(dst + (c + 4) * dst_stride, _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
+    }
+  }
   // After transpose4 (decode/vector_kernel.inl) element 4l + i holds item 2i + l;
   // this puts item g back at element g.
   static F untranspose(F a) { return _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)); }

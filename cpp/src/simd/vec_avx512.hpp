@@ -80,6 +80,33 @@ struct Vec512 : Avx512Choices {
   static F fold128(F a, F b) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
   }
+  // dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < W (see Vec256::transpose).
+  static void transpose(const float* src, std::int64_t src_stride, float* dst, std::int64_t dst_stride) {
+    F r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = load(src + i * src_stride);
+    // Within each 128-bit lane as Vec256's first two steps: r[i + 2j + k] holds
+    // rows i..i+3, column 4l + 2j + k of 128-bit lane l.
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4)
+      for (int j = 0; j < 2; ++j) {
+        r[i + 2 * j] = _mm512_shuffle_ps(t[i + j], t[i + j + 2], 0x44);
+        r[i + 2 * j + 1] = _mm512_shuffle_ps(t[i + j], t[i + j + 2], 0xEE);
+      }
+    // Then the 128-bit lanes: column 4l + c gathers lane l of the four row groups.
+    for (int c = 0; c < 4; ++c) {
+      const F a = _mm512_shuffle_f32x4(r[c], r[c + 4], 0x88);       // lanes 0, 2 of groups 0, 1
+      const F b = _mm512_shuffle_f32x4(r[c + 8], r[c + 12], 0x88);  // lanes 0, 2 of groups 2, 3
+      const F e = _mm512_shuffle_f32x4(r[c], r[c + 4], 0xDD);       // lanes 1, 3
+      const F f = _mm512_shuffle_f32x4(r[c + 8], r[c + 12], 0xDD);
+      store(dst + c * dst_stride, _mm512_shuffle_f32x4(a, b, 0x88));         // lane 0
+      store(dst + (c + 8) * dst_stride, _mm512_shuffle_f32x4(a, b, 0xDD));   // lane 2
+      store(dst + (c + 4) * dst_stride, _mm512_shuffle_f32x4(e, f, 0x88));   // lane 1
+      store(dst + (c + 12) * dst_stride, _mm512_shuffle_f32x4(e, f, 0xDD));  // lane 3
+    }
+  }
   // After transpose4 (decode/vector_kernel.inl) element 4l + i holds item 4i + l;
   // this puts item g back at element g.
   static F untranspose(F a) {

@@ -70,6 +70,13 @@ struct Vec512Emulated : Avx512Choices {
   static F unpackhi(F a, F b) { return {H::unpackhi(a.lo, b.lo), H::unpackhi(a.hi, b.hi)}; }
   // Vec512::fold128: [lanes 0+1, 2+3 of a] in the low half, the same of b in the high.
   static F fold128(F a, F b) { return {H::fold128(a.lo, a.hi), H::fold128(b.lo, b.hi)}; }
+  // Vec512::transpose: four of Vec256's 8 x 8 blocks, each to its mirror place.
+  static void transpose(const float* src, std::int64_t src_stride, float* dst, std::int64_t dst_stride) {
+    for (std::int64_t i = 0; i < 2; ++i)
+      for (std::int64_t j = 0; j < 2; ++j)
+        H::transpose(src + i * kHalf * src_stride + j * kHalf, src_stride, dst + j * kHalf * dst_stride + i * kHalf,
+                     dst_stride);
+  }
   // Vec512::untranspose: element i takes element 4 (i mod 4) + i / 4.
   static F untranspose(F a) {
     alignas(32) float in[16], out[16];
