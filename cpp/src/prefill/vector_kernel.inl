@@ -88,16 +88,18 @@ inline void score_pass(const float* qT, const float* const* kb, std::int64_t D, 
     score_step<V>(qT + d * kSimdRows, kd, acc);
   }
 }
-// bf16 keys read in place, two elements per broadcast (RowPairs), summed as
-// fattn's bf16 dot product (numerics/bf16_dot.hpp): per pair, element d + 1's
-// FMA then element d's; an odd D ends with a pair whose second element is 0
-// (fma(0, 0, acc), then the last element's). The caller holds FtzDazScope,
-// which makes each FMA the instruction's step (DAZ inputs, FTZ results).
-template <class V, int KP, std::int64_t NV>
-inline void score_pass(const float* qT, const bfloat16* const* kb, std::int64_t D, typename V::F (&acc)[KP][NV]) {
-  using Pairs = RowPairs<V, bfloat16>;
+// bf16 keys summed as fattn's bf16 dot product (numerics/bf16_dot.hpp): per
+// pair, element d + 1's FMA then element d's; an odd D ends with a pair whose
+// second element is 0 (fma(0, 0, acc), then the last element's). The caller
+// holds FtzDazScope, which makes each FMA the instruction's step (DAZ
+// inputs, FTZ results). The rows are read in place (E = bfloat16: two
+// elements per broadcast, RowPairs) or widened to f32 first (E = float: a
+// broadcast each, the same values).
+template <class V, int KP, std::int64_t NV, class E>
+inline void score_pass_pairs(const float* qT, const E* const* kb, std::int64_t D, typename V::F (&acc)[KP][NV]) {
+  using Pairs = RowPairs<V, E>;
   using F = typename V::F;
-  const bfloat16* rows[KP];  // local copies: the barrier below does not reload them
+  const E* rows[KP];  // local copies: the barrier below does not reload them
   for (int jj = 0; jj < KP; ++jj) rows[jj] = kb[jj];
   std::int64_t d = 0;
   if constexpr (2 * NV + KP * NV <= 12) {
@@ -118,7 +120,8 @@ inline void score_pass(const float* qT, const bfloat16* const* kb, std::int64_t 
     }
   } else {
     for (; d + 2 <= D; d += 2) {
-      F pair[KP], kd[KP];
+      typename Pairs::Pair pair[KP];
+      F kd[KP];
       for (int jj = 0; jj < KP; ++jj) pair[jj] = Pairs::load(rows[jj] + d);
       for (int jj = 0; jj < KP; ++jj) kd[jj] = Pairs::second(pair[jj]);
       score_step<V>(qT + (d + 1) * kSimdRows, kd, acc);
@@ -205,11 +208,11 @@ struct ScoreUnits {
 // softcap comes after the scope. The scope's MXCSR writes are compiler memory barriers and
 // the sums start from loads (Q, K) and end in stores (sT), so no FMA can move
 // out of the scope and no multiply into it.
-template <class V, class Arith, std::int64_t NV, class E>
+// kBf16: the keys are bf16 (read in place, or widened to f32 when E = float).
+template <class V, class Arith, std::int64_t NV, bool kBf16, class E>
 inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK, std::int64_t keys, std::int64_t D,
                        float* sT, const ScoreUnits& units) {
   using F = typename V::F;
-  constexpr bool kBf16 = std::is_same_v<E, bfloat16>;
   constexpr int KP = score_keys<V, NV>();
   {
     [[maybe_unused]] const std::conditional_t<kBf16, simd::FtzDazScope, NoScope> scope;
@@ -221,6 +224,8 @@ inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK,
       for (int jj = 0; jj < KP; ++jj) kb[jj] = k_rows[jb + jj];
       if constexpr (kBf16 && V::kBf16Dot)
         score_pass_dot<V, KP, NV>(qT, kb, D, acc);
+      else if constexpr (kBf16)
+        score_pass_pairs<V, KP, NV>(qT, kb, D, acc);
       else
         score_pass<V, KP, NV>(qT, kb, D, acc);
       for (int jj = 0; jj < KP; ++jj) {
@@ -252,11 +257,11 @@ inline void score_tile(const float* qT, const E* const* k_rows, std::int64_t BK,
 // The same for a short block, out of line: inlined next to the full
 // block's, it changed how the compiler allocated the full block's registers
 // (an accumulator went to the stack).
-template <class V, class Arith, std::int64_t NV, class E>
+template <class V, class Arith, std::int64_t NV, bool kBf16, class E>
 __attribute__((noinline)) void score_tile_short(const float* qT, const E* const* k_rows, std::int64_t BK,
                                                 std::int64_t keys, std::int64_t D, float* sT,
                                                 const ScoreUnits& units) {
-  score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, units);
+  score_tile<V, Arith, NV, kBf16>(qT, k_rows, BK, keys, D, sT, units);
 }
 
 // A batch of `tiles` consecutive key tiles (their P·V deferred so the
@@ -475,7 +480,13 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   // ones are widened into kw/vw first.
   constexpr bool kInPlace = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
   using E = std::conditional_t<kInPlace, T, float>;  // the element type the kernels read
-  const E* k_rows[1024];
+  // bf16 K rows widened into kw where the target says so (V::kWidenBf16Keys):
+  // in place, each pair's two halves cost two vector ALU operations per key,
+  // on the ports the FMAs use; widened once per tile they are broadcast loads.
+  constexpr bool kBf16Keys = std::is_same_v<T, bfloat16>;
+  constexpr bool kWidenKeys = kBf16Keys && V::kWidenBf16Keys && !V::kBf16Dot;
+  using EK = std::conditional_t<kWidenKeys, float, E>;  // K's element type as read
+  const EK* k_rows[1024];
   const E* v_rows[1024];  // the batch's tiles, BK apart
   std::int64_t batch_keys[kPvBatchKeys / 8];  // keys of each tile in the batch (BK >= 8)
   std::int64_t pending = 0;                    // tiles in the batch
@@ -592,7 +603,11 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     float* tile_vw = vw + pending * BK * D;
     const std::int64_t key0 = tile * BK, keys = std::min(BK, p.kv_len - key0);
     for (std::int64_t j = 0; j < keys; ++j) {
-      if constexpr (kInPlace) {
+      if constexpr (kWidenKeys) {
+        widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
+        k_rows[j] = kw + j * D;
+        tile_v_rows[j] = v.row<const T>(b, kv_head, key0 + j);
+      } else if constexpr (kInPlace) {
         k_rows[j] = k.row<const T>(b, kv_head, key0 + j);
         tile_v_rows[j] = v.row<const T>(b, kv_head, key0 + j);
       } else {
@@ -603,14 +618,17 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       }
     }
     // All-zero bits read as +0 in any element type.
-    for (std::int64_t j = keys; j < BK; ++j) k_rows[j] = tile_v_rows[j] = reinterpret_cast<const E*>(zero_row);
+    for (std::int64_t j = keys; j < BK; ++j) {
+      k_rows[j] = reinterpret_cast<const EK*>(zero_row);
+      tile_v_rows[j] = reinterpret_cast<const E*>(zero_row);
+    }
 
     // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
     if (row_vectors == NV)
-      score_tile<V, Arith, NV>(qT, k_rows, BK, keys, D, sT, units);
+      score_tile<V, Arith, NV, kBf16Keys>(qT, k_rows, BK, keys, D, sT, units);
     else
       with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
-        score_tile_short<V, Arith, decltype(nv)::value>(qT, k_rows, BK, keys, D, sT, units);
+        score_tile_short<V, Arith, decltype(nv)::value, kBf16Keys>(qT, k_rows, BK, keys, D, sT, units);
       });
     // Masks in the seed's order.
     auto apply_causal = [&] {

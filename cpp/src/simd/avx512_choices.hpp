@@ -19,6 +19,10 @@ struct Avx512Choices {
   static constexpr int kPvLaneAccumulators = 16;
   // The bf16 Q·Kᵀ as two FMAs per pair (VDPBF16PS in Vec512Bf16).
   static constexpr bool kBf16Dot = false;
+  // Those FMAs' bf16 K rows widened to f32 once per tile rather than split
+  // from each broadcast pair (a shift and an AND per pair and key, on the FMA
+  // ports): prefill/vector_kernel.inl.
+  static constexpr bool kWidenBf16Keys = true;
   // Decode scores from K planes (decode/vector_kernel.inl), the form measured on
   // Zen 4; the position-lane form is AVX2's.
   static constexpr bool kDecodePositionLanes = false;

@@ -29,6 +29,9 @@ struct Vec256 {
   // No bf16 dot-product instruction: the prefill's bf16 Q·Kᵀ is two FMAs
   // per pair under FtzDazScope (prefill/vector_kernel.inl).
   static constexpr bool kBf16Dot = false;
+  // bf16 K rows read in place as pairs (widening them into an f32 tile cost
+  // ~10% on Zen 1, whose vector ALU ops do not take the FMA pipes' slots).
+  static constexpr bool kWidenBf16Keys = false;
   // Decode scores with positions in the lanes (decode/vector_kernel.inl): on
   // this target the K-planes form was bound by loads and stores.
   static constexpr bool kDecodePositionLanes = true;
