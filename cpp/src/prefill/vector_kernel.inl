@@ -8,13 +8,14 @@
 // multiply-add chains, the same exp, the same trees — so the paths agree to
 // the bit; tests_py/test_isa.py holds them to it. A row whose block would not
 // visit a tile (causal limit, blk 0) is left out of that tile's update.
-// Two choices follow the target's traits: P·V with the rows in the lanes
-// (kPvRowsInLanes; AVX2, measured on Zen 1, and AVX-512, on an Intel Xeon) and
+// Three choices follow the target's traits: P·V with the rows in the lanes
+// (kPvRowsInLanes; AVX2, measured on Zen 1, and AVX-512, on an Intel Xeon),
 // the bf16 Q·Kᵀ on a dot-product instruction (kBf16Dot; AVX512_BF16) or as
 // two FMAs per pair under FtzDazScope (the others): the same bits either
-// way (numerics/bf16_dot.hpp). bf16 K and V are read in place, K as 32-bit
-// pairs, on every target (the pairs are the dot product's unit; the
-// widening pass into an f32 tile they replaced cost ~10% on Zen 1).
+// way (numerics/bf16_dot.hpp), and for those FMAs bf16 K read in place as
+// 32-bit pairs (the dot product's unit; AVX2: a widening pass cost ~10% on
+// Zen 1) or widened to f32 once per tile (kWidenBf16Keys; AVX-512, where
+// splitting each pair takes the FMA ports). bf16 V is read in place as pairs.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
