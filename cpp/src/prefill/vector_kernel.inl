@@ -466,7 +466,8 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   // load of Q, the scores and O then stays within one line (malloc's 16-byte
   // alignment split most of them in two).
   workspace.resize(std::size_t(D * R + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + R * D + 2 * R + D + 16));
-  float* qT = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(workspace.data()) + 63) / 64 * 64);  // [D][R]: staged Q, transposed so rows are lanes
+  // [D][R]: staged Q, transposed so rows are lanes
+  float* qT = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(workspace.data()) + 63) / 64 * 64);
   float* kw = qT + D * R;              // [BK][D]: the K tile in f32
   float* vw = kw + BK * D;             // [batch][BK][D]: the batch's V tiles in f32
   float* sT_batch = vw + batch_tiles * BK * D;  // [batch][BK][R]: scores, then weights
@@ -477,8 +478,8 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   float* factors = row_sum + R;        // [batch][R]: one P·V call's rows' factors (first 4 used)
   float* zero_row = factors + batch_tiles * R;  // stands in for keys past Lk
   std::fill(zero_row, zero_row + D, 0.0f);
-  // f32 K/V rows are read in place, bf16 ones too (in pairs, RowPairs); f16
-  // ones are widened into kw/vw first.
+  // f32 K/V rows are read in place, bf16 ones too (in pairs, RowPairs; but
+  // see kWidenKeys below); f16 ones are widened into kw/vw first.
   constexpr bool kInPlace = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
   using E = std::conditional_t<kInPlace, T, float>;  // the element type the kernels read
   // bf16 K rows widened into kw where the target says so (V::kWidenBf16Keys):
