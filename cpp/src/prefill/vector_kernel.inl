@@ -437,6 +437,21 @@ __attribute__((noinline)) void pv_rows_short(float* o, const float* p, const flo
   pv_rows<V>(o, p, rescale, factors, batch, active, rows, D);
 }
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols:
+// W x W blocks in registers (V::transpose), the edges element by element.
+// It moves the staged Q into the lanes and O back out of them.
+template <class V>
+inline void transpose_matrix(const float* src, std::int64_t src_stride, float* dst, std::int64_t dst_stride,
+                             std::int64_t rows, std::int64_t cols) {
+  const std::int64_t whole_rows = rows / V::W * V::W, whole_cols = cols / V::W * V::W;
+  for (std::int64_t r0 = 0; r0 < whole_rows; r0 += V::W)
+    for (std::int64_t c0 = 0; c0 < whole_cols; c0 += V::W)
+      V::transpose(src + r0 * src_stride + c0, src_stride, dst + c0 * dst_stride + r0, dst_stride);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = r < whole_rows ? whole_cols : 0; c < cols; ++c)
+      dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
 // Keys whose P·V a batch defers at most (whole tiles; a larger tile is one batch).
 constexpr std::int64_t kPvBatchKeys = 64;
 
@@ -525,14 +540,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       }
     }
     std::fill(q_rows + rows * q_columns, q_rows + R * q_columns, 0.0f);
-    const std::int64_t whole = q_columns / V::W * V::W;
-    for (std::int64_t u = 0; u < NV; ++u) {
-      const float* block_rows = q_rows + u * V::W * q_columns;
-      for (std::int64_t c0 = 0; c0 < whole; c0 += V::W)
-        V::transpose(block_rows + c0, q_columns, qT + c0 * R + u * V::W, R);
-    }
-    for (std::int64_t c = whole; c < q_columns; ++c)
-      for (std::int64_t r = 0; r < R; ++r) qT[c * R + r] = q_rows[r * q_columns + c];
+    transpose_matrix<V>(q_rows, q_columns, qT, R, R, q_columns);
   }
   std::fill(o, o + R * D, 0.0f);
   std::fill(row_max, row_max + R, kInitialMax);
@@ -703,13 +711,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     // elements (the compiler vectorises them; strided, they were ~a fifth
     // of a 2-tile block's time).
     float* o_rows = qT;  // [R][D]
-    const std::int64_t whole = D / V::W * V::W;
-    for (std::int64_t u = 0; u < row_vectors; ++u) {
-      for (std::int64_t d0 = 0; d0 < whole; d0 += V::W)
-        V::transpose(o + d0 * R + u * V::W, R, o_rows + u * V::W * D + d0, D);
-      for (std::int64_t d = whole; d < D; ++d)
-        for (std::int64_t r = u * V::W; r < (u + 1) * V::W; ++r) o_rows[r * D + d] = o[d * R + r];
-    }
+    transpose_matrix<V>(o, R, o_rows, D, D, row_vectors * V::W);
     for (std::int64_t r = 0; r < rows; ++r)
       finish_row<T, Arith>(p, out, b, h, row0 + r, row_max[r], row_sum[r], o_rows + r * D, 1);
   } else {
