@@ -4,16 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <thread>
-
-#include <algorithm>
 #include <array>
 #include <cstring>
 #include <random>
 #include <string>
 #include <limits>
+#include <thread>
 #include <vector>
 
+#include "../cpp/src/numerics/exp.hpp"
 #include "../cpp/src/runtime/isa.hpp"
 #include "fattn/fattn.hpp"
 #include "runtime/cpu_features.hpp"
@@ -71,6 +70,36 @@ TEST(IsaPaths, PrefillMatchesTheScalarModel) {
         EXPECT_EQ(outs[i], outs[0]) << simd::available_isas(true)[i] << " causal=" << causal;
         EXPECT_EQ(0, std::memcmp(lses[i].data(), lses[0].data(), lses[0].size() * 4));
       }
+    }
+  }
+}
+
+// Each path's exp2 and exp against the scalar model's (numerics/exp.hpp), bit
+// for bit: every f32 of magnitude in [64, 256) (both functions' underflow
+// and overflow edges, where AVX-512 scales by 2^n in one instruction instead
+// of two multiplies), every 251st bit pattern (NaN payloads included), and
+// the special values.
+TEST(IsaPaths, ExpIsTheScalarModelsEverywhere) {
+  std::vector<std::uint32_t> bits;
+  for (std::uint32_t sign : {0u, 0x80000000u})
+    for (std::uint32_t m = 0x42800000u; m < 0x43800000u; ++m) bits.push_back(sign | m);  // [64, 256)
+  for (std::uint64_t u = 0; u < (std::uint64_t(1) << 32); u += 251) bits.push_back(std::uint32_t(u));
+  for (std::uint32_t special : {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00001u,
+                                0x7f800001u, 0xff812345u, 0x00000001u, 0x807fffffu, 0x7f7fffffu, 0xff7fffffu})
+    bits.push_back(special);
+  std::vector<float> x(bits.size());
+  std::memcpy(x.data(), bits.data(), bits.size() * 4);
+  for (bool natural : {false, true}) {
+    std::vector<float> want(x.size()), got(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) want[i] = natural ? simd::exp_f32(x[i]) : simd::exp2_f32(x[i]);
+    for (const std::string& name : simd::available_isas(true)) {
+      if (name == "scalar") continue;
+      simd::vector_kernels(simd::isa_from_name(name)).exp_row(x.data(), got.data(), x.size(), natural);
+      std::size_t first_off = x.size();
+      for (std::size_t i = 0; i < x.size() && first_off == x.size(); ++i)
+        if (std::memcmp(&got[i], &want[i], 4) != 0) first_off = i;
+      EXPECT_EQ(first_off, x.size()) << name << (natural ? " exp" : " exp2") << " differs at x bits 0x" << std::hex
+                                     << (first_off < x.size() ? bits[first_off] : 0u);
     }
   }
 }
@@ -288,6 +317,8 @@ TEST(Targets, OnlyTheOnesThisBuildAndCpuRunCanBeChosen) {
       EXPECT_NE(row.decode[int(DType::f32)][d], nullptr) << t.name;
       EXPECT_NE(row.sdpa[d], nullptr) << t.name;
     }
+    EXPECT_NE(row.merge_row, nullptr) << t.name;
+    EXPECT_NE(row.exp_row, nullptr) << t.name;
   }
   const auto native = simd::available_isas(), all = simd::available_isas(true);
   ASSERT_FALSE(native.empty());

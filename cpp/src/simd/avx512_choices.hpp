@@ -26,6 +26,9 @@ struct Avx512Choices {
   // Decode scores from K planes (decode/vector_kernel.inl), the form measured on
   // Zen 4; the position-lane form is AVX2's.
   static constexpr bool kDecodePositionLanes = false;
+  // exp's scaling by 2^n in one instruction (simd/vexp.hpp): Vec512 sets it;
+  // the emulated twin scales with two multiplies, the same bits.
+  static constexpr bool kScalef = false;
 };
 
 }  // namespace fattn::simd

@@ -55,6 +55,10 @@ struct VectorKernels {
   DecodeGroups decode[kDTypes][kDTypes];
   SdpaRows sdpa[kDTypes];           // [dtype_index<T>]
   MergeRow merge_row;
+  // exp (natural) or exp2 of x[0..n), lane by lane as every kernel computes
+  // it (simd/vexp.hpp): the tests hold it to numerics/exp.hpp bit for bit.
+  using ExpRow = void (*)(const float* x, float* y, std::size_t n, bool natural);
+  ExpRow exp_row;
 
   template <class T, class Arith>
   PrefillRows prefill_rows() const { return prefill[dtype_index<T>()][arith_index<Arith>()]; }

@@ -56,12 +56,22 @@ constexpr void add_dtype(VectorKernels& row) {
   row.sdpa[d] = &sdpa_detail::sdpa_rows<V, T>;
 }
 
+template <class V>
+void exp_row(const float* x, float* y, std::size_t n, bool natural) {
+  for (std::size_t i = 0; i < n; i += std::size_t(V::W)) {
+    const std::int64_t left = std::int64_t(n - i);
+    const typename V::F v = V::load_n(x + i, left);
+    V::store_n(y + i, natural ? exp_v<V>(v) : exp2_v<V>(v), left);
+  }
+}
+
 // Every element type, and for prefill both arithmetic policies.
 template <class... T>
 constexpr VectorKernels make_row() {
   VectorKernels row{};
   (add_dtype<T, prefill_detail::CandleArithmetic, prefill_detail::LlamaCppArithmetic>(row), ...);
   row.merge_row = &decode_detail::merge_row<Target::Vec>;
+  row.exp_row = &exp_row<Target::Vec>;
   return row;
 }
 

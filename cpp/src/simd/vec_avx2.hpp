@@ -32,6 +32,7 @@ struct Vec256 {
   // bf16 K rows read in place as pairs (widening them into an f32 tile cost
   // ~10% on Zen 1, whose vector ALU ops do not take the FMA pipes' slots).
   static constexpr bool kWidenBf16Keys = false;
+  static constexpr bool kScalef = false;  // exp scales by 2^n with two multiplies (simd/vexp.hpp)
   // Decode scores with positions in the lanes (decode/vector_kernel.inl): on
   // this target the K-planes form was bound by loads and stores.
   static constexpr bool kDecodePositionLanes = true;
@@ -122,6 +123,10 @@ struct Vec256 {
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(std::int32_t(bits)), bit), bit));
   }
   static bool any(M m) { return _mm256_movemask_ps(m) != 0; }
+  static M outside(F x, float bound) {  // |x| > bound, or NaN
+    const F magnitude = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    return _mm256_cmp_ps(magnitude, _mm256_set1_ps(bound), _CMP_NLE_UQ);
+  }
   template <int kImm>
   static F shuffle(F a, F b) { return _mm256_shuffle_ps(a, b, kImm); }  // within each 128-bit lane
   static F unpacklo(F a, F b) { return _mm256_unpacklo_ps(a, b); }  // within each 128-bit lane

@@ -60,6 +60,9 @@ struct Vec512 : Avx512Choices {
   static F pow2(I n) {  // 2^n for n in [-126, 127]
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
   }
+  // a * 2^floor(b), rounded once (MXCSR's mode: nearest-even): simd/vexp.hpp.
+  static constexpr bool kScalef = true;
+  static F scalef(F a, F b) { return _mm512_scalef_ps(a, b); }
   static I iota(std::int32_t start) {
     return _mm512_add_epi32(_mm512_set1_epi32(start),
                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
@@ -72,6 +75,9 @@ struct Vec512 : Avx512Choices {
   static F blend(M m, F a, F b) { return _mm512_mask_blend_ps(m, a, b); }  // b where m, else a
   static M from_bits(std::uint32_t bits) { return M(bits & 0xffffu); }
   static bool any(M m) { return m != 0; }
+  static M outside(F x, float bound) {  // |x| > bound, or NaN
+    return _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(bound), _CMP_NLE_UQ);
+  }
   template <int kImm>
   static F shuffle(F a, F b) { return _mm512_shuffle_ps(a, b, kImm); }  // within each 128-bit lane
   static F unpacklo(F a, F b) { return _mm512_unpacklo_ps(a, b); }  // within each 128-bit lane

@@ -64,6 +64,7 @@ struct Vec512Emulated : Avx512Choices {
   static F blend(M m, F a, F b) { return {H::blend(m.lo, a.lo, b.lo), H::blend(m.hi, a.hi, b.hi)}; }
   static M from_bits(std::uint32_t bits) { return {H::from_bits(bits & 0xffu), H::from_bits((bits >> 8) & 0xffu)}; }
   static bool any(M m) { return H::any(m.lo) || H::any(m.hi); }
+  static M outside(F x, float bound) { return {H::outside(x.lo, bound), H::outside(x.hi, bound)}; }
   template <int kImm>
   static F shuffle(F a, F b) { return {H::shuffle<kImm>(a.lo, b.lo), H::shuffle<kImm>(a.hi, b.hi)}; }
   static F unpacklo(F a, F b) { return {H::unpacklo(a.lo, b.lo), H::unpacklo(a.hi, b.hi)}; }

@@ -6,15 +6,24 @@
 
 namespace fattn::simd {
 
+// p * 2^n (n integral, p in [0.5, 2], the result's n within the callers'
+// ranges): two multiplies by normal powers of two, the first exact, so the
+// product is rounded once; or, where V has it (V::kScalef, AVX-512's
+// VSCALEFPS), one instruction that rounds the same exact product once —
+// the same bits, in one operation instead of nine.
 template <class V>
 inline typename V::F scale_by_pow2_v(typename V::F p, typename V::F n_float) {
+  if constexpr (V::kScalef) return V::scalef(p, n_float);
   const typename V::I n = V::to_int(n_float);
   const typename V::I n1 = V::srai1(n);
   return V::mul(V::mul(p, V::pow2(n1)), V::pow2(V::isub(n, n1)));
 }
 
+// x below lo gives 0, above hi +inf, NaN itself; the usual vector, every
+// lane within min(-lo, hi) of 0, needs none of the three blends.
 template <class V>
 inline typename V::F exp_special_cases(typename V::F x, typename V::F r, float lo, float hi) {
+  if (!V::any(V::outside(x, -lo < hi ? -lo : hi))) return r;
   r = V::blend(V::lt(x, V::set1(lo)), r, V::zero());
   r = V::blend(V::gt(x, V::set1(hi)), r, V::set1(INFINITY));
   return V::blend(V::is_nan(x), r, x);
