@@ -471,6 +471,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   // of 8 lanes that holds at most 4 rows).
   const bool o_in_lanes = V::kPvRowsInLanes && rows > 4;
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
+  const std::int64_t k_step = k.stride[2], v_step = v.stride[2];  // elements from one key's row to the next
   const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
 
   // Tiles per P·V batch: up to kPvBatchKeys keys, fewer for a wide D, so
@@ -556,6 +557,12 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     min_first = std::min(min_first, first[r]);
     max_limit = std::max(max_limit, limit[r]);
   }
+  // Rows of one q_tile block (BQ = kSimdRows) share their range, and without
+  // a tile-skip map every tile in it has them all.
+  const std::uint32_t all_rows = rows == 32 ? ~0u : (1u << rows) - 1u;
+  const bool same_rows_every_tile =
+      !p.blk && std::all_of(first, first + rows, [&](std::int64_t f) { return f == min_first; }) &&
+      std::all_of(limit, limit + rows, [&](std::int64_t l) { return l == max_limit; });
   // Causal: lane r masks keys past row0 + r + causal_offset; with a window,
   // also keys before row0 + r + causal_offset - window + 1 (the plan keeps
   // both within 31 bits).
@@ -582,8 +589,9 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
       for (std::int64_t u = 0; u < NV; ++u) active[u] = V::from_bits((pending_active >> (u * V::W)) & ((1u << V::W) - 1u));
       bool rescaled[kPvBatchKeys / 8] = {};
       for (std::int64_t t = 0; t < pending; ++t)
-        for (std::int64_t r = 0; r < rows; ++r)
-          rescaled[t] = rescaled[t] || ((pending_active >> r & 1u) && rescale_batch[t * R + r] != 1.0f);
+        for (std::int64_t u = 0; u < row_vectors; ++u)
+          rescaled[t] = rescaled[t] ||
+                        V::any(V::and_mask(active[u], V::ne(V::load(rescale_batch + t * R + u * V::W), V::set1(1.0f))));
       if (row_vectors == NV)
         pv_lanes<V, NV>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
       else
@@ -596,12 +604,16 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
 
   for (std::int64_t tile = min_first; tile < max_limit; ++tile) {
     std::uint32_t active = 0, add_mask = 0;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      if (tile < first[r] || tile >= limit[r]) continue;
-      const std::uint8_t action = p.blk ? p.blk->at(block_of[r], tile) : 1;
-      if (action != 0) {
-        active |= 1u << r;
-        if (action != 2) add_mask |= 1u << r;
+    if (same_rows_every_tile) {
+      active = add_mask = all_rows;
+    } else {
+      for (std::int64_t r = 0; r < rows; ++r) {
+        if (tile < first[r] || tile >= limit[r]) continue;
+        const std::uint8_t action = p.blk ? p.blk->at(block_of[r], tile) : 1;
+        if (action != 0) {
+          active |= 1u << r;
+          if (action != 2) add_mask |= 1u << r;
+        }
       }
     }
     if (active == 0) continue;
@@ -612,17 +624,19 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
     const E** tile_v_rows = v_rows + pending * BK;
     float* tile_vw = vw + pending * BK * D;
     const std::int64_t key0 = tile * BK, keys = std::min(BK, p.kv_len - key0);
+    const T* const k_tile = k.row<const T>(b, kv_head, key0);  // row j: k_tile + j * k_step
+    const T* const v_tile = v.row<const T>(b, kv_head, key0);
     for (std::int64_t j = 0; j < keys; ++j) {
       if constexpr (kWidenKeys) {
-        widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
+        widen_row<V>(k_tile + j * k_step, kw + j * D, D);
         k_rows[j] = kw + j * D;
-        tile_v_rows[j] = v.row<const T>(b, kv_head, key0 + j);
+        tile_v_rows[j] = v_tile + j * v_step;
       } else if constexpr (kInPlace) {
-        k_rows[j] = k.row<const T>(b, kv_head, key0 + j);
-        tile_v_rows[j] = v.row<const T>(b, kv_head, key0 + j);
+        k_rows[j] = k_tile + j * k_step;
+        tile_v_rows[j] = v_tile + j * v_step;
       } else {
-        widen_row<V>(k.row<const T>(b, kv_head, key0 + j), kw + j * D, D);
-        widen_row<V>(v.row<const T>(b, kv_head, key0 + j), tile_vw + j * D, D);
+        widen_row<V>(k_tile + j * k_step, kw + j * D, D);
+        widen_row<V>(v_tile + j * v_step, tile_vw + j * D, D);
         k_rows[j] = kw + j * D;
         tile_v_rows[j] = tile_vw + j * D;
       }

@@ -117,6 +117,8 @@ struct Vec256 {
   static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static M gt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static M is_nan(F a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static M ne(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_NEQ_UQ); }  // as a != b (NaN: true)
+  static M and_mask(M a, M b) { return _mm256_and_ps(a, b); }
   static F blend(M m, F a, F b) { return _mm256_blendv_ps(a, b, m); }
   static M from_bits(std::uint32_t bits) {
     const I bit = _mm256_sllv_epi32(_mm256_set1_epi32(1), lanes());

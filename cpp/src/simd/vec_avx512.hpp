@@ -72,6 +72,8 @@ struct Vec512 : Avx512Choices {
   static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static M gt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static M is_nan(F a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+  static M ne(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_UQ); }  // as a != b (NaN: true)
+  static M and_mask(M a, M b) { return M(a & b); }
   static F blend(M m, F a, F b) { return _mm512_mask_blend_ps(m, a, b); }  // b where m, else a
   static M from_bits(std::uint32_t bits) { return M(bits & 0xffffu); }
   static bool any(M m) { return m != 0; }

@@ -61,6 +61,8 @@ struct Vec512Emulated : Avx512Choices {
   static M lt(F a, F b) { return {H::lt(a.lo, b.lo), H::lt(a.hi, b.hi)}; }
   static M gt(F a, F b) { return {H::gt(a.lo, b.lo), H::gt(a.hi, b.hi)}; }
   static M is_nan(F a) { return {H::is_nan(a.lo), H::is_nan(a.hi)}; }
+  static M ne(F a, F b) { return {H::ne(a.lo, b.lo), H::ne(a.hi, b.hi)}; }
+  static M and_mask(M a, M b) { return {H::and_mask(a.lo, b.lo), H::and_mask(a.hi, b.hi)}; }
   static F blend(M m, F a, F b) { return {H::blend(m.lo, a.lo, b.lo), H::blend(m.hi, a.hi, b.hi)}; }
   static M from_bits(std::uint32_t bits) { return {H::from_bits(bits & 0xffu), H::from_bits((bits >> 8) & 0xffu)}; }
   static bool any(M m) { return H::any(m.lo) || H::any(m.hi); }
