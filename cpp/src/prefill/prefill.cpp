@@ -136,8 +136,9 @@ struct PrefillPath {
     PrefillPath path;
     const simd::Isa isa = simd::isa_for(family);
     if (isa != simd::Isa::scalar) {
-      // 32 rows per item, one per vector lane; each row keeps its own
-      // block's tile range, so the result is the scalar model's to the bit.
+      // 32 rows per block, one per vector lane (blocks_per_item may group
+      // several); each row keeps its own block's tile range, so the result
+      // is the scalar model's to the bit.
       path.rows_fn = simd::vector_kernels(isa).prefill_rows<T, Arith>();
       path.rows_per_item = kSimdRows;
     } else {
@@ -147,6 +148,18 @@ struct PrefillPath {
   }
   // Items per (batch item, head).
   std::int64_t blocks(std::int64_t q_len) const { return ceil_div(q_len, rows_per_item); }
+
+  // A vector path's blocks per item: several when the keys span more than
+  // one chunk (prefill_chunk_keys; the item's blocks then share each chunk
+  // while it is in L2), as long as the items outnumber the threads 4 to 1.
+  template <class T>
+  void group_blocks(const PrefillPlan& p) {
+    if (!rows_fn || p.kv_len <= prefill_chunk_keys<T>(p.head_dim)) return;
+    const std::int64_t blocks = ceil_div(p.q_len, kSimdRows), threads = get_num_threads();
+    std::int64_t group = kMaxBlocksPerItem;
+    while (group > 1 && p.batch * p.heads * ceil_div(blocks, group) < 4 * threads) group /= 2;
+    rows_per_item = group * kSimdRows;
+  }
 };
 
 // One work item of a plan: rows [block * rows_per_item, ...) of head h of
@@ -157,7 +170,8 @@ void run_item(const PrefillPath& path, const PrefillPlan& p, const TensorView& o
               std::int64_t block, std::optional<Scratch>& scratch) {
   if (path.rows_fn) {
     std::vector<float>& workspace = detail::thread_scratch(detail::ScratchSlot::work);
-    path.rows_fn(p.q, p.k, p.v, out, p, b, h, block * kSimdRows, workspace);
+    const std::int64_t row0 = block * path.rows_per_item;
+    path.rows_fn(p.q, p.k, p.v, out, p, b, h, row0, std::min(path.rows_per_item, p.q_len - row0), workspace);
     return;
   }
   if (!scratch) scratch.emplace(p);
@@ -167,7 +181,8 @@ void run_item(const PrefillPath& path, const PrefillPlan& p, const TensorView& o
 // One parallel_for over every (b, h, block) item of the plan.
 template <class T, class Arith>
 void prefill_kernel(const PrefillPlan& p, const TensorView& out) {
-  const PrefillPath path = PrefillPath::choose<T, Arith>(p.q_len, p.geometry.q_tile);
+  PrefillPath path = PrefillPath::choose<T, Arith>(p.q_len, p.geometry.q_tile);
+  path.group_blocks<T>(p);
   const std::int64_t blocks = path.blocks(p.q_len);
   parallel_for(p.batch * p.heads * blocks, 1, [&](std::int64_t begin, std::int64_t end) {
     std::optional<Scratch> scratch;

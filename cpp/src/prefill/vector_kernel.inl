@@ -455,21 +455,36 @@ inline void transpose_matrix(const float* src, std::int64_t src_stride, float* d
 // Keys whose P·V a batch defers at most (whole tiles; a larger tile is one batch).
 constexpr std::int64_t kPvBatchKeys = 64;
 
+// One 32-row block's state while a group of blocks takes the keys a chunk at
+// a time (prefill_rows).
+template <class V>
+struct BlockState {
+  std::int64_t row0 = 0, rows = 0, row_vectors = 0;
+  bool o_in_lanes = false;
+  float *qT = nullptr, *o = nullptr, *row_max = nullptr, *row_sum = nullptr;
+  // Each row keeps its own block's tile range and tile-skip bytes.
+  std::int64_t first[kSimdRows], limit[kSimdRows], block_of[kSimdRows];
+  std::int64_t min_first = 0, max_limit = 0;
+  std::uint32_t all_rows = 0;
+  bool same_rows_every_tile = false;
+  typename V::I diag_index[kSimdRows / V::W], oldest_index[kSimdRows / V::W];
+};
+
+// Rows [item_row0, item_row0 + row_count) of (b, h): blocks of kSimdRows rows
+// (at most kMaxBlocksPerItem). Several blocks take the keys one chunk at a
+// time (prefill_chunk_keys), all blocks per chunk, so the chunk's K and V
+// rows serve them all from L2 instead of streaming from L3 for each block;
+// each row still sees its tiles in order, so the bits are one block's alone.
 template <class V, class T, class Arith>
 void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
-                  const PrefillPlan& p, std::int64_t b, std::int64_t h, std::int64_t row0, std::vector<float>& workspace) {
+                  const PrefillPlan& p, std::int64_t b, std::int64_t h, std::int64_t item_row0,
+                  std::int64_t row_count, std::vector<float>& workspace) {
   using F = typename V::F;
   using I = typename V::I;
   constexpr std::int64_t R = kSimdRows;
   constexpr std::int64_t NV = R / V::W;  // row vectors
   const std::int64_t D = p.head_dim, BQ = p.geometry.q_tile, BK = p.geometry.k_tile;
-  const std::int64_t rows = std::min(R, p.q_len - row0);
-  const std::int64_t row_vectors = (rows + V::W - 1) / V::W;  // the rest hold no row: not computed
-  // P·V and O with the rows in the lanes ([D][R]) or in the row form ([R][D]):
-  // the target's choice, except that a block of at most 4 rows takes the row
-  // form everywhere (one pass over V for all of them, instead of a vector
-  // of 8 lanes that holds at most 4 rows).
-  const bool o_in_lanes = V::kPvRowsInLanes && rows > 4;
+  const std::int64_t n_blocks = (row_count + R - 1) / R;
   const std::int64_t kv_head = h / (p.heads / p.kv_heads);
   const std::int64_t k_step = k.stride[2], v_step = v.stride[2];  // elements from one key's row to the next
   const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
@@ -481,17 +496,14 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   // 16 floats more, so the buffers can start on a 64-byte line: every vector
   // load of Q, the scores and O then stays within one line (malloc's 16-byte
   // alignment split most of them in two).
-  workspace.resize(std::size_t(D * R + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + R * D + 2 * R + D + 16));
-  // [D][R]: staged Q, transposed so rows are lanes
-  float* qT = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(workspace.data()) + 63) / 64 * 64);
-  float* kw = qT + D * R;              // [BK][D]: the K tile in f32
+  const std::int64_t block_floats = 2 * D * R + 2 * R;  // a block's qT, o, row_max, row_sum
+  workspace.resize(std::size_t(n_blocks * block_floats + BK * D + batch_tiles * (BK * D + BK * R + 2 * R) + D + 16));
+  float* blocks_base = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(workspace.data()) + 63) / 64 * 64);
+  float* kw = blocks_base + n_blocks * block_floats;  // [BK][D]: the K tile in f32
   float* vw = kw + BK * D;             // [batch][BK][D]: the batch's V tiles in f32
   float* sT_batch = vw + batch_tiles * BK * D;  // [batch][BK][R]: scores, then weights
   float* rescale_batch = sT_batch + batch_tiles * BK * R;  // [batch][R]: each tile's factors
-  float* o = rescale_batch + batch_tiles * R;  // the output accumulators: [D][R] in the lanes form, else [R][D]
-  float* row_max = o + R * D;
-  float* row_sum = row_max + R;
-  float* factors = row_sum + R;        // [batch][R]: one P·V call's rows' factors (first 4 used)
+  float* factors = rescale_batch + batch_tiles * R;  // [batch][R]: one P·V call's rows' factors (first 4 used)
   float* zero_row = factors + batch_tiles * R;  // stands in for keys past Lk
   std::fill(zero_row, zero_row + D, 0.0f);
   // f32 K/V rows are read in place, bf16 ones too (in pairs, RowPairs; but
@@ -522,216 +534,278 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   // packing rounds nothing).
   constexpr bool kQPairs = std::is_same_v<T, bfloat16> && V::kBf16Dot;
   const std::int64_t q_columns = kQPairs ? (D + 1) / 2 : D;
-  {
-    const float factor = Arith::template q_factor<T>(p.scale);
-    float* q_rows = o;  // [R][q_columns]
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* src = q.row<const T>(b, h, row0 + r);
-      float* dst = q_rows + r * q_columns;
-      if constexpr (kQPairs) {
-        for (std::int64_t pr = 0; pr < q_columns; ++pr) {
-          const std::uint32_t lo = f32_to_bf16(Arith::template stage_q<T>(widen(src[2 * pr]), factor));
-          const std::uint32_t hi =
-              2 * pr + 1 < D ? f32_to_bf16(Arith::template stage_q<T>(widen(src[2 * pr + 1]), factor)) : 0u;
-          const std::uint32_t pair = lo | hi << 16;
-          std::memcpy(dst + pr, &pair, 4);
+  BlockState<V> states[kMaxBlocksPerItem];
+  for (std::int64_t blk_i = 0; blk_i < n_blocks; ++blk_i) {
+    BlockState<V>& bs = states[blk_i];
+    bs.row0 = item_row0 + blk_i * R;
+    bs.rows = std::min(R, item_row0 + row_count - bs.row0);
+    bs.row_vectors = (bs.rows + V::W - 1) / V::W;  // the rest hold no row: not computed
+    // P·V and O with the rows in the lanes ([D][R]) or in the row form ([R][D]):
+    // the target's choice, except that a block of at most 4 rows takes the row
+    // form everywhere (one pass over V for all of them, instead of a vector
+    // of 8 lanes that holds at most 4 rows).
+    bs.o_in_lanes = V::kPvRowsInLanes && bs.rows > 4;
+    bs.qT = blocks_base + blk_i * block_floats;  // [D][R]: staged Q, transposed so rows are lanes
+    bs.o = bs.qT + D * R;  // the output accumulators: [D][R] in the lanes form, else [R][D]
+    bs.row_max = bs.o + R * D;
+    bs.row_sum = bs.row_max + R;
+    const std::int64_t row0 = bs.row0, rows = bs.rows;
+    float* const qT = bs.qT;
+    float* const o = bs.o;
+    {
+      const float factor = Arith::template q_factor<T>(p.scale);
+      float* q_rows = o;  // [R][q_columns]
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const T* src = q.row<const T>(b, h, row0 + r);
+        float* dst = q_rows + r * q_columns;
+        if constexpr (kQPairs) {
+          for (std::int64_t pr = 0; pr < q_columns; ++pr) {
+            const std::uint32_t lo = f32_to_bf16(Arith::template stage_q<T>(widen(src[2 * pr]), factor));
+            const std::uint32_t hi =
+                2 * pr + 1 < D ? f32_to_bf16(Arith::template stage_q<T>(widen(src[2 * pr + 1]), factor)) : 0u;
+            const std::uint32_t pair = lo | hi << 16;
+            std::memcpy(dst + pr, &pair, 4);
+          }
+        } else {
+          for (std::int64_t d = 0; d < D; ++d) dst[d] = Arith::template stage_q<T>(widen(src[d]), factor);
         }
-      } else {
-        for (std::int64_t d = 0; d < D; ++d) dst[d] = Arith::template stage_q<T>(widen(src[d]), factor);
       }
+      std::fill(q_rows + rows * q_columns, q_rows + R * q_columns, 0.0f);
+      transpose_matrix<V>(q_rows, q_columns, qT, R, R, q_columns);
     }
-    std::fill(q_rows + rows * q_columns, q_rows + R * q_columns, 0.0f);
-    transpose_matrix<V>(q_rows, q_columns, qT, R, R, q_columns);
-  }
-  std::fill(o, o + R * D, 0.0f);
-  std::fill(row_max, row_max + R, kInitialMax);
-  std::fill(row_sum, row_sum + R, 0.0f);
+    std::fill(o, o + R * D, 0.0f);
+    std::fill(bs.row_max, bs.row_max + R, kInitialMax);
+    std::fill(bs.row_sum, bs.row_sum + R, 0.0f);
 
-  // Each row keeps its own block's tile range and tile-skip bytes.
-  std::int64_t first[R], limit[R], block_of[R], min_first = n_tiles, max_limit = 0;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    block_of[r] = (row0 + r) / BQ;
-    const std::int64_t block_end = std::min(block_of[r] * BQ + BQ, p.q_len);
-    first[r] = window_tile_start(block_of[r] * BQ, p.causal_offset, p.window, BK);
-    limit[r] = p.causal ? causal_tile_limit(block_end, p.causal_offset, BK, n_tiles) : n_tiles;
-    min_first = std::min(min_first, first[r]);
-    max_limit = std::max(max_limit, limit[r]);
-  }
-  // Rows of one q_tile block (BQ = kSimdRows) share their range, and without
-  // a tile-skip map every tile in it has them all.
-  const std::uint32_t all_rows = rows == 32 ? ~0u : (1u << rows) - 1u;
-  const bool same_rows_every_tile =
-      !p.blk && std::all_of(first, first + rows, [&](std::int64_t f) { return f == min_first; }) &&
-      std::all_of(limit, limit + rows, [&](std::int64_t l) { return l == max_limit; });
-  // Causal: lane r masks keys past row0 + r + causal_offset; with a window,
-  // also keys before row0 + r + causal_offset - window + 1 (the plan keeps
-  // both within 31 bits).
-  I diag_index[NV], oldest_index[NV];
-  for (std::int64_t u = 0; u < NV; ++u) {
-    diag_index[u] = V::iota(std::int32_t(row0 + p.causal_offset + u * V::W));
-    oldest_index[u] = V::iota(std::int32_t(row0 + p.causal_offset - p.window + 1 + u * V::W));
-  }
+    std::int64_t* const first = bs.first;
+    std::int64_t* const limit = bs.limit;
+    std::int64_t* const block_of = bs.block_of;
+    std::int64_t min_first = n_tiles, max_limit = 0;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      block_of[r] = (row0 + r) / BQ;
+      const std::int64_t block_end = std::min(block_of[r] * BQ + BQ, p.q_len);
+      first[r] = window_tile_start(block_of[r] * BQ, p.causal_offset, p.window, BK);
+      limit[r] = p.causal ? causal_tile_limit(block_end, p.causal_offset, BK, n_tiles) : n_tiles;
+      min_first = std::min(min_first, first[r]);
+      max_limit = std::max(max_limit, limit[r]);
+    }
+    // Rows of one q_tile block (BQ = kSimdRows) share their range, and without
+    // a tile-skip map every tile in it has them all.
+    bs.min_first = min_first;
+    bs.max_limit = max_limit;
+    bs.all_rows = rows == 32 ? ~0u : (1u << rows) - 1u;
+    bs.same_rows_every_tile =
+        !p.blk && std::all_of(first, first + rows, [&](std::int64_t f) { return f == min_first; }) &&
+        std::all_of(limit, limit + rows, [&](std::int64_t l) { return l == max_limit; });
+    // Causal: lane r masks keys past row0 + r + causal_offset; with a window,
+    // also keys before row0 + r + causal_offset - window + 1 (the plan keeps
+    // both within 31 bits).
+    for (std::int64_t u = 0; u < NV; ++u) {
+      bs.diag_index[u] = V::iota(std::int32_t(row0 + p.causal_offset + u * V::W));
+      bs.oldest_index[u] = V::iota(std::int32_t(row0 + p.causal_offset - p.window + 1 + u * V::W));
+    }
+  }  // blocks
   const ScoreUnits units{p.scale, p.softcap, p.softcap_in, p.softcap_out};
   const F neg_inf = V::set1(-kInf);
 
-  // P·V of the pending tiles for their active rows: all rows at once in the
-  // lanes form, else four rows at a time so they share the V loads.
-  auto flush_pv = [&] {
-    if (pending == 0) return;
-    const PvBatch<E> batch{v_rows, batch_keys, pending, BK, BK * R};
-    if (!o_in_lanes) {
-      if constexpr (V::kPvRowsInLanes)
-        pv_rows_short<V>(o, sT_batch, rescale_batch, factors, batch, pending_active, rows, D);
-      else
-        pv_rows<V>(o, sT_batch, rescale_batch, factors, batch, pending_active, rows, D);
-    } else if constexpr (V::kPvRowsInLanes) {
-      typename V::M active[NV];
-      for (std::int64_t u = 0; u < NV; ++u) active[u] = V::from_bits((pending_active >> (u * V::W)) & ((1u << V::W) - 1u));
-      bool rescaled[kPvBatchKeys / 8] = {};
-      for (std::int64_t t = 0; t < pending; ++t)
-        for (std::int64_t u = 0; u < row_vectors; ++u)
-          rescaled[t] = rescaled[t] ||
-                        V::any(V::and_mask(active[u], V::ne(V::load(rescale_batch + t * R + u * V::W), V::set1(1.0f))));
+  // Tiles [tile_begin, tile_end) of one block, its P·V flushed at the end.
+  auto run_tiles = [&](BlockState<V>& bs, std::int64_t tile_begin, std::int64_t tile_end) {
+    const std::int64_t row0 = bs.row0, rows = bs.rows, row_vectors = bs.row_vectors;
+    const bool o_in_lanes = bs.o_in_lanes, same_rows_every_tile = bs.same_rows_every_tile;
+    const std::uint32_t all_rows = bs.all_rows;
+    float* const o = bs.o;
+    float* const qT = bs.qT;
+    float* const row_max = bs.row_max;
+    float* const row_sum = bs.row_sum;
+    const std::int64_t* const first = bs.first;
+    const std::int64_t* const limit = bs.limit;
+    const std::int64_t* const block_of = bs.block_of;
+    const I* const diag_index = bs.diag_index;
+    const I* const oldest_index = bs.oldest_index;
+
+    // P·V of the pending tiles for their active rows: all rows at once in the
+    // lanes form, else four rows at a time so they share the V loads.
+    auto flush_pv = [&] {
+      if (pending == 0) return;
+      const PvBatch<E> batch{v_rows, batch_keys, pending, BK, BK * R};
+      if (!o_in_lanes) {
+        if constexpr (V::kPvRowsInLanes)
+          pv_rows_short<V>(o, sT_batch, rescale_batch, factors, batch, pending_active, rows, D);
+        else
+          pv_rows<V>(o, sT_batch, rescale_batch, factors, batch, pending_active, rows, D);
+      } else if constexpr (V::kPvRowsInLanes) {
+        typename V::M active[NV];
+        for (std::int64_t u = 0; u < NV; ++u) active[u] = V::from_bits((pending_active >> (u * V::W)) & ((1u << V::W) - 1u));
+        bool rescaled[kPvBatchKeys / 8] = {};
+        for (std::int64_t t = 0; t < pending; ++t)
+          for (std::int64_t u = 0; u < row_vectors; ++u)
+            rescaled[t] = rescaled[t] ||
+                          V::any(V::and_mask(active[u], V::ne(V::load(rescale_batch + t * R + u * V::W), V::set1(1.0f))));
+        if (row_vectors == NV)
+          pv_lanes<V, NV>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+        else
+          with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
+            pv_lanes_short<V, decltype(nv)::value>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+          });
+      }
+      pending = 0;
+    };
+
+    for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      std::uint32_t active = 0, add_mask = 0;
+      if (same_rows_every_tile) {
+        active = add_mask = all_rows;
+      } else {
+        for (std::int64_t r = 0; r < rows; ++r) {
+          if (tile < first[r] || tile >= limit[r]) continue;
+          const std::uint8_t action = p.blk ? p.blk->at(block_of[r], tile) : 1;
+          if (action != 0) {
+            active |= 1u << r;
+            if (action != 2) add_mask |= 1u << r;
+          }
+        }
+      }
+      if (active == 0) continue;
+      if (pending > 0 && (active != pending_active || pending == batch_tiles)) flush_pv();
+      pending_active = active;
+      float* sT = sT_batch + pending * BK * R;
+      float* rescale = rescale_batch + pending * R;
+      const E** tile_v_rows = v_rows + pending * BK;
+      float* tile_vw = vw + pending * BK * D;
+      const std::int64_t key0 = tile * BK, keys = std::min(BK, p.kv_len - key0);
+      const T* const k_tile = k.row<const T>(b, kv_head, key0);  // row j: k_tile + j * k_step
+      const T* const v_tile = v.row<const T>(b, kv_head, key0);
+      for (std::int64_t j = 0; j < keys; ++j) {
+        if constexpr (kWidenKeys) {
+          widen_row<V>(k_tile + j * k_step, kw + j * D, D);
+          k_rows[j] = kw + j * D;
+          tile_v_rows[j] = v_tile + j * v_step;
+        } else if constexpr (kInPlace) {
+          k_rows[j] = k_tile + j * k_step;
+          tile_v_rows[j] = v_tile + j * v_step;
+        } else {
+          widen_row<V>(k_tile + j * k_step, kw + j * D, D);
+          widen_row<V>(v_tile + j * v_step, tile_vw + j * D, D);
+          k_rows[j] = kw + j * D;
+          tile_v_rows[j] = tile_vw + j * D;
+        }
+      }
+      // All-zero bits read as +0 in any element type.
+      for (std::int64_t j = keys; j < BK; ++j) {
+        k_rows[j] = reinterpret_cast<const EK*>(zero_row);
+        tile_v_rows[j] = reinterpret_cast<const E*>(zero_row);
+      }
+
+      // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
       if (row_vectors == NV)
-        pv_lanes<V, NV>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+        score_tile<V, Arith, NV, kBf16Keys>(qT, k_rows, BK, keys, D, sT, units);
       else
         with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
-          pv_lanes_short<V, decltype(nv)::value>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+          score_tile_short<V, Arith, decltype(nv)::value, kBf16Keys>(qT, k_rows, BK, keys, D, sT, units);
         });
-    }
-    pending = 0;
-  };
-
-  for (std::int64_t tile = min_first; tile < max_limit; ++tile) {
-    std::uint32_t active = 0, add_mask = 0;
-    if (same_rows_every_tile) {
-      active = add_mask = all_rows;
-    } else {
-      for (std::int64_t r = 0; r < rows; ++r) {
-        if (tile < first[r] || tile >= limit[r]) continue;
-        const std::uint8_t action = p.blk ? p.blk->at(block_of[r], tile) : 1;
-        if (action != 0) {
-          active |= 1u << r;
-          if (action != 2) add_mask |= 1u << r;
+      // Masks in the seed's order.
+      auto apply_causal = [&] {
+        if (!p.causal) return;
+        // No key past the group's first row's diagonal, and none at or before
+        // its last row's window edge: nothing to mask.
+        const bool past_diagonal = key0 + keys - 1 > row0 + p.causal_offset;
+        const bool before_window = p.window > 0 && key0 <= row0 + rows - 1 + p.causal_offset - p.window;
+        if (!past_diagonal && !before_window) return;
+        for (std::int64_t j = 0; j < keys; ++j) {
+          const I key = V::iset1(std::int32_t(key0 + j));
+          for (std::int64_t u = 0; u < row_vectors; ++u) {
+            float* s = sT + j * R + u * V::W;
+            F sv = V::blend(V::int_gt(key, diag_index[u]), V::load(s), neg_inf);
+            if (before_window) sv = V::blend(V::int_gt(oldest_index[u], key), sv, neg_inf);
+            V::store(s, sv);
+          }
         }
-      }
-    }
-    if (active == 0) continue;
-    if (pending > 0 && (active != pending_active || pending == batch_tiles)) flush_pv();
-    pending_active = active;
-    float* sT = sT_batch + pending * BK * R;
-    float* rescale = rescale_batch + pending * R;
-    const E** tile_v_rows = v_rows + pending * BK;
-    float* tile_vw = vw + pending * BK * D;
-    const std::int64_t key0 = tile * BK, keys = std::min(BK, p.kv_len - key0);
-    const T* const k_tile = k.row<const T>(b, kv_head, key0);  // row j: k_tile + j * k_step
-    const T* const v_tile = v.row<const T>(b, kv_head, key0);
-    for (std::int64_t j = 0; j < keys; ++j) {
-      if constexpr (kWidenKeys) {
-        widen_row<V>(k_tile + j * k_step, kw + j * D, D);
-        k_rows[j] = kw + j * D;
-        tile_v_rows[j] = v_tile + j * v_step;
-      } else if constexpr (kInPlace) {
-        k_rows[j] = k_tile + j * k_step;
-        tile_v_rows[j] = v_tile + j * v_step;
+      };
+      auto apply_mask = [&] {
+        if (!p.mask || add_mask == 0) return;
+        for (std::int64_t r = 0; r < rows; ++r)
+          if (add_mask >> r & 1u) apply_mask_row<Arith>(*p.mask, b, h, row0 + r, key0, keys, sT + r, R);
+      };
+      if (Arith::kCausalOverridesMask) {
+        apply_mask();
+        apply_causal();
       } else {
-        widen_row<V>(k_tile + j * k_step, kw + j * D, D);
-        widen_row<V>(v_tile + j * v_step, tile_vw + j * D, D);
-        k_rows[j] = kw + j * D;
-        tile_v_rows[j] = tile_vw + j * D;
+        apply_causal();
+        apply_mask();
       }
-    }
-    // All-zero bits read as +0 in any element type.
-    for (std::int64_t j = keys; j < BK; ++j) {
-      k_rows[j] = reinterpret_cast<const EK*>(zero_row);
-      tile_v_rows[j] = reinterpret_cast<const E*>(zero_row);
-    }
 
-    // Scores: KP keys x NV row vectors per pass, each an fma chain over D in order.
-    if (row_vectors == NV)
-      score_tile<V, Arith, NV, kBf16Keys>(qT, k_rows, BK, keys, D, sT, units);
-    else
-      with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
-        score_tile_short<V, Arith, decltype(nv)::value, kBf16Keys>(qT, k_rows, BK, keys, D, sT, units);
-      });
-    // Masks in the seed's order.
-    auto apply_causal = [&] {
-      if (!p.causal) return;
-      // No key past the group's first row's diagonal, and none at or before
-      // its last row's window edge: nothing to mask.
-      const bool past_diagonal = key0 + keys - 1 > row0 + p.causal_offset;
-      const bool before_window = p.window > 0 && key0 <= row0 + rows - 1 + p.causal_offset - p.window;
-      if (!past_diagonal && !before_window) return;
-      for (std::int64_t j = 0; j < keys; ++j) {
-        const I key = V::iset1(std::int32_t(key0 + j));
-        for (std::int64_t u = 0; u < row_vectors; ++u) {
-          float* s = sT + j * R + u * V::W;
-          F sv = V::blend(V::int_gt(key, diag_index[u]), V::load(s), neg_inf);
-          if (before_window) sv = V::blend(V::int_gt(oldest_index[u], key), sv, neg_inf);
-          V::store(s, sv);
+      // Online softmax, all rows at once.
+      const std::int64_t group = std::min(Arith::kSumGroup, BK);
+      for (std::int64_t u = 0; u < NV; ++u) {
+        const std::int64_t lane0 = u * V::W;
+        const std::uint32_t bits = (active >> lane0) & ((1u << V::W) - 1u);
+        if (!bits) continue;
+        const typename V::M act = V::from_bits(bits);
+        F tile_max = neg_inf;
+        for (std::int64_t j = 0; j < BK; ++j) tile_max = V::max(V::load(sT + j * R + lane0), tile_max);
+        const F old_max = V::load(row_max + lane0);
+        const F new_max = V::max(tile_max, old_max);  // as std::max(old, tile)
+        const F resc = exp_policy<V, Arith>(V::sub(old_max, new_max));
+        for (std::int64_t j = 0; j < BK; ++j) {
+          float* s = sT + j * R + lane0;
+          V::store(s, exp_policy<V, Arith>(V::sub(V::load(s), new_max)));
         }
+        F tile_sum = V::zero();
+        F tree[64];
+        for (std::int64_t g = 0; g < BK; g += group) {
+          for (std::int64_t j = 0; j < group; ++j) tree[j] = V::load(sT + (g + j) * R + lane0);
+          for (std::int64_t width = group; width > 1; width /= 2)
+            for (std::int64_t j = 0; j < width / 2; ++j) tree[j] = V::add(tree[2 * j], tree[2 * j + 1]);
+          tile_sum = V::add(tile_sum, tree[0]);
+        }
+        const F old_sum = V::load(row_sum + lane0);
+        const F new_sum = V::add(V::mul(old_sum, resc), tile_sum);
+        V::store(row_sum + lane0, V::blend(act, old_sum, new_sum));
+        V::store(row_max + lane0, V::blend(act, old_max, new_max));
+        V::store(rescale + lane0, resc);
       }
-    };
-    auto apply_mask = [&] {
-      if (!p.mask || add_mask == 0) return;
+
+      batch_keys[pending++] = keys;  // its P·V waits for the batch
+    }
+    flush_pv();
+  };  // run_tiles
+
+  // Every block's tiles, a chunk of keys at a time when the item has more
+  // than one block (the tiles between the blocks' first and last).
+  std::int64_t tiles_from = n_tiles, tiles_to = 0;
+  for (std::int64_t i = 0; i < n_blocks; ++i) {
+    tiles_from = std::min(tiles_from, states[i].min_first);
+    tiles_to = std::max(tiles_to, states[i].max_limit);
+  }
+  const std::int64_t chunk_tiles = n_blocks == 1 ? n_tiles : std::max<std::int64_t>(1, prefill_chunk_keys<T>(D) / BK);
+  for (std::int64_t c0 = tiles_from; c0 < tiles_to; c0 += chunk_tiles)
+    for (std::int64_t i = 0; i < n_blocks; ++i) {
+      BlockState<V>& bs = states[i];
+      const std::int64_t t0 = std::max(c0, bs.min_first), t1 = std::min(c0 + chunk_tiles, bs.max_limit);
+      if (t0 < t1) run_tiles(bs, t0, t1);
+    }
+
+  for (std::int64_t i = 0; i < n_blocks; ++i) {
+    const BlockState<V>& bs = states[i];
+    const std::int64_t row0 = bs.row0, rows = bs.rows, row_vectors = bs.row_vectors;
+    float* const o = bs.o;
+    float* const qT = bs.qT;
+    float* const row_max = bs.row_max;
+    float* const row_sum = bs.row_sum;
+    if (bs.o_in_lanes) {
+      // O back into row-major rows (in qT, unused now) a W x W block at a
+      // time, so that each row's normalise and narrowing run on contiguous
+      // elements (the compiler vectorises them; strided, they were ~a fifth
+      // of a 2-tile block's time).
+      float* o_rows = qT;  // [R][D]
+      transpose_matrix<V>(o, R, o_rows, D, D, row_vectors * V::W);
       for (std::int64_t r = 0; r < rows; ++r)
-        if (add_mask >> r & 1u) apply_mask_row<Arith>(*p.mask, b, h, row0 + r, key0, keys, sT + r, R);
-    };
-    if (Arith::kCausalOverridesMask) {
-      apply_mask();
-      apply_causal();
+        finish_row<T, Arith>(p, out, b, h, row0 + r, row_max[r], row_sum[r], o_rows + r * D, 1);
     } else {
-      apply_causal();
-      apply_mask();
+      for (std::int64_t r = 0; r < rows; ++r)
+        finish_row<T, Arith>(p, out, b, h, row0 + r, row_max[r], row_sum[r], o + r * D, 1);
     }
-
-    // Online softmax, all rows at once.
-    const std::int64_t group = std::min(Arith::kSumGroup, BK);
-    for (std::int64_t u = 0; u < NV; ++u) {
-      const std::int64_t lane0 = u * V::W;
-      const std::uint32_t bits = (active >> lane0) & ((1u << V::W) - 1u);
-      if (!bits) continue;
-      const typename V::M act = V::from_bits(bits);
-      F tile_max = neg_inf;
-      for (std::int64_t j = 0; j < BK; ++j) tile_max = V::max(V::load(sT + j * R + lane0), tile_max);
-      const F old_max = V::load(row_max + lane0);
-      const F new_max = V::max(tile_max, old_max);  // as std::max(old, tile)
-      const F resc = exp_policy<V, Arith>(V::sub(old_max, new_max));
-      for (std::int64_t j = 0; j < BK; ++j) {
-        float* s = sT + j * R + lane0;
-        V::store(s, exp_policy<V, Arith>(V::sub(V::load(s), new_max)));
-      }
-      F tile_sum = V::zero();
-      F tree[64];
-      for (std::int64_t g = 0; g < BK; g += group) {
-        for (std::int64_t j = 0; j < group; ++j) tree[j] = V::load(sT + (g + j) * R + lane0);
-        for (std::int64_t width = group; width > 1; width /= 2)
-          for (std::int64_t j = 0; j < width / 2; ++j) tree[j] = V::add(tree[2 * j], tree[2 * j + 1]);
-        tile_sum = V::add(tile_sum, tree[0]);
-      }
-      const F old_sum = V::load(row_sum + lane0);
-      const F new_sum = V::add(V::mul(old_sum, resc), tile_sum);
-      V::store(row_sum + lane0, V::blend(act, old_sum, new_sum));
-      V::store(row_max + lane0, V::blend(act, old_max, new_max));
-      V::store(rescale + lane0, resc);
-    }
-
-    batch_keys[pending++] = keys;  // its P·V waits for the batch
-  }
-  flush_pv();
-  if (o_in_lanes) {
-    // O back into row-major rows (in qT, unused now) a W x W block at a
-    // time, so that each row's normalise and narrowing run on contiguous
-    // elements (the compiler vectorises them; strided, they were ~a fifth
-    // of a 2-tile block's time).
-    float* o_rows = qT;  // [R][D]
-    transpose_matrix<V>(o, R, o_rows, D, D, row_vectors * V::W);
-    for (std::int64_t r = 0; r < rows; ++r)
-      finish_row<T, Arith>(p, out, b, h, row0 + r, row_max[r], row_sum[r], o_rows + r * D, 1);
-  } else {
-    for (std::int64_t r = 0; r < rows; ++r)
-      finish_row<T, Arith>(p, out, b, h, row0 + r, row_max[r], row_sum[r], o + r * D, 1);
-  }
+  }  // blocks
 }
 
 }  // namespace

@@ -24,10 +24,11 @@ struct LlamaCppArithmetic;
 namespace simd {
 
 struct VectorKernels {
-  // Up to kSimdRows query rows from row0 of (b, h): prefill/vector_kernel.inl.
+  // Query rows [row0, row0 + rows) of (b, h), at most kMaxBlocksPerItem x
+  // kSimdRows: prefill/vector_kernel.inl.
   using PrefillRows = void (*)(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
                                const PrefillPlan& p, std::int64_t b, std::int64_t h, std::int64_t row0,
-                               std::vector<float>& workspace);
+                               std::int64_t rows, std::vector<float>& workspace);
   // Groups [g_begin, g_end) of one (batch, KV head): decode/vector_kernel.inl.
   using DecodeGroups = void (*)(const TensorView& q, const CacheView& k, const CacheView& v,
                                 const TensorView& o_part, const TensorView& s_part, const TensorView& m_part,
