@@ -333,19 +333,19 @@ void accumulate_pv(float* const* o_rows, const float* const* p_cols, const float
 // row's factor for tile t is not 1.
 template <class V, int kD, std::int64_t NV, class E>
 inline void pv_lanes_block(float* oT, const float* p, const float* rescale, const bool* rescaled,
-                           const PvBatch<E>& batch, const typename V::M* active, std::int64_t d0) {
+                           const PvBatch<E>& batch, const typename V::M* active, bool all_active, std::int64_t d0) {
   static_assert(kD == 1 || kD % 2 == 0, "a pass takes one element of D or pairs");
   using F = typename V::F;
   using Pairs = RowPairs<V, E>;
   constexpr std::int64_t R = kSimdRows;
   F acc[kD][NV];
-  for (int dd = 0; dd < kD; ++dd)
-    for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::load(oT + (d0 + dd) * R + u * V::W);
+  FATTN_UNROLL for (int dd = 0; dd < kD; ++dd)
+    FATTN_UNROLL for (std::int64_t u = 0; u < NV; ++u) acc[dd][u] = V::load(oT + (d0 + dd) * R + u * V::W);
   for (std::int64_t t = 0; t < batch.tiles; ++t) {
     if (rescaled[t])
-      for (std::int64_t u = 0; u < NV; ++u) {
+      FATTN_UNROLL for (std::int64_t u = 0; u < NV; ++u) {
         const F f = V::load(rescale + t * R + u * V::W);
-        for (int dd = 0; dd < kD; ++dd) acc[dd][u] = V::mul(acc[dd][u], f);
+        FATTN_UNROLL for (int dd = 0; dd < kD; ++dd) acc[dd][u] = V::mul(acc[dd][u], f);
       }
     const E* const* v_rows = batch.v_rows + t * batch.bk;
     const float* pt = p + t * batch.tile_stride;
@@ -372,29 +372,37 @@ inline void pv_lanes_block(float* oT, const float* p, const float* rescale, cons
       }
     }
   }
-  for (int dd = 0; dd < kD; ++dd)
-    for (std::int64_t u = 0; u < NV; ++u) {
-      float* o = oT + (d0 + dd) * R + u * V::W;
-      V::store(o, V::blend(active[u], V::load(o), acc[dd][u]));
-    }
+  // Rows outside `active` keep their O (a block's rows are all active
+  // unless causal or a tile-skip map sets them apart).
+  if (all_active) {
+    FATTN_UNROLL for (int dd = 0; dd < kD; ++dd)
+      FATTN_UNROLL for (std::int64_t u = 0; u < NV; ++u) V::store(oT + (d0 + dd) * R + u * V::W, acc[dd][u]);
+  } else {
+    FATTN_UNROLL for (int dd = 0; dd < kD; ++dd)
+      FATTN_UNROLL for (std::int64_t u = 0; u < NV; ++u) {
+        float* o = oT + (d0 + dd) * R + u * V::W;
+        V::store(o, V::blend(active[u], V::load(o), acc[dd][u]));
+      }
+  }
 }
 
 // All of D for the block's NV row vectors.
 template <class V, std::int64_t NV, class E>
 inline void pv_lanes(float* oT, const float* p, const float* rescale, const bool* rescaled, const PvBatch<E>& batch,
-                     const typename V::M* active, std::int64_t D) {
+                     const typename V::M* active, bool all_active, std::int64_t D) {
   constexpr int kD = int(V::kPvLaneAccumulators / NV) / 2 * 2;  // accumulators: kD x NV (kD even)
   static_assert(kD >= 2, "the lanes form takes pairs of D");
   std::int64_t d0 = 0;
-  for (; d0 + kD <= D; d0 += kD) pv_lanes_block<V, kD, NV>(oT, p, rescale, rescaled, batch, active, d0);
-  for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2, NV>(oT, p, rescale, rescaled, batch, active, d0);
-  if (d0 < D) pv_lanes_block<V, 1, NV>(oT, p, rescale, rescaled, batch, active, d0);
+  for (; d0 + kD <= D; d0 += kD) pv_lanes_block<V, kD, NV>(oT, p, rescale, rescaled, batch, active, all_active, d0);
+  for (; d0 + 2 <= D; d0 += 2) pv_lanes_block<V, 2, NV>(oT, p, rescale, rescaled, batch, active, all_active, d0);
+  if (d0 < D) pv_lanes_block<V, 1, NV>(oT, p, rescale, rescaled, batch, active, all_active, d0);
 }
 
 template <class V, std::int64_t NV, class E>
 __attribute__((noinline)) void pv_lanes_short(float* oT, const float* p, const float* rescale, const bool* rescaled,
-                                              const PvBatch<E>& batch, const typename V::M* active, std::int64_t D) {
-  pv_lanes<V, NV>(oT, p, rescale, rescaled, batch, active, D);  // out of line: see score_tile_short
+                                              const PvBatch<E>& batch, const typename V::M* active, bool all_active,
+                                              std::int64_t D) {
+  pv_lanes<V, NV>(oT, p, rescale, rescaled, batch, active, all_active, D);  // out of line: see score_tile_short
 }
 
 // The row form over a batch for the active rows (bit r of `active`, r <
@@ -641,11 +649,13 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
           for (std::int64_t u = 0; u < row_vectors; ++u)
             rescaled[t] = rescaled[t] ||
                           V::any(V::and_mask(active[u], V::ne(V::load(rescale_batch + t * R + u * V::W), V::set1(1.0f))));
+        const bool all_active = pending_active == all_rows && rows == R;
         if (row_vectors == NV)
-          pv_lanes<V, NV>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+          pv_lanes<V, NV>(o, sT_batch, rescale_batch, rescaled, batch, active, all_active, D);
         else
           with_row_vectors<NV - 1>(row_vectors, [&](auto nv) {
-            pv_lanes_short<V, decltype(nv)::value>(o, sT_batch, rescale_batch, rescaled, batch, active, D);
+            pv_lanes_short<V, decltype(nv)::value>(o, sT_batch, rescale_batch, rescaled, batch, active, all_active,
+                                                   D);
           });
       }
       pending = 0;
