@@ -140,15 +140,22 @@ TEST(IsaPaths, PrefillBlocksSharingKeyChunksMatchTheScalarModel) {
 }
 
 // Each path's exp2 and exp against the scalar model's (numerics/exp.hpp), bit
-// for bit: every f32 of magnitude in [64, 256) (both functions' underflow
-// and overflow edges, where AVX-512 scales by 2^n in one instruction instead
-// of two multiplies), every 251st bit pattern (NaN payloads included), and
-// the special values.
+// for bit: every f32 within 2 of both functions' underflow and overflow
+// edges (exp2: -150 and 128; exp: -104 and 88.72; either sign), where
+// AVX-512 scales by 2^n in one instruction instead of two multiplies and the
+// special cases take over, every 4099th bit pattern (NaN payloads included),
+// and the special values.
 TEST(IsaPaths, ExpIsTheScalarModelsEverywhere) {
   std::vector<std::uint32_t> bits;
-  for (std::uint32_t sign : {0u, 0x80000000u})
-    for (std::uint32_t m = 0x42800000u; m < 0x43800000u; ++m) bits.push_back(sign | m);  // [64, 256)
-  for (std::uint64_t u = 0; u < (std::uint64_t(1) << 32); u += 251) bits.push_back(std::uint32_t(u));
+  for (float edge : {150.0f, 128.0f, 104.0f, 88.72283935546875f})
+    for (std::uint32_t sign : {0u, 0x80000000u}) {
+      const float lo = edge - 2.0f, hi = edge + 2.0f;
+      std::uint32_t from, to;
+      std::memcpy(&from, &lo, 4);
+      std::memcpy(&to, &hi, 4);
+      for (std::uint32_t m = from; m <= to; ++m) bits.push_back(sign | m);
+    }
+  for (std::uint64_t u = 0; u < (std::uint64_t(1) << 32); u += 4099) bits.push_back(std::uint32_t(u));
   for (std::uint32_t special : {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00001u,
                                 0x7f800001u, 0xff812345u, 0x00000001u, 0x807fffffu, 0x7f7fffffu, 0xff7fffffu})
     bits.push_back(special);
