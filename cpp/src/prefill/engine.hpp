@@ -3,6 +3,7 @@
 // seed families, the problem description, and small helpers. The scalar
 // model (prefill.cpp) and the SIMD paths (vector_kernel.inl) use these, so
 // the per-element arithmetic is written once.
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -165,10 +166,11 @@ inline constexpr std::int64_t kSimdRows = 32;
 // head, which take the keys a chunk at a time (prefill/vector_kernel.inl)
 // when there are more keys than one chunk.
 inline constexpr std::int64_t kMaxBlocksPerItem = 4;
-// Keys per chunk: their K and V rows (as stored) about 384 KiB, which stay in
-// a 512 KiB or larger L2 beside the blocks' state (32 KiB each at D = 128).
-// Streamed from L3 once per block instead, the score and P·V loops ran
-// ~20% and ~10% slower (Intel Xeon, f32 D = 128: Lk = 2048 against 512).
+// Keys per chunk: their K and V rows (as stored) about 128 KiB, which stay in
+// L2 beside the blocks' state (32 KiB each at f32 D = 128; chunks of 64 KiB
+// to 1 MiB measured alike). Streamed from L3 once per block instead, the
+// score and P·V loops ran ~18% and ~10% slower (Intel Xeon, f32 D = 128,
+// timed inside the kernel: Lk = 2048 against 512).
 template <class T>
 std::int64_t prefill_chunk_keys(std::int64_t head_dim) {
   return std::max<std::int64_t>(16, (std::int64_t(128) << 10) / (2 * head_dim * std::int64_t(sizeof(T))));

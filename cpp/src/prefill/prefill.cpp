@@ -136,9 +136,9 @@ struct PrefillPath {
     PrefillPath path;
     const simd::Isa isa = simd::isa_for(family);
     if (isa != simd::Isa::scalar) {
-      // 32 rows per block, one per vector lane (blocks_per_item may group
-      // several); each row keeps its own block's tile range, so the result
-      // is the scalar model's to the bit.
+      // 32 rows per block, one per vector lane (group_blocks may put several
+      // in an item); each row keeps its own block's tile range, so the
+      // result is the scalar model's to the bit.
       path.rows_fn = simd::vector_kernels(isa).prefill_rows<T, Arith>();
       path.rows_per_item = kSimdRows;
     } else {

@@ -56,6 +56,7 @@ constexpr void add_dtype(VectorKernels& row) {
   row.sdpa[d] = &sdpa_detail::sdpa_rows<V, T>;
 }
 
+// VectorKernels::exp_row: the kernels' exp over an array, for the tests.
 template <class V>
 void exp_row(const float* x, float* y, std::size_t n, bool natural) {
   for (std::size_t i = 0; i < n; i += std::size_t(V::W)) {
