@@ -75,15 +75,16 @@ TEST(IsaPaths, PrefillMatchesTheScalarModel) {
 }
 
 // Items of several 32-row blocks that take the keys a chunk at a time
-// (prefill_rows, prefill_chunk_keys: here 256 keys for f32, 512 for the
-// 16-bit types at D = 64) against the scalar model bit for bit: Lk past a
-// chunk and not a multiple of the tile, a ragged last block, GQA, top-left
-// and bottom-right causal with a window, an additive mask, softcap and sinks,
-// on 1 thread (4 blocks per item) and 2 (fewer).
+// (prefill_rows, prefill_chunk_keys: here 512 keys for f32, 1024 for the
+// 16-bit types at D = 32) against the scalar model bit for bit: Lk past a
+// chunk and not a multiple of the tile, a last block of 4 rows (the row
+// form), GQA, top-left and bottom-right causal with a window, an additive
+// mask, softcap and sinks, on 1 thread (4 blocks per item) and 2 (2 per
+// item, so that TSan sees grouped items run in parallel).
 TEST(IsaPaths, PrefillBlocksSharingKeyChunksMatchTheScalarModel) {
   RestoreIsa restore;
   const int saved_threads = get_num_threads();
-  const std::int64_t B = 1, H = 2, Hkv = 1, Lq = 150, Lk = 1100, D = 64;
+  const std::int64_t B = 1, H = 4, Hkv = 2, Lq = 100, Lk = 1100, D = 32;
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
   std::vector<float> q32(std::size_t(B * H * Lq * D)), k32(std::size_t(B * Hkv * Lk * D)), v32(k32.size());
@@ -114,7 +115,7 @@ TEST(IsaPaths, PrefillBlocksSharingKeyChunksMatchTheScalarModel) {
       if (variant == 3) {
         p.window = 300;
         p.softcap = 20.0f;
-        p.sinks = {0.5f, -1.0f};
+        p.sinks = {0.5f, -1.0f, 0.0f, 2.0f};
         p.q_offset = 700;
       }
       const MaskView* m = variant == 1 ? &mv : nullptr;
