@@ -649,7 +649,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
           for (std::int64_t u = 0; u < row_vectors; ++u)
             rescaled[t] = rescaled[t] ||
                           V::any(V::and_mask(active[u], V::ne(V::load(rescale_batch + t * R + u * V::W), V::set1(1.0f))));
-        const bool all_active = pending_active == all_rows && rows == R;
+        const bool all_active = pending_active == ~0u;  // all 32 rows
         if (row_vectors == NV)
           pv_lanes<V, NV>(o, sT_batch, rescale_batch, rescaled, batch, active, all_active, D);
         else
