@@ -12,8 +12,16 @@
 // the portable code (inline functions, standard-library templates) is ever
 // emitted with them, and the runtime dispatch (runtime/isa.cpp, CPUID) decides
 // whether they run. Include system headers before the region: a header first
-// seen inside it would have its functions retargeted too. x86-64 only: include
-// it where FATTN_SIMD_X86 (simd/targets.hpp) is set.
+// seen inside it would have its functions retargeted too.
+//
+// Everything written inside a region has internal linkage (an unnamed
+// namespace: the kernels, the traits, simd/vexp.hpp). An inline function or
+// template instance with external linkage is emitted by every file that uses
+// it, and the linker keeps one copy for all: two targets sharing traits
+// (avx512_256 and its AVX2-compiled twin) once shared an exp whose kept copy
+// was the AVX-512 one, and the twin died of SIGILL on a CPU without AVX-512.
+// tests_cpp/check_target_objects.py checks the built library for such copies.
+// x86-64 only: include it where FATTN_SIMD_X86 (simd/targets.hpp) is set.
 #if defined(__clang__)
 #define FATTN_TARGET_PRAGMA_(x) _Pragma(#x)
 #define FATTN_TARGET_BEGIN(isa) FATTN_TARGET_PRAGMA_(clang attribute push(__attribute__((target(isa))), apply_to = function))

@@ -23,6 +23,7 @@
 
 #include "decode/engine.hpp"
 #include "numerics/exp.hpp"
+#include "numerics/tanh.hpp"
 #include "prefill/engine.hpp"
 #include "quant/blocks.hpp"
 #include "sdpa/engine.hpp"

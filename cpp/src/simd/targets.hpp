@@ -66,6 +66,9 @@ enum class TargetKind { native, emulated };
 
 // Each target's entry as a type (id_target), for its file
 // (simd/target_kernels.inl); the traits types are defined in their headers.
+// Both have internal linkage, as everything compiled in a target region must
+// (simd/target.hpp).
+namespace {
 #define FATTN_X(id_, code_, traits_, features_, kind_)      \
   struct traits_;                                            \
   struct id_##_target {                                      \
@@ -74,5 +77,6 @@ enum class TargetKind { native, emulated };
   };
 FATTN_VECTOR_TARGETS(FATTN_X)
 #undef FATTN_X
+}  // namespace
 
 }  // namespace fattn::simd

@@ -10,6 +10,7 @@
 #include "fattn/dtype.hpp"
 
 namespace fattn::simd {
+namespace {  // internal linkage: simd/target.hpp
 
 struct Vec256 {
   using F = __m256;
@@ -162,4 +163,5 @@ struct Vec256 {
   static F untranspose(F a) { return _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)); }
 };
 
+}  // namespace
 }  // namespace fattn::simd

@@ -10,6 +10,7 @@
 #include "simd/avx512_choices.hpp"
 
 namespace fattn::simd {
+namespace {  // internal linkage: simd/target.hpp
 
 struct Vec512 : Avx512Choices {
   using F = __m512;
@@ -122,4 +123,5 @@ struct Vec512 : Avx512Choices {
   }
 };
 
+}  // namespace
 }  // namespace fattn::simd

@@ -11,6 +11,7 @@
 #include "simd/vec_avx2.hpp"
 
 namespace fattn::simd {
+namespace {  // internal linkage: simd/target.hpp
 
 struct Vec256Wide : Vec256 {
   static constexpr int kScoreKeys = 4;             // 4 keys x 4 row vectors: 16 accumulators
@@ -23,4 +24,5 @@ struct Vec256Wide : Vec256 {
   }
 };
 
+}  // namespace
 }  // namespace fattn::simd

@@ -7,6 +7,7 @@
 #include "simd/vec_avx512.hpp"
 
 namespace fattn::simd {
+namespace {  // internal linkage: simd/target.hpp
 
 struct Vec512Bf16 : Vec512 {
   static constexpr bool kBf16Dot = true;
@@ -16,4 +17,5 @@ struct Vec512Bf16 : Vec512 {
   }
 };
 
+}  // namespace
 }  // namespace fattn::simd

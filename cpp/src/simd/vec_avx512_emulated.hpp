@@ -13,6 +13,7 @@
 #include "simd/vec_avx2.hpp"
 
 namespace fattn::simd {
+namespace {  // internal linkage: simd/target.hpp
 
 struct Vec512Emulated : Avx512Choices {
   using H = Vec256;  // each half: 8 lanes
@@ -99,4 +100,5 @@ struct Vec512Bf16Emulated : Vec512Emulated {
   }
 };
 
+}  // namespace
 }  // namespace fattn::simd

@@ -1,10 +1,13 @@
 #pragma once
 // simd/exp.hpp's exp2 and exp, lane by lane, for any vector traits V
 // (Vec512, Vec256): the same operations in the same order, hence the same
-// bits. Include inside the target region of V.
+// bits. Include inside the target region of V (after numerics/exp.hpp and
+// numerics/tanh.hpp, which must be compiled outside it).
 #include "numerics/exp.hpp"
+#include "numerics/tanh.hpp"
 
 namespace fattn::simd {
+namespace {  // internal linkage: simd/target.hpp
 
 // p * 2^n (n integral, p in [0.5, 2], the result's n within the callers'
 // ranges): two multiplies by normal powers of two, the first exact, so the
@@ -52,11 +55,6 @@ inline typename V::F exp_v(typename V::F x) {
   return exp_special_cases<V>(x, scale_by_pow2_v<V>(p, n), C::exp_min, C::exp_max);
 }
 
-}  // namespace fattn::simd
-
-#include "numerics/tanh.hpp"
-
-namespace fattn::simd {
 
 // numerics/tanh.hpp's tanh, lane by lane: each lane takes its own branch's
 // result; a branch no lane takes is not computed (scores under a softcap
@@ -85,4 +83,5 @@ inline typename V::F tanh_v(typename V::F x) {
   return V::blend(V::lt(a, V::set1(C::tiny)), r, x);
 }
 
+}  // namespace
 }  // namespace fattn::simd
