@@ -9,6 +9,8 @@ def test_version_and_build_info():
     assert fattn.__version__ == info["version"] == "0.1.0"
     assert set(info) >= {"version", "compiler", "build_type", "cpu_features", "isa", "num_threads"}
     assert info["num_threads"] == fattn.get_num_threads() >= 1
+    # One core's L1 data cache (the prefill's P·V batches are sized by it): the OS's figure or 32 KiB.
+    assert isinstance(info["l1d_bytes"], int) and 4096 <= info["l1d_bytes"] <= 1 << 24
 
 
 def test_set_num_threads_round_trip(restore_threads):

@@ -46,6 +46,7 @@ py::dict build_info_dict() {
   d["cpu"] = info.cpu;
   d["cpu_family"] = info.cpu_family;
   d["cpu_model"] = info.cpu_model;
+  d["l1d_bytes"] = info.l1d_bytes;
   d["num_threads"] = info.num_threads;
   return d;
 }

@@ -52,7 +52,8 @@ def get_num_threads() -> int:
 def build_info() -> Dict[str, Any]:
     """Version, compiler, build type, the CPU and its usable features, the kernel paths, threads:
     a dict with keys "version", "compiler", "build_type", "cpu_features", "cpu" (CPUID's brand
-    string), "cpu_family", "cpu_model", "isa" (the :func:`set_isa` setting), "isa_paths"
+    string), "cpu_family", "cpu_model", "l1d_bytes" (one core's L1 data cache, which sizes the
+    prefill's P·V batches), "isa" (the :func:`set_isa` setting), "isa_paths"
     (``{"prefill": path, "decode": path, ...}``: what each family and class runs; under
     ``"auto"`` asking measures the families not yet used), "isa_reason" (why, with the measured
     times), "num_threads". docs/numerics.md §7."""

@@ -17,6 +17,7 @@ struct BuildInfo {
   std::string isa_reason;                 // why: the setting's origin and, under auto, the times
   std::string cpu;                        // CPUID's brand string
   int cpu_family = 0, cpu_model = 0;      // CPUID's display family and model
+  long l1d_bytes = 0;                     // one core's L1 data cache (32 KiB where the OS says nothing)
   int num_threads = 1;
 };
 

@@ -463,6 +463,19 @@ inline void transpose_matrix(const float* src, std::int64_t src_stride, float* d
 // Keys whose P·V a batch defers at most (whole tiles; a larger tile is one batch).
 constexpr std::int64_t kPvBatchKeys = 64;
 
+// Keys per P·V batch: as many (up to kPvBatchKeys) as keep the batch's V rows,
+// as the kernel reads them (f32, or bf16 in place), within two thirds of the
+// core's L1 data cache, beside the batch's weights and O. Each pass of the
+// lanes form reads a few elements of every V row of the batch, so the rows
+// must stay in L1 from one pass to the next. 48 KiB (this project's Intel
+// Xeon): 32 KiB, 64 keys at f32 D = 128, as tuned there. 32 KiB (Zen 4 with
+// AVX2): ~21 KiB, 32 keys at f32 D = 128 and 16 at D = 256, 8% and 3%
+// faster than 32 KiB batches there (bench/ab.py); bf16 keeps 64 and 32 keys.
+inline std::int64_t pv_batch_keys(std::int64_t head_dim, std::int64_t element_bytes) {
+  const std::int64_t budget = std::int64_t(simd::cpu_features().l1d_bytes) * 2 / 3;
+  return std::clamp<std::int64_t>(budget / (head_dim * element_bytes), 8, kPvBatchKeys);
+}
+
 // One 32-row block's state while a group of blocks takes the keys a chunk at
 // a time (prefill_rows).
 template <class V>
@@ -497,10 +510,10 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   const std::int64_t k_step = k.stride[2], v_step = v.stride[2];  // elements from one key's row to the next
   const std::int64_t n_tiles = (p.kv_len + BK - 1) / BK;
 
-  // Tiles per P·V batch: up to kPvBatchKeys keys, fewer for a wide D, so
-  // that the batch's V rows (keys x D floats) stay within L1 (32 KB).
-  const std::int64_t batch_keys_max = std::max<std::int64_t>(8, std::min<std::int64_t>(kPvBatchKeys, 8192 / D));
-  const std::int64_t batch_tiles = std::max<std::int64_t>(1, batch_keys_max / BK);
+  // Tiles per P·V batch (pv_batch_keys).
+  constexpr bool kInPlace = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
+  using E = std::conditional_t<kInPlace, T, float>;  // the element type the kernels read
+  const std::int64_t batch_tiles = std::max<std::int64_t>(1, pv_batch_keys(D, sizeof(E)) / BK);
   // 16 floats more, so the buffers can start on a 64-byte line: every vector
   // load of Q, the scores and O then stays within one line (malloc's 16-byte
   // alignment split most of them in two).
@@ -515,9 +528,7 @@ void prefill_rows(const TensorView& q, const TensorView& k, const TensorView& v,
   float* zero_row = factors + batch_tiles * R;  // stands in for keys past Lk
   std::fill(zero_row, zero_row + D, 0.0f);
   // f32 K/V rows are read in place, bf16 ones too (in pairs, RowPairs; but
-  // see kWidenKeys below); f16 ones are widened into kw/vw first.
-  constexpr bool kInPlace = std::is_same_v<T, float> || std::is_same_v<T, bfloat16>;
-  using E = std::conditional_t<kInPlace, T, float>;  // the element type the kernels read
+  // see kWidenKeys below); f16 ones are widened into kw/vw first (E, above).
   // bf16 K rows widened into kw where the target says so (V::kWidenBf16Keys):
   // in place, each pair's two halves cost two vector ALU operations per key,
   // on the ports the FMAs use; widened once per tile they are broadcast loads.

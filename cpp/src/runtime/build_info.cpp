@@ -31,6 +31,7 @@ BuildInfo build_info() {
   info.cpu = simd::cpu_features().brand;
   info.cpu_family = simd::cpu_features().family;
   info.cpu_model = simd::cpu_features().model;
+  info.l1d_bytes = simd::cpu_features().l1d_bytes;
   info.num_threads = get_num_threads();
   return info;
 }

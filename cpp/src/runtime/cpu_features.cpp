@@ -2,6 +2,10 @@
 
 #include <cstring>
 
+#if defined(__linux__)
+#include <unistd.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #endif
@@ -46,6 +50,10 @@ CpuFeatures detect() {
     f.model = int(family == 0x6 || family == 0xf ? model | (((a >> 16) & 0xf) << 4) : model);
   }
   f.brand = brand_string();
+#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
+  const long l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE);  // glibc reads CPUID's cache leaves
+  if (l1d >= 4096 && l1d <= (long(1) << 24)) f.l1d_bytes = l1d;
+#endif
   return f;
 }
 #else

@@ -23,6 +23,10 @@ struct CpuFeatures {
 #undef FATTN_X
   std::string brand;          // CPUID's brand string ("" where there is none)
   int family = 0, model = 0;  // CPUID's display family and model
+  // The L1 data cache of one core, in bytes, as the OS reports it (CPUID's
+  // cache leaves); 32 KiB where it reports none. The prefill sizes its
+  // deferred P·V batches by it (prefill/vector_kernel.inl).
+  long l1d_bytes = 32 * 1024;
 
   // Whether the CPU has the feature named `name`; false for a name not listed above.
   bool has(std::string_view name) const;

@@ -26,6 +26,7 @@
 #include "numerics/tanh.hpp"
 #include "prefill/engine.hpp"
 #include "quant/blocks.hpp"
+#include "runtime/cpu_features.hpp"
 #include "sdpa/engine.hpp"
 #include "simd/dispatch.hpp"
 #include "simd/ftz_scope.hpp"
