@@ -203,9 +203,9 @@ inline void prefetch_row(const char* row, std::int64_t bytes) {
 // Scores of W positions for every head: s[r * s_stride + j] for head r and
 // the K row k + j * stride. `lanes` holds group x 32 vectors. The K and V
 // rows in `ahead` (pairs) are prefetched whole, into L2, before the block's
-// loads: on a Zen 4 with AVX2 only (family 25 model 17) 1.18-1.33x faster
-// from DRAM (f32 and f16, 128-512 MiB, 2 threads) than a slice of each row
-// per lane into L1, and alike in cache. (Zen 1 had measured slices per lane
+// loads: on a Zen 4 with AVX2 only (family 25 model 17) 1.2-1.5x faster
+// from DRAM (f32 and f16, 128-512 MiB, 2 threads; f32 128 MiB 10.4 -> 16.0
+// GB/s) than a slice of each row per lane into L1, and alike in cache. (Zen 1 had measured slices per lane
 // 10% ahead of a whole row every few lanes, at 128 MiB; this form, every row
 // at the block's start, was not measured there.)
 template <class V, class T>

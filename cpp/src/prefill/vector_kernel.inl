@@ -469,8 +469,9 @@ constexpr std::int64_t kPvBatchKeys = 64;
 // lanes form reads a few elements of every V row of the batch, so the rows
 // must stay in L1 from one pass to the next. 48 KiB (this project's Intel
 // Xeon): 32 KiB, 64 keys at f32 D = 128, as tuned there. 32 KiB (Zen 4 with
-// AVX2): ~21 KiB, 32 keys at f32 D = 128 and 16 at D = 256, 8% and 3%
-// faster than 32 KiB batches there (bench/ab.py); bf16 keeps 64 and 32 keys.
+// AVX2): ~21 KiB, 32 keys at f32 D = 128 and 16 at D = 256, 5% and 4%
+// faster than 32 KiB batches there (bench/ab/driver.cpp against both
+// revisions, 5 alternated rounds); bf16 keeps 64 and 32 keys.
 inline std::int64_t pv_batch_keys(std::int64_t head_dim, std::int64_t element_bytes) {
   const std::int64_t budget = std::int64_t(simd::cpu_features().l1d_bytes) * 2 / 3;
   return std::clamp<std::int64_t>(budget / (head_dim * element_bytes), 8, kPvBatchKeys);
