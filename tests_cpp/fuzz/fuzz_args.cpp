@@ -468,7 +468,10 @@ void fuzz_blk(Reader& r, Filler& fill) {
                     !saturating_work({mask.m.stride[0] ? s[0] : 1, mask.m.stride[1] ? s[1] : 1, s[2], s[3]});
   std::vector<std::uint8_t> out(safe ? std::size_t(rows * cols) : 1);
   if (!safe) {  // cannot run: the output shape is made wrong on purpose, so the call must throw
-    const std::int64_t bad_rows = rows > kMax - 1 ? 0 : std::int64_t(rows) + 1;
+    // Wrong against the plan's own row count, not against `rows`: a drawn
+    // `rows` may sit one below the true count, and then `rows + 1` is right.
+    const __int128 true_rows = g.q_tile >= 1 && s[2] >= 1 ? (__int128(s[2]) + g.q_tile - 1) / g.q_tile : rows;
+    const std::int64_t bad_rows = true_rows > kMax - 1 ? 0 : std::int64_t(true_rows) + 1;
     expect(true, [&] { flash_attn_prefill_blk(mask.m, kernel, g, out.data(), bad_rows, std::int64_t(cols > kMax ? 1 : cols)); });
     return;
   }
