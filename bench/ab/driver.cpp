@@ -4,7 +4,9 @@
 //                   (L may be Lq:Lk, e.g. 8:4096 for a short query block)
 //   driver prefill-causal <f32|bf16> <D> <L> <repeats>   the same, causal
 //   driver sdpa <f32|bf16> <D> <L> <repeats>     the naive SDPA, B=1, H=16, non-causal
-//   driver decode  <f32|f16> <kv_len> <H_kv> <repeats>  H = 2 H_kv, D = 256
+//   driver decode  <f32|f16> <kv_len> <H_kv> <repeats>  H = 2 H_kv, D = 256 (H_kv:G: H = G H_kv)
+//   driver decode-q <f16|q8_0|q4_0|tq4> <kv_len> <H> <repeats>  H = H_kv, D = 128
+//                   (issue 20's quantized-cache shape; f16 is its baseline)
 // Prints "median_ms <x>" (prefill also "min_ms") and, for decode, "paired_read <fraction>": each call
 // is followed by a two-thread streaming read of the same K and V bytes, and
 // the median of read time / call time is printed (robust to bandwidth that
@@ -52,7 +54,7 @@ double read_seconds(const void* a, const void* b, std::size_t bytes) {  // a and
 int main(int argc, char** argv) {
   using namespace fattn;
   if (argc != 6) {
-    std::fprintf(stderr, "usage: driver prefill[-causal] <f32|bf16> <D> <L> <repeats> | decode <f32|f16> <kv_len> <H_kv> <repeats>\n");
+    std::fprintf(stderr, "usage: driver prefill[-causal] <f32|bf16> <D> <L> <repeats> | decode <f32|f16> <kv_len> <H_kv> <repeats> | decode-q <f16|q8_0|q4_0|tq4> <kv_len> <H> <repeats>\n");
     return 2;
   }
   const std::string kind = argv[1], dtype = argv[2];
@@ -99,7 +101,9 @@ int main(int argc, char** argv) {
     std::printf("median_ms %.3f\nmin_ms %.3f\ngflops %.1f\n", t * 1e3, *std::min_element(times.begin(), times.end()) * 1e3,
                 4.0 * H * D * (params.causal ? double(L) * double(L + 1) / 2 : double(Lq) * double(L)) / t / 1e9);
   } else if (kind == "decode") {
-    const std::int64_t kv_len = a, H_kv = b, H = 2 * H_kv, D = 256, n = H_kv * kv_len * D;
+    const char* colon = std::strchr(argv[4], ':');  // H_kv:G for a group of G query heads per KV head
+    const std::int64_t kv_len = a, H_kv = b, H = (colon ? std::atoll(colon + 1) : 2) * H_kv, D = 256,
+                       n = H_kv * kv_len * D;
     const bool f16 = dtype == "f16";
     std::vector<float> q(H * D), out(H * D), k(f16 ? 0 : n), v(f16 ? 0 : n);
     std::vector<std::uint16_t> k16(f16 ? n : 0), v16(f16 ? n : 0);
@@ -130,6 +134,44 @@ int main(int argc, char** argv) {
       if (r == 0) continue;
       times.push_back(t);
       ratios.push_back(read_seconds(kp, vp, bytes) / t);
+    }
+    const double t = median(times);
+    std::printf("median_ms %.4f\ngb_per_s %.2f\npaired_read %.3f\n", t * 1e3, 2.0 * double(bytes) / t / 1e9,
+                median(ratios));
+  } else if (kind == "decode-q") {
+    const std::int64_t kv_len = a, H = b, D = 128, n = H * kv_len * D;
+    const bool f16 = dtype == "f16";
+    const QuantFormat format = dtype == "q4_0" ? QuantFormat::q4_0 : dtype == "tq4" ? QuantFormat::tq4 : QuantFormat::q8_0;
+    std::vector<float> q(H * D), out(H * D), x(n);
+    for (auto& e : q) e = normal(rng);
+    const std::size_t row_bytes = f16 ? std::size_t(2 * D) : std::size_t(quant_row_bytes(format, D));
+    const std::size_t bytes = row_bytes * std::size_t(H * kv_len);
+    std::vector<std::uint8_t> kb(bytes), vb(bytes);
+    for (std::uint8_t* buf : {kb.data(), vb.data()}) {
+      for (auto& e : x) e = normal(rng);
+      const TensorView xv = contiguous_view(x.data(), DType::f32, {1, H, kv_len, D}, false);
+      if (f16) {
+        auto* h = reinterpret_cast<std::uint16_t*>(buf);
+        for (std::int64_t i = 0; i < n; ++i) h[i] = f32_to_f16(x[i]);
+      } else {
+        quantize_kv(xv, contiguous_quant_view(buf, format, {1, H, kv_len, D}, true));
+      }
+    }
+    const TensorView qv = contiguous_view(q.data(), DType::f32, {1, H, 1, D}, false);
+    const TensorView ov = contiguous_view(out.data(), DType::f32, {1, H, 1, D}, true);
+    const CacheView kc = f16 ? CacheView(contiguous_view(kb.data(), DType::f16, {1, H, kv_len, D}, false))
+                             : CacheView(contiguous_quant_view(kb.data(), format, {1, H, kv_len, D}, false));
+    const CacheView vc = f16 ? CacheView(contiguous_view(vb.data(), DType::f16, {1, H, kv_len, D}, false))
+                             : CacheView(contiguous_quant_view(vb.data(), format, {1, H, kv_len, D}, false));
+    DecodeParams params;
+    params.kv_seq_len = kv_len;
+    for (int r = 0; r <= repeats; ++r) {
+      const auto t0 = Clock::now();
+      flash_attn_vec(qv, kc, vc, ov, params);
+      const double t = seconds_since(t0);
+      if (r == 0) continue;
+      times.push_back(t);
+      ratios.push_back(read_seconds(kb.data(), vb.data(), bytes) / t);
     }
     const double t = median(times);
     std::printf("median_ms %.4f\ngb_per_s %.2f\npaired_read %.3f\n", t * 1e3, 2.0 * double(bytes) / t / 1e9,

@@ -4,10 +4,10 @@
 // the scalar model of decode.cpp: the lane-structured dot (pair sums per
 // float4, running sums per simdgroup lane, a tree over the 32 lanes), the
 // same exp, the chunk's own P·V accumulator. The scores take one of two
-// forms, chosen by the traits (V::kDecodePositionLanes): on AVX-512 a K row
-// is widened once into transposed planes shared by the query heads; on AVX2
-// the lanes hold 8 positions and each float4 group of their rows is
-// transposed in registers (block_scores). V is widened as it is loaded.
+// forms, chosen by the traits (V::kDecodeRowScores): on 16-lane AVX-512 a K
+// row is widened once into transposed planes shared by the query heads; on
+// 8-lane vectors (AVX2, AVX-512VL) each row's products meet in pair sums, the
+// lane structure's own order (row_block_scores). V is widened as it is loaded.
 #include <algorithm>
 #include <cstdint>
 #include <utility>
@@ -160,37 +160,6 @@ inline void planes_scores(const RowOf& row_of, std::int64_t n, const typename V:
   }
 }
 
-// The same scores with positions in the lanes: W consecutive positions at
-// once, rows[j] the K row of position j. Each float4 group of the W rows is
-// transposed (one 4x4 transpose per 128-bit lane), so element e of the group
-// is one vector over the positions, and dot4, the lane sums and the 32-lane
-// tree are vertical: the same operations on the same operands as lane_dot in
-// decode.cpp. Lane l owns groups l, l + 32, ... (NG of them, at most 4 as
-// D <= 512); they are transposed once and kept in registers for every head.
-template <class V>
-inline typename V::F dot4(const typename V::F* e, const typename V::F* q4) {  // q4: broadcast elements
-  return V::add(V::add(V::mul(e[0], q4[0]), V::mul(e[1], q4[1])), V::add(V::mul(e[2], q4[2]), V::mul(e[3], q4[3])));
-}
-
-template <class V, int NG, class T>
-inline void lane_scores(const T* k, std::int64_t stride, std::int64_t l, std::int64_t D,
-                        const typename V::F* q_bcast, std::int64_t group, typename V::F* lanes) {
-  static_assert(V::W == 8, "two 128-bit lanes: positions j and j + 4 share a load");
-  using F = typename V::F;
-  F e[NG > 0 ? NG : 1][4];
-  for (int i = 0; i < NG; ++i) {
-    const T* p = k + 4 * (l + kLanes * i);
-    for (int u = 0; u < 4; ++u) e[i][u] = V::load_quads(p + u * stride, p + (u + 4) * stride);
-    transpose4<V>(e[i]);  // e[i][x]: element x of the group, positions in order
-  }
-  const F* q = q_bcast + 4 * l;
-  for (std::int64_t r = 0; r < group; ++r, q += D) {
-    F sum = V::zero();
-    for (int i = 0; i < NG; ++i) sum = V::add(sum, dot4<V>(e[i], q + 4 * kLanes * i));
-    lanes[r * kLanes + l] = sum;
-  }
-}
-
 // Asks for a stored row's cache lines (`bytes` of it).
 inline void prefetch_row(const char* row, std::int64_t bytes) {
   // Into L2, not L1: on an Intel Xeon (family 6 model 167) +4% (f16) to +7%
@@ -200,33 +169,104 @@ inline void prefetch_row(const char* row, std::int64_t bytes) {
   for (; base < row + bytes; base += 64) _mm_prefetch(base, _MM_HINT_T1);
 }
 
-// Scores of W positions for every head: s[r * s_stride + j] for head r and
-// the K row k + j * stride. `lanes` holds group x 32 vectors. The K and V
-// rows in `ahead` (pairs) are prefetched whole, into L2, before the block's
-// loads: on a Zen 4 with AVX2 only (family 25 model 17) 1.2-1.5x faster
-// from DRAM (f32 and f16, 128-512 MiB, 2 threads; f32 128 MiB 10.4 -> 16.0
-// GB/s) than a slice of each row per lane into L1, and alike in cache. (Zen 1 had measured slices per lane
-// 10% ahead of a whole row every few lanes, at 128 MiB; this form, every row
-// at the block's start, was not measured there.)
+// A block's f16 scale as f32 with F16C: exact, as quant::block_scale, for
+// every pattern but a signalling NaN, which F16C quiets (quiet bit set,
+// payload kept) where f16_to_f32 keeps it signalling. No element can tell:
+// each is the scale times an integer, and that multiply quiets a signalling
+// NaN the same way (tests_py/test_decode_quant.py, non-finite scales).
+inline float block_scale_v(const std::uint8_t* block) {
+  std::uint16_t h;
+  std::memcpy(&h, block, 2);
+  return _cvtsh_ss(h);
+}
+
+// The same scores a row at a time, for 8-lane vectors (AVX2 and its
+// AVX-512VL form): one position's D products are D / 8 multiplies of its
+// widened row by Q's, and the seed's sums are pair sums of neighbours
+// (pair_sums: [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, ...]), which the lane
+// structure asks for at every level: two levels give dot4 of the 8 groups of
+// a 32-element block, in lane order [0 2 4 6 | 1 3 5 7]; block m adds into
+// lane vector m mod 4 (lanes 8(m mod 4) ..), from +0 as the model's lanes;
+// the tree's first level adds the halves of a lane vector, its next two are
+// pair sums, the fourth adds halves again (fold128 of two positions) and the
+// last is a pair sum that leaves 8 positions in the order [0 1 4 5 | 2 3 6 7].
+// The same operations on the same operands as lane_dot, with no transposes
+// (the positions-in-lanes form it replaced transposed 8 rows' float4 groups
+// in registers: with one query head per K row, f16 D = 128, the whole decode
+// ran 45% fewer instructions this way, and 1.9x faster from DRAM).
+template <class V>
+inline typename V::F pair_sums(typename V::F a, typename V::F b) {
+  return V::add(V::template shuffle<0x88>(a, b), V::template shuffle<0xDD>(a, b));
+}
+
+// The widened elements 32m .. 32m + 31 of a row, as four vectors: a dense
+// row's (T), or a q8_0 / q4_0 row's block m dequantized in registers, the
+// operations of dequantize_row_v (exact: the same values).
 template <class V, class T>
-inline void block_scores(const T* k, std::int64_t stride, std::int64_t D, const typename V::F* q_bcast, std::int64_t group,
-                         typename V::F* lanes, float* s, std::int64_t s_stride, const char* const* ahead,
-                         std::int64_t n_ahead, std::int64_t k_bytes, std::int64_t v_bytes) {
-  const std::int64_t groups = D / 4;
-  for (std::int64_t i = 0; i + 1 < n_ahead; i += 2) {
-    prefetch_row(ahead[i], k_bytes);
-    prefetch_row(ahead[i + 1], v_bytes);
+struct DenseBlocks {
+  static void load(const T* row, std::int64_t m, typename V::F* x) {
+    for (int i = 0; i < 4; ++i) x[i] = V::widen_n(row + 32 * m + 8 * i, 8);
   }
-  for (std::int64_t l = 0; l < kLanes; ++l) {
-    switch ((groups - l + kLanes - 1) / kLanes) {  // groups of lane l
-      case 0: lane_scores<V, 0>(k, stride, l, D, q_bcast, group, lanes); break;
-      case 1: lane_scores<V, 1>(k, stride, l, D, q_bcast, group, lanes); break;
-      case 2: lane_scores<V, 2>(k, stride, l, D, q_bcast, group, lanes); break;
-      case 3: lane_scores<V, 3>(k, stride, l, D, q_bcast, group, lanes); break;
-      default: lane_scores<V, 4>(k, stride, l, D, q_bcast, group, lanes); break;
+};
+template <class V, QuantFormat kFormat>
+struct QuantBlocks {
+  static void load(const std::uint8_t* row, std::int64_t m, typename V::F* x) {
+    const auto widen8 = [](__m128i q, __m256 d) { return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d); };
+    if constexpr (kFormat == QuantFormat::q8_0) {
+      const std::uint8_t* block = row + m * quant::kQ8Bytes;
+      const __m256 d = _mm256_set1_ps(block_scale_v(block));
+      for (int i = 0; i < 4; ++i) x[i] = widen8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 2 + 8 * i)), d);
+    } else {
+      static_assert(kFormat == QuantFormat::q4_0, "q8_0 or q4_0");
+      const std::uint8_t* block = row + m * quant::kQ4Bytes;
+      const __m256 d = _mm256_set1_ps(block_scale_v(block));
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
+      const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+      const __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);                     // elements 0..15
+      const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);  // elements 16..31
+      x[0] = widen8(lo, d);
+      x[1] = widen8(_mm_srli_si128(lo, 8), d);
+      x[2] = widen8(hi, d);
+      x[3] = widen8(_mm_srli_si128(hi, 8), d);
     }
   }
-  for (std::int64_t r = 0; r < group; ++r) V::store(s + r * s_stride, tree_v<V>(lanes + r * kLanes, kLanes));
+};
+
+// Lane vectors of one position for query row q (D floats), after the tree's
+// first two levels.
+template <class V, class Blocks, class Row>
+inline typename V::F row_tree_levels_1_2(const Row* row, const float* q, std::int64_t D) {
+  using F = typename V::F;
+  static_assert(V::W == 8, "a 32-element block is four vectors");
+  F lane[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+  for (std::int64_t m0 = 0; m0 * 32 < D; m0 += 4)
+    for (int t = 0; t < 4 && (m0 + t) * 32 < D; ++t) {  // t a constant after unrolling: lane stays in registers
+      F x[4];
+      Blocks::load(row, m0 + t, x);
+      const float* qm = q + 32 * (m0 + t);
+      const F a = V::mul(x[0], V::load(qm)), b = V::mul(x[1], V::load(qm + 8));
+      const F c = V::mul(x[2], V::load(qm + 16)), d = V::mul(x[3], V::load(qm + 24));
+      lane[t] = V::add(lane[t], pair_sums<V>(pair_sums<V>(a, b), pair_sums<V>(c, d)));
+    }
+  return pair_sums<V>(V::fold128(lane[0], lane[1]), V::fold128(lane[2], lane[3]));
+}
+
+// Scores of up to 8 rows (row_of(j), j < n; zeros past n, overwritten by
+// the caller) for every head: s[r * s_stride + j], q_rows[r * D ..] head r's
+// staged Q.
+template <class V, class Blocks, class RowOf>
+inline void row_block_scores(const RowOf& row_of, std::int64_t n, std::int64_t D, const float* q_rows,
+                             std::int64_t group, float* s, std::int64_t s_stride) {
+  using F = typename V::F;
+  for (std::int64_t r = 0; r < group; ++r) {
+    const float* q = q_rows + r * D;
+    F h[8];
+    for (std::int64_t j = 0; j < 8; ++j) h[j] = j < n ? row_tree_levels_1_2<V, Blocks>(row_of(j), q, D) : V::zero();
+    const F g0 = V::fold128(pair_sums<V>(h[0], h[1]), pair_sums<V>(h[2], h[3]));
+    const F g1 = V::fold128(pair_sums<V>(h[4], h[5]), pair_sums<V>(h[6], h[7]));
+    const F sums = pair_sums<V>(g0, g1);  // positions 0 1 4 5 | 2 3 6 7
+    V::store(s + r * s_stride, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(sums), 0xD8)));
+  }
 }
 
 // The scalar model's chunk max, std::max(m, s[j]) for j in order: a lane
@@ -333,17 +373,6 @@ inline std::int64_t walk_ahead(std::int64_t chunk, int steps, std::int64_t nwg, 
     chunk = g + 1 < g_end ? chunk + 1 : chunk - g + nwg + g_begin;
   }
   return chunk;
-}
-
-// A block's f16 scale as f32 with F16C: exact, as quant::block_scale, for
-// every pattern but a signalling NaN, which F16C quiets (quiet bit set,
-// payload kept) where f16_to_f32 keeps it signalling. No element can tell:
-// each is the scale times an integer, and that multiply quiets a signalling
-// NaN the same way (tests_py/test_decode_quant.py, non-finite scales).
-inline float block_scale_v(const std::uint8_t* block) {
-  std::uint16_t h;
-  std::memcpy(&h, block, 2);
-  return _cvtsh_ss(h);
 }
 
 // A tq4 row's rotated values (quant::dequantize_tq4_rotated, bit for bit):
@@ -502,21 +531,18 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   // row's planes (P), the lane sums of W positions (group x S x W); then
   // floats: per NWG group its O (group x D), max and sum (group each); the
   // chunk's scores/weights (group x C) and rescales.
-  // With positions in the lanes (V::kDecodePositionLanes) the vectors are
-  // instead the lane sums (group x 32) and each staged Q element broadcast
-  // (group x D: a multiply takes it from memory, no broadcast per use); the
-  // floats start with Q staged (group x D) and room for a block of W K rows
-  // (the cache's last, zero-padded).
+  // The row form (V::kDecodeRowScores) needs no vectors: the floats start
+  // with Q staged (group x D per KV head).
   //
   // KV heads [kv_begin, kv_end) go together, position by position: each has
   // its own staged Q (nkv x the above) and states; the chunk's temporaries
   // are shared (a cache whose heads sit side by side in each position, as a
   // paged pool's, is then read in memory order).
-  constexpr bool kByPosition = V::kDecodePositionLanes;
+  constexpr bool kRows = V::kDecodeRowScores;
   const std::int64_t nkv = kv_end - kv_begin;
-  const std::int64_t q_vectors = kByPosition ? group * D : group * P;  // per KV head
-  const std::int64_t vectors = kByPosition ? group * kLanes + nkv * q_vectors : nkv * q_vectors + P + group * S * W;
-  const std::int64_t staged = kByPosition ? group * D + W * D : 0;
+  const std::int64_t q_vectors = kRows ? 0 : group * P;  // per KV head
+  const std::int64_t vectors = kRows ? 0 : nkv * q_vectors + P + group * S * W;
+  const std::int64_t staged = kRows ? nkv * group * D : 0;
   const std::int64_t state = group * (D + 2);
   // Last, for a quantized K and V: a chunk's rows dequantized (C x D each,
   // 64-byte aligned).
@@ -527,11 +553,10 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
   const std::int64_t floats = (vectors + 1) * W + staged + nkv * n_groups * state + group * C + group;
   work.resize(std::size_t(floats + (dequantized ? dequantized + 16 : 0)));
   F* qp = reinterpret_cast<F*>((reinterpret_cast<std::uintptr_t>(work.data()) + sizeof(F) - 1) / sizeof(F) * sizeof(F));
-  F* const q_base = kByPosition ? qp + group * kLanes : qp;  // KV head i's Q at q_base + i * q_vectors
+  F* const q_base = qp;  // KV head i's Q planes at q_base + i * q_vectors
   F* kp = qp + nkv * q_vectors;
-  F* lanes = kByPosition ? qp : kp + P;
-  float* qh = reinterpret_cast<float*>(qp + vectors);
-  void* tail_block = qh + group * D;  // W rows of TK: the cache's last rows, zero-padded
+  F* lanes = kp + P;
+  float* qh = reinterpret_cast<float*>(qp + vectors);  // the row form's staged Q: KV head i's at qh + i * group * D
   // The state of KV head i for group block offset gi at state_base + (gi * nkv + i) * state: a
   // chunk's KV heads side by side, as their rows are in a paged pool (head-major, the 8 states a
   // chunk updated lay n_groups states apart: the bench's paged decode at 512 positions, in cache,
@@ -547,10 +572,9 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
     F* qk = q_base + kv * q_vectors;
     for (std::int64_t r = 0; r < group; ++r) {  // Q staged as half (then as planes)
       const float* src = q.row<const float>(b, (kv_begin + kv) * group + r, 0);
-      float* dst = kByPosition ? qh + r * D : reinterpret_cast<float*>(kp);
+      float* dst = kRows ? qh + (kv * group + r) * D : reinterpret_cast<float*>(kp);
       for (std::int64_t d = 0; d < D; ++d) dst[d] = f16_to_f32(f32_to_f16(src[d]));
-      if constexpr (!kByPosition) load_planes<V>(dst, D, qk + r * P);
-      else for (std::int64_t d = 0; d < D; ++d) qk[r * D + d] = V::set1(dst[d]);
+      if constexpr (!kRows) load_planes<V>(dst, D, qk + r * P);
     }
     for (std::int64_t gi = 0; gi < n_groups; ++gi) {
       float* st = state_of(kv, gi);
@@ -582,8 +606,7 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
       const std::int64_t next = walk_ahead(chunk, nkv > 1 ? 1 : kAhead, p.nwg, g_begin, g_end) * C;
       for (std::int64_t kv_head = kv_begin; kv_head < kv_end; ++kv_head) {
       float* st = state_of(kv_head - kv_begin, g - g_begin);
-      F* const q_bcast = q_base + (kv_head - kv_begin) * q_vectors;  // this KV head's staged Q
-      F* const q_planes = q_bcast;
+      F* const q_planes = q_base + (kv_head - kv_begin) * q_vectors;  // this KV head's staged Q
       const std::int64_t kv_step = (kv_head - kv_begin) * C;
       // The row step j of this KV head's chunk prefetches (see `next`): its
       // slot and KV head, or slot -1 past the cache's end.
@@ -595,33 +618,31 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
       float* row_max = st + group * D;
       float* row_sum = row_max + group;
       // Dot products for every head of the group, W positions at a time.
-      const ChunkRows<TK> k_rows = k_cache.chunk(b, kv_head, cs, valid);
-      if constexpr (kByPosition) for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
+      // The row form reads a q8_0 or q4_0 K in place (dequantized in registers).
+      const bool k_in_place = kRows && std::is_same_v<TK, float> && k.quantized() &&
+                              (k.quant->format == QuantFormat::q8_0 || k.quant->format == QuantFormat::q4_0);
+      const ChunkRows<TK> k_rows = k_in_place ? ChunkRows<TK>{nullptr, nullptr, 0, 0} : k_cache.chunk(b, kv_head, cs, valid);
+      if constexpr (kRows) for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
         const std::int64_t n = std::min(W, valid - j0);
-        const char* ahead[2 * W];  // the K and V rows to prefetch (above)
-        std::int64_t n_ahead = 0;
-        for (std::int64_t j = 0; j < n; ++j) {
-          const auto [ahead_slot, ahead_head] = ahead_of(j0 + j);
-          if (ahead_slot < 0) break;
-          ahead[n_ahead++] = k_cache.stored(b, ahead_head, ahead_slot);
-          ahead[n_ahead++] = v_cache.stored(b, ahead_head, ahead_slot);
-        }
-        const TK* k_block = k_rows.row(j0);
-        std::int64_t stride = k_rows.stride;
-        if (n < W || (j0 < k_rows.split && j0 + n > k_rows.split)) {
-          // The cache's last rows (copied next to zero rows: never read past
-          // kv_seq_len), or a block the ring's end splits: copied by slot.
-          TK* padded = static_cast<TK*>(tail_block);
-          std::fill(padded, padded + W * D, TK{});
-          for (std::int64_t j = 0; j < n; ++j) {
-            const TK* src = k_rows.row(j0 + j);
-            std::copy(src, src + D, padded + j * D);
+        for (std::int64_t j = 0; j < n; ++j)
+          if (const auto [ahead_slot, ahead_head] = ahead_of(j0 + j); ahead_slot >= 0) {
+            prefetch_row(k_cache.stored(b, ahead_head, ahead_slot), k_cache.bytes);
+            prefetch_row(v_cache.stored(b, ahead_head, ahead_slot), v_cache.bytes);
           }
-          k_block = padded;
-          stride = D;
+        const float* q_rows = qh + (kv_head - kv_begin) * group * D;
+        float* const sj = s + j0;  // past n: -inf below
+        if constexpr (std::is_same_v<TK, float>) {
+          if (k_in_place) {
+            const auto row_of = [&](std::int64_t j) { return k.quant_row(b, kv_head, cs(j0 + j)); };
+            if (k.quant->format == QuantFormat::q8_0)
+              row_block_scores<V, QuantBlocks<V, QuantFormat::q8_0>>(row_of, n, D, q_rows, group, sj, C);
+            else
+              row_block_scores<V, QuantBlocks<V, QuantFormat::q4_0>>(row_of, n, D, q_rows, group, sj, C);
+            continue;
+          }
         }
-        block_scores<V>(k_block, stride, D, q_bcast, group, lanes, s + j0, C, ahead, n_ahead, k_cache.bytes,
-                        v_cache.bytes);  // past n: -inf below
+        const auto row_of = [&](std::int64_t j) { return k_rows.row(j0 + j); };
+        row_block_scores<V, DenseBlocks<V, TK>>(row_of, n, D, q_rows, group, sj, C);
       }
       // planes_scores for a quantized K (rows dequantized into L1 scratch):
       // in cache 1.45x faster than the loop below (Intel Xeon family 6 model

@@ -24,8 +24,8 @@ struct Avx512Choices {
   // ports): prefill/vector_kernel.inl.
   static constexpr bool kWidenBf16Keys = true;
   // Decode scores from K planes (decode/vector_kernel.inl), the form measured on
-  // Zen 4; the position-lane form is AVX2's.
-  static constexpr bool kDecodePositionLanes = false;
+  // Zen 4 for 16-lane vectors; the row form is the 8-lane targets'.
+  static constexpr bool kDecodeRowScores = false;
   // exp's scaling by 2^n in one instruction (simd/vexp.hpp): Vec512 sets it;
   // the emulated twin scales with two multiplies, the same bits.
   static constexpr bool kScalef = false;
