@@ -297,6 +297,51 @@ struct ChunkRows {
   const T* wrapped;
   std::int64_t split, stride;
   const T* row(std::int64_t j) const { return j < split ? first + j * stride : wrapped + (j - split) * stride; }
+  // f(row, j) for the rows j < valid, in order.
+  template <class Fn>
+  void each(std::int64_t valid, const Fn& f) const {
+    for (std::int64_t j = 0; j < split; ++j) f(first + j * stride, j);
+    for (std::int64_t j = split; j < valid; ++j) f(wrapped + (j - split) * stride, j);
+  }
+  // Elements e .. e + kRun W - 1 of a row, widened into x.
+  template <class V, int kRun>
+  static void widen(const T* row, std::int64_t e, typename V::F* x) {
+    for (int u = 0; u < kRun; ++u) x[u] = V::widen_n(row + e + u * V::W, V::W);
+  }
+};
+
+// A q8_0 or q4_0 chunk's rows read in place, 8 elements at a time
+// dequantized in registers (8-lane targets): the values of dequantize_row_v.
+template <QuantFormat kFormat>
+struct QuantChunkRows {
+  const CacheView& c;
+  std::int64_t b, kv_head;
+  ChunkSlots cs;
+  template <class Fn>
+  void each(std::int64_t valid, const Fn& f) const {
+    for (std::int64_t j = 0; j < valid; ++j) f(c.quant_row(b, kv_head, cs(j)), j);
+  }
+  // Elements e .. e + kRun W - 1: a whole block (kRun = 4, e a multiple of
+  // 32) as the row form's K, or one vector of one.
+  template <class V, int kRun>
+  static void widen(const std::uint8_t* row, std::int64_t e, typename V::F* x) {
+    static_assert(V::W == 8 && (kRun == 4 || kRun == 1), "a block is 4 vectors of 8");
+    if constexpr (kRun == 4) {
+      QuantBlocks<V, kFormat>::load(row, e / kQuantBlock, x);
+    } else if constexpr (kFormat == QuantFormat::q8_0) {
+      const std::uint8_t* block = row + e / kQuantBlock * quant::kQ8Bytes;
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 2 + e % kQuantBlock));
+      x[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(block_scale_v(block)));
+    } else {
+      static_assert(kFormat == QuantFormat::q4_0, "q8_0 or q4_0");
+      const std::int64_t within = e % kQuantBlock;
+      const std::uint8_t* block = row + e / kQuantBlock * quant::kQ4Bytes;
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 2 + within % 16));
+      const __m128i nibbles = within < 16 ? bytes : _mm_srli_epi16(bytes, 4);  // elements 0..15 low, 16..31 high
+      const __m128i q = _mm_sub_epi8(_mm_and_si128(nibbles, _mm_set1_epi8(0x0f)), _mm_set1_epi8(8));
+      x[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(block_scale_v(block)));
+    }
+  }
 };
 template <class T>
 inline ChunkRows<T> chunk_rows(const TensorView& t, std::int64_t b, std::int64_t kv_head, const ChunkSlots& cs,
@@ -310,23 +355,25 @@ inline ChunkRows<T> chunk_rows(const TensorView& t, std::int64_t b, std::int64_t
 // heads sharing each V load; then O_r = O_r * rescale_r + lo_r. D goes in
 // blocks of kVec vectors held in registers. The chain runs over the rows in
 // position order whichever run of slots they come from.
-template <class V, int kHeads, int kVec, class T>
-inline void chunk_pv_block(const ChunkRows<T>& rows, std::int64_t valid, const float* const* w,
+template <class V, int kHeads, int kVec, class Rows>
+inline void chunk_pv_block(const Rows& rows, std::int64_t valid, const float* const* w,
                            const float* rescale, float* const* o, std::int64_t d0) {
   using F = typename V::F;
   F acc[kHeads][kVec];
   for (int r = 0; r < kHeads; ++r)
     for (int u = 0; u < kVec; ++u) acc[r][u] = V::zero();
-  const auto step = [&](const T* v_row, std::int64_t j) {
+  rows.each(valid, [&](const auto* v_row, std::int64_t j) {
     F wj[kHeads];
     for (int r = 0; r < kHeads; ++r) wj[r] = V::set1(w[r][j]);
-    for (int u = 0; u < kVec; ++u) {
-      const F vv = V::widen_n(v_row + d0 + u * V::W, V::W);
-      for (int r = 0; r < kHeads; ++r) acc[r][u] = V::fmadd(vv, wj[r], acc[r][u]);
+    // Runs of 4 vectors where they can be whole blocks (d0 is then a multiple of 32).
+    constexpr int kRun = kVec % 4 == 0 && V::W == 8 ? 4 : 1;
+    for (int u0 = 0; u0 < kVec; u0 += kRun) {
+      F vv[kRun];
+      Rows::template widen<V, kRun>(v_row, d0 + u0 * V::W, vv);
+      for (int u = 0; u < kRun; ++u)
+        for (int r = 0; r < kHeads; ++r) acc[r][u0 + u] = V::fmadd(vv[u], wj[r], acc[r][u0 + u]);
     }
-  };
-  for (std::int64_t j = 0; j < rows.split; ++j) step(rows.first + j * rows.stride, j);
-  for (std::int64_t j = rows.split; j < valid; ++j) step(rows.wrapped + (j - rows.split) * rows.stride, j);
+  });
   for (int r = 0; r < kHeads; ++r) {
     const F rv = V::set1(rescale[r]);
     for (int u = 0; u < kVec; ++u) {
@@ -345,17 +392,17 @@ constexpr int decode_pv_vectors(int heads) {
   return V::W == 16 && heads <= 2 ? 8 : V::pv_vectors(heads);
 }
 
-template <class V, int kHeads, class T>
-void chunk_pv(const ChunkRows<T>& rows, std::int64_t valid, const float* const* w, const float* rescale,
+template <class V, int kHeads, class Rows>
+void chunk_pv(const Rows& rows, std::int64_t valid, const float* const* w, const float* rescale,
               float* const* o, std::int64_t D) {
   constexpr int kVec = decode_pv_vectors<V>(kHeads);
   std::int64_t d0 = 0;
   for (; d0 + kVec * V::W <= D; d0 += kVec * V::W)
-    chunk_pv_block<V, kHeads, kVec, T>(rows, valid, w, rescale, o, d0);
+    chunk_pv_block<V, kHeads, kVec>(rows, valid, w, rescale, o, d0);
   if constexpr (kVec > 4)
-    for (; d0 + 4 * V::W <= D; d0 += 4 * V::W) chunk_pv_block<V, kHeads, 4, T>(rows, valid, w, rescale, o, d0);
+    for (; d0 + 4 * V::W <= D; d0 += 4 * V::W) chunk_pv_block<V, kHeads, 4>(rows, valid, w, rescale, o, d0);
   for (; d0 < D; d0 += V::W)  // D is a multiple of 32, hence of W
-    chunk_pv_block<V, kHeads, 1, T>(rows, valid, w, rescale, o, d0);
+    chunk_pv_block<V, kHeads, 1>(rows, valid, w, rescale, o, d0);
 }
 
 // Rows are asked for kAhead chunks before they are used, one K and one V row
@@ -728,22 +775,35 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
         row_max[r] = new_max;
       }
       // P·V, four heads per pass over V.
-      const ChunkRows<TV> v_rows = v_cache.chunk(b, kv_head, cs, valid);
-      for (std::int64_t r = 0; r < group; r += 4) {
-        const float* w[4];
-        float* o_rows[4];
-        const std::int64_t n = std::min<std::int64_t>(4, group - r);
-        for (std::int64_t i = 0; i < n; ++i) {
-          w[i] = s + (r + i) * C;
-          o_rows[i] = o + (r + i) * D;
+      const auto pv = [&](const auto& v_rows) {
+        for (std::int64_t r = 0; r < group; r += 4) {
+          const float* w[4];
+          float* o_rows[4];
+          const std::int64_t n = std::min<std::int64_t>(4, group - r);
+          for (std::int64_t i = 0; i < n; ++i) {
+            w[i] = s + (r + i) * C;
+            o_rows[i] = o + (r + i) * D;
+          }
+          switch (n) {
+            case 4: chunk_pv<V, 4>(v_rows, valid, w, rescale + r, o_rows, D); break;
+            case 3: chunk_pv<V, 3>(v_rows, valid, w, rescale + r, o_rows, D); break;
+            case 2: chunk_pv<V, 2>(v_rows, valid, w, rescale + r, o_rows, D); break;
+            default: chunk_pv<V, 1>(v_rows, valid, w, rescale + r, o_rows, D); break;
+          }
         }
-        switch (n) {
-          case 4: chunk_pv<V, 4, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
-          case 3: chunk_pv<V, 3, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
-          case 2: chunk_pv<V, 2, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
-          default: chunk_pv<V, 1, TV>(v_rows, valid, w, rescale + r, o_rows, D); break;
+      };
+      // On 8-lane targets a q8_0 or q4_0 V is read in place, as K is.
+      if constexpr (kRows && std::is_same_v<TV, float>) {
+        if (v.quantized() && v.quant->format == QuantFormat::q8_0) {
+          pv(QuantChunkRows<QuantFormat::q8_0>{v, b, kv_head, cs});
+          continue;
+        }
+        if (v.quantized() && v.quant->format == QuantFormat::q4_0) {
+          pv(QuantChunkRows<QuantFormat::q4_0>{v, b, kv_head, cs});
+          continue;
         }
       }
+      pv(v_cache.chunk(b, kv_head, cs, valid));
       }  // KV heads
     }
   }
