@@ -49,6 +49,28 @@ double read_seconds(const void* a, const void* b, std::size_t bytes) {  // a and
   return seconds_since(t0);
 }
 
+// Times flash_attn_vec (the first call warms up), each call followed by a
+// streaming read of the `bytes` of K and of V at kp and vp; prints the median
+// time, GB/s of cache read and the median read time / call time.
+void time_decode(const fattn::TensorView& q, const fattn::CacheView& k, const fattn::CacheView& v,
+                 const fattn::TensorView& out, std::int64_t kv_len, int repeats, const void* kp, const void* vp,
+                 std::size_t bytes) {
+  fattn::DecodeParams params;
+  params.kv_seq_len = kv_len;
+  std::vector<double> times, ratios;
+  for (int r = 0; r <= repeats; ++r) {
+    const auto t0 = Clock::now();
+    fattn::flash_attn_vec(q, k, v, out, params);
+    const double t = seconds_since(t0);
+    if (r == 0) continue;
+    times.push_back(t);
+    ratios.push_back(read_seconds(kp, vp, bytes) / t);
+  }
+  const double t = median(times);
+  std::printf("median_ms %.4f\ngb_per_s %.2f\npaired_read %.3f\n", t * 1e3, 2.0 * double(bytes) / t / 1e9,
+              median(ratios));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -62,7 +84,7 @@ int main(int argc, char** argv) {
   const int repeats = std::atoi(argv[5]);
   std::mt19937 rng(1);
   std::normal_distribution<float> normal;
-  std::vector<double> times, ratios;
+  std::vector<double> times;
   if (kind == "prefill" || kind == "prefill-causal" || kind == "sdpa") {
     const char* colon = std::strchr(argv[4], ':');
     const std::int64_t H = 16, D = a, Lq = b, L = colon ? std::atoll(colon + 1) : b, n = H * L * D;
@@ -124,20 +146,7 @@ int main(int argc, char** argv) {
     const TensorView kv = contiguous_view(const_cast<void*>(kp), dt, {1, H_kv, kv_len, D}, false);
     const TensorView vv = contiguous_view(const_cast<void*>(vp), dt, {1, H_kv, kv_len, D}, false);
     const TensorView ov = contiguous_view(out.data(), DType::f32, {1, H, 1, D}, true);
-    DecodeParams params;
-    params.kv_seq_len = kv_len;
-    const std::size_t bytes = std::size_t(n) * (f16 ? 2 : 4);
-    for (int r = 0; r <= repeats; ++r) {
-      const auto t0 = Clock::now();
-      flash_attn_vec(qv, kv, vv, ov, params);
-      const double t = seconds_since(t0);
-      if (r == 0) continue;
-      times.push_back(t);
-      ratios.push_back(read_seconds(kp, vp, bytes) / t);
-    }
-    const double t = median(times);
-    std::printf("median_ms %.4f\ngb_per_s %.2f\npaired_read %.3f\n", t * 1e3, 2.0 * double(bytes) / t / 1e9,
-                median(ratios));
+    time_decode(qv, kv, vv, ov, kv_len, repeats, kp, vp, std::size_t(n) * (f16 ? 2 : 4));
   } else if (kind == "decode-q") {
     const std::int64_t kv_len = a, H = b, D = 128, n = H * kv_len * D;
     const bool f16 = dtype == "f16";
@@ -163,19 +172,7 @@ int main(int argc, char** argv) {
                              : CacheView(contiguous_quant_view(kb.data(), format, {1, H, kv_len, D}, false));
     const CacheView vc = f16 ? CacheView(contiguous_view(vb.data(), DType::f16, {1, H, kv_len, D}, false))
                              : CacheView(contiguous_quant_view(vb.data(), format, {1, H, kv_len, D}, false));
-    DecodeParams params;
-    params.kv_seq_len = kv_len;
-    for (int r = 0; r <= repeats; ++r) {
-      const auto t0 = Clock::now();
-      flash_attn_vec(qv, kc, vc, ov, params);
-      const double t = seconds_since(t0);
-      if (r == 0) continue;
-      times.push_back(t);
-      ratios.push_back(read_seconds(kb.data(), vb.data(), bytes) / t);
-    }
-    const double t = median(times);
-    std::printf("median_ms %.4f\ngb_per_s %.2f\npaired_read %.3f\n", t * 1e3, 2.0 * double(bytes) / t / 1e9,
-                median(ratios));
+    time_decode(qv, kc, vc, ov, kv_len, repeats, kb.data(), vb.data(), bytes);
   } else {
     std::fprintf(stderr, "unknown case kind '%s'\n", kind.c_str());
     return 2;
