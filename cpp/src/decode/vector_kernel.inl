@@ -676,8 +676,9 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
       // bytes, lines shared with its neighbours) streams faster on the hardware
       // prefetchers alone (Zen 4 with AVX2 only, H = H_kv = 8, D = 128, 128 MiB
       // f16 equivalent, 2 threads, 5 alternated rounds: q8_0 5.23 -> 4.05 ms,
-      // q4_0 5.73 -> 5.16, tq4 9.36 -> 8.65; f16 alike, 4.77 -> 4.69, but f32
-      // and f16 with groups of 2 and 4 at D = 256 lost 7-25% without them).
+      // q4_0 5.73 -> 5.16, tq4 9.36 -> 8.65; f16 alike, 4.77 -> 4.69, but at
+      // D = 256 f32 with groups of 2 lost ~7% of a paired read without them,
+      // f16 with groups of 4 35% of its time).
       const bool ask_k = !k.quantized(), ask_v = !v.quantized();
       if constexpr (kRows) for (std::int64_t j0 = 0; j0 < valid; j0 += W) {
         const std::int64_t n = std::min(W, valid - j0);
