@@ -208,9 +208,11 @@ struct DenseBlocks {
     for (int i = 0; i < 4; ++i) x[i] = V::widen_n(row + 32 * m + 8 * i, 8);
   }
 };
-template <class V, QuantFormat kFormat>
+// (QuantBlocks makes 8-lane vectors on any target: dequantize_row_v's AVX2
+// form uses it too.)
+template <QuantFormat kFormat>
 struct QuantBlocks {
-  static void load(const std::uint8_t* row, std::int64_t m, typename V::F* x) {
+  static void load(const std::uint8_t* row, std::int64_t m, __m256* x) {
     const auto widen8 = [](__m128i q, __m256 d) { return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d); };
     if constexpr (kFormat == QuantFormat::q8_0) {
       const std::uint8_t* block = row + m * quant::kQ8Bytes;
@@ -330,7 +332,7 @@ struct QuantChunkRows {
   static void widen(const std::uint8_t* row, std::int64_t e, typename V::F* x) {
     static_assert(V::W == 8 && (kRun == 4 || kRun == 1), "a block is 4 vectors of 8");
     if constexpr (kRun == 4) {
-      QuantBlocks<V, kFormat>::load(row, e / kQuantBlock, x);
+      QuantBlocks<kFormat>::load(row, e / kQuantBlock, x);
     } else if constexpr (kFormat == QuantFormat::q8_0) {
       const std::uint8_t* block = row + e / kQuantBlock * quant::kQ8Bytes;
       const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 2 + e % kQuantBlock));
@@ -491,28 +493,18 @@ inline void dequantize_row_v(QuantFormat format, const std::uint8_t* row, std::i
       store16(out, _mm_sub_epi8(_mm_and_si128(bytes, low4), eight), d);                           // 0..15
       store16(out + 16, _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight), d);  // 16..31
     }
-  } else {  // AVX2 (every other target, the emulated ones included)
-    const auto store8 = [](float* dst, __m128i q, __m256 d) {  // the low 8 int8 of q, times d
-      _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
-    };
-    if (format == QuantFormat::q8_0) {
-      for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ8Bytes, out += kQuantBlock) {
-        const __m256 d = _mm256_set1_ps(block_scale_v(row));
-        for (int i = 0; i < 4; ++i) store8(out + 8 * i, _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 2 + 8 * i)), d);
+  } else {  // AVX2 (every other target, the emulated ones included): the row form's blocks
+    const auto store = [&](auto blocks_of) {
+      for (std::int64_t blk = 0; blk < blocks; ++blk, out += kQuantBlock) {
+        __m256 x[4];
+        decltype(blocks_of)::load(row, blk, x);
+        for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, x[i]);
       }
-      return;
-    }
-    const __m128i low4 = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
-    for (std::int64_t blk = 0; blk < blocks; ++blk, row += quant::kQ4Bytes, out += kQuantBlock) {
-      const __m256 d = _mm256_set1_ps(block_scale_v(row));
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2));
-      const __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);                     // elements 0..15
-      const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);  // elements 16..31
-      store8(out, lo, d);
-      store8(out + 8, _mm_srli_si128(lo, 8), d);
-      store8(out + 16, hi, d);
-      store8(out + 24, _mm_srli_si128(hi, 8), d);
-    }
+    };
+    if (format == QuantFormat::q8_0)
+      store(QuantBlocks<QuantFormat::q8_0>{});
+    else
+      store(QuantBlocks<QuantFormat::q4_0>{});
   }
 }
 
@@ -694,9 +686,9 @@ void decode_groups(const TensorView& q, const CacheView& k, const CacheView& v, 
           if (k_in_place) {
             const auto row_of = [&](std::int64_t j) { return k.quant_row(b, kv_head, cs(j0 + j)); };
             if (k.quant->format == QuantFormat::q8_0)
-              row_block_scores<V, QuantBlocks<V, QuantFormat::q8_0>>(row_of, n, D, q_rows, group, sj, C);
+              row_block_scores<V, QuantBlocks<QuantFormat::q8_0>>(row_of, n, D, q_rows, group, sj, C);
             else
-              row_block_scores<V, QuantBlocks<V, QuantFormat::q4_0>>(row_of, n, D, q_rows, group, sj, C);
+              row_block_scores<V, QuantBlocks<QuantFormat::q4_0>>(row_of, n, D, q_rows, group, sj, C);
             continue;
           }
         }

@@ -60,16 +60,6 @@ struct Vec256 {
     std::memcpy(tmp, p, std::size_t(n > 0 ? n : 0) * 2);  // bytes: the past-Lk row is float storage
     return _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
   }
-  // The float4 groups at lo (low 128 bits) and hi (high), widened.
-  static F load_quads(const float* lo, const float* hi) { return _mm256_loadu2_m128(hi, lo); }
-  static F load_quads(const float16* lo, const float16* hi) { return _mm256_cvtph_ps(load_quads16(lo, hi)); }
-  static F load_quads(const bfloat16* lo, const bfloat16* hi) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_quads16(lo, hi)), 16));
-  }
-  static __m128i load_quads16(const void* lo, const void* hi) {  // 4 x 16 bits from each
-    const __m128i low = _mm_loadl_epi64(static_cast<const __m128i*>(lo));
-    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(low), static_cast<const double*>(hi)));
-  }
   static F widen_n(const float* p, std::int64_t n) { return load_n(p, n); }
   static F widen_n(const float16* p, std::int64_t n) { return _mm256_cvtph_ps(load16_n(p, n)); }
   static F widen_n(const bfloat16* p, std::int64_t n) {
